@@ -1,0 +1,73 @@
+"""The one error tree of Gate, rooted here because gate/protocol has no dependencies.
+
+    GateError
+    ├── ProtocolError            carries a wire ErrorCode
+    │   ├── LocalProtocolError   we were asked to do something the protocol forbids
+    │   └── RemoteProtocolError  the peer sent something the protocol forbids
+    └── (service errors, in gate.errors)
+
+As in h11: the sans-IO code raises LocalProtocolError for misuse by its caller and
+RemoteProtocolError for bad input from the wire, so a caller can tell "my bug" from
+"their bug", and every protocol error maps to a code the peer can be sent
+(spec/protocol.md §9).
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "ErrorCode",
+    "GateError",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+]
+
+
+class ErrorCode(enum.IntEnum):
+    """Wire error codes (spec/protocol.md §9). Values never change; new codes may be added."""
+
+    # 1xx: framing and stream setup
+    MALFORMED_PREAMBLE = 100
+    UNSUPPORTED_VERSION = 101
+    UNKNOWN_STREAM_TYPE = 102
+    FRAME_TOO_LARGE = 103
+    MALFORMED_FRAME = 104
+    TRUNCATED = 105
+    # 2xx: messages and state
+    INVALID_MESSAGE = 200
+    UNEXPECTED_MESSAGE = 201
+    # 3xx: authorization and policy
+    UNAUTHORIZED = 300
+    RATE_LIMITED = 301
+    # 4xx: the request could not be served
+    NOT_FOUND = 400
+    UNAVAILABLE = 401
+    TIMEOUT = 402
+    CANCELLED = 403
+    # 5xx: the sender failed
+    INTERNAL = 500
+
+
+class GateError(Exception):
+    """Root of every error Gate raises on purpose."""
+
+
+class ProtocolError(GateError):
+    """A violation of the wire protocol, with the code to send the peer."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.INVALID_MESSAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r}, code={self.code.name})"
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send something that breaks the protocol (a bug on this side)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something that breaks the protocol."""
