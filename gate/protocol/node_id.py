@@ -1,0 +1,94 @@
+"""NodeId: a node's Ed25519 public key, and its text form that fits one DNS label.
+
+iroh prints an endpoint id as 64 hex characters, one more than a DNS label may hold
+(RFC 1035: 63). Gate's canonical text form is lowercase RFC 4648 base32 without
+padding: 52 characters of [a-z2-7], so `<node-id>.<relay-domain>` carries the whole
+key and two nodes can never share a name (spec §2.1). The hex form is accepted on
+input because that is what iroh tools print.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Annotated, Final
+
+import msgspec
+
+__all__ = ["NODE_ID_PATTERN", "NodeId", "NodeIdStr"]
+
+_KEY_BYTES: Final = 32
+_BASE32_LEN: Final = 52
+NODE_ID_PATTERN: Final = r"^[a-z2-7]{52}$"
+_BASE32_RE: Final = re.compile(NODE_ID_PATTERN)
+_HEX_RE: Final = re.compile(r"^[0-9a-fA-F]{64}$")
+
+#: A node id as it appears on the wire and in config: the canonical base32 text form.
+NodeIdStr = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=NODE_ID_PATTERN,
+        description="Ed25519 public key, lowercase RFC 4648 base32 without padding",
+    ),
+]
+
+
+class NodeId:
+    """An immutable 32-byte Ed25519 public key with a DNS-safe text form."""
+
+    __slots__ = ("_key",)
+    _key: bytes
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != _KEY_BYTES:
+            raise ValueError(f"a node id is {_KEY_BYTES} bytes, got {len(key)}")
+        object.__setattr__(self, "_key", bytes(key))
+
+    @classmethod
+    def parse(cls, text: str) -> NodeId:
+        """Parse the base32 form (canonical) or the 64-character hex form that iroh prints."""
+        text = text.strip()
+        if _BASE32_RE.match(text.lower()):
+            padded = text.upper() + "=" * (-len(text) % 8)
+            try:
+                node = cls(base64.b32decode(padded))
+            except (binascii.Error, ValueError):
+                node = None
+            # 256 bits leave 4 unused bits in the last character: only one spelling
+            # per key is accepted, or two names could denote one node.
+            if node is not None and str(node) == text.lower():
+                return node
+        elif _HEX_RE.match(text):
+            return cls(bytes.fromhex(text))
+        raise ValueError(
+            f"not a node id: {text[:80]!r} (expected {_BASE32_LEN} base32 characters "
+            "or 64 hex characters)"
+        )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("NodeId is immutable")
+
+    @property
+    def bytes(self) -> bytes:
+        return self._key
+
+    def hex(self) -> str:
+        """The form iroh prints for an endpoint id."""
+        return self._key.hex()
+
+    def short(self) -> str:
+        """A prefix for humans to read in logs; never use it as a name (spec §2.1)."""
+        return str(self)[:10]
+
+    def __str__(self) -> str:
+        return base64.b32encode(self._key).decode("ascii").rstrip("=").lower()
+
+    def __repr__(self) -> str:
+        return f"NodeId({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NodeId) and other._key == self._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)

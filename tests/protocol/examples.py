@@ -1,0 +1,116 @@
+"""One or more example instances of every wire type, shared by the protocol tests."""
+
+import msgspec
+
+from gate.protocol import (
+    ActivateDomain,
+    ActivationResponse,
+    Body,
+    Capabilities,
+    CapabilityRequest,
+    CapabilityResponse,
+    Connected,
+    Connecting,
+    Disconnected,
+    DnsChallenge,
+    DnsChallengeResponse,
+    DomainRequest,
+    DomainResponse,
+    End,
+    ErrorCode,
+    Failed,
+    Handshake,
+    HandshakeResponse,
+    ModelInfo,
+    NodeError,
+    NodeMessage,
+    PeerInfo,
+    Ping,
+    Pong,
+    RelayError,
+    RelayMessage,
+    RequestHead,
+    ResponseHead,
+    StreamError,
+    TlsProxyHeader,
+)
+
+NODE_A = "rabdagg7roz4mcxbih6ebefvnbhpykojhb2yqe6wami4df3x6zqa"
+NODE_B = "ejvf3sxll5o7upgf7gmn73vrd67bo5tflf2hz7tv7yv366yscrlq"
+
+CAPS = Capabilities(
+    node_id=NODE_A,
+    supported_models=[
+        ModelInfo(id="llama3.2:1b", provider="ollama", context_length=8192),
+        ModelInfo(id="tiny"),
+    ],
+    max_context_length=8192,
+    supports_streaming=True,
+    load_factor=0.25,
+)
+
+NODE_PAYLOADS = {
+    "handshake": Handshake(node_id=NODE_A, versions=[1], agent="gate/0.1.0", capabilities=CAPS),
+    "handshake_accepted": HandshakeResponse(
+        node_id=NODE_B, accepted=True, version=1, capabilities=CAPS
+    ),
+    "handshake_refused": HandshakeResponse(
+        node_id=NODE_B, accepted=False, reason="node is not a trusted peer"
+    ),
+    "capability_request": CapabilityRequest(),
+    "capability_response": CapabilityResponse(capabilities=CAPS),
+    "ping": Ping(nonce=7),
+    "pong": Pong(nonce=7),
+    "error": NodeError(code=ErrorCode.UNAUTHORIZED, message="not trusted"),
+}
+
+RELAY_PAYLOADS = {
+    "domain_request": DomainRequest(node_id=NODE_A),
+    "domain_response": DomainResponse(domain=f"{NODE_A}.relay.example"),
+    "dns_challenge": DnsChallenge(
+        domain=f"_acme-challenge.{NODE_A}.relay.example", txt_value="3q2-7w"
+    ),
+    "dns_challenge_response": DnsChallengeResponse(ok=True),
+    "activate_domain": ActivateDomain(domain=f"{NODE_A}.relay.example"),
+    "activation_response": ActivationResponse(ok=False, reason="no certificate yet"),
+    "error": RelayError(code=ErrorCode.UNAUTHORIZED, message="not your name"),
+}
+
+HTTP_FRAMES = {
+    "request_head": RequestHead(
+        method="POST",
+        target="/v1/chat/completions",
+        headers=[("content-type", "application/json"), ("x-a", "1"), ("x-a", "2")],
+    ),
+    "response_head": ResponseHead(status=200, headers=[("content-type", "text/event-stream")]),
+    "body": Body(data=b'data: {"x": 1}\n\n\x00\xff'),
+    "end": End(),
+    "error": StreamError(code=ErrorCode.UNAVAILABLE, message="engine went away"),
+}
+
+
+def node_message(payload, id=1):
+    return NodeMessage(version=1, id=id, timestamp=1_764_000_000_000, payload=payload)
+
+
+def relay_message(payload, id=1):
+    return RelayMessage(version=1, id=id, timestamp=1_764_000_000_000, payload=payload)
+
+
+OTHER_VALUES = [
+    CAPS,
+    PeerInfo(node_id=NODE_B),
+    PeerInfo(
+        node_id=NODE_B,
+        name="gpu-box",
+        addresses=["127.0.0.1:41145"],
+        status=Connected(since_ms=5),
+        last_seen_ms=9,
+        capabilities=CAPS,
+    ),
+    PeerInfo(node_id=NODE_B, status=Connecting(attempt=3)),
+    PeerInfo(node_id=NODE_B, status=Failed(reason="handshake refused: not trusted")),
+    PeerInfo(node_id=NODE_B, status=Disconnected(since_ms=1)),
+    TlsProxyHeader(sni=f"{NODE_A}.relay.example", client_addr="203.0.113.9:50000"),
+    msgspec.structs.replace(node_message(Pong(nonce=1)), reply_to=4),
+]
