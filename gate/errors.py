@@ -14,6 +14,8 @@ __all__ = [
     "IdentityError",
     "ServiceError",
     "StoreError",
+    "collapse_group",
+    "describe",
 ]
 
 
@@ -31,3 +33,22 @@ class IdentityError(GateError):
 
 class StoreError(ServiceError):
     """The database cannot be opened, migrated or written."""
+
+
+def collapse_group(error: BaseException) -> BaseException:
+    """The one real error inside nested single-member ExceptionGroups, else `error` itself.
+
+    Every trio nursery between a failure and its handler adds a group of one; reports
+    and messages should name the failure, not the nesting.
+    """
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+def describe(error: BaseException) -> str:
+    """A one-line account of an error for logs and the CLI."""
+    error = collapse_group(error)
+    if isinstance(error, GateError):
+        return str(error)
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

@@ -1,0 +1,433 @@
+"""Gate's configuration: gate.toml, overlaid by the environment, decoded strictly.
+
+Resolution order, each layer overriding the one before (defaults < file < env):
+
+1. Defaults: every field has one, so Gate runs with no file at all.
+2. The file: the ``path`` argument, else ``$GATE_CONFIG``, else ``default_config_path()``
+   (``~/.config/gate/gate.toml`` on Linux). A file named explicitly must exist; a missing
+   default file just means "use the defaults".
+3. The environment: ``GATE_<SECTION>__<KEY>=value`` sets any key, and more ``__`` reach
+   deeper (``GATE_PROVIDERS__ALIASES__GPT4=llama``). Names are lowercased. A value starting
+   with ``[`` or ``{`` is JSON; anything else stays a string and is coerced to the field's
+   type ("0" -> 0, "true" -> True). Shortcuts ``GATE_LOG`` (server.log_level) and
+   ``DATABASE_URL`` (database.url) are applied first, so the ``GATE_SERVER__...`` form wins
+   if both are set. An env var replaces the value at its key; it never merges into it.
+
+The file is decoded strictly (no type coercion, no unknown keys) before the environment is
+applied, so a ``port = "80"`` in a file is an error, and any error found after the overlay
+comes from the environment. Every error is a ``ConfigError`` whose message names the
+source (file or variable), the dotted key and what is wrong, e.g.
+``/home/u/.config/gate/gate.toml: server.port: Expected int <= 65535``.
+
+Loading and writing block on the filesystem: call them from async code through
+``trio.to_thread.run_sync``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import platformdirs
+import tomli_w
+
+from gate.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DatabaseConfig",
+    "P2PConfig",
+    "ProviderConfig",
+    "ProvidersConfig",
+    "RelayConfig",
+    "SecurityConfig",
+    "ServerConfig",
+    "WebConfig",
+    "config_to_dict",
+    "default_config_path",
+    "dump_toml",
+    "load_config",
+    "validate_config_file",
+    "write_config_atomic",
+]
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+RELAY_MODES = ("default", "disabled", "custom")
+PROVIDER_KINDS = (
+    "ollama",
+    "lmstudio",
+    "llamacpp",
+    "vllm",
+    "openai_compatible",
+    "openai",
+    "anthropic",
+)
+_MASK = "***"
+
+# Range checks as msgspec constraints: enforced by decoding, not by direct construction.
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class _FieldError(ValueError):
+    """Raised by ``__post_init__``. msgspec reports those at the struct, not the field, so
+    this carries the field name for the error message (msgspec chains it as __cause__)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def _one_of(field: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise _FieldError(field, f"must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _masked_repr(obj: msgspec.Struct, secrets: tuple[str, ...]) -> str:
+    # A repr ends up in logs and tracebacks, so it must not carry the secret either.
+    parts = []
+    for name in obj.__struct_fields__:
+        value = getattr(obj, name)
+        parts.append(f"{name}={_MASK!r}" if name in secrets and value else f"{name}={value!r}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
+
+
+class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    bind: str = "127.0.0.1:31145"
+    log_level: str = "info"
+    data_dir: str = ""  # empty: the platform data dir
+    drain_timeout: Seconds = 10.0
+    max_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        level = self.log_level.lower()
+        _one_of("log_level", level, LOG_LEVELS)
+        msgspec.structs.force_setattr(self, "log_level", level)  # frozen: the only way
+        try:
+            _parse_bind(self.bind)  # here, so a bad bind fails at load, not at serve
+        except ValueError as exc:
+            raise _FieldError("bind", str(exc)) from None
+
+
+class P2PConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    port: Port = 41145
+    relay_mode: str = "default"
+    relay_urls: list[str] = []
+    discovery: bool = True
+    trusted_peers: list[str] = []  # node ids; their format is checked where they are used
+    heartbeat_interval: Seconds = 15.0
+
+    def __post_init__(self) -> None:
+        _one_of("relay_mode", self.relay_mode, RELAY_MODES)
+        if self.relay_mode == "custom" and not self.relay_urls:
+            raise _FieldError("relay_urls", "relay_mode = 'custom' needs at least one URL")
+
+
+class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One inference engine."""
+
+    name: str
+    kind: str
+    base_url: str = ""
+    api_key: str = ""
+    api_key_env: str = ""  # name of an env var holding the key, so the file holds no secret
+    models: list[str] = []
+    max_concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: unlimited
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise _FieldError("name", "must not be empty")
+        _one_of("kind", self.kind, PROVIDER_KINDS)
+
+    def __repr__(self) -> str:
+        return _masked_repr(self, ("api_key",))
+
+
+class ProvidersConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    probe_local: bool = True
+    health_interval: Seconds = 30.0
+    engines: list[ProviderConfig] = []
+    aliases: dict[str, str] = {}
+
+    def __post_init__(self) -> None:
+        names = [engine.name for engine in self.engines]
+        for name in names:
+            if names.count(name) > 1:  # engines are addressed by name
+                raise _FieldError("engines", f"duplicate engine name {name!r}")
+
+
+class RelayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = False
+    servers: list[str] = []
+    domain: str = ""
+
+
+class SecurityConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    require_api_keys: bool = False
+    control_token: str = ""
+
+    def __repr__(self) -> str:
+        return _masked_repr(self, ("control_token",))
+
+
+class WebConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = True
+
+
+class DatabaseConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    url: str = ""  # empty: gate.db in the data dir
+
+    def __post_init__(self) -> None:
+        if self.url:
+            try:
+                _sqlite_path(self.url)
+            except ValueError as exc:
+                raise _FieldError("url", str(exc)) from None
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    p2p: P2PConfig = msgspec.field(default_factory=P2PConfig)
+    providers: ProvidersConfig = msgspec.field(default_factory=ProvidersConfig)
+    relay: RelayConfig = msgspec.field(default_factory=RelayConfig)
+    security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
+    web: WebConfig = msgspec.field(default_factory=WebConfig)
+    database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        if self.server.data_dir:
+            return Path(self.server.data_dir).expanduser()
+        return platformdirs.user_data_path("gate")
+
+    @property
+    def database_path(self) -> Path:
+        """The sqlite file. A relative path is relative to the working directory."""
+        if not self.database.url:
+            return self.data_dir / "gate.db"
+        return _sqlite_path(self.database.url)  # cannot raise: checked at construction
+
+    @property
+    def bind_host_port(self) -> tuple[str, int]:
+        """``server.bind`` split; an IPv6 host comes without its brackets."""
+        return _parse_bind(self.server.bind)
+
+
+def _parse_bind(bind: str) -> tuple[str, int]:
+    host, sep, port_text = bind.rpartition(":")
+    if not (sep and host and port_text.isascii() and port_text.isdigit()):
+        raise ValueError(f"expected HOST:PORT or [IPV6]:PORT, got {bind!r}")
+    if host.startswith("[") and host.endswith("]") and len(host) > 2:
+        host = host[1:-1]
+    elif any(c in host for c in ":[]"):
+        raise ValueError(f"an IPv6 host needs brackets, as in [::1]:31145; got {bind!r}")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port must be 0..65535; got {port}")
+    return host, port
+
+
+def _sqlite_path(url: str) -> Path:
+    """``sqlite:///PATH`` (``sqlite:////abs.db`` is absolute, as in SQLAlchemy) or a bare
+    path. The message never repeats the URL: a postgres URL may hold a password."""
+    if "://" not in url:
+        return Path(url).expanduser()
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///")).expanduser()
+    scheme = url.split("://", 1)[0]
+    if scheme == "sqlite":
+        raise ValueError("write sqlite:///relative.db or sqlite:////absolute/path.db")
+    raise ValueError(f"only sqlite is supported (sqlite:///PATH or a file path); got {scheme}://")
+
+
+def default_config_path() -> Path:
+    return platformdirs.user_config_path("gate") / "gate.toml"
+
+
+def load_config(
+    path: Path | None = None, env: Mapping[str, str] | None = None
+) -> tuple[Config, Path | None]:
+    """Resolve, read and decode the configuration; returns it and the file used (or None)."""
+    env = os.environ if env is None else env
+    if path is None and env.get("GATE_CONFIG"):  # empty counts as unset, as for GATE_LOG
+        path = Path(env["GATE_CONFIG"])
+    file = (path or default_config_path()).expanduser()
+    data = _read_toml(file, missing_ok=path is None)  # only the default may be missing
+    used = file if data is not None else None
+    data = {} if data is None else data
+    config = _decode(data, strict=True, source=lambda _: str(file))
+    env_sources = _overlay_env(data, env)
+    if env_sources:
+        config = _decode(data, strict=False, source=lambda key: _env_source(key, env_sources))
+    return config, used
+
+
+def validate_config_file(path: Path) -> Config:
+    """Decode one file alone, without the environment (``gate config validate PATH``)."""
+    data = _read_toml(path, missing_ok=False)
+    assert data is not None  # missing_ok=False raises instead
+    return _decode(data, strict=True, source=lambda _: str(path))
+
+
+def _read_toml(path: Path, *, missing_ok: bool) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+_Key = tuple[str | int | None, ...]  # a key path; None stands for a dict key msgspec hides
+_PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\.\.\.\]")
+_FIELD_NAMED = re.compile(r"Object (contains unknown|missing required) field `([^`]*)`")
+
+
+def _decode(data: dict[str, Any], *, strict: bool, source: typing.Callable[[_Key], str]) -> Config:
+    try:
+        return msgspec.convert(data, Config, strict=strict)
+    except msgspec.ValidationError as exc:
+        key, problem = _explain(exc)
+        raise ConfigError(f"{source(key)}: {_dotted(key)}: {problem}") from exc
+
+
+def _dotted(key: _Key) -> str:
+    """("providers", "engines", 0, "kind") -> "providers.engines[0].kind"."""
+    parts = [f"[{k}]" if isinstance(k, int) else "[...]" if k is None else f".{k}" for k in key]
+    return "".join(parts).lstrip(".") or "(top level)"
+
+
+def _explain(exc: msgspec.ValidationError) -> tuple[_Key, str]:
+    """Turn msgspec's "Expected `int` - at `$.server.port`" into a key path and a problem."""
+    problem, sep, where = str(exc).rpartition(" - at `")
+    if not sep:
+        problem, where = where, "$`"
+    key: list[str | int | None] = []
+    for token in _PATH_TOKEN.finditer(where[1:-1]):
+        key.append(token[1] if token[1] else int(token[2]) if token[2] else None)
+    if isinstance(exc.__cause__, _FieldError):
+        return (*key, exc.__cause__.field), exc.__cause__.problem
+    if m := _FIELD_NAMED.fullmatch(problem):
+        if m[1] == "missing required":
+            return (*key, m[2]), "required key is missing"
+        valid = ", ".join(_struct_keys(tuple(key)))
+        return (*key, m[2]), f"unknown key (valid keys: {valid})"
+    return tuple(key), problem.replace("`", "")
+
+
+def _struct_keys(key: _Key) -> list[str]:
+    """The field names of the struct at ``key``, to suggest the right spelling of a typo."""
+    tp: Any = Config
+    for part in key:
+        if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+            tp = {f.name: f.type for f in msgspec.structs.fields(tp)}.get(str(part))
+        else:  # list[X] or dict[str, X]: step to X
+            tp = typing.get_args(tp)[-1] if typing.get_args(tp) else None
+    ok = isinstance(tp, type) and issubclass(tp, msgspec.Struct)
+    return [f.name for f in msgspec.structs.fields(tp)] if ok else []
+
+
+def _overlay_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Apply the environment to ``data`` in place; returns which variable set which key."""
+    sources: dict[tuple[str, ...], str] = {}
+    sections = _struct_keys(())
+    shortcuts = [("GATE_LOG", ("server", "log_level")), ("DATABASE_URL", ("database", "url"))]
+    # Sorted, so GATE_X__Y is applied before GATE_X__Y__Z and the deeper one lands inside.
+    named = [
+        (var, tuple(var[5:].lower().split("__")))
+        for var in sorted(env)
+        if var.startswith("GATE_") and "__" in var
+    ]
+    for var, key in [(v, k) for v, k in shortcuts if env.get(v)] + named:
+        if "" in key:
+            raise ConfigError(f"{var}: malformed name; expected GATE_<SECTION>__<KEY>")
+        if key[0] not in sections:
+            raise ConfigError(
+                f"{var}: unknown section {key[0]!r} (valid sections: {', '.join(sections)})"
+            )
+        value: Any = env[var]
+        if value.lstrip().startswith(("[", "{")):
+            try:
+                value = msgspec.json.decode(value)
+            except msgspec.DecodeError as exc:
+                raise ConfigError(f"{var}: invalid JSON: {exc}") from exc
+        node = data
+        for depth, part in enumerate(key[:-1], 1):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{var}: {'.'.join(key[:depth])} is not a table")
+        node[key[-1]] = value
+        sources[key] = var
+    return sources
+
+
+def _env_source(key: _Key, sources: Mapping[tuple[str, ...], str]) -> str:
+    """The variable that set ``key`` or a key above or below it (the overlay is all that
+    changed since the file decoded cleanly)."""
+    best, best_len = "the environment", -1
+    for env_key, var in sources.items():
+        n = min(len(env_key), len(key))
+        same = all(k is None or k == e for k, e in zip(key[:n], env_key[:n], strict=True))
+        if same and n > best_len:
+            best, best_len = var, n
+    return best
+
+
+def config_to_dict(config: Config, *, mask_secrets: bool = True) -> dict[str, Any]:
+    """Plain dicts and lists, for ``gate config show`` or JSON. Secrets become "***"."""
+    data: dict[str, Any] = msgspec.to_builtins(config)
+    if mask_secrets:
+        for engine in data["providers"]["engines"]:
+            engine["api_key"] = _MASK if engine["api_key"] else ""
+        security = data["security"]
+        security["control_token"] = _MASK if security["control_token"] else ""
+    return data
+
+
+def dump_toml(config: Config) -> str:
+    """The whole config as gate.toml text, secrets included, so it loads back equal."""
+    return tomli_w.dumps(config_to_dict(config, mask_secrets=False))
+
+
+def write_config_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` all at once: readers, and the file after a crash, see
+    the old content or the new, never half. The file is 0600 as it may hold secrets."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # mkstemp creates the file 0600, and os.replace keeps that mode.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write: {exc}") from exc
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
+        os.replace(tmp, path)
+        if os.name == "posix":  # make the rename itself durable; Windows can't open a dir
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # a no-op once replaced
+        if isinstance(exc, OSError):
+            raise ConfigError(f"{path}: cannot write: {exc}") from exc
+        raise

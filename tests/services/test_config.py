@@ -1,0 +1,414 @@
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+from gate.config import (
+    Config,
+    DatabaseConfig,
+    P2PConfig,
+    ProviderConfig,
+    ProvidersConfig,
+    RelayConfig,
+    SecurityConfig,
+    ServerConfig,
+    WebConfig,
+    config_to_dict,
+    default_config_path,
+    dump_toml,
+    load_config,
+    validate_config_file,
+    write_config_atomic,
+)
+from gate.errors import ConfigError
+
+STRUCTS = [
+    Config,
+    ServerConfig,
+    P2PConfig,
+    ProviderConfig,
+    ProvidersConfig,
+    RelayConfig,
+    SecurityConfig,
+    WebConfig,
+    DatabaseConfig,
+]
+
+
+@pytest.fixture(autouse=True)
+def dirs(tmp_path, monkeypatch):
+    """Point the platform dirs into tmp_path, so a real ~/.config/gate never leaks in."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    return tmp_path
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def full_config() -> Config:
+    """Every field away from its default, so a round trip that drops one is caught."""
+    return Config(
+        server=ServerConfig(
+            bind="[::1]:8080",
+            log_level="debug",
+            data_dir="/srv/gate",
+            drain_timeout=2.5,
+            max_body_bytes=1024,
+        ),
+        p2p=P2PConfig(
+            port=0,
+            relay_mode="custom",
+            relay_urls=["https://relay.example"],
+            discovery=False,
+            trusted_peers=["peer-a", "peer-b"],
+            heartbeat_interval=3.0,
+        ),
+        providers=ProvidersConfig(
+            probe_local=False,
+            health_interval=7.0,
+            engines=[
+                ProviderConfig(
+                    name="box",
+                    kind="vllm",
+                    base_url="http://10.0.0.2:8000/v1",
+                    api_key="sk-secret-1",
+                    models=["llama3", "qwen"],
+                    max_concurrency=4,
+                ),
+                ProviderConfig(name="cloud", kind="anthropic", api_key_env="ANTHROPIC_API_KEY"),
+            ],
+            aliases={"gpt-4": "llama3"},
+        ),
+        relay=RelayConfig(enabled=True, servers=["relay1"], domain="relay.example"),
+        security=SecurityConfig(require_api_keys=True, control_token="tok-secret-2"),
+        web=WebConfig(enabled=False),
+        database=DatabaseConfig(url="sqlite:////var/lib/gate/g.db"),
+    )
+
+
+# --- resolution: defaults < file < env -------------------------------------------------
+
+
+def test_no_file_gives_defaults_and_platform_dirs(dirs):
+    config, used = load_config(env={})
+    assert used is None
+    assert config == Config()
+    assert default_config_path() == dirs / "xdg-config" / "gate" / "gate.toml"
+    assert config.data_dir == dirs / "xdg-data" / "gate"
+    assert config.database_path == dirs / "xdg-data" / "gate" / "gate.db"
+    assert config.bind_host_port == ("127.0.0.1", 31145)
+    assert config.server.max_body_bytes == 16 * 1024 * 1024
+    assert config.p2p.port == 41145
+
+
+def test_default_file_is_read_when_present():
+    path = write(default_config_path(), "[server]\nbind = '127.0.0.1:9000'\n")
+    config, used = load_config(env={})
+    assert used == path
+    assert config.server.bind == "127.0.0.1:9000"
+
+
+def test_gate_config_names_the_file(tmp_path):
+    path = write(tmp_path / "elsewhere.toml", "[p2p]\nport = 5000\n")
+    write(default_config_path(), "[p2p]\nport = 6000\n")
+    config, used = load_config(env={"GATE_CONFIG": str(path)})
+    assert (used, config.p2p.port) == (path, 5000)
+    # The argument beats the variable.
+    other = write(tmp_path / "arg.toml", "[p2p]\nport = 7000\n")
+    config, used = load_config(other, env={"GATE_CONFIG": str(path)})
+    assert (used, config.p2p.port) == (other, 7000)
+
+
+def test_explicitly_named_missing_file_is_an_error(tmp_path):
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(missing))}: no such file"):
+        load_config(missing, env={})
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(missing))}: no such file"):
+        load_config(env={"GATE_CONFIG": str(missing)})
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(missing))}: no such file"):
+        validate_config_file(missing)
+
+
+def test_full_file_round_trips(tmp_path):
+    original = full_config()
+    path = tmp_path / "gate.toml"
+    write_config_atomic(path, dump_toml(original))
+    loaded, used = load_config(path, env={})
+    assert used == path
+    assert loaded == original
+    assert validate_config_file(path) == original
+    assert dump_toml(loaded) == dump_toml(original)
+
+
+def test_file_log_level_is_case_insensitive(tmp_path):
+    path = write(tmp_path / "g.toml", "[server]\nlog_level = 'WARNING'\n")
+    assert load_config(path, env={})[0].server.log_level == "warning"
+
+
+ENV_FORMS = [
+    ({"GATE_SERVER__BIND": "127.0.0.1:0"}, lambda c: c.bind_host_port, ("127.0.0.1", 0)),
+    ({"GATE_P2P__PORT": "0"}, lambda c: (c.p2p.port, type(c.p2p.port)), (0, int)),
+    ({"GATE_P2P__DISCOVERY": "false"}, lambda c: c.p2p.discovery, False),
+    ({"GATE_RELAY__ENABLED": "true"}, lambda c: c.relay.enabled, True),
+    ({"GATE_WEB__ENABLED": "0"}, lambda c: c.web.enabled, False),
+    ({"GATE_SERVER__DRAIN_TIMEOUT": "1.5"}, lambda c: c.server.drain_timeout, 1.5),
+    ({"GATE_P2P__TRUSTED_PEERS": '["a", "b"]'}, lambda c: c.p2p.trusted_peers, ["a", "b"]),
+    (
+        {"GATE_PROVIDERS__ENGINES": '[{"name": "local", "kind": "ollama"}]'},
+        lambda c: c.providers.engines,
+        [ProviderConfig(name="local", kind="ollama")],
+    ),
+    ({"GATE_PROVIDERS__ALIASES": '{"a": "b"}'}, lambda c: c.providers.aliases, {"a": "b"}),
+    ({"GATE_PROVIDERS__ALIASES__GPT4": "llama"}, lambda c: c.providers.aliases, {"gpt4": "llama"}),
+    ({"GATE_LOG": "DEBUG"}, lambda c: c.server.log_level, "debug"),
+    ({"GATE_SECURITY__CONTROL_TOKEN": "123"}, lambda c: c.security.control_token, "123"),
+    ({"DATABASE_URL": "sqlite:////tmp/x.db"}, lambda c: c.database_path, Path("/tmp/x.db")),
+    # Variables without "__" are not config keys, and empty shortcuts count as unset.
+    ({"GATE_PASSPHRASE": "x", "GATE_LOG": "", "DATABASE_URL": ""}, lambda c: c, Config()),
+]
+
+
+@pytest.mark.parametrize(("env", "get", "expected"), ENV_FORMS)
+def test_env_forms(env, get, expected):
+    config, _ = load_config(env=env)
+    assert get(config) == expected
+
+
+def test_env_overrides_file_key_by_key(tmp_path):
+    path = write(
+        tmp_path / "gate.toml",
+        "[server]\nlog_level = 'warning'\nbind = '0.0.0.0:1'\n"
+        "[p2p]\nport = 5000\n[providers.aliases]\nkeep = 'x'\n",
+    )
+    env = {
+        "GATE_P2P__PORT": "6000",
+        "GATE_LOG": "error",
+        "GATE_SERVER__LOG_LEVEL": "debug",  # the explicit form beats the shortcut
+        "GATE_PROVIDERS__ALIASES__NEW": "y",  # a deeper key lands inside the file's table
+    }
+    config, used = load_config(path, env=env)
+    assert used == path
+    assert config.p2p.port == 6000
+    assert config.server.log_level == "debug"
+    assert config.server.bind == "0.0.0.0:1"  # untouched by env
+    assert config.providers.aliases == {"keep": "x", "new": "y"}
+    # A whole value set by env replaces the file's, it does not merge.
+    config, _ = load_config(path, env={"GATE_PROVIDERS__ALIASES": '{"only": "z"}'})
+    assert config.providers.aliases == {"only": "z"}
+    # ...and a deeper variable is applied after it, whatever the order of the mapping.
+    env = {"GATE_PROVIDERS__ALIASES__B": "2", "GATE_PROVIDERS__ALIASES": '{"a": "1"}'}
+    config, _ = load_config(path, env=env)
+    assert config.providers.aliases == {"a": "1", "b": "2"}
+
+
+# --- errors name the source, the key and the problem ------------------------------------
+
+ENGINE = "[[providers.engines]]\nname = 'a'\nkind = 'ollama'\n"
+
+FILE_ERRORS = [
+    ("[serverr]\nbind = '1.2.3.4:5'\n", "serverr", "unknown key (valid keys: server, p2p,"),
+    ("[server]\nprot = 1\n", "server.prot", "unknown key (valid keys: bind, log_level,"),
+    (ENGINE + "key = 'x'\n", "providers.engines[0].key", "unknown key (valid keys: name, kind"),
+    ("[[providers.engines]]\nname = 'a'\n", "providers.engines[0].kind", "required key is missing"),
+    ("[p2p]\nport = 'x'\n", "p2p.port", "Expected int, got str"),
+    ("[p2p]\nport = '80'\n", "p2p.port", "Expected int, got str"),  # no coercion in a file
+    ("[p2p]\nport = 70000\n", "p2p.port", "Expected int <= 65535"),
+    ("[p2p]\nport = -1\n", "p2p.port", "Expected int >= 0"),
+    ("[p2p]\ntrusted_peers = 'a'\n", "p2p.trusted_peers", "Expected array, got str"),
+    ("server = 5\n", "server", "Expected object, got int"),
+    ("[server]\nlog_level = 'loud'\n", "server.log_level", "one of debug, info, warning, error"),
+    ("[server]\ndrain_timeout = 0\n", "server.drain_timeout", "Expected float > 0"),
+    ("[p2p]\nrelay_mode = 'on'\n", "p2p.relay_mode", "one of default, disabled, custom; got 'on'"),
+    ("[p2p]\nrelay_mode = 'custom'\n", "p2p.relay_urls", "needs at least one URL"),
+    (ENGINE.replace("ollama", "gpt"), "providers.engines[0].kind", "must be one of ollama,"),
+    (ENGINE + ENGINE, "providers.engines", "duplicate engine name 'a'"),
+    (ENGINE + "max_concurrency = -1\n", "providers.engines[0].max_concurrency", ">= 0"),
+    ("[providers.aliases]\nx = 1\n", "providers.aliases[...]", "Expected str, got int"),
+    ("[server]\nbind = 'localhost'\n", "server.bind", "expected HOST:PORT"),
+    ("[server]\nbind = '::1:80'\n", "server.bind", "needs brackets"),
+    ("[server]\nbind = 'h:65536'\n", "server.bind", "port must be 0..65535; got 65536"),
+    ("[server]\nbind = 'h:8o'\n", "server.bind", "expected HOST:PORT"),
+    ("[database]\nurl = 'postgres://u:hunter2@db/g'\n", "database.url", "only sqlite"),
+    ("[database]\nurl = 'sqlite://x.db'\n", "database.url", "sqlite:///relative.db"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "problem"), FILE_ERRORS)
+def test_file_errors_name_file_key_and_problem(tmp_path, text, key, problem):
+    path = write(tmp_path / "gate.toml", text)
+    for load in (lambda: load_config(path, env={}), lambda: validate_config_file(path)):
+        with pytest.raises(ConfigError) as info:
+            load()
+        message = str(info.value)
+        assert message.startswith(f"{path}: {key}: "), message
+        assert problem in message
+        assert "hunter2" not in message  # a database URL may hold a password
+
+
+def test_bad_toml_syntax_names_file_and_line(tmp_path):
+    path = write(tmp_path / "gate.toml", "[server]\nbind = \n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: invalid TOML: .*line 2"):
+        load_config(path, env={})
+
+
+def test_unreadable_file_is_a_config_error(tmp_path):
+    path = tmp_path / "dir.toml"
+    path.mkdir()
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: cannot read"):
+        load_config(path, env={})
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b"a = '\xff'\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{latin}: not UTF-8 text")):
+        load_config(latin, env={})
+
+
+ENV_ERRORS = [
+    ({"GATE_P2P__PORT": "abc"}, "GATE_P2P__PORT: p2p.port: Expected int, got str"),
+    ({"GATE_P2P__PORT": "99999"}, "GATE_P2P__PORT: p2p.port: Expected int <= 65535"),
+    ({"GATE_WEB__ENABLED": "yes"}, "GATE_WEB__ENABLED: web.enabled: Expected bool, got str"),
+    ({"GATE_SERVER__PROT": "1"}, "GATE_SERVER__PROT: server.prot: unknown key"),
+    ({"GATE_NOPE__X": "1"}, "GATE_NOPE__X: unknown section 'nope' (valid sections: server,"),
+    ({"GATE_SERVER____BIND": "1"}, "GATE_SERVER____BIND: malformed name"),
+    ({"GATE_P2P__TRUSTED_PEERS": '["a",'}, "GATE_P2P__TRUSTED_PEERS: invalid JSON"),
+    ({"GATE_P2P__TRUSTED_PEERS": "a,b"}, "GATE_P2P__TRUSTED_PEERS: p2p.trusted_peers: Expected"),
+    ({"GATE_LOG": "loud"}, "GATE_LOG: server.log_level: must be one of"),
+    ({"GATE_SERVER__BIND": "nope"}, "GATE_SERVER__BIND: server.bind: expected HOST:PORT"),
+    ({"GATE_SERVER__BIND__X": "1"}, "GATE_SERVER__BIND__X: server.bind is not a table"),
+    ({"DATABASE_URL": "postgres://u:hunter2@db/g"}, "DATABASE_URL: database.url: only sqlite"),
+    (
+        {"GATE_PROVIDERS__ENGINES": '[{"name": "a", "kind": "nope"}]'},
+        "GATE_PROVIDERS__ENGINES: providers.engines[0].kind: must be one of",
+    ),
+    (
+        {"GATE_PROVIDERS__ALIASES__X": "[1]"},
+        "GATE_PROVIDERS__ALIASES__X: providers.aliases[...]: Expected str, got array",
+    ),
+    (
+        {"GATE_P2P__PORT": "1", "GATE_P2P__RELAY_MODE": "bad"},
+        "GATE_P2P__RELAY_MODE: p2p.relay_mode: must be one of",
+    ),
+]
+
+
+@pytest.mark.parametrize(("env", "expected"), ENV_ERRORS)
+def test_env_errors_name_the_variable(tmp_path, env, expected):
+    # A valid file is present: the message must blame the variable, not the file.
+    path = write(tmp_path / "gate.toml", "[server]\nbind = '127.0.0.1:1'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env)
+    message = str(info.value)
+    assert message.startswith(expected), message
+    assert "hunter2" not in message
+
+
+# --- derived values ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:////tmp/x.db", Path("/tmp/x.db")),
+        ("sqlite:///rel/x.db", Path("rel/x.db")),  # relative to the working directory
+        ("/var/lib/gate.db", Path("/var/lib/gate.db")),
+        ("~/g.db", Path.home() / "g.db"),
+    ],
+)
+def test_database_path_forms(url, expected):
+    assert Config(database=DatabaseConfig(url=url)).database_path == expected
+
+
+def test_database_defaults_into_the_configured_data_dir():
+    config = Config(server=ServerConfig(data_dir="~/gate-data"))
+    assert config.data_dir == Path.home() / "gate-data"
+    assert config.database_path == Path.home() / "gate-data" / "gate.db"
+
+
+@pytest.mark.parametrize("url", ["postgres://u:p@h/db", "mysql://h/db", "sqlite://", "sqlite:///"])
+def test_other_databases_are_rejected(url):
+    with pytest.raises(ConfigError, match=r"^DATABASE_URL: database\.url: "):
+        load_config(env={"DATABASE_URL": url})
+
+
+@pytest.mark.parametrize(
+    ("bind", "expected"),
+    [
+        ("[::1]:8080", ("::1", 8080)),
+        ("0.0.0.0:31145", ("0.0.0.0", 31145)),
+        ("localhost:0", ("localhost", 0)),
+        ("h:65535", ("h", 65535)),
+    ],
+)
+def test_bind_forms(bind, expected):
+    assert Config(server=ServerConfig(bind=bind)).bind_host_port == expected
+
+
+# --- secrets, immutability -----------------------------------------------------------------
+
+
+def test_secrets_are_masked_when_shown():
+    config = full_config()
+    shown = config_to_dict(config)
+    assert shown["providers"]["engines"][0]["api_key"] == "***"
+    assert shown["providers"]["engines"][1]["api_key"] == ""  # nothing to hide
+    assert shown["security"]["control_token"] == "***"
+    assert shown["providers"]["engines"][0]["base_url"] == "http://10.0.0.2:8000/v1"
+    for text in (repr(config), str(config), str(shown)):
+        assert "sk-secret-1" not in text and "tok-secret-2" not in text
+    assert "max_concurrency=4" in repr(config)  # the rest of the repr is still there
+    plain = config_to_dict(config, mask_secrets=False)
+    assert plain["providers"]["engines"][0]["api_key"] == "sk-secret-1"
+    assert plain["security"]["control_token"] == "tok-secret-2"
+    assert "tok-secret-2" in dump_toml(config)  # the file form keeps them, to round-trip
+
+
+@pytest.mark.parametrize("struct", STRUCTS)
+def test_every_struct_is_frozen_and_strict(struct):
+    assert struct.__struct_config__.frozen
+    assert struct.__struct_config__.forbid_unknown_fields
+
+
+def test_config_is_immutable():
+    config = Config()
+    with pytest.raises(AttributeError):
+        config.server.bind = "0.0.0.0:1"
+
+
+# --- atomic write ---------------------------------------------------------------------------
+
+
+def test_write_is_private_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "new" / "gate.toml"  # the directory is created too
+    write_config_atomic(path, "a = 1\n")
+    assert path.read_text() == "a = 1\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert os.listdir(path.parent) == ["gate.toml"]
+    # Replacing a world-readable file leaves it private.
+    path.chmod(0o644)
+    write_config_atomic(path, "a = 2\n")
+    assert path.read_text() == "a = 2\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert os.listdir(path.parent) == ["gate.toml"]
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"), [(OSError, ConfigError), (RuntimeError, RuntimeError)]
+)
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch, error, raised):
+    path = write(tmp_path / "gate.toml", "old = true\n")
+
+    def crash(src, dst):
+        # The new content is complete in the temp file at this point, but not yet in place.
+        assert Path(src).read_text() == "new = true\n"
+        raise error("crash before rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(raised, match="crash before rename"):
+        write_config_atomic(path, "new = true\n")
+    assert path.read_text() == "old = true\n"
+    assert os.listdir(tmp_path) == ["gate.toml"]
