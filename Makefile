@@ -1,0 +1,54 @@
+# The README's two quick-start commands live here: `make serve` and `make test`.
+# Both build the virtualenv they need on first use, so a fresh clone needs only python3.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Re-install when the dependency list changes.
+SERVE_STAMP := $(VENV)/.serve-installed
+TEST_STAMP  := $(VENV)/.test-installed
+
+.PHONY: serve test check lint typecheck unit e2e spec system-deps clean
+
+serve: $(SERVE_STAMP)
+	$(BIN)/gate serve
+
+test: $(TEST_STAMP) system-deps lint typecheck
+	$(BIN)/pytest
+
+# Fast loop while developing: no e2e processes.
+unit: $(TEST_STAMP)
+	$(BIN)/pytest -m "not e2e"
+
+e2e: $(TEST_STAMP) system-deps
+	$(BIN)/pytest -m e2e
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check gate tests spec bench
+	$(BIN)/ruff format --check gate tests spec bench
+
+typecheck: $(TEST_STAMP)
+	$(BIN)/mypy gate
+
+# Regenerate spec/schema and spec/vectors after changing a wire message.
+spec: $(TEST_STAMP)
+	$(BIN)/python spec/generate.py
+
+# System packages the e2e tests drive (engines, CAs, browsers) — installed when missing.
+system-deps:
+	@bash scripts/system-deps.sh
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(SERVE_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@ $(SERVE_STAMP)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

@@ -1,0 +1,304 @@
+"""The `gate` command line.
+
+Exit codes: 0 success; 1 the operation failed (a service crashed, a file could not be
+written); 2 bad input (invalid config, bad arguments, an unusable key file). Errors are
+one readable line on stderr, never a traceback; GATE_LOG=debug adds the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from gate import __version__
+from gate.errors import ConfigError, GateError, IdentityError, describe
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+PASSPHRASE_ENV = "GATE_PASSPHRASE"
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    click.echo(f"gate: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _passphrase() -> str | None:
+    return os.environ.get(PASSPHRASE_ENV) or None
+
+
+def _load(config_path: Path | None) -> Any:
+    from gate.config import load_config
+
+    try:
+        config, _ = load_config(config_path)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    return config
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Config file (default: $GATE_CONFIG, else gate.toml in the platform config dir).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="gate")
+def main() -> None:
+    """Gate: secure access to the AI compute you own or trust."""
+
+
+# --- serve -----------------------------------------------------------------
+
+
+@main.command()
+@config_option
+@click.option("--bind", default=None, help="Override server.bind, e.g. 127.0.0.1:0.")
+def serve(config_path: Path | None, bind: str | None) -> None:
+    """Run the Gate daemon in the foreground (Ctrl-C stops it gracefully)."""
+    import msgspec
+    import trio
+
+    from gate.identity import load_or_create_identity
+    from gate.logs import setup_logging
+    from gate.node import Node
+
+    config = _load(config_path)
+    if bind is not None:
+        config = msgspec.structs.replace(
+            config, server=msgspec.structs.replace(config.server, bind=bind)
+        )
+        try:
+            config.bind_host_port  # noqa: B018  (validates the override like the file)
+        except ConfigError as exc:
+            fail(f"--bind: {exc}", EXIT_BAD_INPUT)
+    log_file = setup_logging(config.server.log_level, config.data_dir / "logs")
+    log = logging.getLogger("gate.cli")
+
+    try:
+        identity, created = load_or_create_identity(config.data_dir, _passphrase())
+    except IdentityError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    node = Node(config, identity)
+    if created:
+        log.info("created node identity", extra={"node_id": str(node.node_id)})
+
+    def announce(info: dict[str, object] | None = None) -> None:
+        # stdout carries the facts a person or script needs; logs go to stderr.
+        click.echo(f"Gate {__version__}  node {node.node_id}")
+        urls = (info or {}).get("http")
+        for url in urls if isinstance(urls, list) else []:
+            click.echo(f"API listening on {url}")
+        click.echo(f"data {config.data_dir}  log {log_file}")
+
+    async def main_task() -> None:
+        # A plain callback as task_status: a signal during start-up then simply ends
+        # the run, instead of nursery.start() complaining that nothing started.
+        await node.run(task_status=_OnStarted(announce))
+
+    failure: BaseException | None = None
+    try:
+        trio.run(main_task)
+    except* GateError as group:
+        failure = group
+    except* KeyboardInterrupt:  # Ctrl-C while the final cancellation was under way
+        sys.exit(130)
+    if failure is not None:
+        log.debug("stopped with an error", exc_info=failure)
+        fail(describe(failure))
+    log.info("stopped")
+
+
+main.add_command(serve, name="daemon")
+
+
+# --- config ----------------------------------------------------------------
+
+
+@main.group("config")
+def config_group() -> None:
+    """Show and check the configuration."""
+
+
+@config_group.command("show")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of TOML.")
+def config_show(config_path: Path | None, as_json: bool) -> None:
+    """Print the effective configuration (file + environment + defaults), secrets masked."""
+    import tomli_w
+
+    from gate.config import config_to_dict, load_config
+
+    try:
+        config, source = load_config(config_path)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    data = config_to_dict(config, mask_secrets=True)
+    if as_json:
+        click.echo(
+            json.dumps({"source": str(source) if source else None, "config": data}, indent=2)
+        )
+    else:
+        click.echo(f"# source: {source or 'built-in defaults'}")
+        click.echo(tomli_w.dumps(data), nl=False)
+
+
+@config_group.command("validate")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False), required=False)
+def config_validate(path: Path | None) -> None:
+    """Check a config file (default: the one `gate serve` would use)."""
+    from gate.config import default_config_path, validate_config_file
+
+    path = path or Path(os.environ.get("GATE_CONFIG") or default_config_path())
+    if not path.exists():
+        fail(f"{path}: no such file", EXIT_BAD_INPUT)
+    try:
+        validate_config_file(path)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    click.echo(f"{path}: valid")
+
+
+# --- identity --------------------------------------------------------------
+
+
+@main.group("identity")
+def identity_group() -> None:
+    """Show, export and import this node's Ed25519 identity."""
+
+
+@identity_group.command("show")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def identity_show(config_path: Path | None, as_json: bool) -> None:
+    """Print the node id (creating the key on first use)."""
+    from gate.identity import KEY_FILENAME, load_or_create_identity
+    from gate.protocol import NodeId
+
+    config = _load(config_path)
+    try:
+        identity, created = load_or_create_identity(config.data_dir, _passphrase())
+    except IdentityError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    node_id = NodeId(identity.public_key_bytes)
+    key_file = config.data_dir / KEY_FILENAME
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "node_id": str(node_id),
+                    "hex": node_id.hex(),
+                    "key_file": str(key_file),
+                    "created": created,
+                }
+            )
+        )
+    else:
+        click.echo(f"node id   {node_id}")
+        click.echo(f"hex       {node_id.hex()}")
+        click.echo(f"key file  {key_file}{'  (created now)' if created else ''}")
+
+
+@identity_group.command("export")
+@config_option
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write to this file (mode 0600) instead of stdout.",
+)
+@click.option(
+    "--passphrase-env",
+    default=None,
+    metavar="VAR",
+    help="Encrypt the export with the passphrase in this environment variable.",
+)
+def identity_export(
+    config_path: Path | None, output: Path | None, passphrase_env: str | None
+) -> None:
+    """Export the node key as PKCS#8 PEM (keep it secret: it *is* the node)."""
+    from gate.identity import export_identity, load_identity, write_secret_file_atomic
+
+    config = _load(config_path)
+    export_passphrase = _env_secret(passphrase_env)
+    try:
+        identity = load_identity(config.data_dir, _passphrase())
+    except IdentityError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    pem = export_identity(identity, export_passphrase)
+    if output is None:
+        click.echo(pem.decode(), nl=False)
+        return
+    try:
+        write_secret_file_atomic(output, pem, overwrite=False)
+    except FileExistsError:
+        fail(f"{output} exists; not overwriting a key file", EXIT_BAD_INPUT)
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc}")
+    click.echo(f"exported to {output}", err=True)
+
+
+@identity_group.command("import")
+@config_option
+@click.argument("source", type=click.File("rb"))
+@click.option("--force", is_flag=True, help="Replace an existing key (it is kept as a backup).")
+@click.option(
+    "--source-passphrase-env",
+    default=None,
+    metavar="VAR",
+    help="Environment variable holding the passphrase of an encrypted SOURCE.",
+)
+def identity_import(
+    config_path: Path | None, source: Any, force: bool, source_passphrase_env: str | None
+) -> None:
+    """Install the PEM key in SOURCE ('-' for stdin) as this node's identity.
+
+    The stored copy is encrypted with $GATE_PASSPHRASE when it is set.
+    """
+    from gate.identity import import_identity
+    from gate.protocol import NodeId
+
+    config = _load(config_path)
+    try:
+        identity = import_identity(
+            config.data_dir,
+            source.read(),
+            source_passphrase=_env_secret(source_passphrase_env),
+            passphrase=_passphrase(),
+            force=force,
+        )
+    except IdentityError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    click.echo(f"imported node id {NodeId(identity.public_key_bytes)}")
+
+
+class _OnStarted:
+    """A trio.TaskStatus that calls a function when the task reports it has started."""
+
+    def __init__(self, callback: Callable[[Any], None]) -> None:
+        self._callback = callback
+
+    def started(self, value: Any = None) -> None:
+        self._callback(value)
+
+
+def _env_secret(var: str | None) -> str | None:
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        fail(f"environment variable {var} is not set", EXIT_BAD_INPUT)
+    return value

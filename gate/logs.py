@@ -1,0 +1,97 @@
+"""Structured logging: logfmt lines on stderr for people, JSON lines in a file for tools.
+
+Both carry the same fields: time, level, logger, message, and whatever a caller put
+in `extra=`. The file rotates (10 MiB x 5) so a long-running daemon cannot fill a disk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import logging.handlers
+import pathlib
+import sys
+from typing import Any, Final, TextIO
+
+import msgspec
+
+__all__ = ["LOG_FILENAME", "setup_logging"]
+
+LOG_FILENAME: Final = "gate.log"
+_STANDARD_ATTRS: Final = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
+)
+_json = msgspec.json.Encoder(enc_hook=repr)  # a stray object in `extra` must never break logging
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    for key, value in vars(record).items():
+        if key not in _STANDARD_ATTRS and not key.startswith("_"):
+            fields[key] = value
+    if record.exc_info:
+        fields["exc"] = logging.Formatter().formatException(record.exc_info)
+    return fields
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return _json.encode(_fields(record)).decode()
+
+
+class LogfmtFormatter(logging.Formatter):
+    """One line per record; tracebacks only when asked for (they stay in the JSON file)."""
+
+    def __init__(self, *, tracebacks: bool) -> None:
+        super().__init__()
+        self.tracebacks = tracebacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = _fields(record)
+        exc = fields.pop("exc", None)
+        line = " ".join(f"{key}={_logfmt_value(value)}" for key, value in fields.items())
+        return f"{line}\n{exc}" if exc and self.tracebacks else line
+
+
+def _logfmt_value(value: object) -> str:
+    text = str(value)
+    if text and not any(c in text for c in ' "=\n\t'):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def setup_logging(
+    level: str,
+    log_dir: pathlib.Path | None,
+    *,
+    stream: TextIO | None = None,
+) -> pathlib.Path | None:
+    """Configure the root logger; return the log file's path (None when file logging is off)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level.upper())
+
+    console = logging.StreamHandler(stream or sys.stderr)
+    console.setFormatter(LogfmtFormatter(tracebacks=root.level <= logging.DEBUG))
+    root.addHandler(console)
+
+    if log_dir is None:
+        return None
+    log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = log_dir / LOG_FILENAME
+    file_handler = logging.handlers.RotatingFileHandler(
+        path, maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8"
+    )
+    file_handler.setFormatter(JsonFormatter())
+    root.addHandler(file_handler)
+    # Libraries that are chatty at INFO would drown Gate's own lines.
+    for noisy in ("hypercorn.access", "gate.http.server", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return path

@@ -1,0 +1,99 @@
+"""A minimal ASGI router for the API's hot path.
+
+Why not a framework here: every request to Gate's API passes through this code, and
+the measured budget is tight (ARCHITECTURE.md: a bare ASGI app on hypercorn's trio
+worker serves ~2,100 req/s, quart-trio ~1,300; importing quart-trio alone takes most
+of a second of the one-second start-up target). Routes are an exact-match dict, so
+dispatch is one lookup. Frameworks remain welcome where speed does not matter (the
+control plane and web UI).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+
+__all__ = ["ASGIApp", "Handler", "Router", "send_json"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+ASGIApp = Handler
+
+_json_encode = msgspec.json.Encoder().encode
+log = logging.getLogger("gate.http")
+
+
+async def send_json(
+    send: Send,
+    status: int,
+    body: object,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    payload = _json_encode(body)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class Router:
+    """Dispatches (method, path) to a handler; answers 404/405 itself."""
+
+    def __init__(self) -> None:
+        self._routes: dict[str, dict[str, Handler]] = {}
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        self._routes.setdefault(path, {})[method.upper()] = handler
+
+    def route(self, method: str, path: str) -> Callable[[Handler], Handler]:
+        def decorator(handler: Handler) -> Handler:
+            self.add(method, path, handler)
+            return handler
+
+        return decorator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            methods = self._routes.get(scope["path"])
+            if methods is None:
+                await send_json(send, 404, {"error": {"message": "not found", "type": "not_found"}})
+                return
+            handler = methods.get(scope["method"])
+            if handler is None:
+                allow = ", ".join(sorted(methods)).encode()
+                await send_json(
+                    send,
+                    405,
+                    {"error": {"message": "method not allowed", "type": "invalid_request"}},
+                    [(b"allow", allow)],
+                )
+                return
+            await handler(scope, receive, send)
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+        # websocket and other scope types: not served; the server closes them.
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

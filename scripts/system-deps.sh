@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the system packages that the end-to-end tests use, only when missing.
+# Idempotent and quiet when everything is present. Needs root (or sudo) to install.
+set -euo pipefail
+
+# package name -> a command that proves it is installed
+declare -A NEEDED=(
+  [curl]=curl
+)
+
+missing=()
+for pkg in "${!NEEDED[@]}"; do
+  command -v "${NEEDED[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "installing system packages: ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,36 @@
+import os
+
+import pytest
+
+
+@pytest.fixture
+def gate_env(tmp_path, monkeypatch):
+    """An isolated home for one test: config and data dirs under tmp_path, no GATE_* leaks."""
+    for key in list(os.environ):
+        if key.startswith("GATE_") or key == "DATABASE_URL":
+            monkeypatch.delenv(key)
+    env = {
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With GATE_STRICT_SKIPS=1 (CI), a skipped test is a failed test.
+
+    Tests that need a system package or the engine may skip on a laptop without it;
+    CI installs everything, so a skip there means something is missing.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        os.environ.get("GATE_STRICT_SKIPS") == "1"
+        and report.skipped
+        and not hasattr(report, "wasxfail")
+    ):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under GATE_STRICT_SKIPS=1: {report.longrepr}"

@@ -1,0 +1,107 @@
+"""Runs `gate` as a real separate process, the way a user or a supervisor would."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GATE = [sys.executable, "-m", "gate"]
+
+
+def run_gate(*args: str, env: dict[str, str], input: bytes | None = None, timeout: float = 30):
+    return subprocess.run(
+        [*GATE, *args],
+        env={**os.environ, **env},
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+class GateServe:
+    """`gate serve` in a child process; waits until it prints where it listens."""
+
+    def __init__(self, env: dict[str, str], *args: str, bind: str = "127.0.0.1:0") -> None:
+        self.env = {**os.environ, **env}
+        self.args = ["serve", "--bind", bind, *args]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stdout_lines: list[str] = []
+        self.url = ""
+        self.node_id = ""
+
+    def start(self, timeout: float = 20) -> GateServe:
+        # stderr goes to a file: a pipe nobody reads would block a chatty child.
+        self._stderr_file = tempfile.TemporaryFile()  # noqa: SIM115  (closed in close())
+        self.proc = subprocess.Popen(
+            [*GATE, *self.args], env=self.env, stdout=subprocess.PIPE, stderr=self._stderr_file
+        )
+        assert self.proc.stdout is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        deadline = time.monotonic() + timeout
+        buffer = b""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            while not self.url:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.proc.poll() is not None:
+                    self.close()
+                    raise AssertionError(f"gate serve did not become ready: {self.stderr()}")
+                if selector.select(timeout=min(remaining, 0.5)):
+                    buffer += self.proc.stdout.read() or b""
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        text = line.decode()
+                        self.stdout_lines.append(text)
+                        if m := re.search(r"node (\S+)", text):
+                            self.node_id = m.group(1)
+                        if m := re.search(r"listening on (http://\S+)", text):
+                            self.url = m.group(1)
+        return self
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 20) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+    def stderr(self) -> str:
+        """What the process wrote to stderr so far."""
+        self._stderr_file.seek(0)
+        return self._stderr_file.read().decode(errors="replace")
+
+    def close(self) -> None:
+        self.stop()
+        self._stderr_file.close()
+
+    def __enter__(self) -> GateServe:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def data_dir(env: dict[str, str]) -> Path:
+    return Path(env["XDG_DATA_HOME"]) / "gate"

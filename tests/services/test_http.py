@@ -1,0 +1,106 @@
+"""The HTTP service with real hypercorn and real sockets: readiness, routing, draining."""
+
+import httpx
+import pytest
+import trio
+
+from gate.nursery import Service, Supervisor
+from gate.services.asgi import Router, send_json
+from gate.services.http import build_app, serve_http
+
+
+async def start(app, supervisor_holder, nursery, drain_timeout=5.0):
+    async def run_http(ctx, *, task_status=trio.TASK_STATUS_IGNORED):
+        await serve_http(
+            ctx, app, bind="127.0.0.1:0", drain_timeout=drain_timeout, task_status=task_status
+        )
+
+    supervisor = Supervisor([Service("http", run_http)], drain_timeout=drain_timeout)
+    supervisor_holder.append(supervisor)
+    info = await nursery.start(supervisor.run)
+    (url,) = info["http"]
+    return url
+
+
+async def test_health_answers_once_started():
+    async with trio.open_nursery() as nursery:
+        holder = []
+        with trio.fail_after(10):
+            url = await start(build_app(node_id="n" * 52), holder, nursery)
+            # started() means listening: the very first request must succeed.
+            async with httpx.AsyncClient() as client:
+                response = await client.get(f"{url}/health")
+                missing = await client.get(f"{url}/v1/nothing")
+                wrong_method = await client.post(f"{url}/health")
+        holder[0].request_shutdown()
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok" and body["node_id"] == "n" * 52 and body["version"]
+    assert missing.status_code == 404
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "GET"
+
+
+def slow_app(entered: trio.Event, release: trio.Event, finished: list[str]):
+    router = Router()
+
+    @router.route("GET", "/slow")
+    async def slow(scope, receive, send):
+        entered.set()
+        await release.wait()
+        await send_json(send, 200, {"done": True})
+        finished.append("slow")
+
+    return router
+
+
+async def test_shutdown_stops_accepting_and_drains_in_flight_requests():
+    entered, release, finished = trio.Event(), trio.Event(), []
+    results = {}
+    async with trio.open_nursery() as nursery:
+        holder = []
+        with trio.fail_after(10):
+            url = await start(slow_app(entered, release, finished), holder, nursery)
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+
+            async def in_flight():
+                async with httpx.AsyncClient() as client:
+                    results["slow"] = await client.get(f"{url}/slow")
+
+            nursery.start_soon(in_flight)
+            await entered.wait()
+            holder[0].request_shutdown()
+            # Stopped accepting: a new connection is refused while the old one drains.
+            with pytest.raises(OSError):
+                for _ in range(50):
+                    stream = await trio.open_tcp_stream(host, int(port))
+                    await stream.aclose()
+                    await trio.sleep(0.02)
+            release.set()
+    assert results["slow"].status_code == 200 and results["slow"].json() == {"done": True}
+    assert finished == ["slow"]
+
+
+async def test_requests_still_running_at_the_deadline_are_cancelled():
+    entered, release, finished = trio.Event(), trio.Event(), []
+    errors = []
+    async with trio.open_nursery() as nursery:
+        holder = []
+        with trio.fail_after(10):
+            url = await start(
+                slow_app(entered, release, finished), holder, nursery, drain_timeout=0.3
+            )
+
+            async def in_flight():
+                async with httpx.AsyncClient() as client:
+                    try:
+                        await client.get(f"{url}/slow")
+                    except httpx.HTTPError as exc:
+                        errors.append(exc)
+
+            nursery.start_soon(in_flight)
+            await entered.wait()
+            started = trio.current_time()
+            holder[0].request_shutdown()
+    assert finished == []  # never released: the handler was cancelled at the deadline
+    assert errors, "the client saw the connection end"
+    assert trio.current_time() - started < 5
