@@ -21,6 +21,7 @@ from protocol.examples import (  # noqa: E402
     HTTP_FRAMES,
     NODE_PAYLOADS,
     RELAY_PAYLOADS,
+    REPLIES,
     node_message,
     relay_message,
 )
@@ -108,7 +109,7 @@ def preamble_vectors() -> dict:
 def frame_vectors() -> dict:
     return {
         "description": (
-            "Frame codec (spec §4). Feed `hex` (in any split), then end the stream, with the "
+            "Frame codec (spec §3.4). Feed `hex` (in any split), then end the stream, with the "
             "given `max_frame_size`. Either exactly `frames` (payloads, hex) come out, or "
             "the decoder fails with `error`."
         ),
@@ -268,8 +269,14 @@ def sequence_vectors() -> dict:
 
 
 def all_vectors() -> dict[str, dict]:
-    node = {k: node_message(v, id=n) for n, (k, v) in enumerate(NODE_PAYLOADS.items(), 1)}
-    relay = {k: relay_message(v, id=n) for n, (k, v) in enumerate(RELAY_PAYLOADS.items(), 1)}
+    node = {
+        k: node_message(v, id=n, reply_to=n - 1 if k in REPLIES else None)
+        for n, (k, v) in enumerate(NODE_PAYLOADS.items(), 1)
+    }
+    relay = {
+        k: relay_message(v, id=n, reply_to=n - 1 if k in REPLIES else None)
+        for n, (k, v) in enumerate(RELAY_PAYLOADS.items(), 1)
+    }
     node_vectors = message_vectors("NodeControl", "NodeMessage", node)
     node_vectors["invalid"] = [
         invalid("not msgpack", b"\xc1", ErrorCode.INVALID_MESSAGE),
@@ -277,6 +284,53 @@ def all_vectors() -> dict[str, dict]:
         invalid(
             "unknown payload tag",
             _encode({"version": 1, "id": 1, "timestamp": 0, "payload": {"type": "nope"}}),
+            ErrorCode.INVALID_MESSAGE,
+        ),
+        invalid(
+            "invalid UTF-8 in a string",
+            bytes.fromhex("84a776657273696f6e01a26964")
+            + bytes.fromhex("01a974696d657374616d7000")
+            + bytes.fromhex("a77061796c6f616481a474797065a3656eff"),
+            ErrorCode.INVALID_MESSAGE,
+        ),
+        invalid(
+            "accepted handshake_response without a version",
+            _encode(
+                {
+                    "version": 1,
+                    "id": 1,
+                    "timestamp": 0,
+                    "payload": {
+                        "type": "handshake_response",
+                        "node_id": "a" * 52,
+                        "accepted": True,
+                    },
+                }
+            ),
+            ErrorCode.INVALID_MESSAGE,
+        ),
+        invalid(
+            "handshake offering no versions",
+            _encode(
+                {
+                    "version": 1,
+                    "id": 1,
+                    "timestamp": 0,
+                    "payload": {"type": "handshake", "node_id": "a" * 52, "versions": []},
+                }
+            ),
+            ErrorCode.INVALID_MESSAGE,
+        ),
+        invalid(
+            "non-canonical node id (last character b)",
+            _encode(
+                {
+                    "version": 1,
+                    "id": 1,
+                    "timestamp": 0,
+                    "payload": {"type": "handshake", "node_id": "a" * 51 + "b", "versions": [1]},
+                }
+            ),
             ErrorCode.INVALID_MESSAGE,
         ),
         invalid(

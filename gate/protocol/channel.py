@@ -35,7 +35,7 @@ from gate.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolEr
 from gate.protocol.framing import DEFAULT_MAX_FRAME_SIZE, EOF, NEED_DATA, FrameDecoder, Sentinel
 from gate.protocol.framing import encode_frame as _encode_frame
 from gate.protocol.messages import HandshakeResponse, NodeMessage, RelayMessage
-from gate.protocol.proxy import HttpFrame
+from gate.protocol.proxy import HttpFrame, StreamError
 
 __all__ = [
     "HTTP_PROXY",
@@ -240,6 +240,8 @@ HTTP_PROXY: Final[ChannelSpec[HttpFrame]] = ChannelSpec(
 
 # --- The channel -------------------------------------------------------------
 
+_decode_bare_error = msgspec.msgpack.Decoder(StreamError).decode
+
 
 def negotiate_version(offered: list[int], supported: tuple[int, ...]) -> int | None:
     """spec §3.2: the highest version both sides speak, or None if they share none."""
@@ -264,6 +266,7 @@ class Channel(Generic[M]):
         self._encoder = msgspec.msgpack.Encoder()
         self._decode = msgspec.msgpack.Decoder(spec.message_type).decode
         self._finished: set[Role] = set()
+        self._discard_incoming = False
 
     @property
     def max_frame_size(self) -> int:
@@ -276,8 +279,14 @@ class Channel(Generic[M]):
     def send(self, message: M) -> bytes:
         """Check that we may send `message` now; return the frame to write."""
         event = self.spec.classify(message)
-        self._advance(self.role, event, LocalProtocolError)
-        return _encode_frame(self._encoder.encode(message), self.max_frame_size)
+        next_state = self._next_state(self.role, event, LocalProtocolError)
+        # Encode before committing the transition: a frame too large to send must not
+        # leave the channel believing it was sent.
+        frame = _encode_frame(self._encoder.encode(message), self.max_frame_size)
+        self.state = next_state
+        if event == "error" and next_state in self.spec.terminal:
+            self._discard_incoming = True
+        return frame
 
     def send_finish(self) -> None:
         """Record that we end our side of the stream (the caller then closes its send half)."""
@@ -295,32 +304,51 @@ class Channel(Generic[M]):
     def next_event(self) -> M | Sentinel:
         """The next complete message from the peer, NEED_DATA, or EOF once it finished."""
         peer = self.role.other
-        frame = self._decoder.next_frame()
-        if frame is NEED_DATA:
-            return NEED_DATA
-        if frame is EOF:
-            if (self.state, peer) not in self.spec.may_finish:  # spec §4.3 MUST
-                raise RemoteProtocolError(
-                    f"{self.spec.name}: peer ended the stream in state {_name(self.state)}",
-                    ErrorCode.TRUNCATED,
-                )
-            self._finished.add(peer)
-            return EOF
-        assert isinstance(frame, bytes)
+        while True:
+            frame = self._decoder.next_frame()
+            if frame is NEED_DATA:
+                return NEED_DATA
+            if frame is EOF:
+                if not self._discard_incoming and (self.state, peer) not in self.spec.may_finish:
+                    raise RemoteProtocolError(  # spec §4.3 MUST
+                        f"{self.spec.name}: peer ended the stream in state {_name(self.state)}",
+                        ErrorCode.TRUNCATED,
+                    )
+                self._finished.add(peer)
+                return EOF
+            if self._discard_incoming:
+                # spec §4.3 SHOULD: after we ended the stream with an error, frames the
+                # peer sent before it saw ours are still arriving; they are not errors.
+                continue
+            assert isinstance(frame, bytes)
+            message = self._decode_message(frame)
+            self.state = self._next_state(peer, self.spec.classify(message), RemoteProtocolError)
+            return message
+
+    def _decode_message(self, frame: bytes) -> M:
         try:
             message: M = self._decode(frame)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:  # spec §4.2 MUST
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+            try:  # spec §3.5: a peer that rejected the stream sends a bare error object
+                rejection = _decode_bare_error(frame)
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+                raise RemoteProtocolError(  # spec §4.2 MUST
+                    f"{self.spec.name}: invalid message: {exc}", ErrorCode.INVALID_MESSAGE
+                ) from None
             raise RemoteProtocolError(
-                f"{self.spec.name}: invalid message: {exc}", ErrorCode.INVALID_MESSAGE
+                f"{self.spec.name}: peer rejected the stream: {rejection.message}",
+                rejection.code,
             ) from None
-        self._advance(peer, self.spec.classify(message), RemoteProtocolError)
         return message
 
-    def _advance(
+    def _next_state(
         self, sender: Role, event: str, error: type[LocalProtocolError | RemoteProtocolError]
-    ) -> None:
+    ) -> State:
         if sender in self._finished:
-            raise error(f"{self.spec.name}: {sender.value} already finished its side")
+            raise error(
+                f"{self.spec.name}: {sender.value} already finished its side",
+                ErrorCode.UNEXPECTED_MESSAGE,
+            )
         next_state = self.spec.table.get((self.state, sender, event))
         if next_state is None:
             raise error(
@@ -328,7 +356,7 @@ class Channel(Generic[M]):
                 f"{_name(self.state)}",
                 ErrorCode.UNEXPECTED_MESSAGE,
             )
-        self.state = next_state
+        return next_state
 
 
 def _name(state: State) -> str:

@@ -26,14 +26,14 @@ __all__ = [
 
 
 class ErrorCode(enum.IntEnum):
-    """Wire error codes (spec/protocol.md §9). Values never change; new codes may be added."""
+    """Wire error codes (spec/protocol.md §9). Values never change; new codes may be added,
+    so receivers decode codes as integers and treat an unknown one by its hundred."""
 
     # 1xx: framing and stream setup
     MALFORMED_PREAMBLE = 100
     UNSUPPORTED_VERSION = 101
     UNKNOWN_STREAM_TYPE = 102
     FRAME_TOO_LARGE = 103
-    MALFORMED_FRAME = 104
     TRUNCATED = 105
     # 2xx: messages and state
     INVALID_MESSAGE = 200
@@ -50,6 +50,9 @@ class ErrorCode(enum.IntEnum):
     INTERNAL = 500
 
 
+_KNOWN_CODES = frozenset(ErrorCode)
+
+
 class GateError(Exception):
     """Root of every error Gate raises on purpose."""
 
@@ -57,12 +60,14 @@ class GateError(Exception):
 class ProtocolError(GateError):
     """A violation of the wire protocol, with the code to send the peer."""
 
-    def __init__(self, message: str, code: ErrorCode = ErrorCode.INVALID_MESSAGE) -> None:
+    def __init__(self, message: str, code: int = ErrorCode.INVALID_MESSAGE) -> None:
         super().__init__(message)
-        self.code = code
+        # A code the peer sent may be newer than this ErrorCode: keep it as an int then.
+        self.code: ErrorCode | int = ErrorCode(code) if code in _KNOWN_CODES else code
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self)!r}, code={self.code.name})"
+        name = self.code.name if isinstance(self.code, ErrorCode) else str(self.code)
+        return f"{type(self).__name__}({str(self)!r}, code={name})"
 
 
 class LocalProtocolError(ProtocolError):

@@ -81,8 +81,8 @@ class Preamble:
 
 
 def encode_preamble(stream_type: StreamType, version: int = PROTOCOL_VERSION) -> bytes:
-    if not 0 <= version <= 255:
-        raise LocalProtocolError(f"version {version} does not fit a byte")
+    if not 1 <= version <= 255:  # spec §3.2: version 0 is never valid
+        raise LocalProtocolError(f"version {version} is not in 1..255")
     return MAGIC + bytes((version, 0, STREAM_TYPE_CODES[stream_type], 0))
 
 

@@ -16,7 +16,6 @@ from typing import Annotated, Final
 
 import msgspec
 
-from gate.protocol.errors import ErrorCode
 from gate.protocol.node_id import NodeIdStr
 
 __all__ = [
@@ -60,6 +59,9 @@ SUPPORTED_VERSIONS: Final = (1,)
 # every language and msgpack implementation can hold them without surprises.
 U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Version = Annotated[int, msgspec.Meta(ge=1, le=255)]
+#: Wire error codes are plain integers so that a code added later still decodes on an
+#: older node (spec §9); ErrorCode names the ones this version knows.
+WireErrorCode = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 
 class StreamType(enum.Enum):
@@ -85,7 +87,7 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     id: str
     provider: str | None = None
-    context_length: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    context_length: U64 | None = None
 
 
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -93,7 +95,7 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
 
     node_id: NodeIdStr
     supported_models: list[ModelInfo] = []
-    max_context_length: Annotated[int, msgspec.Meta(ge=0)] = 0
+    max_context_length: U64 = 0
     supports_streaming: bool = True
     load_factor: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
 
@@ -135,7 +137,7 @@ class PeerInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 class Handshake(_Message, frozen=True, tag="handshake"):
     node_id: NodeIdStr
-    versions: list[Version]
+    versions: Annotated[list[Version], msgspec.Meta(min_length=1)]
     agent: str = ""
     capabilities: Capabilities | None = None
 
@@ -146,6 +148,10 @@ class HandshakeResponse(_Message, frozen=True, tag="handshake_response"):
     version: Version | None = None
     reason: str | None = None
     capabilities: Capabilities | None = None
+
+    def __post_init__(self) -> None:
+        if self.accepted and self.version is None:  # spec §5.4 MUST
+            raise ValueError("an accepted handshake_response must carry the chosen version")
 
 
 class CapabilityRequest(_Message, frozen=True, tag="capability_request"):
@@ -165,7 +171,7 @@ class Pong(_Message, frozen=True, tag="pong"):
 
 
 class NodeError(_Message, frozen=True, tag="error"):
-    code: ErrorCode
+    code: WireErrorCode
     message: str = ""
 
 
@@ -217,7 +223,7 @@ class ActivationResponse(_Message, frozen=True, tag="activation_response"):
 
 
 class RelayError(_Message, frozen=True, tag="error"):
-    code: ErrorCode
+    code: WireErrorCode
     message: str = ""
 
 

@@ -20,7 +20,9 @@ __all__ = ["NODE_ID_PATTERN", "NodeId", "NodeIdStr"]
 
 _KEY_BYTES: Final = 32
 _BASE32_LEN: Final = 52
-NODE_ID_PATTERN: Final = r"^[a-z2-7]{52}$"
+# 51 characters carry 255 bits; the 52nd carries the last bit and four zero bits, so it
+# can only be "a" (0) or "q" (16). The pattern thus admits exactly the canonical spelling.
+NODE_ID_PATTERN: Final = r"^[a-z2-7]{51}[aq]$"
 _BASE32_RE: Final = re.compile(NODE_ID_PATTERN)
 _HEX_RE: Final = re.compile(r"^[0-9a-fA-F]{64}$")
 

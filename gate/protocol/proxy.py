@@ -17,7 +17,7 @@ from typing import Annotated
 
 import msgspec
 
-from gate.protocol.errors import ErrorCode
+from gate.protocol.messages import WireErrorCode
 
 __all__ = [
     "Body",
@@ -60,7 +60,7 @@ class End(_Frame, frozen=True, tag="end"):
 class StreamError(_Frame, frozen=True, tag="error"):
     """Ends a stream with a reason. Also the bare error frame of spec §3.5."""
 
-    code: ErrorCode
+    code: WireErrorCode
     message: str = ""
 
 

@@ -1,7 +1,7 @@
 """JSON Schema of the wire messages, generated from the structs (spec/schema/*.json).
 
 The committed files are checked against this output by the test suite, so the
-published schema can never drift from the code. Regenerate with `make schema`.
+published schema can never drift from the code. Regenerate with `make spec`.
 """
 
 from __future__ import annotations

@@ -49,10 +49,12 @@ CAPS = Capabilities(
     load_factor=0.25,
 )
 
+CAPS_B = msgspec.structs.replace(CAPS, node_id=NODE_B, load_factor=0.5)
+
 NODE_PAYLOADS = {
     "handshake": Handshake(node_id=NODE_A, versions=[1], agent="gate/0.1.0", capabilities=CAPS),
     "handshake_accepted": HandshakeResponse(
-        node_id=NODE_B, accepted=True, version=1, capabilities=CAPS
+        node_id=NODE_B, accepted=True, version=1, capabilities=CAPS_B
     ),
     "handshake_refused": HandshakeResponse(
         node_id=NODE_B, accepted=False, reason="node is not a trusted peer"
@@ -89,12 +91,28 @@ HTTP_FRAMES = {
 }
 
 
-def node_message(payload, id=1):
-    return NodeMessage(version=1, id=id, timestamp=1_764_000_000_000, payload=payload)
+# Answers name the message they answer.
+REPLIES = {
+    "handshake_accepted",
+    "handshake_refused",
+    "capability_response",
+    "pong",
+    "domain_response",
+    "dns_challenge_response",
+    "activation_response",
+}
 
 
-def relay_message(payload, id=1):
-    return RelayMessage(version=1, id=id, timestamp=1_764_000_000_000, payload=payload)
+def node_message(payload, id=1, reply_to=None):
+    return NodeMessage(
+        version=1, id=id, timestamp=1_764_000_000_000, payload=payload, reply_to=reply_to
+    )
+
+
+def relay_message(payload, id=1, reply_to=None):
+    return RelayMessage(
+        version=1, id=id, timestamp=1_764_000_000_000, payload=payload, reply_to=reply_to
+    )
 
 
 OTHER_VALUES = [

@@ -13,11 +13,13 @@ from gate.protocol import (
     NEED_DATA,
     NODE_CONTROL,
     RELAY_CONTROL,
+    Body,
     Channel,
     ErrorCode,
     LocalProtocolError,
     RemoteProtocolError,
     Role,
+    StreamError,
     encode_frame,
     negotiate_version,
 )
@@ -191,8 +193,9 @@ def test_nothing_after_finishing_our_side():
     _, examples = SPECS["http_proxy"]
     ends = drive(HTTP_PROXY, examples, [(I, "request_head"), (I, "end")])
     ends[I].send_finish()
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(LocalProtocolError) as info:
         ends[I].send(examples["error"])
+    assert info.value.code is ErrorCode.UNEXPECTED_MESSAGE
 
 
 def test_cannot_finish_mid_request():
@@ -231,3 +234,55 @@ def test_garbage_into_a_channel_raises_only_remote_errors(garbage):
 )
 def test_negotiate_version(offered, supported, expected):
     assert negotiate_version(offered, supported) == expected
+
+
+def test_oversized_send_leaves_the_state_unchanged():
+    channel = Channel(HTTP_PROXY, Role.INITIATOR, max_frame_size=64)
+    channel.send(HTTP_FRAMES["request_head"].__class__(method="GET", target="/"))
+    before = channel.state
+    with pytest.raises(LocalProtocolError) as info:
+        channel.send(Body(data=b"x" * 100))
+    assert info.value.code is ErrorCode.FRAME_TOO_LARGE
+    assert channel.state == before
+    channel.send(Body(data=b"x" * 10))  # a chunk that fits is still allowed
+
+
+def test_invalid_utf8_is_an_invalid_message():
+    channel = Channel(HTTP_PROXY, Role.RESPONDER)
+    channel.receive_data(encode_frame(bytes.fromhex("81a474797065a3656eff")))
+    with pytest.raises(RemoteProtocolError) as info:
+        channel.next_event()
+    assert info.value.code is ErrorCode.INVALID_MESSAGE
+
+
+@pytest.mark.parametrize("spec", [NODE_CONTROL, RELAY_CONTROL])
+def test_bare_rejection_frame_reports_the_peers_code(spec):
+    """spec §3.5: a stream rejected at its preamble gets one bare error object."""
+    channel = Channel(spec, Role.INITIATOR)
+    rejection = StreamError(code=ErrorCode.UNSUPPORTED_VERSION, message="speaks 2 only")
+    channel.receive_data(encode_frame(msgspec.msgpack.encode(rejection)))
+    with pytest.raises(RemoteProtocolError, match="speaks 2 only") as info:
+        channel.next_event()
+    assert info.value.code is ErrorCode.UNSUPPORTED_VERSION
+
+
+def test_unknown_error_codes_still_decode():
+    """spec §9: codes may be added; an older node keeps the number."""
+    channel = Channel(HTTP_PROXY, Role.INITIATOR)
+    channel.send(HTTP_FRAMES["request_head"])
+    channel.receive_data(encode_frame(msgspec.msgpack.encode({"type": "error", "code": 777})))
+    event = channel.next_event()
+    assert isinstance(event, StreamError) and event.code == 777
+    assert channel.closed
+
+
+def test_frames_crossing_our_cancel_in_flight_are_dropped():
+    """The requester cancels while body chunks are already on their way back."""
+    _, examples = SPECS["http_proxy"]
+    ends = drive(HTTP_PROXY, examples, [(I, "request_head"), (I, "end"), (R, "response_head")])
+    in_flight = ends[R].send(examples["body"]) + ends[R].send(examples["body"])
+    ends[I].send(examples["error"])  # cancel, before those bytes arrive
+    ends[I].receive_data(in_flight)
+    assert ends[I].next_event() is NEED_DATA
+    ends[I].receive_data(b"")
+    assert ends[I].next_event() is EOF

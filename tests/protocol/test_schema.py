@@ -21,4 +21,4 @@ def test_schema_documents_tags_and_constraints():
     assert defs["Ping"]["properties"]["type"]["enum"] == ["ping"]
     caps = defs["Capabilities"]["properties"]["load_factor"]
     assert (caps["minimum"], caps["maximum"]) == (0.0, 1.0)
-    assert defs["Capabilities"]["properties"]["node_id"]["pattern"] == "^[a-z2-7]{52}$"
+    assert defs["Capabilities"]["properties"]["node_id"]["pattern"] == "^[a-z2-7]{51}[aq]$"
