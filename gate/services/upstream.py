@@ -19,6 +19,7 @@ Every proxied request pays this cost, so it is kept small and specialised:
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -133,12 +134,11 @@ class _Connection:
         return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
 
     async def aclose(self) -> None:
-        with trio.move_on_after(1) as scope:
-            scope.shield = True
-            try:
-                await self.stream.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
+        with (
+            trio.move_on_after(1, shield=True),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
+        ):
+            await self.stream.aclose()
 
 
 class UpstreamResponse:
