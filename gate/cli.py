@@ -92,7 +92,10 @@ def serve(config_path: Path | None, bind: str | None) -> None:
         identity, created = load_or_create_identity(config.data_dir, _passphrase())
     except IdentityError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
-    node = Node(config, identity)
+    try:
+        node = Node(config, identity)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
     if created:
         log.info("created node identity", extra={"node_id": str(node.node_id)})
 
@@ -293,6 +296,77 @@ class _OnStarted:
 
     def started(self, value: Any = None) -> None:
         self._callback(value)
+
+
+# --- keys ------------------------------------------------------------------
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """API keys for the node's HTTP API (stored hashed in gate.db).
+
+    A running daemon picks up changes within a few seconds.
+    """
+
+
+def _with_keys(config_path: Path | None, action: Callable[[Any], Any]) -> Any:
+    import trio
+
+    from gate.services.apikeys import ApiKeys
+    from gate.services.store import open_store
+
+    config = _load(config_path)
+
+    async def run() -> Any:
+        async with open_store(config.database_path) as store:
+            return await action(await ApiKeys.load(store))
+
+    try:
+        return trio.run(run)
+    except GateError as exc:
+        fail(describe(exc))
+
+
+@keys_group.command("create")
+@config_option
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def keys_create(config_path: Path | None, name: str, as_json: bool) -> None:
+    """Create a key called NAME and print it (it is shown only this once)."""
+    key, info = _with_keys(config_path, lambda keys: keys.create(name))
+    if as_json:
+        click.echo(json.dumps({"key": key, "id": info.id, "name": info.name}))
+    else:
+        click.echo(key)
+        click.echo(
+            f"id {info.id}  name {info.name}  (store the key now: Gate keeps only a hash)", err=True
+        )
+
+
+@keys_group.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def keys_list(config_path: Path | None, as_json: bool) -> None:
+    """List keys (never the keys themselves)."""
+    import msgspec
+
+    infos = _with_keys(config_path, lambda keys: keys.list())
+    if as_json:
+        click.echo(msgspec.json.encode(infos).decode())
+        return
+    for info in infos:
+        state = "revoked" if info.revoked_at else "active"
+        click.echo(f"{info.id}  {state:8}  {info.name}")
+
+
+@keys_group.command("revoke")
+@config_option
+@click.argument("key_id")
+def keys_revoke(config_path: Path | None, key_id: str) -> None:
+    """Revoke the key with id KEY_ID."""
+    if not _with_keys(config_path, lambda keys: keys.revoke(key_id)):
+        fail(f"no active key with id {key_id}", EXIT_BAD_INPUT)
+    click.echo(f"revoked {key_id}")
 
 
 def _env_secret(var: str | None) -> str | None:

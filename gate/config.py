@@ -106,6 +106,14 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     data_dir: str = ""  # empty: the platform data dir
     drain_timeout: Seconds = 10.0
     max_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 16 * 1024 * 1024
+    max_in_flight: Annotated[int, msgspec.Meta(ge=0)] = 512  # 0: unlimited
+    client_rate_per_minute: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # 0: unlimited
+    client_burst: Annotated[int, msgspec.Meta(ge=1)] = 20
+    # How long an engine may take to send its response head (prompt processing on a
+    # slow machine can take minutes), and then the longest pause between two chunks.
+    response_timeout: Seconds = 300.0
+    stream_idle_timeout: Seconds = 120.0
+    connect_timeout: Seconds = 5.0
 
     def __post_init__(self) -> None:
         level = self.log_level.lower()
@@ -184,6 +192,7 @@ class WebConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
 
 class DatabaseConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     url: str = ""  # empty: gate.db in the data dir
+    requests_jsonl: bool = False  # also append each request to requests.jsonl in the data dir
 
     def __post_init__(self) -> None:
         if self.url:

@@ -2,37 +2,69 @@
 
 Start order (each waits for the ones it names in `after`):
 
-    store  ->  http
+    store -> usage -> providers -> http
 
 The store is a service rather than a resource opened around the supervisor so that it
-drains last: the supervisor stops dependents (http) before their dependencies, so no
-request can find the database closed under it.
+drains last: the supervisor stops dependents before their dependencies, so the usage
+writer flushes its queue after the last request ended and before the database closes.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Sequence
 
 import trio
 
 from gate.config import Config
+from gate.errors import ConfigError, GateError
 from gate.identity import NodeIdentity
 from gate.nursery import Service, ServiceContext, Supervisor, run_until_signal
 from gate.protocol import NodeId
+from gate.services.apikeys import ApiKeys
+from gate.services.gateway import Gateway
 from gate.services.http import build_app, serve_http
+from gate.services.metrics import Metrics
+from gate.services.providers import ProviderRegistry
 from gate.services.store import Store, open_store
+from gate.services.upstream import UpstreamClient
+from gate.services.usage import UsageRecorder
 
-__all__ = ["Node"]
+__all__ = ["Node", "check_exposure"]
 
 log = logging.getLogger("gate.node")
 
 
+def check_exposure(config: Config) -> None:
+    """The API may leave loopback only behind API keys (a ConfigError otherwise)."""
+    host, _ = config.bind_host_port
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not config.security.require_api_keys:
+        raise ConfigError(
+            f"server.bind: {config.server.bind} is reachable from other machines; set "
+            "security.require_api_keys = true (and create a key) or bind 127.0.0.1"
+        )
+
+
 class Node:
     def __init__(self, config: Config, identity: NodeIdentity) -> None:
+        check_exposure(config)
         self.config = config
         self.identity = identity
         self.node_id = NodeId(identity.public_key_bytes)
+        self.client = UpstreamClient(connect_timeout=config.server.connect_timeout)
+        self.metrics = Metrics()
+        self.usage = UsageRecorder()
+        self.registry = ProviderRegistry(config.providers, self.client)
+        self.metrics.register_counter(
+            "gate_usage_dropped_total",
+            "Usage records dropped because the writer fell behind.",
+            lambda: float(self.usage.dropped),
+        )
         self._store: Store | None = None
 
     @property
@@ -44,7 +76,9 @@ class Node:
     def services(self) -> Sequence[Service]:
         return [
             Service("store", self._run_store),
-            Service("http", self._run_http, after=("store",)),
+            Service("usage", self._run_usage, after=("store",)),
+            Service("providers", self.registry.run, critical=False),
+            Service("http", self._run_http, after=("store", "usage", "providers")),
         ]
 
     def supervisor(self) -> Supervisor:
@@ -54,7 +88,11 @@ class Node:
         self, *, task_status: trio.TaskStatus[dict[str, object]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run until SIGINT/SIGTERM; `started` reports each service's info once all listen."""
-        await run_until_signal(self.supervisor(), task_status=task_status)
+        try:
+            await run_until_signal(self.supervisor(), task_status=task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.client.aclose()
 
     async def _run_store(
         self, ctx: ServiceContext, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
@@ -67,17 +105,53 @@ class Node:
             await ctx.wait_shutdown()
             self._store = None
 
+    async def _run_usage(
+        self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        jsonl = (
+            self.config.data_dir / "requests.jsonl" if self.config.database.requests_jsonl else None
+        )
+        await self.usage.run(ctx, self.store, task_status=task_status, jsonl_path=jsonl)
+
     async def _run_http(
         self,
         ctx: ServiceContext,
         *,
         task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        app = build_app(node_id=str(self.node_id))
-        await serve_http(
-            ctx,
-            app,
-            bind=self.config.server.bind,
-            drain_timeout=self.config.server.drain_timeout,
-            task_status=task_status,
-        )
+        api_keys = await ApiKeys.load(self.store)
+        if self.config.security.require_api_keys and not api_keys.any_active:
+            log.warning("API keys are required but none exists: every request will get 401")
+        app = build_app(node_id=str(self.node_id), registry=self.registry)
+        Gateway(
+            registry=self.registry,
+            client=self.client,
+            metrics=self.metrics,
+            usage=self.usage,
+            api_keys=api_keys,
+            server=self.config.server,
+            security=self.config.security,
+        ).install(app)
+        async with trio.open_nursery() as nursery:
+            # `gate keys` may change the table from another process: pick that up.
+            nursery.start_soon(_reload_keys_periodically, api_keys, ctx)
+            await serve_http(
+                ctx,
+                app,
+                bind=self.config.server.bind,
+                drain_timeout=self.config.server.drain_timeout,
+                task_status=task_status,
+            )
+            nursery.cancel_scope.cancel()
+
+
+KEY_RELOAD_INTERVAL = 5.0
+
+
+async def _reload_keys_periodically(api_keys: ApiKeys, ctx: ServiceContext) -> None:
+    while not ctx.stopping:
+        await trio.sleep(KEY_RELOAD_INTERVAL)
+        try:
+            await api_keys.reload()
+        except GateError as exc:  # a busy or broken database: keep the keys we have
+            log.warning("reloading API keys failed", extra={"error": str(exc)})

@@ -2,6 +2,9 @@ import os
 
 import pytest
 
+# The real engine (llama.cpp on a tiny generated model): llama_engine, make_llama_engine.
+pytest_plugins = ["tests.engine.fixtures"]
+
 
 @pytest.fixture
 def gate_env(tmp_path, monkeypatch):

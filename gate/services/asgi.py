@@ -55,9 +55,18 @@ class Router:
 
     def __init__(self) -> None:
         self._routes: dict[str, dict[str, Handler]] = {}
+        self._prefixes: list[tuple[str, dict[str, Handler]]] = []
 
     def add(self, method: str, path: str, handler: Handler) -> None:
         self._routes.setdefault(path, {})[method.upper()] = handler
+
+    def add_prefix(self, method: str, prefix: str, handler: Handler) -> None:
+        """Route every path under `prefix` (e.g. /v1/models/{id}); exact routes win."""
+        for existing, methods in self._prefixes:
+            if existing == prefix:
+                methods[method.upper()] = handler
+                return
+        self._prefixes.append((prefix, {method.upper(): handler}))
 
     def route(self, method: str, path: str) -> Callable[[Handler], Handler]:
         def decorator(handler: Handler) -> Handler:
@@ -69,7 +78,17 @@ class Router:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            methods = self._routes.get(scope["path"])
+            path = scope["path"]
+            methods = self._routes.get(path)
+            if methods is None:
+                methods = next(
+                    (
+                        m
+                        for prefix, m in self._prefixes
+                        if path.startswith(prefix) and path != prefix
+                    ),
+                    None,
+                )
             if methods is None:
                 await send_json(send, 404, {"error": {"message": "not found", "type": "not_found"}})
                 return

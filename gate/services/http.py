@@ -20,29 +20,31 @@ from gate import __version__
 from gate.errors import ServiceError
 from gate.nursery import ServiceContext
 from gate.services.asgi import ASGIApp, Receive, Router, Scope, Send, send_json
+from gate.services.providers import ProviderRegistry
 
 __all__ = ["build_app", "serve_http"]
 
 log = logging.getLogger("gate.http")
 
 
-def build_app(*, node_id: str) -> Router:
-    """The API app. Later capabilities add their routes to the same router."""
+def build_app(*, node_id: str, registry: ProviderRegistry | None = None) -> Router:
+    """The API app with /health. Other services add their routes to the same router."""
     router = Router()
     started = time.monotonic()
 
     @router.route("GET", "/health")
     async def health(scope: Scope, receive: Receive, send: Send) -> None:
-        await send_json(
-            send,
-            200,
-            {
-                "status": "ok",
-                "node_id": node_id,
-                "version": __version__,
-                "uptime_s": round(time.monotonic() - started, 3),
-            },
-        )
+        body: dict[str, object] = {
+            "status": "ok",
+            "node_id": node_id,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - started, 3),
+        }
+        if registry is not None:
+            body["providers"] = {
+                p.name: {"healthy": p.healthy, "models": len(p.models)} for p in registry.providers
+            }
+        await send_json(send, 200, body)
 
     return router
 

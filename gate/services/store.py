@@ -69,6 +69,10 @@ MIGRATIONS: tuple[str, ...] = (
         revoked_at REAL
     );
     """,
+    # 2: which API endpoint each request used (chat.completions, messages, ...).
+    """
+    ALTER TABLE usage ADD COLUMN endpoint TEXT;
+    """,
 )
 
 

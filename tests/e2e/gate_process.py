@@ -28,9 +28,21 @@ def run_gate(*args: str, env: dict[str, str], input: bytes | None = None, timeou
 class GateServe:
     """`gate serve` in a child process; waits until it prints where it listens."""
 
-    def __init__(self, env: dict[str, str], *args: str, bind: str = "127.0.0.1:0") -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        *args: str,
+        bind: str = "127.0.0.1:0",
+        config: str | None = None,
+    ) -> None:
+        """`config`: gate.toml text, written next to the data dir and passed as --config."""
         self.env = {**os.environ, **env}
         self.args = ["serve", "--bind", bind, *args]
+        if config is not None:
+            path = Path(env["XDG_CONFIG_HOME"]) / "gate-test.toml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(config)
+            self.args += ["--config", str(path)]
         self.proc: subprocess.Popen[bytes] | None = None
         self.stdout_lines: list[str] = []
         self.url = ""

@@ -66,6 +66,7 @@ async def test_fresh_database_is_created_and_migrated(tmp_path: Path) -> None:
                 "tokens_in",
                 "tokens_out",
                 "error",
+                "endpoint",
             ]
     assert raw_user_version(path) == len(MIGRATIONS)
 

@@ -1,0 +1,232 @@
+"""Translated exchanges: a client and an engine that speak different dialects.
+
+- Anthropic client (/v1/messages) -> OpenAI-only engine (/v1/chat/completions): the
+  case of llama.cpp, Ollama's OpenAI API, vLLM, LM Studio.
+- OpenAI client (/v1/chat/completions) -> the Anthropic API (/v1/messages).
+
+The pure translation lives in gate.dialects; this module does the IO around it: it
+decodes the engine's body or SSE stream as it arrives, feeds the translator, and writes
+what comes out to the client at once, so a translated stream is still token by token.
+An engine error status is answered with the same status in the client's dialect; an
+engine that fails mid-stream ends the stream with the dialect's error event.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from gate.dialects import (
+    SSE_DONE,
+    ChatStreamToMessagesStream,
+    DialectError,
+    MessagesStreamToChatStream,
+    SSEDecoder,
+    anthropic_error,
+    chat_request_to_messages,
+    chat_response_to_message,
+    chat_sse_bytes,
+    message_to_chat_response,
+    messages_to_chat_request,
+    openai_error,
+    sse_bytes,
+)
+from gate.services.asgi import Send, send_json
+from gate.services.exchange import ApiError, Bridge, Endpoint, Exchange
+from gate.services.providers import Dialect, Provider
+from gate.services.upstream import UpstreamError, UpstreamResponse
+
+__all__ = ["response_bridge", "translate_request"]
+
+_MAX_BODY = 64 * 1024 * 1024
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+def translate_request(endpoint: Endpoint, provider: Provider, body: bytes) -> bytes:
+    """The client's request body, rewritten in the engine's dialect."""
+    try:
+        request = msgspec.json.decode(body)
+        if not isinstance(request, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        if endpoint.dialect is Dialect.ANTHROPIC:
+            translated = messages_to_chat_request(request)
+        else:
+            translated = chat_request_to_messages(request)
+    except DialectError as exc:
+        raise ApiError(exc.status, str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    return msgspec.json.encode(translated)
+
+
+def response_bridge(endpoint: Endpoint, provider: Provider) -> Bridge:
+    if endpoint.dialect is Dialect.ANTHROPIC:
+        return _openai_engine_to_anthropic_client
+    return _anthropic_engine_to_openai_client
+
+
+async def _openai_engine_to_anthropic_client(
+    upstream: UpstreamResponse, send: Send, exchange: Exchange
+) -> None:
+    if upstream.status >= 400:
+        await _translate_error(upstream, send, Dialect.ANTHROPIC)
+        return
+    message_id = "msg_" + uuid.uuid4().hex[:24]
+    if not _is_sse(upstream):
+        response = await _read_json(upstream, exchange)
+        message = _or_bad_gateway(
+            lambda: chat_response_to_message(response, model=exchange.model, message_id=message_id)
+        )
+        _take_usage(exchange, message.get("usage"), "input_tokens", "output_tokens")
+        await send_json(send, 200, message)
+        return
+    translator = ChatStreamToMessagesStream(exchange.model, message_id)
+    await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+    decoder = SSEDecoder()
+    finished = False
+    try:
+        async for chunk in upstream.aiter_body():
+            exchange.first_byte()
+            out: list[tuple[str, dict[str, Any]]] = []
+            for event in decoder.feed(chunk):
+                if event.data == "[DONE]":
+                    out += translator.finish()
+                    finished = True
+                elif event.data:
+                    data = msgspec.json.decode(event.data)
+                    if isinstance(data, Mapping) and "error" in data:
+                        raise UpstreamError(_error_message(data))
+                    out += translator.feed(data)
+                    _take_usage(exchange, data.get("usage"), "prompt_tokens", "completion_tokens")
+            if out:
+                await send(
+                    {"type": "http.response.body", "body": sse_bytes(out), "more_body": True}
+                )
+        if not finished:  # OpenAI streams end with [DONE]; anything else was cut off
+            raise UpstreamError("the stream ended before [DONE]")
+        tail: list[tuple[str, dict[str, Any]]] = []
+    except (UpstreamError, msgspec.DecodeError, DialectError) as exc:
+        exchange.status, exchange.error = 502, f"engine failed mid-stream: {exc}"
+        tail = translator.fail(f"the engine failed mid-stream: {exc}")
+    await send({"type": "http.response.body", "body": sse_bytes(tail), "more_body": False})
+
+
+async def _anthropic_engine_to_openai_client(
+    upstream: UpstreamResponse, send: Send, exchange: Exchange
+) -> None:
+    if upstream.status >= 400:
+        await _translate_error(upstream, send, Dialect.OPENAI)
+        return
+    completion_id = "chatcmpl-" + uuid.uuid4().hex[:24]
+    if not _is_sse(upstream):
+        response = await _read_json(upstream, exchange)
+        completion = _or_bad_gateway(
+            lambda: message_to_chat_response(response, model=exchange.model)
+        )
+        _take_usage(exchange, completion.get("usage"), "prompt_tokens", "completion_tokens")
+        await send_json(send, 200, completion)
+        return
+    translator = MessagesStreamToChatStream(
+        exchange.model,
+        completion_id,
+        created=int(time.time()),
+        include_usage=exchange.include_usage,
+    )
+    await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+    decoder = SSEDecoder()
+    failed = False
+    try:
+        async for chunk in upstream.aiter_body():
+            exchange.first_byte()
+            out: list[dict[str, Any]] = []
+            for event in decoder.feed(chunk):
+                if not event.data:
+                    continue
+                data = msgspec.json.decode(event.data)
+                if isinstance(data, Mapping):
+                    usage = data.get("usage") or (data.get("message") or {}).get("usage")
+                    _take_usage(exchange, usage, "input_tokens", "output_tokens")
+                    out += translator.feed(event.event, data)
+            if out:
+                await send(
+                    {"type": "http.response.body", "body": chat_sse_bytes(out), "more_body": True}
+                )
+        if not translator.done:
+            raise UpstreamError("the stream ended before message_stop")
+    except (UpstreamError, msgspec.DecodeError, DialectError) as exc:
+        failed = True
+        exchange.status, exchange.error = 502, f"engine failed mid-stream: {exc}"
+        if not translator.done:
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": chat_sse_bytes(translator.fail(f"the engine failed: {exc}")),
+                    "more_body": True,
+                }
+            )
+    # OpenAI ends a good stream with [DONE]; a failed one ends after its error payload.
+    tail = b"" if failed else SSE_DONE
+    await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def _is_sse(upstream: UpstreamResponse) -> bool:
+    return (upstream.header(b"content-type") or b"").startswith(b"text/event-stream")
+
+
+async def _read_json(upstream: UpstreamResponse, exchange: Exchange) -> Any:
+    try:
+        body = await upstream.read(limit=_MAX_BODY)
+    except UpstreamError as exc:
+        raise ApiError(502, f"engine failed: {exc}") from None
+    exchange.first_byte()
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        raise ApiError(502, "engine answered with a body that is not JSON") from None
+
+
+def _or_bad_gateway(translate: Any) -> dict[str, Any]:
+    try:
+        result: dict[str, Any] = translate()
+    except DialectError as exc:
+        raise ApiError(502, f"engine response cannot be translated: {exc}") from None
+    return result
+
+
+async def _translate_error(upstream: UpstreamResponse, send: Send, dialect: Dialect) -> None:
+    """An engine's error status, told in the client's dialect with the same status."""
+    try:
+        body = await upstream.read(limit=1024 * 1024)
+        message = _error_message(msgspec.json.decode(body))
+    except (UpstreamError, msgspec.DecodeError):
+        message = f"engine answered HTTP {upstream.status}"
+    if dialect is Dialect.ANTHROPIC:
+        await send_json(send, upstream.status, anthropic_error(upstream.status, message))
+    else:
+        await send_json(send, upstream.status, openai_error(upstream.status, message))
+
+
+def _error_message(data: Any) -> str:
+    """The message inside either dialect's error body (or llama.cpp's variants)."""
+    if isinstance(data, Mapping):
+        error = data.get("error", data)
+        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+        if isinstance(data.get("detail"), str):
+            return str(data["detail"])
+    return "the engine reported an error"
+
+
+def _take_usage(exchange: Exchange, usage: Any, key_in: str, key_out: str) -> None:
+    if not isinstance(usage, Mapping):
+        return
+    if isinstance(usage.get(key_in), int):
+        exchange.tokens_in = usage[key_in]
+    if isinstance(usage.get(key_out), int):
+        exchange.tokens_out = usage[key_out]

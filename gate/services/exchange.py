@@ -1,0 +1,109 @@
+"""What one API request is: its endpoint, its outcome, and the errors it can end with.
+
+Shared by the pipeline (gateway) and the translated exchanges (bridges).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from gate.dialects.errors import anthropic_error, openai_error
+from gate.errors import GateError
+from gate.services.asgi import Send
+from gate.services.providers import Dialect
+from gate.services.upstream import UpstreamResponse
+
+__all__ = ["ENDPOINTS", "ApiError", "Bridge", "Endpoint", "Exchange"]
+
+
+class ApiError(GateError):
+    """An answer other than success, rendered in the client's dialect."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type, code
+        self.retry_after = retry_after
+
+    def body(self, dialect: Dialect) -> dict[str, Any]:
+        if dialect is Dialect.ANTHROPIC:
+            return anthropic_error(self.status, self.message, type=self.type)
+        return openai_error(self.status, self.message, type=self.type, code=self.code)
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if self.retry_after is None:
+            return []
+        return [(b"retry-after", str(max(1, math.ceil(self.retry_after))).encode())]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    path: str
+    dialect: Dialect  # the dialect the client speaks on this path
+    name: str  # for metrics and usage
+    # The engine path per engine dialect; None: that dialect cannot serve it.
+    openai_path: str | None
+    anthropic_path: str | None
+
+    def engine_path(self, dialect: Dialect) -> str | None:
+        return self.openai_path if dialect is Dialect.OPENAI else self.anthropic_path
+
+
+ENDPOINTS: Final = (
+    Endpoint(
+        "/v1/chat/completions",
+        Dialect.OPENAI,
+        "chat.completions",
+        "/v1/chat/completions",
+        "/v1/messages",
+    ),
+    Endpoint("/v1/completions", Dialect.OPENAI, "completions", "/v1/completions", None),
+    Endpoint("/v1/embeddings", Dialect.OPENAI, "embeddings", "/v1/embeddings", None),
+    Endpoint("/v1/responses", Dialect.OPENAI, "responses", "/v1/responses", None),
+    Endpoint("/v1/messages", Dialect.ANTHROPIC, "messages", "/v1/chat/completions", "/v1/messages"),
+    Endpoint(
+        "/v1/messages/count_tokens",
+        Dialect.ANTHROPIC,
+        "messages.count_tokens",
+        None,
+        "/v1/messages/count_tokens",
+    ),
+)
+
+
+@dataclass(eq=False)
+class Exchange:
+    """What one request did; becomes its usage record and metrics."""
+
+    endpoint: Endpoint
+    started: float  # perf_counter
+    client: str = ""
+    model: str = ""
+    provider: str | None = None
+    stream: bool = False
+    status: int = 0
+    ttft: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    error: str | None = None
+    include_usage: bool = False  # an OpenAI client asked for stream_options.include_usage
+    metered: bool = False  # counted in the in-flight gauge (once a provider was chosen)
+
+    def first_byte(self) -> None:
+        if self.ttft is None:
+            self.ttft = time.perf_counter() - self.started
+
+
+# A translated exchange: gets the engine's response and writes the client's.
+Bridge = Callable[[UpstreamResponse, Send, Exchange], Awaitable[None]]

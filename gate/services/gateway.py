@@ -1,0 +1,651 @@
+"""The API pipeline: every /v1 request passes auth -> limits -> route -> forward.
+
+Theory of operation
+-------------------
+`Gateway.install(router)` adds one handler per endpoint. Each request:
+
+1. is authenticated (API keys, when required) and rate-limited per client;
+2. has its body read up to `server.max_body_bytes` (413 past it) and the two fields the
+   pipeline needs, `model` and `stream`, decoded without building the rest;
+3. takes a slot of the global in-flight limit (429 when full);
+4. is routed: the providers serving the model, healthy and least loaded first; a
+   provider at its concurrency limit is skipped; a provider that cannot be connected
+   to is marked down and the next one tried — nothing reached the client yet, so this
+   is safe. No candidate at all is 404 listing the models that exist;
+5. is forwarded. When the engine speaks the client's dialect the bytes pass through
+   untouched, chunk by chunk as the engine writes them (SSE included). Otherwise
+   `gate.services.bridges` translates (Anthropic <-> OpenAI).
+
+A task per request watches for the client going away and cancels the exchange, which
+closes the engine connection: the engine stops generating at once. Errors are answered
+in the client's dialect (`ApiError`); an engine that fails after the response started
+gets a well-formed error event on a stream, or an aborted connection on a plain body,
+never a truncated success. Usage and metrics are recorded when the exchange ends, off
+the hot path (UsageRecorder queues; Metrics counts in memory).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final
+
+import msgspec
+import trio
+
+from gate.config import SecurityConfig, ServerConfig
+from gate.dialects import SSEDecoder, encode_event
+from gate.dialects.errors import (
+    anthropic_stream_error,
+    openai_stream_error,
+)
+from gate.services.apikeys import ApiKeys, extract_key
+from gate.services.asgi import Receive, Router, Scope, Send, send_json
+from gate.services.bridges import response_bridge, translate_request
+from gate.services.exchange import ENDPOINTS, ApiError, Bridge, Endpoint, Exchange
+from gate.services.limits import ClientRateLimiter, InFlightLimiter
+from gate.services.metrics import Metrics
+from gate.services.providers import Dialect, Provider, ProviderRegistry
+from gate.services.tokens import count_prompt_tokens, prompt_text
+from gate.services.upstream import (
+    HOP_BY_HOP,
+    UpstreamClient,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
+from gate.services.usage import UsageRecord, UsageRecorder
+
+__all__ = ["Gateway"]
+
+_MAX_USAGE_SCAN: Final = 8 * 1024 * 1024  # a non-streamed body larger than this is not parsed
+# Client headers worth passing to an engine; everything else (the client's Gate key
+# above all) stays here.
+_FORWARD_REQUEST_HEADERS: Final = frozenset(
+    {
+        b"content-type",
+        b"accept",
+        b"user-agent",
+        b"openai-beta",
+        b"anthropic-beta",
+        b"anthropic-version",
+        b"x-request-id",
+    }
+)
+# hypercorn writes its own date header; a second one from the engine would be a duplicate.
+_DROP_RESPONSE_HEADERS: Final = HOP_BY_HOP | {b"date"}
+
+
+class _StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+class _RequestFields(msgspec.Struct):
+    """The only fields the pipeline reads; msgspec skips the rest of the body unparsed."""
+
+    model: str
+    stream: bool = False
+    stream_options: _StreamOptions | None = None
+
+
+_decode_fields = msgspec.json.Decoder(_RequestFields).decode
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        registry: ProviderRegistry,
+        client: UpstreamClient,
+        metrics: Metrics,
+        usage: UsageRecorder,
+        api_keys: ApiKeys | None,
+        server: ServerConfig,
+        security: SecurityConfig,
+    ) -> None:
+        self.registry, self.client, self.metrics, self.usage = registry, client, metrics, usage
+        self.api_keys = api_keys
+        self.server, self.security = server, security
+        self.in_flight = InFlightLimiter(server.max_in_flight)
+        self.rate = ClientRateLimiter(server.client_rate_per_minute, server.client_burst)
+
+    def install(self, router: Router) -> None:
+        for endpoint in ENDPOINTS:
+            router.add("POST", endpoint.path, self._handler(endpoint))
+        router.add("GET", "/v1/models", self.list_models)
+        router.add_prefix("GET", "/v1/models/", self.get_model)
+        router.add("GET", "/metrics", self.render_metrics)
+
+    def _handler(self, endpoint: Endpoint) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+        async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+            await self.serve(endpoint, scope, receive, send)
+
+        return handle
+
+    # --- the pipeline ---------------------------------------------------------
+
+    async def serve(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = Exchange(endpoint, time.perf_counter())
+        responded = _ResponseTracker(send)
+        try:
+            exchange.client = self._authenticate(scope)
+            self._check_rate(exchange.client)
+            body = await self._read_body(scope, receive)
+            fields = self._parse(body)
+            exchange.model, exchange.stream = fields.model, fields.stream
+            exchange.include_usage = bool(
+                fields.stream_options and fields.stream_options.include_usage
+            )
+            if not self.in_flight.try_enter():
+                raise ApiError(
+                    429, "Gate is at its limit of concurrent requests; retry shortly", retry_after=1
+                )
+            try:
+                await self._forward(endpoint, scope, receive, body, exchange, responded)
+            finally:
+                self.in_flight.leave()
+        except ApiError as exc:
+            exchange.status, exchange.error = exc.status, exc.message
+            if not responded.started:
+                await send_json(send, exc.status, exc.body(endpoint.dialect), exc.headers())
+        finally:
+            self._finish(exchange)
+
+    async def _forward(
+        self,
+        endpoint: Endpoint,
+        scope: Scope,
+        receive: Receive,
+        body: bytes,
+        exchange: Exchange,
+        response: _ResponseTracker,
+    ) -> None:
+        """Route and relay, cancelled at once if the client disconnects."""
+        failure: Exception | None = None
+        send = response.send
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                _cancel_on_disconnect, receive, nursery.cancel_scope, exchange, response
+            )
+            # Errors are caught inside the nursery so they leave it as themselves, not
+            # wrapped in an ExceptionGroup.
+            try:
+                await self._route(endpoint, scope, body, exchange, send)
+            except (ApiError, _AbortResponse) as exc:
+                failure = exc
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    def _authenticate(self, scope: Scope) -> str:
+        """The client's identity: its API key id, or its address when keys are optional."""
+        key = extract_key(scope["headers"])
+        info = self.api_keys.verify(key) if key and self.api_keys else None
+        if info is not None:
+            return info.id
+        if self.security.require_api_keys:
+            raise ApiError(401, "invalid or missing API key (Authorization: Bearer or x-api-key)")
+        client = scope.get("client")
+        return str(client[0]) if client else "local"
+
+    def _check_rate(self, client: str) -> None:
+        wait = self.rate.check(client, time.monotonic())
+        if wait > 0:
+            raise ApiError(429, f"rate limit for {client} exceeded", retry_after=wait)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.server.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise ApiError(413, f"request body over the limit of {limit} bytes")
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ApiError(499, "client went away before sending its request")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"request body over the limit of {limit} bytes")
+            parts.append(chunk)
+            if not message.get("more_body"):
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    @staticmethod
+    def _parse(body: bytes) -> _RequestFields:
+        try:
+            return _decode_fields(body)
+        except msgspec.ValidationError as exc:
+            raise ApiError(400, f"invalid request: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+    async def _route(
+        self, endpoint: Endpoint, scope: Scope, body: bytes, exchange: Exchange, send: Send
+    ) -> None:
+        candidates = self.registry.serving(exchange.model)
+        if not candidates:
+            known = sorted(self.registry.model_ids())
+            listing = ", ".join(known) if known else "none (no engine is reachable)"
+            raise ApiError(
+                404,
+                f"model {exchange.model!r} is not served here; available models: {listing}",
+                code="model_not_found",
+            )
+        if endpoint.name == "messages.count_tokens" and candidates[0].dialect is Dialect.OPENAI:
+            await self._count_tokens(candidates[0], body, exchange, send)
+            return
+        able = [p for p in candidates if endpoint.engine_path(p.dialect) is not None]
+        if not able:
+            raise ApiError(
+                400,
+                f"model {exchange.model!r} is served only by engines without {endpoint.path}",
+            )
+        upstream, provider = await self._connect(endpoint, scope, body, able, exchange)
+        provider.in_flight += 1
+        self.metrics.request_started(provider.name, exchange.model)
+        exchange.metered = True
+        try:
+            async with upstream:
+                exchange.status = upstream.status
+                if provider.dialect is endpoint.dialect:
+                    await self._pass_through(upstream, send, exchange, endpoint.dialect)
+                else:
+                    await self._bridge(endpoint, provider)(upstream, send, exchange)
+        finally:
+            provider.in_flight -= 1
+
+    async def _connect(
+        self,
+        endpoint: Endpoint,
+        scope: Scope,
+        body: bytes,
+        candidates: list[Provider],
+        exchange: Exchange,
+    ) -> tuple[UpstreamResponse, Provider]:
+        """Send the request to the first provider that takes it; fail over on connect errors."""
+        client_headers = [(k, v) for k, v in scope["headers"] if k in _FORWARD_REQUEST_HEADERS]
+        failures: list[str] = []
+        for provider in candidates:
+            if provider.full:
+                failures.append(f"{provider.name}: at its concurrency limit")
+                continue
+            path = endpoint.engine_path(provider.dialect)
+            assert path is not None
+            payload = body
+            if provider.dialect is not endpoint.dialect:
+                payload = translate_request(endpoint, provider, body)
+            headers = _merge_headers(client_headers, provider.auth_headers)
+            exchange.provider = provider.name
+            try:
+                upstream = await self.client.request(
+                    "POST",
+                    provider.url(path),
+                    headers=headers,
+                    body=payload,
+                    response_timeout=self.server.response_timeout,
+                    read_timeout=self.server.stream_idle_timeout,
+                )
+            except UpstreamConnectError as exc:
+                provider.healthy, provider.last_error = False, str(exc)
+                failures.append(f"{provider.name}: {exc}")
+                continue
+            except UpstreamTimeout as exc:
+                raise ApiError(504, f"engine {provider.name} did not answer: {exc}") from None
+            except UpstreamError as exc:
+                raise ApiError(502, f"engine {provider.name} failed: {exc}") from None
+            return upstream, provider
+        if all("concurrency limit" in failure for failure in failures):
+            raise ApiError(429, f"every engine serving {exchange.model!r} is busy", retry_after=1)
+        raise ApiError(
+            503, f"no engine serving {exchange.model!r} is reachable: " + "; ".join(failures)
+        )
+
+    async def _count_tokens(
+        self, provider: Provider, body: bytes, exchange: Exchange, send: Send
+    ) -> None:
+        """count_tokens for an engine that is not Anthropic's (see gate.services.tokens)."""
+        try:
+            request = msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
+            raise ApiError(400, "messages: required, a list of messages")
+        exchange.provider = provider.name
+        count, exact = await count_prompt_tokens(
+            self.client,
+            provider,
+            exchange.model,
+            prompt_text(request),
+            self.server.response_timeout,
+        )
+        exchange.status, exchange.tokens_in = 200, count
+        header = (b"x-gate-token-count", b"engine" if exact else b"estimate")
+        await send_json(send, 200, {"input_tokens": count}, [header])
+
+    def _bridge(self, endpoint: Endpoint, provider: Provider) -> Bridge:
+        return response_bridge(endpoint, provider)
+
+    async def _pass_through(
+        self, upstream: UpstreamResponse, send: Send, exchange: Exchange, dialect: Dialect
+    ) -> None:
+        """The engine speaks the client's dialect: relay its bytes as they arrive."""
+        content_type = upstream.header(b"content-type") or b""
+        streaming = content_type.startswith(b"text/event-stream")
+        length = None if streaming else upstream.content_length
+        headers = [(k, v) for k, v in upstream.headers if k not in _DROP_RESPONSE_HEADERS]
+        if length is not None:
+            headers.append((b"content-length", str(length).encode()))
+        await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+        tap = _UsageTap(dialect, streaming) if upstream.status < 400 else None
+        remaining = length
+        try:
+            async for chunk in upstream.aiter_body():
+                exchange.first_byte()
+                if tap is not None:
+                    tap.feed(chunk)
+                if remaining is not None:
+                    remaining -= len(chunk)
+                    await send(
+                        {"type": "http.response.body", "body": chunk, "more_body": remaining > 0}
+                    )
+                else:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            exchange.status, exchange.error = 502, f"engine failed mid-response: {exc}"
+            if not streaming:
+                raise _AbortResponse from None  # the client sees a broken body, not a short one
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": _stream_error(dialect, exc),
+                    "more_body": False,
+                }
+            )
+            return
+        if remaining is None or remaining > 0 or length == 0:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if tap is not None:
+            exchange.tokens_in, exchange.tokens_out = tap.result()
+
+    def _finish(self, exchange: Exchange) -> None:
+        latency = time.perf_counter() - exchange.started
+        provider = exchange.provider or "none"
+        model = exchange.model or "none"
+        if not exchange.metered:  # ended before a provider took it: the gauge never rose
+            self.metrics.request_started(provider, model)
+        self.metrics.request_finished(
+            provider,
+            model,
+            exchange.endpoint.name,
+            exchange.status,
+            latency,
+            exchange.ttft,
+            exchange.tokens_in,
+            exchange.tokens_out,
+            _error_type(exchange.status) if exchange.status >= 400 else None,
+        )
+        self.usage.record(
+            UsageRecord(
+                ts=time.time(),
+                client=exchange.client,
+                model=exchange.model,
+                provider=exchange.provider,
+                peer=None,
+                status=exchange.status,
+                latency_ms=latency * 1000,
+                ttft_ms=None if exchange.ttft is None else exchange.ttft * 1000,
+                tokens_in=exchange.tokens_in,
+                tokens_out=exchange.tokens_out,
+                error=exchange.error,
+                endpoint=exchange.endpoint.name,
+            )
+        )
+
+    # --- models and metrics ----------------------------------------------------
+
+    async def list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            self._authenticate(scope)
+        except ApiError as exc:
+            await send_json(send, exc.status, exc.body(_dialect_of(scope)), exc.headers())
+            return
+        models = self.registry.model_ids()
+        if _dialect_of(scope) is Dialect.ANTHROPIC:
+            data = [_anthropic_model(model) for model in sorted(models)]
+            await send_json(
+                send,
+                200,
+                {
+                    "data": data,
+                    "has_more": False,
+                    "first_id": data[0]["id"] if data else None,
+                    "last_id": data[-1]["id"] if data else None,
+                },
+            )
+            return
+        await send_json(
+            send,
+            200,
+            {
+                "object": "list",
+                "data": [_openai_model(model, owners) for model, owners in sorted(models.items())],
+            },
+        )
+
+    async def get_model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        dialect = _dialect_of(scope)
+        try:
+            self._authenticate(scope)
+        except ApiError as exc:
+            await send_json(send, exc.status, exc.body(dialect), exc.headers())
+            return
+        model = scope["path"].removeprefix("/v1/models/")
+        owners = self.registry.model_ids().get(model)
+        if owners is None:
+            error = ApiError(404, f"model {model!r} is not served here", code="model_not_found")
+            await send_json(send, 404, error.body(dialect))
+        elif dialect is Dialect.ANTHROPIC:
+            await send_json(send, 200, _anthropic_model(model))
+        else:
+            await send_json(send, 200, _openai_model(model, owners))
+
+    async def render_metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            self._authenticate(scope)
+        except ApiError as exc:
+            await send_json(send, exc.status, exc.body(Dialect.OPENAI), exc.headers())
+            return
+        body = self.metrics.render()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _AbortResponse(Exception):
+    """Raised after the response started and cannot end well: the server drops the
+    connection, so a client reading a Content-Length body sees it cut off, not complete."""
+
+
+class _ResponseTracker:
+    """Wraps `send` to know how far the response got: once its head went out, errors
+    cannot be answered with a status; once its last body part went out, the server
+    closes the request, and the http.disconnect that follows is not a client leaving."""
+
+    __slots__ = ("_send", "finished", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+        self.finished = False
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.started = True
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.finished = True
+        await self._send(message)
+
+
+async def _cancel_on_disconnect(
+    receive: Receive, scope: trio.CancelScope, exchange: Exchange, response: _ResponseTracker
+) -> None:
+    """After the request body, the next ASGI message is http.disconnect: the client left,
+    unless the response is already complete (then the server sends it as a matter of
+    course)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if response.finished:
+                return
+            exchange.error = "client disconnected"
+            if exchange.status < 400:
+                exchange.status = 499  # nginx's code for "client closed request"
+            scope.cancel()
+            return
+
+
+def _merge_headers(
+    client: list[tuple[bytes, bytes]], provider: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """The provider's credentials and version headers win over the client's."""
+    names = {name for name, _ in provider}
+    return [*provider, *((k, v) for k, v in client if k not in names)]
+
+
+def _stream_error(dialect: Dialect, exc: Exception) -> bytes:
+    message = f"the engine failed mid-stream: {exc}"
+    if dialect is Dialect.ANTHROPIC:
+        name, data = anthropic_stream_error(message)
+        return encode_event(msgspec.json.encode(data), name)
+    return encode_event(msgspec.json.encode(openai_stream_error(message)))
+
+
+def _error_type(status: int) -> str:
+    return {
+        400: "invalid_request",
+        401: "unauthorized",
+        404: "not_found",
+        413: "too_large",
+        429: "rate_limited",
+        499: "client_closed",
+        502: "bad_gateway",
+        503: "unavailable",
+        504: "timeout",
+    }.get(status, "server_error" if status >= 500 else "client_error")
+
+
+def _dialect_of(scope: Scope) -> Dialect:
+    """Anthropic's SDK always sends anthropic-version; OpenAI's never does."""
+    for name, _ in scope["headers"]:
+        if name == b"anthropic-version":
+            return Dialect.ANTHROPIC
+    return Dialect.OPENAI
+
+
+def _openai_model(model: str, owners: list[str]) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": ",".join(owners)}
+
+
+def _anthropic_model(model: str) -> dict[str, Any]:
+    return {
+        "type": "model",
+        "id": model,
+        "display_name": model,
+        "created_at": "1970-01-01T00:00:00Z",
+    }
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None  # OpenAI
+    completion_tokens: int | None = None
+    input_tokens: int | None = None  # Anthropic
+    output_tokens: int | None = None
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[msgspec.Raw] | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+
+
+class _WithUsage(msgspec.Struct):
+    """Just enough of a response, chunk or event to count tokens."""
+
+    usage: _Usage | None = None
+    message: _WithUsage | None = None  # Anthropic's message_start nests it
+    choices: list[_Choice] = []  # OpenAI stream chunks
+
+
+_decode_usage = msgspec.json.Decoder(_WithUsage).decode
+
+
+class _UsageTap:
+    """Reads token counts off a relayed response without holding it up.
+
+    A non-streamed body is kept (up to a bound) and its `usage` decoded at the end. On a
+    stream each event is decoded into a struct of the few fields that matter; when the
+    engine reports no usage (an OpenAI stream without include_usage), the chunks that
+    carry content or tool-call deltas are counted instead: one per token on the engines
+    Gate fronts.
+    """
+
+    __slots__ = ("_body", "_decoder", "_size", "_tokens_seen", "tokens_in", "tokens_out")
+
+    def __init__(self, dialect: Dialect, streaming: bool) -> None:
+        self._decoder = SSEDecoder() if streaming else None
+        self._body: list[bytes] = []
+        self._size = 0
+        self._tokens_seen = 0
+        self.tokens_in: int | None = None
+        self.tokens_out: int | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if self._decoder is None:
+            self._size += len(chunk)
+            if self._size <= _MAX_USAGE_SCAN:
+                self._body.append(chunk)
+            return
+        for event in self._decoder.feed(chunk):
+            if event.data and event.data != "[DONE]":
+                self._take(event.data)
+
+    def _take(self, data: str | bytes) -> None:
+        try:
+            parsed = _decode_usage(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        for choice in parsed.choices:
+            delta = choice.delta
+            if delta is not None and (delta.content or delta.tool_calls):
+                self._tokens_seen += 1
+        usage = parsed.usage or (parsed.message.usage if parsed.message else None)
+        if usage is None:
+            return
+        tokens_in = usage.prompt_tokens if usage.prompt_tokens is not None else usage.input_tokens
+        tokens_out = (
+            usage.completion_tokens if usage.completion_tokens is not None else usage.output_tokens
+        )
+        self.tokens_in = tokens_in if tokens_in is not None else self.tokens_in
+        self.tokens_out = tokens_out if tokens_out is not None else self.tokens_out
+
+    def result(self) -> tuple[int | None, int | None]:
+        if self._decoder is None and self._body and self._size <= _MAX_USAGE_SCAN:
+            self._take(b"".join(self._body))
+        if self.tokens_out is None and self._tokens_seen:
+            return self.tokens_in, self._tokens_seen
+        return self.tokens_in, self.tokens_out

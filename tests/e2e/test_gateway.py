@@ -1,0 +1,635 @@
+"""The local gateway end to end: real `gate serve`, real llama.cpp engine, official SDKs.
+
+Every test talks to Gate over loopback exactly as a user's tool would. The engine is
+llama.cpp's server on the tiny generated model; forbidding its end-of-sequence token
+(logit_bias) makes it generate exactly max_tokens, so lengths are predictable.
+"""
+
+import json
+import signal
+import socket
+import sqlite3
+import threading
+import time
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from .conftest import engine_config
+from .gate_process import data_dir, run_gate
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "tiny-llama"
+NO_EOS = {"2": -100}  # token 2 is </s> in the tiny model
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {
+            "type": "object",
+            # An enum, so the grammar-constrained output of random weights must finish
+            # the string (a free string would run on until max_tokens).
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo", "Lima"]}},
+            "required": ["city"],
+        },
+    },
+}
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def gate(start_gate, llama_engine):
+    return start_gate(engine_config(llama_engine))
+
+
+def oai(gate, **kwargs) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{gate.url}/v1",
+        api_key=kwargs.pop("api_key", "unused"),
+        max_retries=0,
+        timeout=60,
+        **kwargs,
+    )
+
+
+def ant(gate, **kwargs) -> anthropic.Anthropic:
+    return anthropic.Anthropic(
+        base_url=gate.url,
+        api_key=kwargs.pop("api_key", "unused"),
+        max_retries=0,
+        timeout=60,
+        **kwargs,
+    )
+
+
+def sse_lines(url: str, body: dict, **kwargs) -> list[str]:
+    with httpx.stream("POST", url, json=body, timeout=60, **kwargs) as response:
+        assert response.status_code == 200, response.read()
+        return [line for line in response.iter_lines() if line]
+
+
+# --- OpenAI dialect, passed through ------------------------------------------------
+
+
+def test_models_are_listed_in_both_dialects(gate):
+    with oai(gate) as client:
+        assert [m.id for m in client.models.list()] == [MODEL]
+        assert client.models.retrieve(MODEL).owned_by == "llama"
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("nope")
+    with ant(gate) as client:
+        assert [m.id for m in client.models.list()] == [MODEL]
+
+
+def test_chat_completion(gate):
+    with oai(gate) as client:
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=HI,
+            max_tokens=5,
+            temperature=0,
+            extra_body={"logit_bias": NO_EOS},
+        )
+    assert isinstance(reply.choices[0].message.content, str)
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 5 and reply.usage.prompt_tokens > 0
+
+
+def test_stream_is_relayed_byte_for_byte(gate, llama_engine):
+    """Through Gate and straight from the engine, the stream is the same (ids aside)."""
+    body = {
+        "model": MODEL,
+        "messages": HI,
+        "max_tokens": 6,
+        "temperature": 0,
+        "stream": True,
+        "logit_bias": NO_EOS,
+    }
+    via_gate = sse_lines(f"{gate.url}/v1/chat/completions", body)
+    direct = sse_lines(f"{llama_engine.base_url}/chat/completions", body)
+
+    def normalized(lines):
+        out = []
+        for line in lines:
+            assert line.startswith("data: ")
+            data = line.removeprefix("data: ")
+            if data == "[DONE]":
+                out.append(data)
+            else:
+                chunk = json.loads(data)
+                chunk.pop("id"), chunk.pop("created")
+                out.append(chunk)
+        return out
+
+    assert via_gate[-1] == "data: [DONE]"
+    assert normalized(via_gate) == normalized(direct)
+    assert len(via_gate) == 6 + 3  # role chunk, 6 tokens, finish chunk, [DONE]
+
+
+def test_stream_with_the_sdk_matches_the_plain_answer(gate):
+    kwargs = {
+        "model": MODEL,
+        "messages": HI,
+        "max_tokens": 6,
+        "temperature": 0,
+        "extra_body": {"logit_bias": NO_EOS},
+    }
+    with oai(gate) as client:
+        plain = client.chat.completions.create(**kwargs).choices[0].message.content
+        chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == plain
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_completions_and_embeddings(gate):
+    with oai(gate) as client:
+        completion = client.completions.create(
+            model=MODEL, prompt="Once", max_tokens=3, extra_body={"logit_bias": NO_EOS}
+        )
+        embeddings = client.embeddings.create(model=MODEL, input=["a", "b c"])
+    assert completion.choices[0].finish_reason == "length"
+    assert len(embeddings.data) == 2 and len(embeddings.data[0].embedding) == 64
+
+
+def test_forced_tool_call_passes_through(gate):
+    forced = {"type": "function", "function": {"name": "get_weather"}}
+    with oai(gate) as client:
+        reply = client.chat.completions.create(
+            model=MODEL, messages=HI, tools=[WEATHER_TOOL], tool_choice=forced, max_tokens=64
+        )
+        stream = client.chat.completions.create(
+            model=MODEL,
+            messages=HI,
+            tools=[WEATHER_TOOL],
+            tool_choice=forced,
+            max_tokens=64,
+            stream=True,
+        )
+        fragments = [
+            call.function.arguments or ""
+            for chunk in stream
+            for call in (chunk.choices[0].delta.tool_calls or [] if chunk.choices else [])
+        ]
+    call = reply.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments)["city"] in ("Paris", "Oslo", "Lima")
+    assert json.loads("".join(fragments))["city"] in ("Paris", "Oslo", "Lima")
+
+
+# --- Anthropic dialect, translated for the OpenAI-only engine -------------------------
+
+
+def test_anthropic_messages_with_system_and_turns(gate):
+    with ant(gate) as client:
+        message = client.messages.create(
+            model=MODEL,
+            max_tokens=4,
+            system="Answer briefly.",
+            extra_body={"temperature": 0},
+            messages=[
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": [{"type": "text", "text": "and?"}]},
+            ],
+        )
+    assert message.type == "message" and message.role == "assistant" and message.model == MODEL
+    assert message.content[0].type == "text"
+    assert message.stop_reason in ("max_tokens", "end_turn")
+    assert message.usage.input_tokens > 0 and 1 <= message.usage.output_tokens <= 4
+    if message.stop_reason == "max_tokens":
+        assert message.usage.output_tokens == 4
+
+
+def test_anthropic_stream_has_the_exact_event_grammar(gate):
+    lines = sse_lines(
+        f"{gate.url}/v1/messages",
+        {"model": MODEL, "max_tokens": 5, "stream": True, "messages": HI},
+        headers={"anthropic-version": "2023-06-01"},
+    )
+    events = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+    datas = [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: ")]
+    assert len(events) == len(datas)
+    assert [d["type"] for d in datas] == events  # every data names its own event
+    names = [e for e in events if e != "ping"]
+    assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
+    assert names[1] == "content_block_start" and names[-3] == "content_block_stop"
+    assert set(names[2:-3]) == {"content_block_delta"}
+    assert all(d["index"] == 0 for d in datas if "index" in d)
+    with (
+        ant(gate) as client,
+        client.messages.stream(model=MODEL, max_tokens=5, messages=HI) as stream,
+    ):
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert final.content[0].text == text
+    assert final.stop_reason in ("max_tokens", "end_turn") and final.usage.output_tokens >= 1
+
+
+def test_anthropic_tool_use_translated_both_ways(gate):
+    tool = {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "input_schema": WEATHER_TOOL["function"]["parameters"],
+    }
+    with ant(gate) as client:
+        message = client.messages.create(
+            model=MODEL,
+            max_tokens=64,
+            messages=HI,
+            tools=[tool],
+            tool_choice={"type": "tool", "name": "get_weather"},
+        )
+        with client.messages.stream(
+            model=MODEL,
+            max_tokens=64,
+            messages=HI,
+            tools=[tool],
+            tool_choice={"type": "tool", "name": "get_weather"},
+        ) as stream:
+            streamed = stream.get_final_message()
+        # ...and the tool result goes back in the next turn.
+        use = next(b for b in message.content if b.type == "tool_use")
+        follow_up = client.messages.create(
+            model=MODEL,
+            max_tokens=3,
+            tools=[tool],
+            messages=[
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": [use.model_dump()]},
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}],
+                },
+            ],
+        )
+    assert message.stop_reason == "tool_use"
+    assert use.name == "get_weather" and use.input["city"] in ("Paris", "Oslo", "Lima")
+    streamed_use = next(b for b in streamed.content if b.type == "tool_use")
+    assert streamed_use.name == "get_weather"
+    assert streamed_use.input["city"] in ("Paris", "Oslo", "Lima")
+    assert follow_up.type == "message"
+
+
+# --- errors in the client's dialect --------------------------------------------------
+
+
+def test_errors_are_in_the_clients_dialect(gate):
+    base = gate.url
+    bad_json = httpx.post(f"{base}/v1/chat/completions", content=b"{nope", timeout=10)
+    assert bad_json.status_code == 400 and "message" in bad_json.json()["error"]
+    no_model = httpx.post(f"{base}/v1/chat/completions", json={"messages": HI}, timeout=10)
+    assert no_model.status_code == 400 and "model" in no_model.json()["error"]["message"]
+    unknown = httpx.post(
+        f"{base}/v1/chat/completions", json={"model": "gpt-9", "messages": HI}, timeout=10
+    )
+    assert unknown.status_code == 404
+    assert MODEL in unknown.json()["error"]["message"]  # it lists what exists
+    anthropic_unknown = httpx.post(
+        f"{base}/v1/messages",
+        json={"model": "claude-9", "max_tokens": 1, "messages": HI},
+        timeout=10,
+    )
+    body = anthropic_unknown.json()
+    assert anthropic_unknown.status_code == 404 and body["type"] == "error"
+    assert body["error"]["type"] == "not_found_error" and MODEL in body["error"]["message"]
+    with ant(gate) as client, pytest.raises(anthropic.NotFoundError):
+        client.messages.create(model="claude-9", max_tokens=1, messages=HI)
+
+
+def test_body_too_large_is_413(start_gate, llama_engine):
+    gate = start_gate(engine_config(llama_engine, extra="[server]\nmax_body_bytes = 2000\n"))
+    big = {"model": MODEL, "messages": [{"role": "user", "content": "x" * 5000}]}
+    response = httpx.post(f"{gate.url}/v1/chat/completions", json=big, timeout=10)
+    assert response.status_code == 413 and response.json()["error"]["type"]
+    small = httpx.post(
+        f"{gate.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": HI, "max_tokens": 1},
+        timeout=30,
+    )
+    assert small.status_code == 200
+
+
+def test_client_rate_limit_is_429_with_retry_after(start_gate, llama_engine):
+    gate = start_gate(
+        engine_config(
+            llama_engine, extra="[server]\nclient_rate_per_minute = 6.0\nclient_burst = 2\n"
+        )
+    )
+    body = {"model": MODEL, "messages": HI, "max_tokens": 1}
+    statuses = [
+        httpx.post(f"{gate.url}/v1/chat/completions", json=body, timeout=30) for _ in range(3)
+    ]
+    assert [r.status_code for r in statuses] == [200, 200, 429]
+    assert int(statuses[2].headers["retry-after"]) >= 1
+    with oai(gate) as client, pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(**body)
+
+
+def test_api_keys_when_required(start_gate, llama_engine, gate_env):
+    created = json.loads(run_gate("keys", "create", "ci", "--json", env=gate_env).stdout)
+    gate = start_gate(engine_config(llama_engine, extra="[security]\nrequire_api_keys = true\n"))
+    body = {"model": MODEL, "messages": HI, "max_tokens": 1}
+    url = f"{gate.url}/v1/chat/completions"
+    assert httpx.post(url, json=body, timeout=10).status_code == 401
+    assert (
+        httpx.post(
+            url, json=body, headers={"authorization": "Bearer gk_wrong"}, timeout=10
+        ).status_code
+        == 401
+    )
+    with oai(gate, api_key=created["key"]) as client:
+        assert client.chat.completions.create(**body).choices
+    with ant(gate, api_key=created["key"]) as client:  # x-api-key
+        assert client.messages.create(model=MODEL, max_tokens=1, messages=HI).content
+    assert run_gate("keys", "revoke", created["id"], env=gate_env).returncode == 0
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # the daemon re-reads keys every few seconds
+        status = httpx.post(
+            url, json=body, headers={"x-api-key": created["key"]}, timeout=30
+        ).status_code
+        if status == 401:
+            break
+        time.sleep(0.5)
+    assert status == 401
+
+
+def test_binding_beyond_loopback_needs_api_keys(gate_env):
+    result = run_gate("serve", "--bind", "0.0.0.0:0", env=gate_env)
+    assert result.returncode == 2
+    assert "require_api_keys" in result.stderr.decode()
+
+
+# --- faults --------------------------------------------------------------------------
+
+
+def test_engine_killed_mid_stream_ends_the_stream_with_an_error(start_gate, make_llama_engine):
+    engine = make_llama_engine()
+    gate = start_gate(engine_config(engine))
+    body = {
+        "model": MODEL,
+        "messages": HI,
+        "max_tokens": 1900,
+        "stream": True,
+        "logit_bias": NO_EOS,
+    }
+    lines = []
+    with httpx.stream("POST", f"{gate.url}/v1/chat/completions", json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if line:
+                lines.append(line)
+            if len(lines) == 5:
+                engine.kill()
+    assert lines[-1] != "data: [DONE]"
+    error = json.loads(lines[-1].removeprefix("data: "))
+    assert "engine" in error["error"]["message"]
+    # The SDK turns that into an exception, not a short success.
+    engine2 = make_llama_engine()
+    gate2 = start_gate(engine_config(engine2))
+    with oai(gate2) as client, pytest.raises(openai.APIError):
+        for i, _ in enumerate(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=HI,
+                max_tokens=1900,
+                stream=True,
+                extra_body={"logit_bias": NO_EOS},
+            )
+        ):
+            if i == 3:
+                engine2.kill()
+
+
+def test_engine_killed_mid_anthropic_stream_sends_an_error_event(
+    start_gate, make_llama_engine, tmp_path
+):
+    from tests.engine.tiny_model import write_tiny_gguf
+
+    # Anthropic's API has no logit_bias: a model that cannot stop keeps the stream going.
+    engine = make_llama_engine(write_tiny_gguf(tmp_path / "endless.gguf", can_stop=False))
+    gate = start_gate(engine_config(engine))
+    with (
+        ant(gate) as client,
+        pytest.raises(anthropic.APIStatusError),
+        client.messages.stream(model=MODEL, max_tokens=1900, messages=HI) as stream,
+    ):
+        for i, _ in enumerate(stream.text_stream):
+            if i == 3:
+                engine.kill()
+
+
+def test_hanging_engine_times_out_with_504(start_gate, make_llama_engine):
+    engine = make_llama_engine()
+    gate = start_gate(engine_config(engine, extra="[server]\nresponse_timeout = 1.0\n"))
+    engine.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = httpx.post(
+            f"{gate.url}/v1/chat/completions",
+            json={"model": MODEL, "messages": HI, "max_tokens": 1},
+            timeout=30,
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        engine.proc.send_signal(signal.SIGCONT)
+    assert response.status_code == 504 and elapsed < 10
+    assert response.json()["error"]["message"]
+
+
+def test_engine_answering_garbage_is_502(start_gate):
+    # No real engine answers garbage on purpose: a socket that does stands in for one.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+
+    def answer_garbage():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"\x00\x01garbage that is not HTTP\r\n\r\n")
+
+    thread = threading.Thread(target=answer_garbage, daemon=True)
+    thread.start()
+    config = (
+        "[[providers.engines]]\nname = 'broken'\nkind = 'openai_compatible'\n"
+        f"base_url = 'http://127.0.0.1:{port}'\nmodels = ['junk']\n"
+    )
+    try:
+        gate = start_gate(config)
+        response = httpx.post(
+            f"{gate.url}/v1/chat/completions", json={"model": "junk", "messages": HI}, timeout=30
+        )
+    finally:
+        server.close()
+    assert response.status_code == 502 and response.json()["error"]["message"]
+
+
+def test_engine_down_then_back_is_used_again_without_restart(start_gate, make_llama_engine):
+    engine = make_llama_engine()
+    gate = start_gate(engine_config(engine))
+    body = {"model": MODEL, "messages": HI, "max_tokens": 1}
+    url = f"{gate.url}/v1/chat/completions"
+    assert httpx.post(url, json=body, timeout=30).status_code == 200
+    engine.stop()
+    down = httpx.post(url, json=body, timeout=30)
+    assert down.status_code in (404, 503)  # unreachable, or already dropped by the check
+    engine.restart()  # the same engine, back on the same port
+    deadline = time.monotonic() + 15
+    while (status := httpx.post(url, json=body, timeout=30).status_code) != 200:
+        assert time.monotonic() < deadline, f"still {status}"
+        time.sleep(0.3)
+
+
+def test_client_disconnect_cancels_the_engine_request(gate):
+    """The engine stops generating when the client goes away: the next request does not
+    wait behind 1,900 tokens (~10 s on this engine, which serves one request at a time)."""
+    body = {
+        "model": MODEL,
+        "messages": HI,
+        "max_tokens": 1900,
+        "stream": True,
+        "logit_bias": NO_EOS,
+    }
+    with httpx.stream("POST", f"{gate.url}/v1/chat/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        for _ in range(5):
+            next(lines)
+    started = time.monotonic()
+    reply = httpx.post(
+        f"{gate.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": HI, "max_tokens": 1},
+        timeout=60,
+    )
+    assert reply.status_code == 200
+    assert time.monotonic() - started < 4
+    metrics = httpx.get(f"{gate.url}/metrics", timeout=10).text
+    in_flight = [
+        line for line in metrics.splitlines() if line.startswith("gate_requests_in_flight{")
+    ]
+    assert in_flight and all(line.endswith(" 0") for line in in_flight)
+
+
+def test_200_concurrent_streams_none_lost_or_mixed(gate):
+    import trio
+
+    results: dict[int, list[dict]] = {}
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": f"n{i}"}],
+            "max_tokens": 1 + i % 5,
+            "temperature": 0,
+            "stream": True,
+            "logit_bias": NO_EOS,
+        }
+        async with client.stream("POST", f"{gate.url}/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            chunks = []
+            async for line in response.aiter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    chunks.append(json.loads(line.removeprefix("data: ")))
+                elif line == "data: [DONE]":
+                    chunks.append({"done": True})
+            results[i] = chunks
+
+    async def main():
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+            with trio.fail_after(240):
+                async with trio.open_nursery() as nursery:
+                    for i in range(200):
+                        nursery.start_soon(one, client, i)
+
+    trio.run(main)
+    assert len(results) == 200
+    ids = set()
+    for i, chunks in results.items():
+        assert chunks[-1] == {"done": True}, f"stream {i} did not end with [DONE]"
+        stream_ids = {c["id"] for c in chunks[:-1]}
+        assert len(stream_ids) == 1, f"stream {i} mixes chunks of {stream_ids}"
+        ids |= stream_ids
+        tokens = [c for c in chunks[:-1] if c["choices"][0]["delta"].get("content") is not None]
+        assert len(tokens) == 1 + i % 5, f"stream {i}: {len(tokens)} tokens"
+    assert len(ids) == 200
+
+
+# --- usage and metrics ---------------------------------------------------------------
+
+
+def test_usage_is_recorded_and_metrics_exposed(start_gate, llama_engine, gate_env):
+    gate = start_gate(engine_config(llama_engine, extra="[database]\nrequests_jsonl = true\n"))
+    with oai(gate) as client:
+        client.chat.completions.create(
+            model=MODEL, messages=HI, max_tokens=3, extra_body={"logit_bias": NO_EOS}
+        )
+        list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=HI,
+                max_tokens=2,
+                stream=True,
+                extra_body={"logit_bias": NO_EOS},
+            )
+        )
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="nope", messages=HI)
+    with ant(gate) as client:
+        client.messages.create(model=MODEL, max_tokens=2, messages=HI)
+    metrics = httpx.get(f"{gate.url}/metrics", timeout=10).text
+    gate.signal(signal.SIGTERM)
+    assert gate.wait() == 0
+    with sqlite3.connect(data_dir(gate_env) / "gate.db") as db:
+        rows = db.execute(
+            "SELECT endpoint, model, provider, status, tokens_in, tokens_out, ttft_ms, latency_ms"
+            " FROM usage ORDER BY id"
+        ).fetchall()
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("chat.completions", MODEL, "llama", 200),
+        ("chat.completions", MODEL, "llama", 200),
+        ("chat.completions", "nope", None, 404),
+        ("messages", MODEL, "llama", 200),
+    ]
+    assert rows[0][4] > 0 and rows[0][5] == 3
+    assert rows[1][5] == 2  # counted from the stream
+    assert all(r[6] is not None and 0 < r[6] <= r[7] for r in (rows[0], rows[1], rows[3]))
+    jsonl = (data_dir(gate_env) / "requests.jsonl").read_text().splitlines()
+    assert len(jsonl) == 4 and json.loads(jsonl[2])["status"] == 404
+    requests_line = (
+        'gate_requests_total{provider="llama",model="tiny-llama",'
+        'endpoint="chat.completions",status="200"} 2'
+    )
+    assert requests_line in metrics
+    assert "gate_time_to_first_token_seconds_bucket" in metrics
+    assert 'gate_tokens_total{provider="llama",model="tiny-llama",direction="out"}' in metrics
+
+
+def test_count_tokens_uses_the_engines_tokenizer(gate, llama_engine):
+    request = {
+        "model": MODEL,
+        "system": "be brief",
+        "messages": [{"role": "user", "content": "how many tokens is this?"}],
+    }
+    with ant(gate) as client:
+        counted = client.messages.count_tokens(**request)
+    raw = httpx.post(
+        f"{gate.url}/v1/messages/count_tokens",
+        json=request,
+        timeout=10,
+        headers={"anthropic-version": "2023-06-01"},
+    )
+    assert raw.headers["x-gate-token-count"] == "engine"
+    direct = httpx.post(
+        f"{llama_engine.root_url}/extras/tokenize/count",
+        json={"input": "be brief\nhow many tokens is this?"},
+        timeout=10,
+    )
+    assert counted.input_tokens == direct.json()["count"] > 0
