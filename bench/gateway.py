@@ -224,7 +224,14 @@ model_list:
       api_base: http://127.0.0.1:{upstream.sse_port}/v1
       api_key: unused
 """)
-    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
+    # No auth on either side (Gate serves loopback without keys by default); LiteLLM
+    # needs its local-development switch to start without a master key.
+    env = {
+        **os.environ,
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
+    }
     began = time.monotonic()
     proc = subprocess.Popen(
         [

@@ -55,6 +55,9 @@ def hypercorn_config(bind: str, drain_timeout: float) -> HypercornConfig:
     config.graceful_timeout = drain_timeout
     config.keep_alive_timeout = 75.0  # longer than common client pools keep idle connections
     config.accesslog = None  # requests are recorded by Gate itself, off the hot path
+    # Relayed responses carry the engine's own Server header; a second one from us would
+    # make the response differ from the engine's.
+    config.include_server_header = False
     config.errorlog = logging.getLogger("gate.http.server")
     return config
 

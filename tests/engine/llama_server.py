@@ -94,12 +94,14 @@ class LlamaServer:
         verbose: bool = True,
         extra_args: Sequence[str] = (),
         host: str = "127.0.0.1",
+        port: int | None = None,
         start_timeout: float = 60.0,
     ) -> None:
         self.model_path = Path(model_path)
         self.model = model
         self.host = host
         self.port = 0
+        self._fixed_port = port  # None: a free port is picked at start
         self.api_key = api_key
         self.start_timeout = start_timeout
         self._options = {
@@ -172,7 +174,7 @@ class LlamaServer:
         began = time.monotonic()
         # A port picked by bind(0) may be taken before the child binds it: try a few.
         for attempt in range(3):
-            self.port = free_port(self.host)
+            self.port = self._fixed_port or free_port(self.host)
             self._spawn()
             try:
                 self._wait_ready(began + self.start_timeout)
