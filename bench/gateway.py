@@ -339,25 +339,38 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gate-bench-") as tmp:
         workdir = Path(tmp)
         upstream = start_nginx(workdir)
-        proxies: list[Proxy] = []
         try:
-            proxies.append(start_gate(upstream, workdir))
+            # Each proxy runs alone while it is measured: an idle LiteLLM still uses CPU.
+            starters = [lambda: start_gate(upstream, workdir)]
             if args.litellm:
-                proxies.append(start_litellm(args.litellm, upstream, workdir))
-            run(upstream, proxies, workdir)
+                starters.append(lambda: start_litellm(args.litellm, upstream, workdir))
+            run(upstream, starters, workdir)
         finally:
-            for proxy in proxies:
-                proxy.stop()
             upstream.proc.terminate()
             upstream.proc.wait(timeout=10)
 
 
-def run(upstream: Upstream, proxies: list[Proxy], workdir: Path) -> None:
+def measure(proxy: Proxy, workdir: Path) -> tuple[float, ...]:
+    path = "/v1/chat/completions"
+    latency = sequential_latency(proxy.port, path, REQUEST, SEQUENTIAL)
+    ttfb = first_byte(proxy.port, path, STREAM_REQUEST, STREAMS)
+    rps = wrk_rps(proxy.port, path, REQUEST, workdir)
+    return (
+        pct(latency, 0.5),
+        pct(latency, 0.99),
+        rps,
+        pct(ttfb, 0.5),
+        proxy.rss_mb(),
+        proxy.ready_s,
+    )
+
+
+def run(upstream: Upstream, starters: list, workdir: Path) -> None:
     path = "/v1/chat/completions"
     direct = sequential_latency(upstream.json_port, path, REQUEST, SEQUENTIAL)
     direct_ttfb = first_byte(upstream.sse_port, path, STREAM_REQUEST, STREAMS)
     direct_rps = wrk_rps(upstream.json_port, path, REQUEST, workdir)
-    rows = {
+    rows: dict[str, tuple] = {
         "direct (nginx)": (
             pct(direct, 0.5),
             pct(direct, 0.99),
@@ -367,18 +380,12 @@ def run(upstream: Upstream, proxies: list[Proxy], workdir: Path) -> None:
             None,
         )
     }
-    for proxy in proxies:
-        latency = sequential_latency(proxy.port, path, REQUEST, SEQUENTIAL)
-        ttfb = first_byte(proxy.port, path, STREAM_REQUEST, STREAMS)
-        rps = wrk_rps(proxy.port, path, REQUEST, workdir)
-        rows[proxy.name] = (
-            pct(latency, 0.5),
-            pct(latency, 0.99),
-            rps,
-            pct(ttfb, 0.5),
-            proxy.rss_mb(),
-            proxy.ready_s,
-        )
+    for start in starters:
+        proxy = start()
+        try:
+            rows[proxy.name] = measure(proxy, workdir)
+        finally:
+            proxy.stop()
 
     base_p50, base_p99 = rows["direct (nginx)"][0], rows["direct (nginx)"][1]
     print(
