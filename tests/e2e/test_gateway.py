@@ -633,3 +633,17 @@ def test_count_tokens_uses_the_engines_tokenizer(gate, llama_engine):
         timeout=10,
     )
     assert counted.input_tokens == direct.json()["count"] > 0
+
+
+def test_stream_chunks_arrive_as_the_engine_writes_them(gate):
+    """No buffering: the first token reaches the client long before the last is made."""
+    body = {"model": MODEL, "messages": HI, "max_tokens": 400, "stream": True, "logit_bias": NO_EOS}
+    arrivals = []
+    started = time.monotonic()
+    with httpx.stream("POST", f"{gate.url}/v1/chat/completions", json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append(time.monotonic() - started)
+    assert len(arrivals) == 400 + 3
+    # ~400 tokens take a couple of seconds on this engine; the first comes at once.
+    assert arrivals[1] < arrivals[-1] / 4

@@ -1,0 +1,110 @@
+"""Engine discovery and health per kind.
+
+Ollama and the cloud APIs cannot run here (no Ollama build, no network), so scripted
+loopback servers answer their model-listing calls with the documented bodies; the
+llama.cpp kind is covered by the e2e tests against the real engine.
+"""
+
+from functools import partial
+
+import msgspec
+import trio
+
+from gate.config import ProviderConfig, ProvidersConfig
+from gate.services.providers import Dialect, Provider, ProviderRegistry
+from gate.services.upstream import UpstreamClient
+
+
+async def serve_json(nursery, routes: dict[str, tuple[int, object]], seen: list) -> str:
+    """A loopback HTTP server answering GET paths with fixed JSON; records request heads."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            data += chunk
+        head = data.split(b"\r\n\r\n")[0].decode()
+        seen.append(head)
+        path = head.split(" ")[1]
+        status, body = routes.get(path, (404, {"error": "no"}))
+        payload = msgspec.json.encode(body)
+        await stream.send_all(
+            f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(payload)}\r\nconnection: close\r\n\r\n".encode()
+            + payload
+        )
+        await stream.aclose()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+
+
+async def test_each_kind_lists_its_models_with_its_own_auth():
+    seen: list[str] = []
+    async with trio.open_nursery() as nursery:
+        ollama = await serve_json(
+            nursery,
+            {"/api/tags": (200, {"models": [{"name": "llama3.2:1b"}, {"name": "qwen"}]})},
+            seen,
+        )
+        claude = await serve_json(
+            nursery,
+            {
+                "/v1/models": (
+                    200,
+                    {"data": [{"type": "model", "id": "claude-x"}], "has_more": False},
+                )
+            },
+            seen,
+        )
+        cloud = await serve_json(nursery, {"/v1/models": (200, {"data": [{"id": "gpt-x"}]})}, seen)
+        config = ProvidersConfig(
+            engines=[
+                ProviderConfig(name="o", kind="ollama", base_url=ollama),
+                ProviderConfig(name="a", kind="anthropic", base_url=claude, api_key="sk-ant"),
+                ProviderConfig(name="c", kind="openai", base_url=cloud + "/v1", api_key_env="K"),
+            ]
+        )
+        registry = ProviderRegistry(config, UpstreamClient(), env={"K": "sk-openai"})
+        with trio.fail_after(10):
+            await registry.check_all()
+        nursery.cancel_scope.cancel()
+    o, a, c = registry.providers
+    assert o.models == {"llama3.2:1b", "qwen"} and o.healthy and o.dialect is Dialect.OPENAI
+    assert a.models == {"claude-x"} and a.dialect is Dialect.ANTHROPIC
+    assert c.models == {"gpt-x"} and c.base_url == cloud  # a trailing /v1 is tolerated
+    heads = "\n".join(seen).lower()
+    assert "x-api-key: sk-ant" in heads and "anthropic-version: 2023-06-01" in heads
+    assert "authorization: bearer sk-openai" in heads
+    assert registry.serving("qwen") == [o]
+
+
+async def test_engine_that_goes_down_and_comes_back():
+    seen: list[str] = []
+    async with trio.open_nursery() as nursery:
+        url = await serve_json(nursery, {"/v1/models": (200, {"data": [{"id": "m"}]})}, seen)
+        provider = Provider(name="e", kind="vllm", base_url=url, configured_models=("extra",))
+        registry = ProviderRegistry(ProvidersConfig(), UpstreamClient())
+        registry.providers.append(provider)
+        with trio.fail_after(10):
+            await registry.check(provider)
+            assert provider.healthy and provider.models == {"m", "extra"}
+            nursery.cancel_scope.cancel()
+    with trio.fail_after(10):
+        await registry.check(provider)  # the server is gone now
+    assert not provider.healthy and provider.last_error
+    assert provider.models == {"m", "extra"}  # kept, so the router can still try it
+    assert registry.serving("m") == [provider]
+
+
+async def test_an_error_status_is_unhealthy():
+    async with trio.open_nursery() as nursery:
+        url = await serve_json(nursery, {"/v1/models": (401, {"error": "bad key"})}, [])
+        provider = Provider(name="c", kind="openai", base_url=url)
+        registry = ProviderRegistry(ProvidersConfig(), UpstreamClient())
+        with trio.fail_after(10):
+            await registry.check(provider)
+        nursery.cancel_scope.cancel()
+    assert not provider.healthy and "401" in (provider.last_error or "")
