@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping
+from contextlib import aclosing
 from typing import Any
 
 import msgspec
@@ -89,23 +90,26 @@ async def _openai_engine_to_anthropic_client(
     decoder = SSEDecoder()
     finished = False
     try:
-        async for chunk in upstream.aiter_body():
-            exchange.first_byte()
-            out: list[tuple[str, dict[str, Any]]] = []
-            for event in decoder.feed(chunk):
-                if event.data == "[DONE]":
-                    out += translator.finish()
-                    finished = True
-                elif event.data:
-                    data = msgspec.json.decode(event.data)
-                    if isinstance(data, Mapping) and "error" in data:
-                        raise UpstreamError(_error_message(data))
-                    out += translator.feed(data)
-                    _take_usage(exchange, data.get("usage"), "prompt_tokens", "completion_tokens")
-            if out:
-                await send(
-                    {"type": "http.response.body", "body": sse_bytes(out), "more_body": True}
-                )
+        async with aclosing(upstream.aiter_body()) as body_chunks:
+            async for chunk in body_chunks:
+                exchange.first_byte()
+                out: list[tuple[str, dict[str, Any]]] = []
+                for event in decoder.feed(chunk):
+                    if event.data == "[DONE]":
+                        out += translator.finish()
+                        finished = True
+                    elif event.data:
+                        data = msgspec.json.decode(event.data)
+                        if isinstance(data, Mapping) and "error" in data:
+                            raise UpstreamError(_error_message(data))
+                        out += translator.feed(data)
+                        _take_usage(
+                            exchange, data.get("usage"), "prompt_tokens", "completion_tokens"
+                        )
+                if out:
+                    await send(
+                        {"type": "http.response.body", "body": sse_bytes(out), "more_body": True}
+                    )
         if not finished:  # OpenAI streams end with [DONE]; anything else was cut off
             raise UpstreamError("the stream ended before [DONE]")
         tail: list[tuple[str, dict[str, Any]]] = []
@@ -140,21 +144,26 @@ async def _anthropic_engine_to_openai_client(
     decoder = SSEDecoder()
     failed = False
     try:
-        async for chunk in upstream.aiter_body():
-            exchange.first_byte()
-            out: list[dict[str, Any]] = []
-            for event in decoder.feed(chunk):
-                if not event.data:
-                    continue
-                data = msgspec.json.decode(event.data)
-                if isinstance(data, Mapping):
-                    usage = data.get("usage") or (data.get("message") or {}).get("usage")
-                    _take_usage(exchange, usage, "input_tokens", "output_tokens")
-                    out += translator.feed(event.event, data)
-            if out:
-                await send(
-                    {"type": "http.response.body", "body": chat_sse_bytes(out), "more_body": True}
-                )
+        async with aclosing(upstream.aiter_body()) as body_chunks:
+            async for chunk in body_chunks:
+                exchange.first_byte()
+                out: list[dict[str, Any]] = []
+                for event in decoder.feed(chunk):
+                    if not event.data:
+                        continue
+                    data = msgspec.json.decode(event.data)
+                    if isinstance(data, Mapping):
+                        usage = data.get("usage") or (data.get("message") or {}).get("usage")
+                        _take_usage(exchange, usage, "input_tokens", "output_tokens")
+                        out += translator.feed(event.event, data)
+                if out:
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": chat_sse_bytes(out),
+                            "more_body": True,
+                        }
+                    )
         if not translator.done:
             raise UpstreamError("the stream ended before message_stop")
     except (UpstreamError, msgspec.DecodeError, DialectError) as exc:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import aclosing
 from typing import Any, Final
 
 import msgspec
@@ -342,17 +343,22 @@ class Gateway:
         tap = _UsageTap(dialect, streaming) if upstream.status < 400 else None
         remaining = length
         try:
-            async for chunk in upstream.aiter_body():
-                exchange.first_byte()
-                if tap is not None:
-                    tap.feed(chunk)
-                if remaining is not None:
-                    remaining -= len(chunk)
-                    await send(
-                        {"type": "http.response.body", "body": chunk, "more_body": remaining > 0}
-                    )
-                else:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            async with aclosing(upstream.aiter_body()) as body_chunks:
+                async for chunk in body_chunks:
+                    exchange.first_byte()
+                    if tap is not None:
+                        tap.feed(chunk)
+                    if remaining is not None:
+                        remaining -= len(chunk)
+                        await send(
+                            {
+                                "type": "http.response.body",
+                                "body": chunk,
+                                "more_body": remaining > 0,
+                            }
+                        )
+                    else:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             exchange.status, exchange.error = 502, f"engine failed mid-response: {exc}"
             if not streaming:

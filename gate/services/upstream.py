@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
@@ -170,7 +170,7 @@ class UpstreamResponse:
         value = self.header(b"content-length")
         return int(value) if value is not None and value.isdigit() else None
 
-    async def aiter_body(self) -> AsyncIterator[bytes]:
+    async def aiter_body(self) -> AsyncGenerator[bytes, None]:
         """Body chunks as the engine sends them; raises UpstreamError if it breaks off.
 
         `read_timeout` bounds the wait for each chunk (not the whole body), so a long

@@ -1,0 +1,405 @@
+"""One HTTP exchange over one HttpProxy stream (spec §7), both ends.
+
+Requester (`request_over_stream`): writes the preamble, RequestHead, the body as Body
+frames and End, then returns a `PeerResponse` as soon as the ResponseHead arrives. Its
+interface is that of `UpstreamResponse` (status, headers, `aiter_body()`, `aclose()`),
+and it fails with the same UpstreamError classes, so the gateway relays a peer's answer
+with exactly the code that relays an engine's: chunk by chunk, with a well-formed error
+event if the peer dies mid-stream.
+
+Responder (`serve_http_stream`): turns the stream into one ASGI call of this node's own
+app, so a peer's request goes through the very same pipeline as a local one (routing,
+limits, usage). The calling peer is in `scope["extensions"]["gate.peer"]`.
+
+Cancellation crosses the network both ways: a requester that abandons the response sends
+StreamError(CANCELLED) and resets the stream; the responder then cancels the app, which
+closes the engine connection. Backpressure is QUIC's: `send_all` waits while the peer
+is not reading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, MutableMapping
+from typing import Any, Final, Protocol
+
+import trio
+
+from gate.protocol import (
+    EOF,
+    HTTP_PROXY,
+    NEED_DATA,
+    Body,
+    Channel,
+    End,
+    ErrorCode,
+    ProtocolError,
+    RequestHead,
+    ResponseHead,
+    Role,
+    StreamError,
+    StreamType,
+    encode_preamble,
+)
+from gate.services.asgi import ASGIApp
+from gate.services.upstream import (
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+
+__all__ = ["PeerResponse", "PeerStream", "request_over_stream", "serve_http_stream"]
+
+log = logging.getLogger("gate.p2p.http")
+
+# Body frames stay well under the 1 MiB frame limit: msgpack adds a few bytes per frame.
+CHUNK: Final = 256 * 1024
+_READ: Final = 65536
+
+
+class PeerStream(Protocol):
+    """What this module needs of a bidirectional stream (a QUIC stream in production)."""
+
+    async def send_all(self, data: bytes) -> None: ...
+    async def receive_some(self, max_bytes: int | None = None) -> bytes: ...
+    async def send_eof(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+class _Frames:
+    """A Channel plus the stream it reads from: `next()` returns the next message."""
+
+    def __init__(self, stream: PeerStream, role: Role) -> None:
+        self.stream = stream
+        self.channel = Channel(HTTP_PROXY, role)
+
+    async def next(self) -> Any:
+        while True:
+            event = self.channel.next_event()
+            if event is not NEED_DATA:
+                return event
+            self.channel.receive_data(await self.stream.receive_some(_READ))
+
+    async def send(self, message: Any) -> None:
+        await self.stream.send_all(self.channel.send(message))
+
+
+# --- requester ---------------------------------------------------------------------
+
+
+class PeerResponse:
+    """A peer's response, read as it arrives (the interface of UpstreamResponse)."""
+
+    def __init__(self, frames: _Frames, head: ResponseHead, peer: str, read_timeout: float):
+        self._frames = frames
+        self.status = head.status
+        self.headers: list[tuple[bytes, bytes]] = [
+            (name.encode("latin-1"), value.encode("latin-1")) for name, value in head.headers
+        ]
+        self._peer = peer
+        self._read_timeout = read_timeout
+        self._complete = False
+        self._closed = False
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.header(b"content-length")
+        return int(value) if value is not None and value.isdigit() else None
+
+    async def aiter_body(self) -> AsyncGenerator[bytes, None]:
+        while not self._complete:
+            try:
+                with trio.fail_after(self._read_timeout):
+                    event = await self._frames.next()
+            except trio.TooSlowError:
+                raise UpstreamTimeout(
+                    f"peer {self._peer}: no data for {self._read_timeout:g}s"
+                ) from None
+            except ProtocolError as exc:
+                # A stream cut off mid-response is the peer going away, not a bad peer.
+                truncated = exc.code == ErrorCode.TRUNCATED
+                error = UpstreamDisconnected if truncated else UpstreamProtocolError
+                raise error(f"peer {self._peer}: {exc}") from None
+            except Exception as exc:  # the transport's reset / lost-connection errors
+                raise UpstreamDisconnected(f"peer {self._peer}: {exc}") from None
+            if isinstance(event, Body):
+                yield event.data
+            elif isinstance(event, End):
+                self._complete = True
+            elif isinstance(event, StreamError):
+                raise UpstreamDisconnected(f"peer {self._peer} failed: {event.message}")
+            elif event is EOF:
+                raise UpstreamDisconnected(f"peer {self._peer}: stream ended early")
+
+    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
+        parts, size = [], 0
+        async for chunk in self.aiter_body():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamProtocolError(f"peer {self._peer}: response over {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with trio.move_on_after(1, shield=True):
+            try:
+                if self._complete:
+                    self._frames.channel.send_finish()
+                    await self._frames.stream.send_eof()
+                else:  # abandoned: tell the peer to stop its engine (spec §7.3)
+                    await self._frames.send(
+                        StreamError(code=ErrorCode.CANCELLED, message="requester cancelled")
+                    )
+            except Exception:
+                pass
+            await _close_quietly(self._frames.stream)
+
+    async def __aenter__(self) -> PeerResponse:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def request_over_stream(
+    stream: PeerStream,
+    *,
+    method: str,
+    target: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    peer: str,
+    response_timeout: float,
+    read_timeout: float,
+) -> PeerResponse:
+    """Send one request on a fresh stream; return once the peer's response head arrived."""
+    frames = _Frames(stream, Role.INITIATOR)
+    try:
+        head = RequestHead(
+            method=method,
+            target=target,
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
+        )
+        data = encode_preamble(StreamType.HTTP_PROXY) + frames.channel.send(head)
+        for start in range(0, len(body), CHUNK):
+            data += frames.channel.send(Body(data=body[start : start + CHUNK]))
+        data += frames.channel.send(End())
+        # The send half stays open after End: it is how a cancel reaches the peer while
+        # its engine works (spec §7.3). It is finished once the response is complete.
+        await stream.send_all(data)
+        with trio.fail_after(response_timeout):
+            while True:
+                event = await frames.next()
+                if isinstance(event, ResponseHead):
+                    return PeerResponse(frames, event, peer, read_timeout)
+                if isinstance(event, StreamError):
+                    raise UpstreamDisconnected(f"peer {peer} refused: {event.message}")
+                raise UpstreamDisconnected(f"peer {peer}: stream ended before a response")
+    except trio.TooSlowError:
+        await _close_quietly(stream)
+        raise UpstreamTimeout(f"peer {peer}: no response within {response_timeout:g}s") from None
+    except ProtocolError as exc:
+        await _close_quietly(stream)
+        raise UpstreamProtocolError(f"peer {peer}: {exc}") from None
+    except UpstreamError:
+        await _close_quietly(stream)
+        raise
+    except BaseException as exc:
+        await _close_quietly(stream)
+        if isinstance(exc, Exception):  # the transport's errors: reset, connection lost
+            raise UpstreamDisconnected(f"peer {peer}: {exc}") from None
+        raise
+
+
+# --- responder ---------------------------------------------------------------------
+
+
+async def serve_http_stream(
+    stream: PeerStream, app: ASGIApp, *, peer: str, trailing: bytes = b""
+) -> None:
+    """Run one request from `peer` (its preamble already read) through `app`.
+
+    `trailing`: bytes that arrived after the preamble. Returns when the exchange is
+    over; a protocol error from the peer ends it with StreamError and a reset.
+    """
+    frames = _Frames(stream, Role.RESPONDER)
+    if trailing:
+        frames.channel.receive_data(trailing)
+    try:
+        head = await frames.next()
+        if not isinstance(head, RequestHead):
+            raise _StreamGone()  # EOF, or an error frame: nothing to serve
+        exchange = _ExchangeOverStream(frames, head, peer)
+        await exchange.run(app)
+        if exchange.protocol_error is not None:
+            raise exchange.protocol_error
+    except ProtocolError as exc:
+        log.info("peer broke the HttpProxy protocol", extra={"peer": peer, "error": str(exc)})
+        with trio.move_on_after(1, shield=True):
+            with contextlib.suppress(Exception):
+                await stream.send_all(encode_error(exc.code, str(exc), frames))
+    except _StreamGone:
+        pass
+    except Exception as exc:
+        log.debug("peer stream failed", extra={"peer": peer, "error": repr(exc)})
+    finally:
+        await _close_quietly(stream)
+
+
+def encode_error(code: int, message: str, frames: _Frames) -> bytes:
+    try:
+        return frames.channel.send(StreamError(code=code, message=message[:500]))
+    except ProtocolError:
+        return b""
+
+
+class _StreamGone(Exception):
+    pass
+
+
+class _ExchangeOverStream:
+    """The ASGI side of one exchange.
+
+    One task reads the stream: it hands the request body to the app through a small
+    channel (so a slow app slows the requester: backpressure), then watches for the
+    requester cancelling. The app's receive() only consumes that channel, so whatever
+    the app does, a cancel from the requester stops it.
+    """
+
+    def __init__(self, frames: _Frames, head: RequestHead, peer: str) -> None:
+        self.frames = frames
+        self.head = head
+        self.peer = peer
+        self.request_done = False
+        self.response_done = False
+        self.cancelled = trio.Event()  # the requester cancelled or went away
+        self.protocol_error: ProtocolError | None = None
+        self._body_send, self._body_receive = trio.open_memory_channel[bytes | None](4)
+
+    def scope(self) -> dict[str, Any]:
+        path, _, query = self.head.target.partition("?")
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.head.headers]
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": self.head.method.upper(),
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query.encode(),
+            "root_path": "",
+            "headers": headers,
+            "client": (f"peer:{self.peer}", 0),
+            "server": None,
+            "extensions": {"gate.peer": self.peer},
+        }
+
+    async def run(self, app: ASGIApp) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read_requester)
+            nursery.start_soon(self._call_app, app, nursery.cancel_scope)
+            await self.cancelled.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _call_app(self, app: ASGIApp, scope: trio.CancelScope) -> None:
+        try:
+            await app(self.scope(), self.receive, self.send)
+            if not self.response_done:  # the app returned without finishing: a bug
+                await self._send_frame(
+                    StreamError(code=ErrorCode.INTERNAL, message="response incomplete")
+                )
+        except _StreamGone:
+            pass
+        finally:
+            scope.cancel()
+
+    async def _read_requester(self) -> None:
+        try:
+            async with self._body_send:
+                while True:
+                    event = await self.frames.next()
+                    if isinstance(event, Body):
+                        await self._body_send.send(event.data)
+                    elif isinstance(event, End):
+                        await self._body_send.send(None)
+                        break
+                    else:  # StreamError (cancel) or the stream ended mid-request
+                        return
+            while True:  # the request is in: from now on only a cancel can arrive
+                event = await self.frames.next()
+                if event is EOF:
+                    # The requester finished its side after the response: nothing more.
+                    await trio.sleep_forever()
+                if isinstance(event, StreamError):
+                    return
+        except ProtocolError as exc:
+            self.protocol_error = exc
+        except Exception:
+            pass
+        finally:
+            self.cancelled.set()
+
+    async def receive(self) -> MutableMapping[str, Any]:
+        if self.request_done:
+            # After the body, ASGI's next message is http.disconnect: when the requester
+            # cancels or goes away.
+            await self.cancelled.wait()
+            return {"type": "http.disconnect"}
+        try:
+            chunk = await self._body_receive.receive()
+        except trio.EndOfChannel:
+            await self.cancelled.wait()
+            return {"type": "http.disconnect"}
+        if chunk is None:
+            self.request_done = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            headers = [
+                (bytes(k).decode("latin-1"), bytes(v).decode("latin-1"))
+                for k, v in message.get("headers", [])
+            ]
+            await self._send_frame(ResponseHead(status=message["status"], headers=headers))
+        elif kind == "http.response.body":
+            body = bytes(message.get("body", b""))
+            for start in range(0, len(body), CHUNK):
+                await self._send_frame(Body(data=body[start : start + CHUNK]))
+            if not message.get("more_body", False):
+                self.response_done = True
+                await self._send_frame(End())
+                self.frames.channel.send_finish()
+                with contextlib.suppress(Exception):
+                    await self.frames.stream.send_eof()
+
+    async def _send_frame(self, message: Any) -> None:
+        if self.frames.channel.closed:  # the requester cancelled: nothing more goes out
+            self.cancelled.set()
+            raise _StreamGone()
+        try:
+            await self.frames.send(message)
+        except ProtocolError:
+            raise
+        except Exception:
+            self.cancelled.set()
+            raise _StreamGone() from None
+
+
+async def _close_quietly(stream: PeerStream) -> None:
+    with trio.move_on_after(1, shield=True):
+        with contextlib.suppress(Exception):
+            await stream.aclose()

@@ -1,0 +1,146 @@
+"""One HTTP exchange over an HttpProxy stream, both ends, over in-memory streams."""
+
+from contextlib import aclosing
+
+import pytest
+import trio
+import trio.testing
+
+from gate.protocol import NEED_DATA, PreambleReader, StreamType
+from gate.services.asgi import Router, send_json
+from gate.services.peer_proxy import request_over_stream, serve_http_stream
+from gate.services.upstream import UpstreamDisconnected
+
+
+async def responder(stream, app, peer="peer-a"):
+    reader = PreambleReader()
+    while (preamble := reader.receive_data(await stream.receive_some(65536))) is NEED_DATA:
+        pass
+    assert preamble.stream_type is StreamType.HTTP_PROXY
+    await serve_http_stream(stream, app, peer=peer, trailing=reader.trailing_data)
+
+
+async def ask(stream, body=b"{}", target="/echo"):
+    return await request_over_stream(
+        stream,
+        method="POST",
+        target=target,
+        headers=[(b"content-type", b"application/json"), (b"x-a", b"1"), (b"x-a", b"2")],
+        body=body,
+        peer="peer-b",
+        response_timeout=5,
+        read_timeout=5,
+    )
+
+
+def echo_app(seen):
+    router = Router()
+
+    @router.route("POST", "/echo")
+    async def echo(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        seen.update(scope=scope, body=body)
+        await send_json(send, 201, {"size": len(body)}, [(b"x-answer", b"yes")])
+
+    return router
+
+
+async def test_round_trip_with_headers_and_the_callers_identity():
+    seen = {}
+    a, b = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(responder, b, echo_app(seen))
+        with trio.fail_after(5):
+            async with await ask(a, body=b"x" * 3_000_000, target="/echo?q=1") as response:
+                body = await response.read()
+    assert response.status == 201 and body == b'{"size":3000000}'
+    assert response.header(b"x-answer") == b"yes"
+    scope = seen["scope"]
+    assert scope["path"] == "/echo" and scope["query_string"] == b"q=1"
+    assert scope["extensions"]["gate.peer"] == "peer-a"
+    assert [v for k, v in scope["headers"] if k == b"x-a"] == [b"1", b"2"]
+    assert seen["body"] == b"x" * 3_000_000
+
+
+def streaming_app(release: trio.Event, state: dict):
+    router = Router()
+
+    @router.route("POST", "/echo")
+    async def stream(scope, receive, send):
+        await receive()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        try:
+            await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+            await release.wait()
+            await send({"type": "http.response.body", "body": b"data: 2\n\n", "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            state["finished"] = True
+        except trio.Cancelled:
+            state["cancelled"] = True
+            if "on_cancel" in state:
+                state.pop("on_cancel").set()
+            raise
+
+    return router
+
+
+async def test_chunks_arrive_before_the_response_ends():
+    release, state = trio.Event(), {}
+    a, b = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(responder, b, streaming_app(release, state))
+        with trio.fail_after(5):
+            async with await ask(a) as response, aclosing(response.aiter_body()) as body:
+                chunks = []
+                async for chunk in body:
+                    chunks.append(chunk)
+                    release.set()  # only now may the app send the rest
+    assert chunks == [b"data: 1\n\n", b"data: 2\n\n"] and state == {"finished": True}
+
+
+async def test_requester_abandoning_the_response_cancels_the_app():
+    on_cancel = trio.Event()
+    release, state = trio.Event(), {"on_cancel": on_cancel}
+    a, b = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(responder, b, streaming_app(release, state))
+        with trio.fail_after(5):
+            async with await ask(a) as response, aclosing(response.aiter_body()) as body:
+                async for _ in body:
+                    break  # the client went away after the first chunk
+            await on_cancel.wait()
+    assert state == {"cancelled": True}
+
+
+async def test_responder_dying_mid_stream_is_a_disconnect():
+    a, b = trio.testing.memory_stream_pair()
+
+    async def die_after_first_chunk():
+        reader = PreambleReader()
+        reader.receive_data(await b.receive_some(65536))
+        from gate.protocol import HTTP_PROXY, Body, Channel, ResponseHead, Role
+
+        channel = Channel(HTTP_PROXY, Role.RESPONDER)
+        channel.receive_data(reader.trailing_data)
+        while channel.next_event() is not NEED_DATA:
+            pass
+        await b.send_all(channel.send(ResponseHead(status=200)) + channel.send(Body(data=b"a")))
+        await b.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(die_after_first_chunk)
+        with trio.fail_after(5), pytest.raises(UpstreamDisconnected):
+            async with await ask(a) as response, aclosing(response.aiter_body()) as body:
+                async for chunk in body:
+                    assert chunk == b"a"
