@@ -105,6 +105,9 @@ def serve(config_path: Path | None, bind: str | None) -> None:
         urls = (info or {}).get("http")
         for url in urls if isinstance(urls, list) else []:
             click.echo(f"API listening on {url}")
+        p2p = (info or {}).get("p2p")
+        if isinstance(p2p, str):
+            click.echo(f"P2P address {p2p}")
         click.echo(f"data {config.data_dir}  log {log_file}")
 
     async def main_task() -> None:

@@ -126,7 +126,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
 
 class P2PConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = True
     port: Port = 41145
+    bind_host: str = "0.0.0.0"  # iroh's UDP socket; 127.0.0.1 keeps it on this machine
     relay_mode: str = "default"
     relay_urls: list[str] = []
     discovery: bool = True

@@ -3,6 +3,8 @@
 Start order (each waits for the ones it names in `after`):
 
     store -> usage -> providers -> http
+                                   p2p   (non-critical: a busy UDP port leaves the node
+                                          serving locally, and P2P is retried)
 
 The store is a service rather than a resource opened around the supervisor so that it
 drains last: the supervisor stops dependents before their dependencies, so the usage
@@ -21,11 +23,12 @@ from gate.config import Config
 from gate.errors import ConfigError, GateError
 from gate.identity import NodeIdentity
 from gate.nursery import Service, ServiceContext, Supervisor, run_until_signal
-from gate.protocol import NodeId
+from gate.protocol import Capabilities, ModelInfo, NodeId, PeerInfo
 from gate.services.apikeys import ApiKeys
 from gate.services.gateway import Gateway
 from gate.services.http import build_app, serve_http
 from gate.services.metrics import Metrics
+from gate.services.p2p import P2PService
 from gate.services.providers import ProviderRegistry
 from gate.services.store import Store, open_store
 from gate.services.upstream import UpstreamClient
@@ -60,12 +63,32 @@ class Node:
         self.metrics = Metrics()
         self.usage = UsageRecorder()
         self.registry = ProviderRegistry(config.providers, self.client)
+        self.gateway: Gateway | None = None
+        self.p2p = (
+            P2PService(
+                config.p2p,
+                secret_key=identity.secret_key_bytes,
+                data_dir=config.data_dir,
+                app=lambda: self.app,
+                local_capabilities=self.local_capabilities,
+            )
+            if config.p2p.enabled
+            else None
+        )
+        self.app = build_app(
+            node_id=str(self.node_id),
+            registry=self.registry,
+            peers=self._peer_infos if self.p2p else None,
+        )
         self.metrics.register_counter(
             "gate_usage_dropped_total",
             "Usage records dropped because the writer fell behind.",
             lambda: float(self.usage.dropped),
         )
         self._store: Store | None = None
+
+    def _peer_infos(self) -> list[PeerInfo]:
+        return [peer.info() for peer in self.p2p.peers.values()] if self.p2p else []
 
     @property
     def store(self) -> Store:
@@ -74,12 +97,29 @@ class Node:
         return self._store
 
     def services(self) -> Sequence[Service]:
-        return [
+        services = [
             Service("store", self._run_store),
             Service("usage", self._run_usage, after=("store",)),
             Service("providers", self.registry.run, critical=False),
             Service("http", self._run_http, after=("store", "usage", "providers")),
         ]
+        if self.p2p is not None:
+            services.append(Service("p2p", self.p2p.run, critical=False, after=("http",)))
+        return services
+
+    def local_capabilities(self) -> Capabilities:
+        """What this node offers its peers: the models of its healthy engines."""
+        models = sorted(
+            {(m, p.name) for p in self.registry.providers if p.healthy for m in p.models}
+        )
+        limit = self.config.server.max_in_flight
+        in_flight = self.gateway.in_flight.in_flight if self.gateway else 0
+        return Capabilities(
+            node_id=str(self.node_id),
+            supported_models=[ModelInfo(id=m, provider=p) for m, p in models],
+            supports_streaming=True,
+            load_factor=min(1.0, in_flight / limit) if limit else 0.0,
+        )
 
     def supervisor(self) -> Supervisor:
         return Supervisor(self.services(), drain_timeout=self.config.server.drain_timeout)
@@ -122,8 +162,8 @@ class Node:
         api_keys = await ApiKeys.load(self.store)
         if self.config.security.require_api_keys and not api_keys.any_active:
             log.warning("API keys are required but none exists: every request will get 401")
-        app = build_app(node_id=str(self.node_id), registry=self.registry)
-        Gateway(
+        app = self.app
+        self.gateway = Gateway(
             registry=self.registry,
             client=self.client,
             metrics=self.metrics,
@@ -131,7 +171,9 @@ class Node:
             api_keys=api_keys,
             server=self.config.server,
             security=self.config.security,
-        ).install(app)
+            peers=self.p2p,
+        )
+        self.gateway.install(app)
         async with trio.open_nursery() as nursery:
             # `gate keys` may change the table from another process: pick that up.
             nursery.start_soon(_reload_keys_periodically, api_keys, ctx)

@@ -15,6 +15,12 @@ def gate_env(tmp_path, monkeypatch):
     env = {
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
         "XDG_DATA_HOME": str(tmp_path / "data"),
+        # Tests run many nodes at once, on loopback only: no fixed port, no relays,
+        # no discovery (TESTING.md's network rule).
+        "GATE_P2P__PORT": "0",
+        "GATE_P2P__BIND_HOST": "127.0.0.1",
+        "GATE_P2P__RELAY_MODE": "disabled",
+        "GATE_P2P__DISCOVERY": "false",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -91,6 +91,7 @@ class Exchange:
     client: str = ""
     model: str = ""
     provider: str | None = None
+    peer: str | None = None  # the peer that sent this request, or that served it
     stream: bool = False
     status: int = 0
     ttft: float | None = None

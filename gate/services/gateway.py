@@ -40,14 +40,18 @@ from gate.dialects.errors import (
     anthropic_stream_error,
     openai_stream_error,
 )
+from gate.protocol import NodeId
 from gate.services.apikeys import ApiKeys, extract_key
 from gate.services.asgi import Receive, Router, Scope, Send, send_json
 from gate.services.bridges import response_bridge, translate_request
 from gate.services.exchange import ENDPOINTS, ApiError, Bridge, Endpoint, Exchange
 from gate.services.limits import ClientRateLimiter, InFlightLimiter
 from gate.services.metrics import Metrics
+from gate.services.p2p import P2PService, PeerState
+from gate.services.peer_proxy import PeerResponse, request_over_stream
 from gate.services.providers import Dialect, Provider, ProviderRegistry
 from gate.services.tokens import count_prompt_tokens, prompt_text
+from gate.services.transport import TransportError
 from gate.services.upstream import (
     HOP_BY_HOP,
     UpstreamClient,
@@ -74,6 +78,9 @@ _FORWARD_REQUEST_HEADERS: Final = frozenset(
         b"x-request-id",
     }
 )
+# What a request keeps when it goes to a peer: not its Gate key (peers trust node ids),
+# not the target header (the peer serves it locally), not the hop-by-hop headers.
+_NOT_TO_PEERS: Final = HOP_BY_HOP | {b"authorization", b"x-api-key", b"x-target-node"}
 # hypercorn writes its own date header; a second one from the engine would be a duplicate.
 _DROP_RESPONSE_HEADERS: Final = HOP_BY_HOP | {b"date"}
 
@@ -104,8 +111,10 @@ class Gateway:
         api_keys: ApiKeys | None,
         server: ServerConfig,
         security: SecurityConfig,
+        peers: P2PService | None = None,
     ) -> None:
         self.registry, self.client, self.metrics, self.usage = registry, client, metrics, usage
+        self.peers = peers
         self.api_keys = api_keys
         self.server, self.security = server, security
         self.in_flight = InFlightLimiter(server.max_in_flight)
@@ -180,7 +189,13 @@ class Gateway:
             raise failure
 
     def _authenticate(self, scope: Scope) -> str:
-        """The client's identity: its API key id, or its address when keys are optional."""
+        """The client's identity: its API key id, or its address when keys are optional.
+
+        A request from a trusted peer (its stream was authorized by node id) is that peer.
+        """
+        peer = scope.get("extensions", {}).get("gate.peer")
+        if peer is not None:
+            return f"peer:{peer}"
         key = extract_key(scope["headers"])
         info = self.api_keys.verify(key) if key and self.api_keys else None
         if info is not None:
@@ -226,9 +241,24 @@ class Gateway:
     async def _route(
         self, endpoint: Endpoint, scope: Scope, body: bytes, exchange: Exchange, send: Send
     ) -> None:
+        from_peer = scope.get("extensions", {}).get("gate.peer")
+        if from_peer is not None:
+            exchange.peer = from_peer
+        elif self.peers is not None:  # never forward what a peer sent us: no loops
+            target = _header(scope, b"x-target-node")
+            if target is not None:
+                peer = self._target_peer(target.decode("latin-1"))
+                if peer is not None:
+                    await self._forward_to_peer(endpoint, scope, body, exchange, send, peer)
+                    return
         candidates = self.registry.serving(exchange.model)
+        if not candidates and from_peer is None and self.peers is not None:
+            serving = self.peers.peers_serving(exchange.model)
+            if serving:
+                await self._forward_to_peer(endpoint, scope, body, exchange, send, serving[0])
+                return
         if not candidates:
-            known = sorted(self.registry.model_ids())
+            known = sorted(self._all_models())
             listing = ", ".join(known) if known else "none (no engine is reachable)"
             raise ApiError(
                 404,
@@ -304,6 +334,81 @@ class Gateway:
             503, f"no engine serving {exchange.model!r} is reachable: " + "; ".join(failures)
         )
 
+    def _target_peer(self, text: str) -> PeerState | None:
+        """The peer X-Target-Node names; None when it names this node (served here)."""
+        assert self.peers is not None
+        try:
+            node_id = NodeId.parse(text)
+        except ValueError:
+            raise ApiError(400, f"X-Target-Node: {text[:80]!r} is not a node id") from None
+        if node_id == self.peers.node_id:
+            return None
+        peer = self.peers.peer(node_id)
+        if peer is None:
+            raise ApiError(
+                404,
+                f"X-Target-Node: {node_id} is not a trusted peer of this node",
+                code="peer_not_found",
+            )
+        if not peer.connected:
+            raise ApiError(
+                503,
+                f"X-Target-Node: peer {node_id} is not reachable now "
+                f"({type(peer.status).__name__.lower()})",
+            )
+        return peer
+
+    async def _forward_to_peer(
+        self,
+        endpoint: Endpoint,
+        scope: Scope,
+        body: bytes,
+        exchange: Exchange,
+        send: Send,
+        peer: PeerState,
+    ) -> None:
+        """Send the request to a peer over an HttpProxy stream; relay its answer."""
+        assert self.peers is not None
+        exchange.provider = exchange.peer = str(peer.node_id)
+        headers = [(k, v) for k, v in scope["headers"] if k not in _NOT_TO_PEERS]
+        target = scope["path"]
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        peer.in_flight += 1
+        self.metrics.request_started(exchange.provider, exchange.model)
+        exchange.metered = True
+        try:
+            try:
+                stream = await self.peers.open_http_stream(peer)
+                response = await request_over_stream(
+                    stream,
+                    method=scope["method"],
+                    target=target,
+                    headers=headers,
+                    body=body,
+                    peer=str(peer.node_id),
+                    response_timeout=self.server.response_timeout,
+                    read_timeout=self.server.stream_idle_timeout,
+                )
+            except TransportError as exc:
+                raise ApiError(503, f"peer {peer.node_id} is not reachable: {exc}") from None
+            except UpstreamTimeout as exc:
+                raise ApiError(504, str(exc)) from None
+            except UpstreamError as exc:
+                raise ApiError(502, str(exc)) from None
+            async with response:
+                exchange.status = response.status
+                await self._pass_through(response, send, exchange, endpoint.dialect)
+        finally:
+            peer.in_flight -= 1
+
+    def _all_models(self) -> dict[str, list[str]]:
+        models = self.registry.model_ids()
+        if self.peers is not None:
+            for model, owners in self.peers.peer_models().items():
+                models.setdefault(model, []).extend(owners)
+        return models
+
     async def _count_tokens(
         self, provider: Provider, body: bytes, exchange: Exchange, send: Send
     ) -> None:
@@ -330,7 +435,11 @@ class Gateway:
         return response_bridge(endpoint, provider)
 
     async def _pass_through(
-        self, upstream: UpstreamResponse, send: Send, exchange: Exchange, dialect: Dialect
+        self,
+        upstream: UpstreamResponse | PeerResponse,
+        send: Send,
+        exchange: Exchange,
+        dialect: Dialect,
     ) -> None:
         """The engine speaks the client's dialect: relay its bytes as they arrive."""
         content_type = upstream.header(b"content-type") or b""
@@ -399,7 +508,7 @@ class Gateway:
                 client=exchange.client,
                 model=exchange.model,
                 provider=exchange.provider,
-                peer=None,
+                peer=exchange.peer,
                 status=exchange.status,
                 latency_ms=latency * 1000,
                 ttft_ms=None if exchange.ttft is None else exchange.ttft * 1000,
@@ -418,7 +527,7 @@ class Gateway:
         except ApiError as exc:
             await send_json(send, exc.status, exc.body(_dialect_of(scope)), exc.headers())
             return
-        models = self.registry.model_ids()
+        models = self._all_models()
         if _dialect_of(scope) is Dialect.ANTHROPIC:
             data = [_anthropic_model(model) for model in sorted(models)]
             await send_json(
@@ -449,7 +558,7 @@ class Gateway:
             await send_json(send, exc.status, exc.body(dialect), exc.headers())
             return
         model = scope["path"].removeprefix("/v1/models/")
-        owners = self.registry.model_ids().get(model)
+        owners = self._all_models().get(model)
         if owners is None:
             error = ApiError(404, f"model {model!r} is not served here", code="model_not_found")
             await send_json(send, 404, error.body(dialect))
@@ -520,6 +629,13 @@ async def _cancel_on_disconnect(
                 exchange.status = 499  # nginx's code for "client closed request"
             scope.cancel()
             return
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
 
 
 def _merge_headers(

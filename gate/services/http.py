@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from functools import partial
 
+import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.run import worker_serve
@@ -19,6 +21,7 @@ from hypercorn.utils import wrap_app
 from gate import __version__
 from gate.errors import ServiceError
 from gate.nursery import ServiceContext
+from gate.protocol import PeerInfo
 from gate.services.asgi import ASGIApp, Receive, Router, Scope, Send, send_json
 from gate.services.providers import ProviderRegistry
 
@@ -27,7 +30,12 @@ __all__ = ["build_app", "serve_http"]
 log = logging.getLogger("gate.http")
 
 
-def build_app(*, node_id: str, registry: ProviderRegistry | None = None) -> Router:
+def build_app(
+    *,
+    node_id: str,
+    registry: ProviderRegistry | None = None,
+    peers: Callable[[], list[PeerInfo]] | None = None,
+) -> Router:
     """The API app with /health. Other services add their routes to the same router."""
     router = Router()
     started = time.monotonic()
@@ -44,6 +52,8 @@ def build_app(*, node_id: str, registry: ProviderRegistry | None = None) -> Rout
             body["providers"] = {
                 p.name: {"healthy": p.healthy, "models": len(p.models)} for p in registry.providers
             }
+        if peers is not None:
+            body["peers"] = {info.node_id: msgspec.to_builtins(info) for info in peers()}
         await send_json(send, 200, body)
 
     return router

@@ -285,6 +285,7 @@ class _ExchangeOverStream:
         self.response_done = False
         self.cancelled = trio.Event()  # the requester cancelled or went away
         self.protocol_error: ProtocolError | None = None
+        self._pending = b""  # a response head waiting to go out with the first body part
         self._body_send, self._body_receive = trio.open_memory_channel[bytes | None](4)
 
     def scope(self) -> dict[str, Any]:
@@ -368,33 +369,45 @@ class _ExchangeOverStream:
         return {"type": "http.request", "body": chunk, "more_body": True}
 
     async def send(self, message: MutableMapping[str, Any]) -> None:
+        """ASGI send: frames out. Each transport write crosses into Rust, so frames are
+        batched: a complete body goes out with its head and End in one write; a stream's
+        head and chunks go out as the app sends them."""
         kind = message["type"]
         if kind == "http.response.start":
             headers = [
                 (bytes(k).decode("latin-1"), bytes(v).decode("latin-1"))
                 for k, v in message.get("headers", [])
             ]
-            await self._send_frame(ResponseHead(status=message["status"], headers=headers))
+            self._pending = self._frame(ResponseHead(status=message["status"], headers=headers))
         elif kind == "http.response.body":
             body = bytes(message.get("body", b""))
-            for start in range(0, len(body), CHUNK):
-                await self._send_frame(Body(data=body[start : start + CHUNK]))
-            if not message.get("more_body", False):
-                self.response_done = True
-                await self._send_frame(End())
-                self.frames.channel.send_finish()
-                with contextlib.suppress(Exception):
-                    await self.frames.stream.send_eof()
+            data, self._pending = self._pending, b""
+            for offset in range(0, len(body), CHUNK):
+                data += self._frame(Body(data=body[offset : offset + CHUNK]))
+            if message.get("more_body", False):
+                if data:
+                    await self._write(data)
+                return
+            self.response_done = True
+            data += self._frame(End())
+            self.frames.channel.send_finish()
+            await self._write(data)
+            with contextlib.suppress(Exception):
+                await self.frames.stream.send_eof()
 
-    async def _send_frame(self, message: Any) -> None:
+    def _frame(self, message: Any) -> bytes:
         if self.frames.channel.closed:  # the requester cancelled: nothing more goes out
             self.cancelled.set()
             raise _StreamGone()
+        return self.frames.channel.send(message)
+
+    async def _send_frame(self, message: Any) -> None:
+        await self._write(self._frame(message))
+
+    async def _write(self, data: bytes) -> None:
         try:
-            await self.frames.send(message)
-        except ProtocolError:
-            raise
-        except Exception:
+            await self.frames.stream.send_all(data)
+        except Exception:  # the requester is gone: stop the app
             self.cancelled.set()
             raise _StreamGone() from None
 

@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final
 
 import msgspec
@@ -205,8 +206,11 @@ class ProviderRegistry:
                 models.setdefault(alias, list(models[target]))
         return models
 
-    async def check(self, provider: Provider) -> None:
-        """Ask the engine for its models; record health. Never raises for engine faults."""
+    async def check(self, provider: Provider, *, probing: bool = False) -> None:
+        """Ask the engine for its models; record health. Never raises for engine faults.
+
+        `probing`: a look for an engine that may well not exist; its absence is no news.
+        """
         kind = KINDS[provider.kind]
         try:
             with trio.fail_after(_CHECK_TIMEOUT):
@@ -223,7 +227,7 @@ class ProviderRegistry:
             listing = _decode_models(body)
         except (UpstreamError, trio.TooSlowError, msgspec.DecodeError) as exc:
             message = str(exc) or type(exc).__name__
-            if provider.healthy or provider.last_check is None:
+            if not probing and (provider.healthy or provider.last_check is None):
                 log.warning(
                     "provider unavailable",
                     extra={"provider": provider.name, "url": provider.base_url, "error": message},
@@ -242,10 +246,12 @@ class ProviderRegistry:
             provider.discovered_models = models
         provider.last_check = time.time()
 
-    async def check_all(self, providers: Iterable[Provider] | None = None) -> None:
+    async def check_all(
+        self, providers: Iterable[Provider] | None = None, *, probing: bool = False
+    ) -> None:
         async with trio.open_nursery() as nursery:
             for provider in list(self.providers if providers is None else providers):
-                nursery.start_soon(self.check, provider)
+                nursery.start_soon(partial(self.check, provider, probing=probing))
 
     @property
     def probing(self) -> bool:
@@ -260,7 +266,7 @@ class ProviderRegistry:
             for kind_name, kind in KINDS.items()
             if kind.local and kind.default_url and kind_name not in present
         ]
-        await self.check_all(candidates)
+        await self.check_all(candidates, probing=True)
         found = [p for p in candidates if p.healthy]
         for provider in found:
             log.info(

@@ -1,0 +1,299 @@
+"""Peer-to-peer end to end: Gate nodes as separate processes on loopback, iroh relays off,
+dialled by direct address. Node A fronts the real llama.cpp engine; B and C have no engine
+and reach A's model through it."""
+
+import json
+import signal
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from .conftest import engine_config
+from .gate_process import GateServe, data_dir, run_gate
+from .test_gateway import HI, MODEL, NO_EOS
+
+pytestmark = pytest.mark.e2e
+
+HEARTBEAT = 0.5  # seconds; a peer silent for 3 intervals is Disconnected
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Node:
+    name: str
+    env: dict[str, str]
+    node_id: str
+    p2p_port: int
+    gate: GateServe | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.node_id}@127.0.0.1:{self.p2p_port}"
+
+    @property
+    def url(self) -> str:
+        assert self.gate is not None
+        return self.gate.url
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.url}/health", timeout=10).json()
+
+    def peer_status(self, other: "Node") -> str:
+        peer = self.health().get("peers", {}).get(other.node_id)
+        return peer["status"]["type"] if peer else "absent"
+
+
+@pytest.fixture
+def make_node(tmp_path, gate_env):
+    nodes: list[Node] = []
+
+    def make(name: str) -> Node:
+        env = {
+            **gate_env,
+            "XDG_CONFIG_HOME": str(tmp_path / name / "config"),
+            "XDG_DATA_HOME": str(tmp_path / name / "data"),
+        }
+        node_id = json.loads(run_gate("identity", "show", "--json", env=env).stdout)["node_id"]
+        node = Node(name, env, node_id, free_udp_port())
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        if node.gate is not None:
+            node.gate.close()
+
+
+def start(node: Node, *, trust: list[Node], engine=None) -> Node:
+    config = engine_config(engine) if engine is not None else ""
+    peers = json.dumps([peer.address for peer in trust])
+    env = {
+        **node.env,
+        "GATE_P2P__PORT": str(node.p2p_port),
+        "GATE_P2P__TRUSTED_PEERS": peers,
+        "GATE_P2P__HEARTBEAT_INTERVAL": str(HEARTBEAT),
+    }
+    node.gate = GateServe(env, config=config).start()
+    return node
+
+
+def wait_for(predicate, what: str, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def trio_of_nodes(make_node, llama_engine):
+    """A (engine) trusts B and C; B and C trust A. All connected."""
+    a, b, c = make_node("a"), make_node("b"), make_node("c")
+    start(a, trust=[b, c], engine=llama_engine)
+    start(b, trust=[a])
+    start(c, trust=[a])
+    for node in (b, c):
+        wait_for(lambda node=node: node.peer_status(a) == "connected", f"{node.name} -> a")
+    return a, b, c
+
+
+def usage_rows(node: Node) -> list[tuple]:
+    node.gate.signal(signal.SIGTERM)
+    node.gate.wait()
+    with sqlite3.connect(data_dir(node.env) / "gate.db") as db:
+        return db.execute("SELECT client, provider, peer, status FROM usage ORDER BY id").fetchall()
+
+
+def test_route_by_header_and_by_model(trio_of_nodes):
+    a, b, c = trio_of_nodes
+    body = {"model": MODEL, "messages": HI, "max_tokens": 3, "logit_bias": NO_EOS}
+    by_header = httpx.post(
+        f"{b.url}/v1/chat/completions", json=body, timeout=30, headers={"x-target-node": a.node_id}
+    )
+    by_model = httpx.post(f"{c.url}/v1/chat/completions", json=body, timeout=30)
+    assert by_header.status_code == 200 and by_model.status_code == 200
+    assert by_header.json()["usage"]["completion_tokens"] == 3
+    listed = httpx.get(f"{b.url}/v1/models", timeout=10).json()["data"]
+    assert listed == [
+        {"id": MODEL, "object": "model", "created": 0, "owned_by": f"peer:{a.node_id}"}
+    ]
+    rows = usage_rows(a)  # A marks each request with the peer that sent it
+    assert [(r[0], r[2], r[3]) for r in rows] == [
+        (f"peer:{b.node_id}", b.node_id, 200),
+        (f"peer:{c.node_id}", c.node_id, 200),
+    ]
+
+
+def test_streaming_through_a_peer_with_both_sdks(trio_of_nodes):
+    _a, b, _ = trio_of_nodes
+    with openai.OpenAI(base_url=f"{b.url}/v1", api_key="x", max_retries=0) as client:
+        chunks = list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=HI,
+                max_tokens=5,
+                stream=True,
+                temperature=0,
+                extra_body={"logit_bias": NO_EOS},
+            )
+        )
+        direct = client.chat.completions.create(
+            model=MODEL,
+            messages=HI,
+            max_tokens=5,
+            temperature=0,
+            extra_body={"logit_bias": NO_EOS},
+        )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == direct.choices[0].message.content and len(streamed) == 5
+    with (
+        anthropic.Anthropic(base_url=b.url, api_key="x", max_retries=0) as client,
+        client.messages.stream(model=MODEL, max_tokens=4, messages=HI) as stream,
+    ):
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert final.content[0].text == text and final.usage.output_tokens >= 1
+
+
+def test_unknown_and_unreachable_targets_get_clear_errors(trio_of_nodes, make_node):
+    _a, b, _ = trio_of_nodes
+    stranger = make_node("stranger")
+    body = {"model": MODEL, "messages": HI, "max_tokens": 1}
+    unknown = httpx.post(
+        f"{b.url}/v1/chat/completions",
+        json=body,
+        timeout=10,
+        headers={"x-target-node": stranger.node_id},
+    )
+    assert unknown.status_code == 404 and "not a trusted peer" in unknown.json()["error"]["message"]
+    garbage = httpx.post(
+        f"{b.url}/v1/messages",
+        timeout=10,
+        json={"model": MODEL, "max_tokens": 1, "messages": HI},
+        headers={"x-target-node": "nope", "anthropic-version": "2023-06-01"},
+    )
+    assert garbage.status_code == 400 and garbage.json()["type"] == "error"
+
+
+def test_untrusted_node_is_refused_and_reaches_no_engine(make_node, llama_engine):
+    a, intruder = make_node("a"), make_node("intruder")
+    start(a, trust=[], engine=llama_engine)
+    start(intruder, trust=[a])  # it trusts A; A does not trust it
+    status = wait_for(
+        lambda: (
+            intruder.health()["peers"][a.node_id]["status"]
+            if intruder.peer_status(a) == "failed"
+            else None
+        ),
+        "the refusal",
+    )
+    assert "not a trusted peer" in status["reason"]
+    response = httpx.post(
+        f"{intruder.url}/v1/chat/completions",
+        timeout=10,
+        json={"model": MODEL, "messages": HI, "max_tokens": 1},
+        headers={"x-target-node": a.node_id},
+    )
+    assert response.status_code == 503
+    assert usage_rows(a) == []  # nothing of it reached A's pipeline, let alone the engine
+
+
+def test_peer_killed_mid_stream_ends_the_stream_with_an_error(trio_of_nodes):
+    a, b, _ = trio_of_nodes
+    body = {
+        "model": MODEL,
+        "messages": HI,
+        "max_tokens": 1900,
+        "stream": True,
+        "logit_bias": NO_EOS,
+    }
+    lines = []
+    with httpx.stream("POST", f"{b.url}/v1/chat/completions", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line:
+                lines.append(line)
+            if len(lines) == 5:
+                a.gate.proc.kill()
+    assert lines[-1] != "data: [DONE]"
+    assert "error" in json.loads(lines[-1].removeprefix("data: "))
+
+
+def test_peer_restarted_is_reconnected(trio_of_nodes, llama_engine):
+    a, b, _ = trio_of_nodes
+    a.gate.close()
+    wait_for(lambda: b.peer_status(a) in ("disconnected", "failed"), "B to notice")
+    start(a, trust=[b], engine=llama_engine)
+    wait_for(lambda: b.peer_status(a) == "connected", "B to reconnect")
+    reply = httpx.post(
+        f"{b.url}/v1/chat/completions",
+        timeout=30,
+        json={"model": MODEL, "messages": HI, "max_tokens": 1},
+    )
+    assert reply.status_code == 200
+
+
+def test_heartbeat_timeout_marks_the_peer_disconnected(trio_of_nodes):
+    a, b, _ = trio_of_nodes
+    a.gate.proc.send_signal(signal.SIGSTOP)  # alive but silent: no more Pongs
+    try:
+        started = time.monotonic()
+        wait_for(
+            lambda: b.peer_status(a) in ("disconnected", "failed", "connecting"),
+            "the heartbeat timeout",
+            timeout=HEARTBEAT * 3 + 10,
+        )
+        assert time.monotonic() - started < HEARTBEAT * 3 + 10
+        down = httpx.post(
+            f"{b.url}/v1/chat/completions",
+            timeout=10,
+            json={"model": MODEL, "messages": HI, "max_tokens": 1},
+        )
+        assert down.status_code == 404  # no engine and no connected peer serves it
+        assert MODEL not in down.json()["error"]["message"].split("available models:")[1]
+    finally:
+        a.gate.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: b.peer_status(a) == "connected", "B to reconnect after SIGCONT")
+
+
+def test_client_disconnect_cancels_the_engine_request_across_the_network(trio_of_nodes):
+    _a, b, _ = trio_of_nodes
+    body = {
+        "model": MODEL,
+        "messages": HI,
+        "max_tokens": 1900,
+        "stream": True,
+        "logit_bias": NO_EOS,
+    }
+    with httpx.stream("POST", f"{b.url}/v1/chat/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        for _ in range(5):
+            next(lines)
+    started = time.monotonic()
+    reply = httpx.post(
+        f"{b.url}/v1/chat/completions",
+        timeout=60,
+        json={"model": MODEL, "messages": HI, "max_tokens": 1},
+    )
+    assert reply.status_code == 200
+    assert time.monotonic() - started < 4  # not waiting behind 1,900 tokens on A's engine
+
+
+def test_peers_json_remembers_addresses(trio_of_nodes):
+    _, b, _ = trio_of_nodes
+    cache = json.loads((Path(b.env["XDG_DATA_HOME"]) / "gate" / "peers.json").read_text())
+    (entry,) = cache.values()
+    assert entry["addresses"] and entry["capabilities"]["supported_models"][0]["id"] == MODEL
