@@ -37,13 +37,16 @@ def _passphrase() -> str | None:
 
 
 def _load(config_path: Path | None) -> Any:
+    return _load_with_source(config_path)[0]
+
+
+def _load_with_source(config_path: Path | None) -> tuple[Any, Path | None]:
     from gate.config import load_config
 
     try:
-        config, _ = load_config(config_path)
+        return load_config(config_path)
     except ConfigError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
-    return config
 
 
 config_option = click.option(
@@ -76,7 +79,7 @@ def serve(config_path: Path | None, bind: str | None) -> None:
     from gate.logs import setup_logging
     from gate.node import Node
 
-    config = _load(config_path)
+    config, source = _load_with_source(config_path)
     if bind is not None:
         config = msgspec.structs.replace(
             config, server=msgspec.structs.replace(config.server, bind=bind)
@@ -93,7 +96,7 @@ def serve(config_path: Path | None, bind: str | None) -> None:
     except IdentityError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
     try:
-        node = Node(config, identity)
+        node = Node(config, identity, config_path=source)
     except ConfigError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
     if created:
@@ -299,6 +302,178 @@ class _OnStarted:
 
     def started(self, value: Any = None) -> None:
         self._callback(value)
+
+
+# --- peers -----------------------------------------------------------------
+
+
+@main.group("peers")
+def peers_group() -> None:
+    """Trusted peers: nodes whose requests this node serves, and that it can reach.
+
+    Changes are written to gate.toml; a running daemon applies them within seconds.
+    """
+
+
+def _config_path(config_path: Path | None) -> Path:
+    from gate.config import default_config_path
+
+    return config_path or Path(os.environ.get("GATE_CONFIG") or default_config_path())
+
+
+def _peer_entry(text: str) -> str:
+    """NODE_ID, NODE_ID@host:port or an iroh ticket, as a trusted_peers entry."""
+    from gate.services.p2p import parse_peer_spec
+
+    try:
+        node_id, addresses = parse_peer_spec(text)
+    except ValueError:
+        from gate.services.transport import parse_ticket
+
+        try:
+            peer = parse_ticket(text)
+        except ValueError:
+            fail(f"not a node id, node_id@host:port or ticket: {text[:80]!r}", EXIT_BAD_INPUT)
+        node_id, addresses = peer.node_id, list(peer.addresses)
+    return f"{node_id}@{','.join(addresses)}" if addresses else str(node_id)
+
+
+def _edit_peers(config_path: Path | None, change: Callable[[list[str]], list[str]]) -> Path:
+    from gate.config import edit_config_file
+
+    path = _config_path(config_path)
+
+    def edit(data: dict[str, Any]) -> None:
+        p2p = data.setdefault("p2p", {})
+        p2p["trusted_peers"] = change(list(p2p.get("trusted_peers", [])))
+
+    try:
+        edit_config_file(path, edit)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    return path
+
+
+def _same_node(entry: str, node_id: str) -> bool:
+    from gate.services.p2p import parse_peer_spec
+
+    try:
+        return str(parse_peer_spec(entry)[0]) == node_id
+    except ValueError:
+        return False
+
+
+@peers_group.command("add")
+@config_option
+@click.argument("peer")
+def peers_add(config_path: Path | None, peer: str) -> None:
+    """Trust PEER: a node id, node_id@host:port[,host:port] or an iroh ticket."""
+    entry = _peer_entry(peer)
+    node_id = entry.partition("@")[0]
+    path = _edit_peers(
+        config_path, lambda peers: [p for p in peers if not _same_node(p, node_id)] + [entry]
+    )
+    click.echo(f"trusted {entry}  ({path})")
+
+
+@peers_group.command("remove")
+@config_option
+@click.argument("node_id")
+def peers_remove(config_path: Path | None, node_id: str) -> None:
+    """Stop trusting NODE_ID."""
+    from gate.protocol import NodeId
+
+    try:
+        canonical = str(NodeId.parse(node_id.partition("@")[0]))
+    except ValueError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    removed: list[str] = []
+
+    def change(peers: list[str]) -> list[str]:
+        removed.extend(p for p in peers if _same_node(p, canonical))
+        return [p for p in peers if not _same_node(p, canonical)]
+
+    path = _edit_peers(config_path, change)
+    if not removed:
+        fail(f"{canonical} is not a trusted peer ({path})", EXIT_BAD_INPUT)
+    click.echo(f"removed {canonical}")
+
+
+def _peer_rows(config_path: Path | None) -> list[dict[str, Any]]:
+    """Trusted peers from the config, with live status from a running daemon when there
+    is one, else what peers.json last recorded."""
+    import httpx
+
+    from gate.services.p2p import PEERS_CACHE, parse_peer_spec
+
+    config = _load(config_path)
+    live: dict[str, Any] = {}
+    host, port = config.bind_host_port
+    try:
+        health = httpx.get(f"http://{host}:{port}/health", timeout=2).json()
+        live = health.get("peers", {})
+    except (httpx.HTTPError, ValueError):
+        try:
+            live = json.loads((config.data_dir / PEERS_CACHE).read_text())
+        except (OSError, ValueError):
+            live = {}
+    rows = []
+    for entry in config.p2p.trusted_peers:
+        try:
+            node_id, addresses = parse_peer_spec(entry)
+        except ValueError:
+            continue
+        info = live.get(str(node_id), {})
+        status = info.get("status", {"type": "unknown"})
+        models = [m["id"] for m in (info.get("capabilities") or {}).get("supported_models", [])]
+        rows.append(
+            {
+                "node_id": str(node_id),
+                "addresses": addresses or info.get("addresses", []),
+                "status": status,
+                "models": models,
+                "last_seen_ms": info.get("last_seen_ms"),
+            }
+        )
+    return rows
+
+
+@peers_group.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def peers_list(config_path: Path | None, as_json: bool) -> None:
+    """Trusted peers and their status."""
+    rows = _peer_rows(config_path)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no trusted peers (gate peers add NODE_ID@host:port)")
+    for row in rows:
+        status = row["status"].get("type", "unknown")
+        click.echo(f"{row['node_id']}  {status:12}  {', '.join(row['models']) or '-'}")
+
+
+@peers_group.command("info")
+@config_option
+@click.argument("node_id")
+@click.option("--json", "as_json", is_flag=True)
+def peers_info(config_path: Path | None, node_id: str, as_json: bool) -> None:
+    """Everything known about one trusted peer."""
+    from gate.protocol import NodeId
+
+    try:
+        canonical = str(NodeId.parse(node_id))
+    except ValueError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    row = next((r for r in _peer_rows(config_path) if r["node_id"] == canonical), None)
+    if row is None:
+        fail(f"{canonical} is not a trusted peer", EXIT_BAD_INPUT)
+    if as_json:
+        click.echo(json.dumps(row, indent=2))
+        return
+    for key, value in row.items():
+        click.echo(f"{key:13} {value}")
 
 
 # --- keys ------------------------------------------------------------------

@@ -53,6 +53,7 @@ __all__ = [
     "config_to_dict",
     "default_config_path",
     "dump_toml",
+    "edit_config_file",
     "load_config",
     "validate_config_file",
     "write_config_atomic",
@@ -134,6 +135,10 @@ class P2PConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     discovery: bool = True
     trusted_peers: list[str] = []  # node ids; their format is checked where they are used
     heartbeat_interval: Seconds = 15.0
+    # What each trusted peer may ask of this node (429 with Retry-After past it).
+    peer_max_in_flight: Annotated[int, msgspec.Meta(ge=0)] = 32  # 0: unlimited
+    peer_rate_per_minute: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # 0: unlimited
+    peer_burst: Annotated[int, msgspec.Meta(ge=1)] = 20
 
     def __post_init__(self) -> None:
         _one_of("relay_mode", self.relay_mode, RELAY_MODES)
@@ -442,3 +447,14 @@ def write_config_atomic(path: Path, text: str) -> None:
         if isinstance(exc, OSError):
             raise ConfigError(f"{path}: cannot write: {exc}") from exc
         raise
+
+
+def edit_config_file(path: Path, edit: typing.Callable[[dict[str, Any]], None]) -> Config:
+    """Apply `edit` to the file's own TOML table (not the defaults), validate the result as
+    `validate_config_file` would, and write it atomically. ConfigError leaves the file as
+    it was. Comments in the file are not kept (TOML writers do not round-trip them)."""
+    data = _read_toml(path, missing_ok=True) or {}
+    edit(data)
+    config = _decode(data, strict=True, source=lambda _key: str(path))
+    write_config_atomic(path, tomli_w.dumps(data))
+    return config

@@ -16,10 +16,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
+import msgspec
 import trio
 
-from gate.config import Config
+from gate.config import Config, default_config_path, load_config
 from gate.errors import ConfigError, GateError
 from gate.identity import NodeIdentity
 from gate.nursery import Service, ServiceContext, Supervisor, run_until_signal
@@ -54,9 +56,12 @@ def check_exposure(config: Config) -> None:
 
 
 class Node:
-    def __init__(self, config: Config, identity: NodeIdentity) -> None:
+    def __init__(
+        self, config: Config, identity: NodeIdentity, *, config_path: Path | None = None
+    ) -> None:
         check_exposure(config)
         self.config = config
+        self.config_path = config_path
         self.identity = identity
         self.node_id = NodeId(identity.public_key_bytes)
         self.client = UpstreamClient(connect_timeout=config.server.connect_timeout)
@@ -105,7 +110,53 @@ class Node:
         ]
         if self.p2p is not None:
             services.append(Service("p2p", self.p2p.run, critical=False, after=("http",)))
+        services.append(Service("config-watch", self._watch_config, critical=False))
         return services
+
+    async def _watch_config(
+        self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Apply edits of gate.toml (by hand or by `gate peers`) that are safe live.
+
+        A valid change to the trusted peers applies at once; an invalid file is refused
+        with the error logged and the running configuration kept.
+        """
+        path = self.config_path or default_config_path()
+        task_status.started()
+        seen = _stamp(path)
+        # Compare the file with its own last reading: the running config may differ
+        # from it by command-line overrides (gate serve --bind).
+        try:
+            previous, _ = await trio.to_thread.run_sync(load_config, path if seen else None)
+        except ConfigError:
+            previous = self.config
+        while not ctx.stopping:
+            with trio.move_on_after(CONFIG_POLL_INTERVAL):
+                await ctx.wait_shutdown()
+            stamp = _stamp(path)
+            if stamp == seen:
+                continue
+            seen = stamp
+            try:
+                new, _ = await trio.to_thread.run_sync(load_config, path if stamp else None)
+            except ConfigError as exc:
+                log.error(
+                    "config change refused; keeping the running config", extra={"error": str(exc)}
+                )
+                continue
+            peers = new.p2p.trusted_peers
+            if peers != self.config.p2p.trusted_peers:
+                if self.p2p is not None:
+                    self.p2p.update_trusted(peers)
+                p2p = msgspec.structs.replace(self.config.p2p, trusted_peers=peers)
+                self.config = msgspec.structs.replace(self.config, p2p=p2p)
+                log.info("trusted peers updated", extra={"peers": len(peers)})
+            if _without_peers(new) != _without_peers(previous):
+                log.warning(
+                    "config changed; restart gate serve to apply it (only the "
+                    "trusted peers apply live)"
+                )
+            previous = new
 
     def local_capabilities(self) -> Capabilities:
         """What this node offers its peers: the models of its healthy engines."""
@@ -172,6 +223,7 @@ class Node:
             server=self.config.server,
             security=self.config.security,
             peers=self.p2p,
+            peer_limits=self.config.p2p,
         )
         self.gateway.install(app)
         async with trio.open_nursery() as nursery:
@@ -188,6 +240,22 @@ class Node:
 
 
 KEY_RELOAD_INTERVAL = 5.0
+CONFIG_POLL_INTERVAL = 1.0
+
+
+def _without_peers(config: Config) -> Config:
+    return msgspec.structs.replace(
+        config, p2p=msgspec.structs.replace(config.p2p, trusted_peers=[])
+    )
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """What changes when the file does (mtime and size), or None while it is missing."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size)
 
 
 async def _reload_keys_periodically(api_keys: ApiKeys, ctx: ServiceContext) -> None:

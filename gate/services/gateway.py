@@ -34,7 +34,7 @@ from typing import Any, Final
 import msgspec
 import trio
 
-from gate.config import SecurityConfig, ServerConfig
+from gate.config import P2PConfig, SecurityConfig, ServerConfig
 from gate.dialects import SSEDecoder, encode_event
 from gate.dialects.errors import (
     anthropic_stream_error,
@@ -112,6 +112,7 @@ class Gateway:
         server: ServerConfig,
         security: SecurityConfig,
         peers: P2PService | None = None,
+        peer_limits: P2PConfig | None = None,
     ) -> None:
         self.registry, self.client, self.metrics, self.usage = registry, client, metrics, usage
         self.peers = peers
@@ -119,6 +120,10 @@ class Gateway:
         self.server, self.security = server, security
         self.in_flight = InFlightLimiter(server.max_in_flight)
         self.rate = ClientRateLimiter(server.client_rate_per_minute, server.client_burst)
+        limits = peer_limits or P2PConfig()
+        self.peer_rate = ClientRateLimiter(limits.peer_rate_per_minute, limits.peer_burst)
+        self.peer_max_in_flight = limits.peer_max_in_flight
+        self.peer_in_flight: dict[str, int] = {}
 
     def install(self, router: Router) -> None:
         for endpoint in ENDPOINTS:
@@ -138,9 +143,14 @@ class Gateway:
     async def serve(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = Exchange(endpoint, time.perf_counter())
         responded = _ResponseTracker(send)
+        peer_slot: str | None = None
         try:
             exchange.client = self._authenticate(scope)
-            self._check_rate(exchange.client)
+            if exchange.client.startswith("peer:"):
+                self._enter_peer(exchange.client)
+                peer_slot = exchange.client
+            else:
+                self._check_rate(exchange.client)
             body = await self._read_body(scope, receive)
             fields = self._parse(body)
             exchange.model, exchange.stream = fields.model, fields.stream
@@ -160,7 +170,30 @@ class Gateway:
             if not responded.started:
                 await send_json(send, exc.status, exc.body(endpoint.dialect), exc.headers())
         finally:
+            if peer_slot is not None:
+                self._leave_peer(peer_slot)
             self._finish(exchange)
+
+    def _enter_peer(self, client: str) -> None:
+        """A trusted peer's share of this node: its own rate bucket and in-flight cap."""
+        wait = self.peer_rate.check(client, time.monotonic())
+        if wait > 0:
+            raise ApiError(429, f"rate limit for {client} exceeded", retry_after=wait)
+        count = self.peer_in_flight.get(client, 0)
+        if self.peer_max_in_flight and count >= self.peer_max_in_flight:
+            raise ApiError(
+                429,
+                f"{client} has {count} requests in flight, the most this node takes from one peer",
+                retry_after=1,
+            )
+        self.peer_in_flight[client] = count + 1
+
+    def _leave_peer(self, client: str) -> None:
+        count = self.peer_in_flight.get(client, 1) - 1
+        if count:
+            self.peer_in_flight[client] = count
+        else:
+            self.peer_in_flight.pop(client, None)
 
     async def _forward(
         self,

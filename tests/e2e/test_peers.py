@@ -77,12 +77,12 @@ def make_node(tmp_path, gate_env):
 
 
 def start(node: Node, *, trust: list[Node], engine=None) -> Node:
+    # Trusted peers go in the file, as a user (or `gate peers add`) would put them.
     config = engine_config(engine) if engine is not None else ""
-    peers = json.dumps([peer.address for peer in trust])
+    config += f"\n[p2p]\ntrusted_peers = {json.dumps([peer.address for peer in trust])}\n"
     env = {
         **node.env,
         "GATE_P2P__PORT": str(node.p2p_port),
-        "GATE_P2P__TRUSTED_PEERS": peers,
         "GATE_P2P__HEARTBEAT_INTERVAL": str(HEARTBEAT),
     }
     node.gate = GateServe(env, config=config).start()
@@ -297,3 +297,58 @@ def test_peers_json_remembers_addresses(trio_of_nodes):
     cache = json.loads((Path(b.env["XDG_DATA_HOME"]) / "gate" / "peers.json").read_text())
     (entry,) = cache.values()
     assert entry["addresses"] and entry["capabilities"]["supported_models"][0]["id"] == MODEL
+
+
+def config_file(node: Node) -> Path:
+    return Path(node.env["XDG_CONFIG_HOME"]) / "gate-test.toml"  # written by GateServe
+
+
+def test_peers_cli_adds_and_a_running_daemon_connects(make_node, llama_engine):
+    a, b = make_node("a"), make_node("b")
+    start(a, trust=[b], engine=llama_engine)
+    start(b, trust=[])  # B does not know A yet
+    assert b.health()["peers"] == {}
+    added = run_gate("peers", "add", a.address, "--config", str(config_file(b)), env=b.env)
+    assert added.returncode == 0, added.stderr
+    wait_for(lambda: b.peer_status(a) == "connected", "B to pick up the new peer")
+    listed = json.loads(
+        run_gate(
+            "peers",
+            "list",
+            "--json",
+            "--config",
+            str(config_file(b)),
+            env={**b.env, "GATE_SERVER__BIND": b.url.removeprefix("http://")},
+        ).stdout
+    )
+    assert [(p["node_id"], p["status"]["type"], p["models"]) for p in listed] == [
+        (a.node_id, "connected", [MODEL])
+    ]
+    info = run_gate("peers", "info", a.node_id, "--config", str(config_file(b)), env=b.env)
+    assert info.returncode == 0 and a.node_id in info.stdout.decode()
+    # A hand edit that breaks the file is refused; the running config stays.
+    config_file(b).write_text(config_file(b).read_text() + "\n[p2p]\nport = 'nope'\n")
+    time.sleep(2.5)
+    assert b.peer_status(a) == "connected"
+    config_file(b).write_text(config_file(b).read_text().split("\n[p2p]\nport = 'nope'")[0])
+    removed = run_gate("peers", "remove", a.node_id, "--config", str(config_file(b)), env=b.env)
+    assert removed.returncode == 0, removed.stderr
+    wait_for(lambda: a.node_id not in b.health()["peers"], "B to drop the peer")
+    bad = run_gate("peers", "add", "not-a-node", "--config", str(config_file(b)), env=b.env)
+    assert bad.returncode == 2 and "not a node id" in bad.stderr.decode()
+
+
+def test_per_peer_concurrency_cap_is_429_to_the_caller(make_node, llama_engine):
+    a, b = make_node("a"), make_node("b")
+    a.env["GATE_P2P__PEER_MAX_IN_FLIGHT"] = "1"
+    start(a, trust=[b], engine=llama_engine)
+    start(b, trust=[a])
+    wait_for(lambda: b.peer_status(a) == "connected", "B -> A")
+    body = {"model": MODEL, "messages": HI, "max_tokens": 400, "stream": True, "logit_bias": NO_EOS}
+    with httpx.stream("POST", f"{b.url}/v1/chat/completions", json=body, timeout=60) as first:
+        assert first.status_code == 200
+        second = httpx.post(f"{b.url}/v1/chat/completions", json=body, timeout=30)
+        for _ in first.iter_lines():
+            pass
+    assert second.status_code == 429 and int(second.headers["retry-after"]) >= 1
+    assert f"peer:{b.node_id}" in second.json()["error"]["message"]
