@@ -155,8 +155,8 @@ class PeerResponse:
         with trio.move_on_after(1, shield=True):
             try:
                 if self._complete:
-                    # The aclose below finishes our half: one call into iroh, not two.
                     self._frames.channel.send_finish()
+                    await self._frames.stream.send_eof()
                 else:  # abandoned: tell the peer to stop its engine (spec §7.3)
                     await self._frames.send(
                         StreamError(code=ErrorCode.CANCELLED, message="requester cancelled")
@@ -392,7 +392,8 @@ class _ExchangeOverStream:
             data += self._frame(End())
             self.frames.channel.send_finish()
             await self._write(data)
-            # No send_eof here: serve_http_stream's close finishes the half right after.
+            with contextlib.suppress(Exception):
+                await self.frames.stream.send_eof()
 
     def _frame(self, message: Any) -> bytes:
         if self.frames.channel.closed:  # the requester cancelled: nothing more goes out
