@@ -110,7 +110,7 @@ def serve(config_path: Path | None, bind: str | None) -> None:
             click.echo(f"API listening on {url}")
         p2p = (info or {}).get("p2p")
         if isinstance(p2p, str):
-            click.echo(f"P2P address {p2p}")
+            click.echo(f"P2P address {p2p}" if p2p else "P2P not started (see the log)")
         click.echo(f"data {config.data_dir}  log {log_file}")
 
     async def main_task() -> None:

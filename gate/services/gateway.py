@@ -48,12 +48,13 @@ from gate.services.exchange import ENDPOINTS, ApiError, Bridge, Endpoint, Exchan
 from gate.services.limits import ClientRateLimiter, InFlightLimiter
 from gate.services.metrics import Metrics
 from gate.services.p2p import P2PService, PeerState
-from gate.services.peer_proxy import PeerResponse, request_over_stream
+from gate.services.peer_proxy import request_over_stream
 from gate.services.providers import Dialect, Provider, ProviderRegistry
 from gate.services.tokens import count_prompt_tokens, prompt_text
 from gate.services.transport import TransportError
 from gate.services.upstream import (
     HOP_BY_HOP,
+    StreamedResponse,
     UpstreamClient,
     UpstreamConnectError,
     UpstreamError,
@@ -469,7 +470,7 @@ class Gateway:
 
     async def _pass_through(
         self,
-        upstream: UpstreamResponse | PeerResponse,
+        upstream: StreamedResponse,
         send: Send,
         exchange: Exchange,
         dialect: Dialect,

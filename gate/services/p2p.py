@@ -39,7 +39,6 @@ import trio
 
 from gate import __version__
 from gate.config import P2PConfig
-from gate.errors import ServiceError
 from gate.identity import write_secret_file_atomic
 from gate.nursery import ServiceContext
 from gate.protocol import (
@@ -134,10 +133,9 @@ class PeerState:
 class _Control:
     """A NodeControl stream with its channel: framed messages in and out."""
 
-    def __init__(self, stream: QuicStream, role: Role, local: NodeId) -> None:
+    def __init__(self, stream: QuicStream, role: Role) -> None:
         self.stream = stream
         self.channel = Channel(NODE_CONTROL, role)
-        self.local = local
         self._ids = 0
 
     def message(self, payload: Any, reply_to: int | None = None) -> NodeMessage:
@@ -239,16 +237,31 @@ class P2PService:
             if self.config.relay_mode == "disabled"
             else (self.config.relay_urls if self.config.relay_mode == "custom" else "default")
         )
-        try:
-            endpoint = await bind_endpoint(
-                self._secret_key,
-                port=self.config.port,
-                host=self.config.bind_host,
-                relay=relay,
-                discovery=self.config.discovery,
-            )
-        except TransportError as exc:
-            raise ServiceError(f"cannot start P2P on port {self.config.port}: {exc}") from exc
+        endpoint = None
+        delay = _BACKOFF_INITIAL
+        while endpoint is None:
+            try:
+                endpoint = await bind_endpoint(
+                    self._secret_key,
+                    port=self.config.port,
+                    host=self.config.bind_host,
+                    relay=relay,
+                    discovery=self.config.discovery,
+                )
+            except TransportError as exc:
+                # The node still serves locally: report started (so start-up completes)
+                # and keep trying, rather than hold the whole node back.
+                log.error(
+                    "cannot start P2P; retrying",
+                    extra={"port": self.config.port, "error": str(exc), "retry_in_s": delay},
+                )
+                task_status.started("")
+                task_status = trio.TASK_STATUS_IGNORED
+                with trio.move_on_after(delay):
+                    await ctx.wait_shutdown()
+                if ctx.stopping:
+                    return
+                delay = min(_BACKOFF_MAX, delay * 2)
         self.endpoint = endpoint
         try:
             async with trio.open_nursery() as nursery:
@@ -318,7 +331,7 @@ class P2PService:
     async def _control_responder(
         self, conn: Connection, remote: NodeId, stream: QuicStream, trailing: bytes
     ) -> None:
-        control = _Control(stream, Role.RESPONDER, self.node_id)
+        control = _Control(stream, Role.RESPONDER)
         if trailing:
             control.channel.receive_data(trailing)
         try:
@@ -431,7 +444,7 @@ class P2PService:
             peer.connection = conn
             stream = await conn.open_stream()
             await stream.send_all(encode_preamble(StreamType.NODE_CONTROL))
-            control = _Control(stream, Role.INITIATOR, self.node_id)
+            control = _Control(stream, Role.INITIATOR)
             await control.send(
                 Handshake(
                     node_id=str(self.node_id),

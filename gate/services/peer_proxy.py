@@ -44,6 +44,7 @@ from gate.protocol import (
 )
 from gate.services.asgi import ASGIApp
 from gate.services.upstream import (
+    StreamedResponse,
     UpstreamDisconnected,
     UpstreamError,
     UpstreamProtocolError,
@@ -89,8 +90,8 @@ class _Frames:
 # --- requester ---------------------------------------------------------------------
 
 
-class PeerResponse:
-    """A peer's response, read as it arrives (the interface of UpstreamResponse)."""
+class PeerResponse(StreamedResponse):
+    """A peer's response, read as it arrives."""
 
     def __init__(self, frames: _Frames, head: ResponseHead, peer: str, read_timeout: float):
         self._frames = frames
@@ -102,17 +103,6 @@ class PeerResponse:
         self._read_timeout = read_timeout
         self._complete = False
         self._closed = False
-
-    def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    @property
-    def content_length(self) -> int | None:
-        value = self.header(b"content-length")
-        return int(value) if value is not None and value.isdigit() else None
 
     async def aiter_body(self) -> AsyncGenerator[bytes, None]:
         while not self._complete:
@@ -139,15 +129,6 @@ class PeerResponse:
             elif event is EOF:
                 raise UpstreamDisconnected(f"peer {self._peer}: stream ended early")
 
-    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
-        parts, size = [], 0
-        async for chunk in self.aiter_body():
-            size += len(chunk)
-            if size > limit:
-                raise UpstreamProtocolError(f"peer {self._peer}: response over {limit} bytes")
-            parts.append(chunk)
-        return b"".join(parts)
-
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -164,12 +145,6 @@ class PeerResponse:
             except Exception:
                 pass
             await _close_quietly(self._frames.stream)
-
-    async def __aenter__(self) -> PeerResponse:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 async def request_over_stream(

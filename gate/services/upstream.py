@@ -19,12 +19,14 @@ Every proxied request pays this cost, so it is kept small and specialised:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import ssl
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final
+from typing import Final, Self
 from urllib.parse import urlsplit
 
 import h11
@@ -34,6 +36,7 @@ from gate.errors import ServiceError
 
 __all__ = [
     "Origin",
+    "StreamedResponse",
     "UpstreamClient",
     "UpstreamConnectError",
     "UpstreamDisconnected",
@@ -141,8 +144,58 @@ class _Connection:
             await self.stream.aclose()
 
 
-class UpstreamResponse:
-    """A response whose body is read as it arrives. Use it as an async context manager."""
+class StreamedResponse(abc.ABC):
+    """A response whose body is read as it arrives: an engine's (UpstreamResponse) or a
+    peer's (gate.services.peer_proxy.PeerResponse). Failures are UpstreamError classes.
+    Use it as an async context manager: leaving it closes (or cancels) the exchange."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.header(b"content-length")
+        return int(value) if value is not None and value.isdigit() else None
+
+    @abc.abstractmethod
+    def aiter_body(self) -> AsyncGenerator[bytes, None]:
+        """Body chunks as they arrive."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release the exchange: reuse or close the connection, or cancel the request."""
+
+    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        async with aclosing(self.aiter_body()) as chunks:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise UpstreamProtocolError(f"response body over {limit} bytes")
+                parts.append(chunk)
+        return b"".join(parts)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class UpstreamResponse(StreamedResponse):
+    """An engine's response over a pooled HTTP/1.1 connection."""
 
     def __init__(
         self,
@@ -158,17 +211,6 @@ class UpstreamResponse:
         self._read_timeout = read_timeout
         self._complete = False
         self._closed = False
-
-    def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    @property
-    def content_length(self) -> int | None:
-        value = self.header(b"content-length")
-        return int(value) if value is not None and value.isdigit() else None
 
     async def aiter_body(self) -> AsyncGenerator[bytes, None]:
         """Body chunks as the engine sends them; raises UpstreamError if it breaks off.
@@ -200,16 +242,6 @@ class UpstreamResponse:
                     f"{self._origin.host_header}: connection closed mid-response"
                 )
 
-    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        async for chunk in self.aiter_body():
-            size += len(chunk)
-            if size > limit:
-                raise UpstreamProtocolError(f"response body over {limit} bytes")
-            parts.append(chunk)
-        return b"".join(parts)
-
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -221,17 +253,6 @@ class UpstreamResponse:
         # Abandoned mid-body (closing is the only way to stop the engine's work), not
         # reusable, or the pool is full.
         await self._conn.aclose()
-
-    async def __aenter__(self) -> UpstreamResponse:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 class UpstreamClient:
