@@ -321,58 +321,18 @@ def _config_path(config_path: Path | None) -> Path:
     return config_path or Path(os.environ.get("GATE_CONFIG") or default_config_path())
 
 
-def _peer_entry(text: str) -> str:
-    """NODE_ID, NODE_ID@host:port or an iroh ticket, as a trusted_peers entry."""
-    from gate.services.p2p import parse_peer_spec
-
-    try:
-        node_id, addresses = parse_peer_spec(text)
-    except ValueError:
-        from gate.services.transport import parse_ticket
-
-        try:
-            peer = parse_ticket(text)
-        except ValueError:
-            fail(f"not a node id, node_id@host:port or ticket: {text[:80]!r}", EXIT_BAD_INPUT)
-        node_id, addresses = peer.node_id, list(peer.addresses)
-    return f"{node_id}@{','.join(addresses)}" if addresses else str(node_id)
-
-
-def _edit_peers(config_path: Path | None, change: Callable[[list[str]], list[str]]) -> Path:
-    from gate.config import edit_config_file
-
-    path = _config_path(config_path)
-
-    def edit(data: dict[str, Any]) -> None:
-        p2p = data.setdefault("p2p", {})
-        p2p["trusted_peers"] = change(list(p2p.get("trusted_peers", [])))
-
-    try:
-        edit_config_file(path, edit)
-    except ConfigError as exc:
-        fail(str(exc), EXIT_BAD_INPUT)
-    return path
-
-
-def _same_node(entry: str, node_id: str) -> bool:
-    from gate.services.p2p import parse_peer_spec
-
-    try:
-        return str(parse_peer_spec(entry)[0]) == node_id
-    except ValueError:
-        return False
-
-
 @peers_group.command("add")
 @config_option
 @click.argument("peer")
 def peers_add(config_path: Path | None, peer: str) -> None:
     """Trust PEER: a node id, node_id@host:port[,host:port] or an iroh ticket."""
-    entry = _peer_entry(peer)
-    node_id = entry.partition("@")[0]
-    path = _edit_peers(
-        config_path, lambda peers: [p for p in peers if not _same_node(p, node_id)] + [entry]
-    )
+    from gate.peers_config import add_trusted_peer
+
+    path = _config_path(config_path)
+    try:
+        entry = add_trusted_peer(path, peer)
+    except (ValueError, ConfigError) as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
     click.echo(f"trusted {entry}  ({path})")
 
 
@@ -381,22 +341,16 @@ def peers_add(config_path: Path | None, peer: str) -> None:
 @click.argument("node_id")
 def peers_remove(config_path: Path | None, node_id: str) -> None:
     """Stop trusting NODE_ID."""
-    from gate.protocol import NodeId
+    from gate.peers_config import remove_trusted_peer
 
+    path = _config_path(config_path)
     try:
-        canonical = str(NodeId.parse(node_id.partition("@")[0]))
-    except ValueError as exc:
+        removed = remove_trusted_peer(path, node_id)
+    except (ValueError, ConfigError) as exc:
         fail(str(exc), EXIT_BAD_INPUT)
-    removed: list[str] = []
-
-    def change(peers: list[str]) -> list[str]:
-        removed.extend(p for p in peers if _same_node(p, canonical))
-        return [p for p in peers if not _same_node(p, canonical)]
-
-    path = _edit_peers(config_path, change)
     if not removed:
-        fail(f"{canonical} is not a trusted peer ({path})", EXIT_BAD_INPUT)
-    click.echo(f"removed {canonical}")
+        fail(f"{node_id} is not a trusted peer ({path})", EXIT_BAD_INPUT)
+    click.echo(f"removed {node_id}")
 
 
 def _peer_rows(config_path: Path | None) -> list[dict[str, Any]]:

@@ -24,7 +24,13 @@ import trio
 from gate.config import Config, default_config_path, load_config
 from gate.errors import ConfigError, GateError
 from gate.identity import NodeIdentity
-from gate.nursery import Service, ServiceContext, Supervisor, run_until_signal
+from gate.nursery import (
+    Service,
+    ServiceContext,
+    ServiceStatistics,
+    Supervisor,
+    run_until_signal,
+)
 from gate.protocol import Capabilities, ModelInfo, NodeId, PeerInfo
 from gate.services.apikeys import ApiKeys
 from gate.services.gateway import Gateway
@@ -32,6 +38,7 @@ from gate.services.http import build_app, serve_http
 from gate.services.metrics import Metrics
 from gate.services.p2p import P2PService
 from gate.services.providers import ProviderRegistry
+from gate.services.rpc import RpcService
 from gate.services.store import Store, open_store
 from gate.services.upstream import UpstreamClient
 from gate.services.usage import UsageRecorder
@@ -91,6 +98,8 @@ class Node:
             lambda: float(self.usage.dropped),
         )
         self._store: Store | None = None
+        self._supervisor: Supervisor | None = None
+        self.api_keys: ApiKeys | None = None
 
     def _peer_infos(self) -> list[PeerInfo]:
         return [peer.info() for peer in self.p2p.peers.values()] if self.p2p else []
@@ -158,6 +167,17 @@ class Node:
                 )
             previous = new
 
+    def request_shutdown(self, reason: str) -> None:
+        if self._supervisor is not None:
+            self._supervisor.request_shutdown(reason)
+
+    def service_statistics(self) -> dict[str, ServiceStatistics]:
+        return self._supervisor.statistics() if self._supervisor else {}
+
+    @property
+    def p2p_address(self) -> str:
+        return self.p2p.address if self.p2p else ""
+
     def local_capabilities(self) -> Capabilities:
         """What this node offers its peers: the models of its healthy engines."""
         models = sorted(
@@ -179,8 +199,9 @@ class Node:
         self, *, task_status: trio.TaskStatus[dict[str, object]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run until SIGINT/SIGTERM; `started` reports each service's info once all listen."""
+        self._supervisor = self.supervisor()
         try:
-            await run_until_signal(self.supervisor(), task_status=task_status)
+            await run_until_signal(self._supervisor, task_status=task_status)
         finally:
             with trio.CancelScope(shield=True):
                 await self.client.aclose()
@@ -210,7 +231,7 @@ class Node:
         *,
         task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        api_keys = await ApiKeys.load(self.store)
+        api_keys = self.api_keys = await ApiKeys.load(self.store)
         if self.config.security.require_api_keys and not api_keys.any_active:
             log.warning("API keys are required but none exists: every request will get 401")
         app = self.app
@@ -226,6 +247,7 @@ class Node:
             peer_limits=self.config.p2p,
         )
         self.gateway.install(app)
+        app.add("POST", "/rpc", RpcService(self))
         async with trio.open_nursery() as nursery:
             # `gate keys` may change the table from another process: pick that up.
             nursery.start_soon(_reload_keys_periodically, api_keys, ctx)

@@ -180,6 +180,7 @@ class P2PService:
         self._local_capabilities = local_capabilities
         self.node_id = NodeId(_public_key(secret_key))
         self.endpoint: Endpoint | None = None
+        self.address = ""  # node_id@ip:port once bound
         self.peers: dict[NodeId, PeerState] = {}
         self._maintainers: dict[NodeId, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
@@ -270,7 +271,7 @@ class P2PService:
                 for peer in list(self.peers.values()):
                     nursery.start_soon(self._maintain, peer)
                 dialable = endpoint.direct_addresses or endpoint.addresses
-                address = f"{self.node_id}@{','.join(dialable)}"
+                address = self.address = f"{self.node_id}@{','.join(dialable)}"
                 log.info("p2p listening", extra={"address": address})
                 task_status.started(address)
                 await ctx.wait_shutdown()

@@ -1,0 +1,73 @@
+"""Editing the trusted peers in gate.toml: shared by `gate peers` and the RPC.
+
+A running daemon's config watcher applies the change within a second.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gate.config import edit_config_file
+from gate.protocol import NodeId
+
+__all__ = ["add_trusted_peer", "peer_entry", "remove_trusted_peer"]
+
+
+def peer_entry(text: str) -> str:
+    """NODE_ID, NODE_ID@host:port[,host:port] or an iroh ticket, as a trusted_peers entry.
+
+    Raises ValueError for anything else.
+    """
+    from gate.services.p2p import parse_peer_spec
+
+    try:
+        node_id, addresses = parse_peer_spec(text)
+    except ValueError:
+        from gate.services.transport import parse_ticket
+
+        try:
+            peer = parse_ticket(text)
+        except ValueError:
+            raise ValueError(f"not a node id, node_id@host:port or ticket: {text[:80]!r}") from None
+        node_id, addresses = peer.node_id, list(peer.addresses)
+    return f"{node_id}@{','.join(addresses)}" if addresses else str(node_id)
+
+
+def _node_of(entry: str) -> str | None:
+    from gate.services.p2p import parse_peer_spec
+
+    try:
+        return str(parse_peer_spec(entry)[0])
+    except ValueError:
+        return None
+
+
+def add_trusted_peer(path: Path, text: str) -> str:
+    """Trust a peer (replacing an older entry for the same node); returns the entry."""
+    entry = peer_entry(text)
+    node_id = _node_of(entry)
+
+    def edit(data: dict[str, Any]) -> None:
+        p2p = data.setdefault("p2p", {})
+        peers = [p for p in p2p.get("trusted_peers", []) if _node_of(p) != node_id]
+        p2p["trusted_peers"] = [*peers, entry]
+
+    edit_config_file(path, edit)
+    return entry
+
+
+def remove_trusted_peer(path: Path, node_id_text: str) -> bool:
+    """Stop trusting a node; False if it was not trusted."""
+    node_id = str(NodeId.parse(node_id_text.partition("@")[0]))
+    removed = False
+
+    def edit(data: dict[str, Any]) -> None:
+        nonlocal removed
+        p2p = data.setdefault("p2p", {})
+        before = list(p2p.get("trusted_peers", []))
+        p2p["trusted_peers"] = [p for p in before if _node_of(p) != node_id]
+        removed = len(p2p["trusted_peers"]) != len(before)
+
+    edit_config_file(path, edit)
+    return removed

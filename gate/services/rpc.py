@@ -1,0 +1,385 @@
+"""The control plane's door: JSON-RPC 2.0 at POST /rpc.
+
+Requests and batches per the JSON-RPC 2.0 spec; parameters are decoded strictly into
+msgspec structs (an unknown or mistyped parameter is -32602 with the reason), results
+are plain JSON. Callers must be on this machine (loopback) and, when
+`security.control_token` is set, present it (`Authorization: Bearer <token>` or
+`X-Gate-Control-Token`); anything else gets HTTP 401, and the attempt is logged.
+
+Methods act on the running node: its status, peers (edits of gate.toml that the config
+watcher applies), providers, configuration, metrics, request history and API keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from gate import __version__
+from gate.config import config_to_dict, default_config_path, validate_config_file
+from gate.errors import ConfigError
+from gate.peers_config import add_trusted_peer, remove_trusted_peer
+from gate.protocol import NodeId
+from gate.services.asgi import Receive, Scope, Send, send_json
+from gate.services.usage import query_usage
+
+if TYPE_CHECKING:
+    from gate.node import Node
+
+__all__ = ["RpcError", "RpcService"]
+
+log = logging.getLogger("gate.rpc")
+
+PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
+    -32700,
+    -32600,
+    -32601,
+    -32602,
+    -32603,
+)
+NOT_FOUND: Final = -32004  # the thing named does not exist
+UNAVAILABLE: Final = -32005  # the node cannot do that now
+MAX_BODY: Final = 1024 * 1024
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class _Request(msgspec.Struct):
+    jsonrpc: str
+    method: str
+    params: dict[str, Any] | list[Any] | None = None
+    id: int | str | None = None
+
+
+# --- parameters ------------------------------------------------------------------
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class NoParams(_Strict):
+    pass
+
+
+class PeerParams(_Strict):
+    peer: str
+
+
+class NodeIdParams(_Strict):
+    node_id: str
+
+
+class ProviderParams(_Strict):
+    name: str
+
+
+class ValidateConfigParams(_Strict):
+    toml: str | None = None  # text to check; default: the node's config file
+
+
+class HistoryParams(_Strict):
+    limit: int = 100
+    offset: int = 0
+    model: str | None = None
+    client: str | None = None
+    since: float | None = None
+
+
+class KeyNameParams(_Strict):
+    name: str
+
+
+class KeyIdParams(_Strict):
+    id: str
+
+
+@dataclass(frozen=True)
+class _Method:
+    params: type[_Strict]
+    handler: Callable[[Any], Awaitable[Any]]
+
+
+class RpcService:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.started = time.monotonic()
+        self.methods: dict[str, _Method] = {
+            "node_status": _Method(NoParams, self.node_status),
+            "node_shutdown": _Method(NoParams, self.node_shutdown),
+            "list_peers": _Method(NoParams, self.list_peers),
+            "peer_info": _Method(NodeIdParams, self.peer_info),
+            "add_peer": _Method(PeerParams, self.add_peer),
+            "remove_peer": _Method(NodeIdParams, self.remove_peer),
+            "list_providers": _Method(NoParams, self.list_providers),
+            "test_provider": _Method(ProviderParams, self.test_provider),
+            "get_config": _Method(NoParams, self.get_config),
+            "validate_config": _Method(ValidateConfigParams, self.validate_config),
+            "get_metrics": _Method(NoParams, self.get_metrics),
+            "request_history": _Method(HistoryParams, self.request_history),
+            "create_api_key": _Method(KeyNameParams, self.create_api_key),
+            "list_api_keys": _Method(NoParams, self.list_api_keys),
+            "revoke_api_key": _Method(KeyIdParams, self.revoke_api_key),
+        }
+
+    # --- the door --------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            log.warning(
+                "refused an RPC call", extra={"client": str(scope.get("client")), "reason": refusal}
+            )
+            await send_json(
+                send,
+                401,
+                {
+                    "jsonrpc": "2.0",
+                    "id": None,
+                    "error": {"code": INVALID_REQUEST, "message": refusal},
+                },
+            )
+            return
+        body = await _read(receive)
+        if body is None:
+            await send_json(send, 413, _error(None, INVALID_REQUEST, "request over 1 MiB"))
+            return
+        try:
+            document = msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            await send_json(send, 200, _error(None, PARSE_ERROR, f"parse error: {exc}"))
+            return
+        if isinstance(document, list):
+            if not document:
+                await send_json(send, 200, _error(None, INVALID_REQUEST, "empty batch"))
+                return
+            answers = [a for a in [await self._one(item) for item in document] if a is not None]
+            if answers:
+                await send_json(send, 200, answers)
+            else:
+                await _no_content(send)
+            return
+        answer = await self._one(document)
+        if answer is None:
+            await _no_content(send)
+        else:
+            await send_json(send, 200, answer)
+
+    def _refusal(self, scope: Scope) -> str | None:
+        client = scope.get("client")
+        try:
+            loopback = client is not None and ipaddress.ip_address(client[0]).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            return "the control API answers this machine only"
+        token = self.node.config.security.control_token
+        if not token:
+            return None
+        presented = None
+        for name, value in scope["headers"]:
+            if name == b"x-gate-control-token":
+                presented = value
+            elif name == b"authorization" and value[:7].lower() == b"bearer ":
+                presented = value[7:].strip()
+        if presented is None or not hmac.compare_digest(presented, token.encode()):
+            return "missing or wrong control token"
+        return None
+
+    async def _one(self, item: Any) -> dict[str, Any] | None:
+        try:
+            request = msgspec.convert(item, _Request)
+        except msgspec.ValidationError as exc:
+            ident = item.get("id") if isinstance(item, dict) else None
+            return _error(ident, INVALID_REQUEST, f"invalid request: {exc}")
+        if request.jsonrpc != "2.0":
+            return _error(request.id, INVALID_REQUEST, 'jsonrpc must be "2.0"')
+        notification = isinstance(item, dict) and "id" not in item
+        method = self.methods.get(request.method)
+        try:
+            if method is None:
+                raise RpcError(
+                    METHOD_NOT_FOUND,
+                    f"no method {request.method!r}; methods: " + ", ".join(sorted(self.methods)),
+                )
+            if isinstance(request.params, list):
+                raise RpcError(INVALID_PARAMS, "params must be named (an object), not a list")
+            try:
+                params = msgspec.convert(request.params or {}, method.params)
+            except msgspec.ValidationError as exc:
+                raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
+            result = await method.handler(params)
+        except RpcError as exc:
+            return None if notification else _error(request.id, exc.code, exc.message)
+        except Exception as exc:
+            log.exception("RPC method failed", extra={"method": request.method})
+            return None if notification else _error(request.id, INTERNAL_ERROR, str(exc))
+        if notification:
+            return None
+        return {"jsonrpc": "2.0", "id": request.id, "result": msgspec.to_builtins(result)}
+
+    # --- methods ---------------------------------------------------------------
+
+    async def node_status(self, _: NoParams) -> dict[str, Any]:
+        node = self.node
+        gateway = node.gateway
+        return {
+            "node_id": str(node.node_id),
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "p2p_address": node.p2p_address,
+            "in_flight": gateway.in_flight.in_flight if gateway else 0,
+            "providers": {p.name: p.healthy for p in node.registry.providers},
+            "peers": {
+                str(p.node_id): type(p.status).__name__.lower()
+                for p in (node.p2p.peers.values() if node.p2p else [])
+            },
+            "services": {
+                name: dataclasses.asdict(stats) for name, stats in node.service_statistics().items()
+            },
+        }
+
+    async def node_shutdown(self, _: NoParams) -> dict[str, bool]:
+        self.node.request_shutdown("requested over RPC")
+        return {"stopping": True}
+
+    async def list_peers(self, _: NoParams) -> list[Any]:
+        return [p.info() for p in self.node.p2p.peers.values()] if self.node.p2p else []
+
+    async def peer_info(self, params: NodeIdParams) -> Any:
+        peer = self.node.p2p.peer(_node_id(params.node_id)) if self.node.p2p else None
+        if peer is None:
+            raise RpcError(NOT_FOUND, f"{params.node_id} is not a trusted peer")
+        return peer.info()
+
+    async def add_peer(self, params: PeerParams) -> dict[str, str]:
+        try:
+            entry = add_trusted_peer(self._config_path(), params.peer)
+        except (ValueError, ConfigError) as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        return {"trusted": entry}
+
+    async def remove_peer(self, params: NodeIdParams) -> dict[str, bool]:
+        try:
+            removed = remove_trusted_peer(self._config_path(), params.node_id)
+        except (ValueError, ConfigError) as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        if not removed:
+            raise RpcError(NOT_FOUND, f"{params.node_id} is not a trusted peer")
+        return {"removed": True}
+
+    async def list_providers(self, _: NoParams) -> list[dict[str, Any]]:
+        return [p.describe() for p in self.node.registry.providers]
+
+    async def test_provider(self, params: ProviderParams) -> dict[str, Any]:
+        provider = self.node.registry.by_name(params.name)
+        if provider is None:
+            raise RpcError(NOT_FOUND, f"no provider {params.name!r}")
+        await self.node.registry.check(provider)
+        return provider.describe()
+
+    async def get_config(self, _: NoParams) -> dict[str, Any]:
+        return config_to_dict(self.node.config, mask_secrets=True)
+
+    async def validate_config(self, params: ValidateConfigParams) -> dict[str, Any]:
+        path = self._config_path()
+        if params.toml is not None:
+            import tempfile
+
+            with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+                f.write(params.toml)
+            path = Path(f.name)
+        try:
+            validate_config_file(path)
+        except ConfigError as exc:
+            message = str(exc).replace(str(path), "gate.toml") if params.toml else str(exc)
+            return {"valid": False, "error": message}
+        finally:
+            if params.toml is not None:
+                path.unlink(missing_ok=True)
+        return {"valid": True, "error": None}
+
+    async def get_metrics(self, _: NoParams) -> str:
+        return self.node.metrics.render().decode()
+
+    async def request_history(self, params: HistoryParams) -> list[Any]:
+        try:
+            return await query_usage(
+                self.node.store,
+                limit=params.limit,
+                offset=params.offset,
+                model=params.model,
+                client=params.client,
+                since=params.since,
+            )
+        except ValueError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+
+    async def create_api_key(self, params: KeyNameParams) -> dict[str, Any]:
+        keys = self._keys()
+        try:
+            key, info = await keys.create(params.name)
+        except ValueError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        return {"key": key, "info": info}
+
+    async def list_api_keys(self, _: NoParams) -> list[Any]:
+        keys: list[Any] = await self._keys().list()
+        return keys
+
+    async def revoke_api_key(self, params: KeyIdParams) -> dict[str, bool]:
+        if not await self._keys().revoke(params.id):
+            raise RpcError(NOT_FOUND, f"no active key {params.id!r}")
+        return {"revoked": True}
+
+    # --- helpers ---------------------------------------------------------------
+
+    def _keys(self) -> Any:
+        if self.node.api_keys is None:
+            raise RpcError(UNAVAILABLE, "the API service has not started yet")
+        return self.node.api_keys
+
+    def _config_path(self) -> Path:
+        return self.node.config_path or default_config_path()
+
+
+def _node_id(text: str) -> NodeId:
+    try:
+        return NodeId.parse(text)
+    except ValueError as exc:
+        raise RpcError(INVALID_PARAMS, str(exc)) from None
+
+
+def _error(ident: Any, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": ident, "error": {"code": code, "message": message}}
+
+
+async def _read(receive: Receive) -> bytes | None:
+    parts, size = [], 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        parts.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+async def _no_content(send: Send) -> None:
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})

@@ -1,0 +1,156 @@
+"""JSON-RPC 2.0 at POST /rpc against a real `gate serve` in front of the real engine."""
+
+import json
+import time
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from gate.services.rpc import RpcService
+
+from .conftest import engine_config
+from .test_gateway import HI, MODEL
+
+pytestmark = pytest.mark.e2e
+
+OTHER_NODE = "rabdagg7roz4mcxbih6ebefvnbhpykojhb2yqe6wami4df3x6zqa"
+
+
+def rpc(gate, method, params=None, *, ident=1, headers=None):
+    body = {"jsonrpc": "2.0", "method": method, "id": ident}
+    if params is not None:
+        body["params"] = params
+    response = httpx.post(f"{gate.url}/rpc", json=body, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def result(gate, method, params=None):
+    answer = rpc(gate, method, params)
+    assert "error" not in answer, answer
+    return answer["result"]
+
+
+@pytest.fixture
+def gate(start_gate, llama_engine):
+    return start_gate(engine_config(llama_engine) + "[security]\n")
+
+
+def test_status_providers_config_metrics_and_history(gate):
+    status = result(gate, "node_status")
+    assert len(status["node_id"]) == 52 and status["providers"] == {"llama": True}
+    assert status["services"]["http"]["state"] == "running"
+    (provider,) = result(gate, "list_providers")
+    assert provider["name"] == "llama" and provider["models"] == [MODEL]
+    assert result(gate, "test_provider", {"name": "llama"})["healthy"] is True
+    assert rpc(gate, "test_provider", {"name": "nope"})["error"]["code"] == -32004
+    config = result(gate, "get_config")
+    assert config["providers"]["engines"][0]["name"] == "llama"
+    httpx.post(
+        f"{gate.url}/v1/chat/completions",
+        timeout=30,
+        json={"model": MODEL, "messages": HI, "max_tokens": 1},
+    )
+    assert "gate_requests_total{" in result(gate, "get_metrics")
+    history = []
+    deadline = time.monotonic() + 5
+    while not history and time.monotonic() < deadline:  # written off the hot path
+        history = result(gate, "request_history", {"limit": 10, "model": MODEL})
+        time.sleep(0.1)
+    assert history[0]["model"] == MODEL and history[0]["status"] == 200
+    bad = rpc(gate, "request_history", {"limit": 0})
+    assert bad["error"]["code"] == -32602
+
+
+def test_validate_config(gate):
+    assert result(gate, "validate_config") == {"valid": True, "error": None}
+    good = result(gate, "validate_config", {"toml": "[server]\nbind = '127.0.0.1:9'\n"})
+    assert good["valid"] is True
+    bad = result(gate, "validate_config", {"toml": "[p2p]\nport = 70000\n"})
+    assert bad["valid"] is False and "p2p.port" in bad["error"]
+
+
+def test_peers_over_rpc(gate):
+    assert result(gate, "list_peers") == []
+    added = result(gate, "add_peer", {"peer": f"{OTHER_NODE}@127.0.0.1:9"})
+    assert added == {"trusted": f"{OTHER_NODE}@127.0.0.1:9"}
+    deadline = time.monotonic() + 10
+    peers = []
+    while not peers and time.monotonic() < deadline:  # the config watcher applies it
+        peers = result(gate, "list_peers")
+        time.sleep(0.2)
+    assert peers[0]["node_id"] == OTHER_NODE
+    assert result(gate, "peer_info", {"node_id": OTHER_NODE})["node_id"] == OTHER_NODE
+    assert rpc(gate, "add_peer", {"peer": "garbage"})["error"]["code"] == -32602
+    assert result(gate, "remove_peer", {"node_id": OTHER_NODE}) == {"removed": True}
+    assert rpc(gate, "remove_peer", {"node_id": OTHER_NODE})["error"]["code"] == -32004
+
+
+def test_api_keys_over_rpc(gate):
+    created = result(gate, "create_api_key", {"name": "ci"})
+    assert created["key"].startswith("gk_") and created["info"]["name"] == "ci"
+    assert [k["name"] for k in result(gate, "list_api_keys")] == ["ci"]
+    assert result(gate, "revoke_api_key", {"id": created["info"]["id"]}) == {"revoked": True}
+    assert rpc(gate, "revoke_api_key", {"id": created["info"]["id"]})["error"]["code"] == -32004
+    assert "hash" not in json.dumps(result(gate, "list_api_keys"))
+
+
+def test_json_rpc_errors_batches_and_notifications(gate):
+    url = f"{gate.url}/rpc"
+    parse = httpx.post(url, content=b"{not json", timeout=10).json()
+    assert parse["error"]["code"] == -32700 and parse["id"] is None
+    invalid = httpx.post(url, json={"method": "node_status", "id": 3}, timeout=10).json()
+    assert invalid["error"]["code"] == -32600 and invalid["id"] == 3
+    unknown = rpc(gate, "no_such_method")
+    assert unknown["error"]["code"] == -32601 and "node_status" in unknown["error"]["message"]
+    extra = rpc(gate, "node_status", {"verbose": True})
+    assert extra["error"]["code"] == -32602 and "verbose" in extra["error"]["message"]
+    wrong_type = rpc(gate, "request_history", {"limit": "ten"})
+    assert wrong_type["error"]["code"] == -32602
+    batch = httpx.post(
+        url,
+        timeout=10,
+        json=[
+            {"jsonrpc": "2.0", "method": "node_status", "id": "a"},
+            {"jsonrpc": "2.0", "method": "list_peers"},  # a notification: no answer
+            {"jsonrpc": "2.0", "method": "nope", "id": "c"},
+        ],
+    ).json()
+    assert [answer["id"] for answer in batch] == ["a", "c"]
+    assert "result" in batch[0] and batch[1]["error"]["code"] == -32601
+    only_notification = httpx.post(url, timeout=10, json={"jsonrpc": "2.0", "method": "list_peers"})
+    assert only_notification.status_code == 204
+    assert httpx.post(url, json=[], timeout=10).json()["error"]["code"] == -32600
+
+
+def test_control_token_is_required_when_set(start_gate, llama_engine):
+    gate = start_gate(engine_config(llama_engine) + "[security]\ncontrol_token = 's3cret'\n")
+    body = {"jsonrpc": "2.0", "method": "node_status", "id": 1}
+    assert httpx.post(f"{gate.url}/rpc", json=body, timeout=10).status_code == 401
+    wrong = httpx.post(
+        f"{gate.url}/rpc", json=body, timeout=10, headers={"authorization": "Bearer nope"}
+    )
+    assert wrong.status_code == 401
+    right = httpx.post(
+        f"{gate.url}/rpc", json=body, timeout=10, headers={"authorization": "Bearer s3cret"}
+    )
+    assert right.status_code == 200 and "result" in right.json()
+    also = httpx.post(
+        f"{gate.url}/rpc", json=body, timeout=10, headers={"x-gate-control-token": "s3cret"}
+    )
+    assert also.status_code == 200
+
+
+def test_node_shutdown_stops_the_daemon(gate):
+    assert result(gate, "node_shutdown") == {"stopping": True}
+    assert gate.wait(timeout=20) == 0
+
+
+def test_only_loopback_callers_are_answered():
+    node = SimpleNamespace(config=SimpleNamespace(security=SimpleNamespace(control_token="")))
+    door = RpcService(node)  # type: ignore[arg-type]
+    assert door._refusal({"client": ("127.0.0.1", 5), "headers": []}) is None
+    assert door._refusal({"client": ("::1", 5), "headers": []}) is None
+    assert door._refusal({"client": ("192.0.2.7", 5), "headers": []})
+    assert door._refusal({"client": None, "headers": []})
