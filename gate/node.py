@@ -33,6 +33,7 @@ from gate.nursery import (
 )
 from gate.protocol import Capabilities, ModelInfo, NodeId, PeerInfo
 from gate.services.apikeys import ApiKeys
+from gate.services.events import EventBus, EventLogHandler
 from gate.services.gateway import Gateway
 from gate.services.http import build_app, serve_http
 from gate.services.metrics import Metrics
@@ -73,6 +74,7 @@ class Node:
         self.node_id = NodeId(identity.public_key_bytes)
         self.client = UpstreamClient(connect_timeout=config.server.connect_timeout)
         self.metrics = Metrics()
+        self.events = EventBus()
         self.usage = UsageRecorder()
         self.registry = ProviderRegistry(config.providers, self.client)
         self.gateway: Gateway | None = None
@@ -83,6 +85,7 @@ class Node:
                 data_dir=config.data_dir,
                 app=lambda: self.app,
                 local_capabilities=self.local_capabilities,
+                events=self.events,
             )
             if config.p2p.enabled
             else None
@@ -245,20 +248,35 @@ class Node:
             security=self.config.security,
             peers=self.p2p,
             peer_limits=self.config.p2p,
+            events=self.events,
         )
         self.gateway.install(app)
-        app.add("POST", "/rpc", RpcService(self))
-        async with trio.open_nursery() as nursery:
-            # `gate keys` may change the table from another process: pick that up.
-            nursery.start_soon(_reload_keys_periodically, api_keys, ctx)
-            await serve_http(
-                ctx,
-                app,
-                bind=self.config.server.bind,
-                drain_timeout=self.config.server.drain_timeout,
-                task_status=task_status,
-            )
-            nursery.cancel_scope.cancel()
+        rpc = RpcService(self)
+        app.add("POST", "/rpc", rpc)
+        app.add("GET", "/rpc/events", rpc.events)
+        log_events = EventLogHandler(self.events)
+        logging.getLogger().addHandler(log_events)
+        try:
+            async with trio.open_nursery() as nursery:
+                # `gate keys` may change the table from another process: pick that up.
+                nursery.start_soon(_reload_keys_periodically, api_keys, ctx)
+                nursery.start_soon(self._end_events_on_shutdown, ctx)
+                await serve_http(
+                    ctx,
+                    app,
+                    bind=self.config.server.bind,
+                    drain_timeout=self.config.server.drain_timeout,
+                    task_status=task_status,
+                )
+                nursery.cancel_scope.cancel()
+        finally:
+            logging.getLogger().removeHandler(log_events)
+
+    async def _end_events_on_shutdown(self, ctx: ServiceContext) -> None:
+        """Event streams never end by themselves: close them so the drain need not wait."""
+        await ctx.wait_shutdown()
+        self.events.publish("node", {"state": "stopping"})
+        self.events.close()
 
 
 KEY_RELOAD_INTERVAL = 5.0

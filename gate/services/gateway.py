@@ -44,6 +44,7 @@ from gate.protocol import NodeId
 from gate.services.apikeys import ApiKeys, extract_key
 from gate.services.asgi import Receive, Router, Scope, Send, send_json
 from gate.services.bridges import response_bridge, translate_request
+from gate.services.events import EventBus
 from gate.services.exchange import ENDPOINTS, ApiError, Bridge, Endpoint, Exchange
 from gate.services.limits import ClientRateLimiter, InFlightLimiter
 from gate.services.metrics import Metrics
@@ -114,7 +115,9 @@ class Gateway:
         security: SecurityConfig,
         peers: P2PService | None = None,
         peer_limits: P2PConfig | None = None,
+        events: EventBus | None = None,
     ) -> None:
+        self.events = events or EventBus()
         self.registry, self.client, self.metrics, self.usage = registry, client, metrics, usage
         self.peers = peers
         self.api_keys = api_keys
@@ -157,6 +160,16 @@ class Gateway:
             exchange.model, exchange.stream = fields.model, fields.stream
             exchange.include_usage = bool(
                 fields.stream_options and fields.stream_options.include_usage
+            )
+            self.events.publish(
+                "request.start",
+                {
+                    "id": id(exchange),
+                    "endpoint": endpoint.name,
+                    "model": exchange.model,
+                    "client": exchange.client,
+                    "stream": exchange.stream,
+                },
             )
             if not self.in_flight.try_enter():
                 raise ApiError(
@@ -535,6 +548,23 @@ class Gateway:
             exchange.tokens_in,
             exchange.tokens_out,
             _error_type(exchange.status) if exchange.status >= 400 else None,
+        )
+        self.events.publish(
+            "request.end",
+            {
+                "id": id(exchange),
+                "endpoint": exchange.endpoint.name,
+                "model": exchange.model,
+                "client": exchange.client,
+                "provider": exchange.provider,
+                "peer": exchange.peer,
+                "status": exchange.status,
+                "latency_ms": round(latency * 1000, 3),
+                "ttft_ms": None if exchange.ttft is None else round(exchange.ttft * 1000, 3),
+                "tokens_in": exchange.tokens_in,
+                "tokens_out": exchange.tokens_out,
+                "error": exchange.error,
+            },
         )
         self.usage.record(
             UsageRecord(

@@ -76,6 +76,7 @@ from gate.protocol import (
     negotiate_version,
 )
 from gate.services.asgi import ASGIApp
+from gate.services.events import EventBus
 from gate.services.peer_proxy import serve_http_stream
 from gate.services.transport import Connection, Endpoint, QuicStream, TransportError, bind_endpoint
 
@@ -172,7 +173,9 @@ class P2PService:
         data_dir: Path,
         app: Callable[[], ASGIApp],
         local_capabilities: Callable[[], Capabilities],
+        events: EventBus | None = None,
     ) -> None:
+        self._events = events
         self.config = config
         self._secret_key = secret_key
         self._cache_path = data_dir / PEERS_CACHE
@@ -407,12 +410,12 @@ class P2PService:
             attempt = 0
             while self.peers.get(peer.node_id) is peer:
                 attempt += 1
-                peer.status = Connecting(attempt=attempt)
+                self._set_status(peer, Connecting(attempt=attempt))
                 try:
                     await self._session(peer, attempt)
                     attempt = 0  # a session that got connected resets the backoff
                 except _Refused as exc:
-                    peer.status = Failed(reason=str(exc))
+                    self._set_status(peer, Failed(reason=str(exc)))
                     log.warning(
                         "peer refused us", extra={"peer": str(peer.node_id), "reason": str(exc)}
                     )
@@ -424,8 +427,11 @@ class P2PService:
                 ) as exc:
                     was_connected = isinstance(peer.status, Connected)
                     reason = _describe(exc)
-                    peer.status = (
-                        Disconnected(since_ms=_now_ms()) if was_connected else Failed(reason=reason)
+                    self._set_status(
+                        peer,
+                        Disconnected(since_ms=_now_ms())
+                        if was_connected
+                        else Failed(reason=reason),
                     )
                     log.info(
                         "peer unavailable", extra={"peer": str(peer.node_id), "reason": reason}
@@ -463,7 +469,7 @@ class P2PService:
             raise _Refused("the peer's handshake names another node")
         if answer.payload.capabilities is not None:
             self._note_capabilities(peer.node_id, answer.payload.capabilities)
-        peer.status = Connected(since_ms=_now_ms())
+        self._set_status(peer, Connected(since_ms=_now_ms()))
         peer.last_seen_ms = _now_ms()
         self._save_cache()
         log.info(
@@ -490,6 +496,13 @@ class P2PService:
                         self._note_capabilities(peer.node_id, message.payload.capabilities)
             peer.last_seen_ms = _now_ms()
             await trio.sleep(interval)
+
+    def _set_status(self, peer: PeerState, status: ConnectionStatus) -> None:
+        peer.status = status
+        if self._events is not None:
+            self._events.publish(
+                "peer", {"node_id": str(peer.node_id), "status": msgspec.to_builtins(status)}
+            )
 
     # --- used by the gateway -----------------------------------------------------
 

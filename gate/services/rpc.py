@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
+import trio
 
 from gate import __version__
 from gate.config import config_to_dict, default_config_path, validate_config_file
@@ -30,6 +31,7 @@ from gate.errors import ConfigError
 from gate.peers_config import add_trusted_peer, remove_trusted_peer
 from gate.protocol import NodeId
 from gate.services.asgi import Receive, Scope, Send, send_json
+from gate.services.events import Event
 from gate.services.usage import query_usage
 
 if TYPE_CHECKING:
@@ -134,6 +136,47 @@ class RpcService:
             "list_api_keys": _Method(NoParams, self.list_api_keys),
             "revoke_api_key": _Method(KeyIdParams, self.revoke_api_key),
         }
+
+    # --- live events: GET /rpc/events (SSE) -------------------------------------
+
+    async def events(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Server-sent events: `hello` (the node status), then every event as it happens;
+        a comment every 15 s keeps proxies from closing an idle stream. Ends when the
+        client leaves or the node stops."""
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            log.warning(
+                "refused an events stream",
+                extra={"client": str(scope.get("client")), "reason": refusal},
+            )
+            await send_json(send, 401, {"error": refusal})
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                ],
+            }
+        )
+        hello = await self.node_status(NoParams())
+        await send({"type": "http.response.body", "body": _sse("hello", hello), "more_body": True})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_end_on_disconnect, receive, nursery.cancel_scope)
+            async with self.node.events.subscribe() as stream:
+                stream_iter = aiter(stream)
+                while True:
+                    event: Event | None = None
+                    with trio.move_on_after(15):
+                        event = await anext(stream_iter, None)
+                        if event is None:  # the bus closed: the node is stopping
+                            break
+                    body = b": keep-alive\n\n" if event is None else _sse(event.kind, event.data)
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            nursery.cancel_scope.cancel()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # --- the door --------------------------------------------------------------
 
@@ -361,6 +404,16 @@ def _node_id(text: str) -> NodeId:
         return NodeId.parse(text)
     except ValueError as exc:
         raise RpcError(INVALID_PARAMS, str(exc)) from None
+
+
+def _sse(kind: str, data: Any) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + msgspec.json.encode(data) + b"\n\n"
+
+
+async def _end_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
 
 
 def _error(ident: Any, code: int, message: str) -> dict[str, Any]:

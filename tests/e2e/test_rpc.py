@@ -154,3 +154,50 @@ def test_only_loopback_callers_are_answered():
     assert door._refusal({"client": ("::1", 5), "headers": []}) is None
     assert door._refusal({"client": ("192.0.2.7", 5), "headers": []})
     assert door._refusal({"client": None, "headers": []})
+
+
+def test_live_events_stream_requests_and_logs_and_ends_at_shutdown(gate):
+    import signal
+    import threading
+
+    seen: list[tuple[str, dict]] = []
+    done = threading.Event()
+
+    def ask_once_subscribed():
+        done.wait(10)
+        httpx.post(
+            f"{gate.url}/v1/chat/completions",
+            timeout=30,
+            json={"model": MODEL, "messages": HI, "max_tokens": 1},
+        )
+
+    worker = threading.Thread(target=ask_once_subscribed)
+    worker.start()
+    kind = None
+    with httpx.stream("GET", f"{gate.url}/rpc/events", timeout=30) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                seen.append((kind, json.loads(line.removeprefix("data: "))))
+                if kind == "hello":
+                    done.set()
+                if kind == "request.end":
+                    break
+    worker.join()
+    kinds = [k for k, _ in seen]
+    assert kinds[0] == "hello" and seen[0][1]["node_id"]
+    start = next(d for k, d in seen if k == "request.start")
+    end = next(d for k, d in seen if k == "request.end")
+    assert start["model"] == MODEL and end["id"] == start["id"]
+    assert end["status"] == 200 and end["provider"] == "llama" and end["latency_ms"] > 0
+    # The stream ends when the node stops: shutdown does not wait for it.
+    with httpx.stream("GET", f"{gate.url}/rpc/events", timeout=30) as response:
+        lines = response.iter_lines()
+        next(lines)  # hello
+        started = time.monotonic()
+        gate.signal(signal.SIGTERM)
+        rest = list(lines)
+    assert any("stopping" in line for line in rest)
+    assert gate.wait(timeout=20) == 0 and time.monotonic() - started < 5
