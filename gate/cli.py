@@ -430,6 +430,146 @@ def peers_info(config_path: Path | None, node_id: str, as_json: bool) -> None:
         click.echo(f"{key:13} {value}")
 
 
+# --- talking to the running daemon ------------------------------------------
+
+
+def _client(config_path: Path | None) -> Any:
+    from gate.rpc_client import RpcClient
+
+    return RpcClient(_load(config_path))
+
+
+def _call(config_path: Path | None, method: str, params: dict[str, Any] | None = None) -> Any:
+    from gate.rpc_client import DaemonNotRunning, RpcCallError
+
+    try:
+        return _client(config_path).call(method, params)
+    except DaemonNotRunning as exc:
+        fail(str(exc))
+    except RpcCallError as exc:
+        fail(str(exc), EXIT_BAD_INPUT if exc.code == -32602 else EXIT_FAILURE)
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def status(config_path: Path | None, as_json: bool) -> None:
+    """What the running daemon is doing."""
+    result = _call(config_path, "node_status")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(
+        f"node      {result['node_id']}  (Gate {result['version']}, up "
+        f"{result['uptime_s']:.0f}s, {result['in_flight']} in flight)"
+    )
+    click.echo(f"p2p       {result['p2p_address'] or '-'}")
+    for name, healthy in result["providers"].items():
+        click.echo(f"provider  {name:20} {'healthy' if healthy else 'down'}")
+    for node_id, peer_status in result["peers"].items():
+        click.echo(f"peer      {node_id}  {peer_status}")
+
+
+@main.command()
+@config_option
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait.")
+def stop(config_path: Path | None, timeout: float) -> None:
+    """Stop the running daemon gracefully (in-flight requests finish first)."""
+    import time
+
+    client = _client(config_path)
+    _call(config_path, "node_shutdown")
+    deadline = time.monotonic() + timeout
+    with click.progressbar(
+        length=int(timeout * 10), label="stopping", file=sys.stderr, show_eta=False
+    ) as bar:
+        while client.alive():
+            if time.monotonic() > deadline:
+                fail(f"the daemon is still running after {timeout:g}s")
+            time.sleep(0.1)
+            bar.update(1)
+    click.echo("stopped")
+
+
+@main.group("providers")
+def providers_group() -> None:
+    """The engines the running daemon forwards to."""
+
+
+@providers_group.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def providers_list(config_path: Path | None, as_json: bool) -> None:
+    """Engines, their health and models."""
+    providers = _call(config_path, "list_providers")
+    if as_json:
+        click.echo(json.dumps(providers, indent=2))
+        return
+    if not providers:
+        click.echo("no engines (configure [[providers.engines]] or start one locally)")
+    for p in providers:
+        state = "healthy" if p["healthy"] else f"down: {p['last_error']}"
+        click.echo(f"{p['name']:16} {p['kind']:18} {state}")
+        for model in p["models"]:
+            click.echo(f"  {model}")
+
+
+@providers_group.command("test")
+@config_option
+@click.argument("name")
+def providers_test(config_path: Path | None, name: str) -> None:
+    """Check one engine now."""
+    result = _call(config_path, "test_provider", {"name": name})
+    if not result["healthy"]:
+        fail(f"{name}: {result['last_error']}")
+    click.echo(f"{name}: healthy, {len(result['models'])} model(s)")
+
+
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+@main.command()
+@config_option
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines as they come.")
+@click.option("--level", type=click.Choice(_LEVELS), default="info", show_default=True)
+@click.option("--lines", "-n", default=50, show_default=True, help="How many past lines.")
+def logs(config_path: Path | None, follow: bool, level: str, lines: int) -> None:
+    """The daemon's log: past lines from the log file, then live ones with --follow."""
+    from collections import deque
+
+    from gate.logs import LOG_FILENAME
+    from gate.rpc_client import DaemonNotRunning, RpcCallError
+
+    config = _load(config_path)
+    floor = _LEVELS.index(level)
+    path = config.data_dir / "logs" / LOG_FILENAME
+    past: deque[str] = deque(maxlen=max(lines, 0) or None)
+    try:
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if _LEVELS.index(record.get("level", "info")) >= floor:
+                    past.append(
+                        f"{record['ts']} {record['level']:7} {record['logger']}: {record['msg']}"
+                    )
+    except OSError:
+        if not follow:
+            fail(f"no log at {path}")
+    for line in past:
+        click.echo(line)
+    if not follow:
+        return
+    try:
+        for kind, data in _client(config_path).events():
+            if kind == "log" and _LEVELS.index(data.get("level", "info")) >= floor:
+                click.echo(f"{data['level']:7} {data['logger']}: {data['msg']}")
+    except (DaemonNotRunning, RpcCallError) as exc:
+        fail(str(exc))
+
+
 # --- keys ------------------------------------------------------------------
 
 
