@@ -128,6 +128,10 @@ def serve(config_path: Path | None, bind: str | None) -> None:
     if failure is not None:
         log.debug("stopped with an error", exc_info=failure)
         fail(describe(failure))
+    if node.restart_requested:
+        log.info("restarting")
+        logging.shutdown()
+        os.execv(sys.executable, [sys.executable, "-m", "gate", *sys.argv[1:]])
     log.info("stopped")
 
 

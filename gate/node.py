@@ -102,6 +102,7 @@ class Node:
         )
         self._store: Store | None = None
         self._supervisor: Supervisor | None = None
+        self.restart_requested = False
         self.api_keys: ApiKeys | None = None
 
     def _peer_infos(self) -> list[PeerInfo]:
@@ -173,6 +174,11 @@ class Node:
     def request_shutdown(self, reason: str) -> None:
         if self._supervisor is not None:
             self._supervisor.request_shutdown(reason)
+
+    def request_restart(self) -> None:
+        """Stop gracefully; `gate serve` then starts the node again (same process id)."""
+        self.restart_requested = True
+        self.request_shutdown("restart requested")
 
     def service_statistics(self) -> dict[str, ServiceStatistics]:
         return self._supervisor.statistics() if self._supervisor else {}

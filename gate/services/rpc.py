@@ -16,6 +16,7 @@ import dataclasses
 import hmac
 import ipaddress
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,12 +27,19 @@ import msgspec
 import trio
 
 from gate import __version__
-from gate.config import config_to_dict, default_config_path, validate_config_file
-from gate.errors import ConfigError
+from gate.config import (
+    config_to_dict,
+    default_config_path,
+    edit_config_file,
+    validate_config_file,
+)
+from gate.errors import ConfigError, IdentityError
+from gate.identity import NodeIdentity, export_identity, import_identity
 from gate.peers_config import add_trusted_peer, remove_trusted_peer
 from gate.protocol import NodeId
 from gate.services.asgi import Receive, Scope, Send, send_json
 from gate.services.events import Event
+from gate.services.providers import Provider
 from gate.services.usage import query_usage
 
 if TYPE_CHECKING:
@@ -109,6 +117,34 @@ class KeyIdParams(_Strict):
     id: str
 
 
+class UpdateConfigParams(_Strict):
+    # Dotted keys to values, e.g. {"p2p.heartbeat_interval": 5, "server.log_level": "debug"}.
+    set: dict[str, Any]
+
+
+class AddProviderParams(_Strict):
+    name: str
+    kind: str
+    base_url: str = ""
+    api_key_env: str = ""
+    models: list[str] = []
+    max_concurrency: int = 0
+
+
+class ExportIdentityParams(_Strict):
+    passphrase: str | None = None  # encrypt the exported key with it
+
+
+class ImportIdentityParams(_Strict):
+    pem: str
+    source_passphrase: str | None = None
+    force: bool = False
+
+
+#: Keys a running node applies without a restart.
+LIVE_KEYS: Final = frozenset({"p2p.trusted_peers"})
+
+
 @dataclass(frozen=True)
 class _Method:
     params: type[_Strict]
@@ -135,6 +171,12 @@ class RpcService:
             "create_api_key": _Method(KeyNameParams, self.create_api_key),
             "list_api_keys": _Method(NoParams, self.list_api_keys),
             "revoke_api_key": _Method(KeyIdParams, self.revoke_api_key),
+            "update_config": _Method(UpdateConfigParams, self.update_config),
+            "add_provider": _Method(AddProviderParams, self.add_provider),
+            "generate_keypair": _Method(NoParams, self.generate_keypair),
+            "export_identity": _Method(ExportIdentityParams, self.export_identity),
+            "import_identity": _Method(ImportIdentityParams, self.import_identity),
+            "node_restart": _Method(NoParams, self.node_restart),
         }
 
     # --- live events: GET /rpc/events (SSE) -------------------------------------
@@ -387,6 +429,79 @@ class RpcService:
         if not await self._keys().revoke(params.id):
             raise RpcError(NOT_FOUND, f"no active key {params.id!r}")
         return {"revoked": True}
+
+    async def update_config(self, params: UpdateConfigParams) -> dict[str, Any]:
+        """Validate and write the change atomically; what is live applies at once (the
+        config watcher), the rest is listed under restart_required."""
+        for key in params.set:
+            if key.count(".") != 1:
+                raise RpcError(INVALID_PARAMS, f"{key!r}: use section.key, e.g. server.bind")
+
+        def edit(data: dict[str, Any]) -> None:
+            for key, value in params.set.items():
+                section, name = key.split(".")
+                data.setdefault(section, {})[name] = value
+
+        try:
+            config = edit_config_file(self._config_path(), edit)
+        except ConfigError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        return {
+            "config": config_to_dict(config, mask_secrets=True),
+            "restart_required": sorted(set(params.set) - LIVE_KEYS),
+        }
+
+    async def add_provider(self, params: AddProviderParams) -> dict[str, Any]:
+        """Add an engine to gate.toml and to the running node at once."""
+        entry = {k: v for k, v in msgspec.structs.asdict(params).items() if v not in ("", [], 0)}
+        entry["name"], entry["kind"] = params.name, params.kind
+
+        def edit(data: dict[str, Any]) -> None:
+            engines = data.setdefault("providers", {}).setdefault("engines", [])
+            engines.append(entry)
+
+        try:
+            config = edit_config_file(self._config_path(), edit)
+        except ConfigError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        added = next(e for e in config.providers.engines if e.name == params.name)
+        try:
+            provider = Provider.from_config(added)
+        except ValueError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        self.node.registry.providers.append(provider)
+        await self.node.registry.check(provider)
+        return provider.describe()
+
+    async def generate_keypair(self, _: NoParams) -> dict[str, str]:
+        """A new Ed25519 key (not installed): for a new node, or to import later."""
+        identity = NodeIdentity.generate()
+        return {
+            "node_id": str(NodeId(identity.public_key_bytes)),
+            "pem": identity.to_pem(None).decode(),
+        }
+
+    async def export_identity(self, params: ExportIdentityParams) -> dict[str, str]:
+        pem = export_identity(self.node.identity, params.passphrase)
+        return {"node_id": str(self.node.node_id), "pem": pem.decode()}
+
+    async def import_identity(self, params: ImportIdentityParams) -> dict[str, Any]:
+        """Install a key as this node's identity; it takes effect at the next start."""
+        try:
+            identity = import_identity(
+                self.node.config.data_dir,
+                params.pem.encode(),
+                source_passphrase=params.source_passphrase,
+                passphrase=os.environ.get("GATE_PASSPHRASE") or None,
+                force=params.force,
+            )
+        except IdentityError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        return {"node_id": str(NodeId(identity.public_key_bytes)), "restart_required": True}
+
+    async def node_restart(self, _: NoParams) -> dict[str, bool]:
+        self.node.request_restart()
+        return {"restarting": True}
 
     # --- helpers ---------------------------------------------------------------
 

@@ -235,3 +235,61 @@ def test_cli_says_clearly_when_no_daemon_runs(gate_env):
     assert result.returncode == 1
     err = result.stderr.decode()
     assert "no Gate daemon answers" in err and "Traceback" not in err
+
+
+def test_update_config_and_add_provider(gate, llama_engine):
+    updated = result(
+        gate, "update_config", {"set": {"server.log_level": "debug", "p2p.trusted_peers": []}}
+    )
+    assert updated["restart_required"] == ["server.log_level"]
+    assert updated["config"]["server"]["log_level"] == "debug"
+    bad = rpc(gate, "update_config", {"set": {"p2p.port": 70000}})
+    assert bad["error"]["code"] == -32602 and "p2p.port" in bad["error"]["message"]
+    flat = rpc(gate, "update_config", {"set": {"bind": "x"}})
+    assert flat["error"]["code"] == -32602
+    added = result(
+        gate,
+        "add_provider",
+        {"name": "again", "kind": "llamacpp", "base_url": llama_engine.root_url},
+    )
+    assert added["healthy"] is True and added["models"] == [MODEL]
+    names = [p["name"] for p in result(gate, "list_providers")]
+    assert names == ["llama", "again"]
+    duplicate = rpc(gate, "add_provider", {"name": "again", "kind": "llamacpp"})
+    assert duplicate["error"]["code"] == -32602
+
+
+def test_identity_methods(gate):
+    from gate.identity import NodeIdentity
+    from gate.protocol import NodeId
+
+    fresh = result(gate, "generate_keypair")
+    identity = NodeIdentity.from_pem(fresh["pem"].encode(), None)
+    assert str(NodeId(identity.public_key_bytes)) == fresh["node_id"]
+    mine = result(gate, "export_identity")
+    assert mine["node_id"] == result(gate, "node_status")["node_id"]
+    locked = result(gate, "export_identity", {"passphrase": "pw"})
+    assert "ENCRYPTED" in locked["pem"]
+    refused = rpc(gate, "import_identity", {"pem": fresh["pem"]})
+    assert refused["error"]["code"] == -32602 and "--force" in refused["error"]["message"]
+    installed = result(gate, "import_identity", {"pem": fresh["pem"], "force": True})
+    assert installed == {"node_id": fresh["node_id"], "restart_required": True}
+
+
+def test_node_restart_comes_back_as_the_same_process(gate):
+    import re
+    import select
+
+    pid = gate.proc.pid
+    node_id = result(gate, "node_status")["node_id"]
+    assert result(gate, "node_restart") == {"restarting": True}
+    deadline = time.monotonic() + 30
+    url, buffer = None, b""
+    while url is None and time.monotonic() < deadline:
+        if select.select([gate.proc.stdout], [], [], 0.5)[0]:
+            buffer += gate.proc.stdout.read() or b""
+            match = re.search(rb"listening on (http://\S+)", buffer)
+            url = match.group(1).decode() if match else None
+    assert url is not None and url != gate.url
+    assert gate.proc.pid == pid and gate.proc.poll() is None
+    assert httpx.get(f"{url}/health", timeout=10).json()["node_id"] == node_id
