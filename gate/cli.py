@@ -529,46 +529,35 @@ def providers_test(config_path: Path | None, name: str) -> None:
     click.echo(f"{name}: healthy, {len(result['models'])} model(s)")
 
 
-_LEVELS = ("debug", "info", "warning", "error")
-
-
 @main.command()
 @config_option
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines as they come.")
-@click.option("--level", type=click.Choice(_LEVELS), default="info", show_default=True)
+@click.option(
+    "--level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
 @click.option("--lines", "-n", default=50, show_default=True, help="How many past lines.")
 def logs(config_path: Path | None, follow: bool, level: str, lines: int) -> None:
     """The daemon's log: past lines from the log file, then live ones with --follow."""
-    from collections import deque
-
-    from gate.logs import LOG_FILENAME
+    from gate.logs import LEVELS, LOG_FILENAME, read_log
     from gate.rpc_client import DaemonNotRunning, RpcCallError
 
     config = _load(config_path)
-    floor = _LEVELS.index(level)
     path = config.data_dir / "logs" / LOG_FILENAME
-    past: deque[str] = deque(maxlen=max(lines, 0) or None)
     try:
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if _LEVELS.index(record.get("level", "info")) >= floor:
-                    past.append(
-                        f"{record['ts']} {record['level']:7} {record['logger']}: {record['msg']}"
-                    )
+        for record in read_log(path, level=level, limit=max(lines, 1)):
+            click.echo(f"{record['ts']} {record['level']:7} {record['logger']}: {record['msg']}")
     except OSError:
         if not follow:
             fail(f"no log at {path}")
-    for line in past:
-        click.echo(line)
     if not follow:
         return
+    floor = LEVELS.index(level)
     try:
         for kind, data in _client(config_path).events():
-            if kind == "log" and _LEVELS.index(data.get("level", "info")) >= floor:
+            if kind == "log" and LEVELS.index(data.get("level", "info")) >= floor:
                 click.echo(f"{data['level']:7} {data['logger']}: {data['msg']}")
     except (DaemonNotRunning, RpcCallError) as exc:
         fail(str(exc))

@@ -95,3 +95,24 @@ def setup_logging(
     for noisy in ("hypercorn.access", "gate.http.server", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return path
+
+
+LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+
+def read_log(path: pathlib.Path, *, level: str = "info", limit: int = 100) -> list[dict[str, Any]]:
+    """The last `limit` records at `level` or above from a JSON-lines log file."""
+    from collections import deque
+
+    floor = LEVELS.index(level)
+    records: deque[dict[str, Any]] = deque(maxlen=limit)
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = msgspec.json.decode(line)
+            except msgspec.DecodeError:
+                continue  # a line cut short by a crash
+            level_of = record.get("level") if isinstance(record, dict) else None
+            if level_of in LEVELS and LEVELS.index(level_of) >= floor:
+                records.append(record)
+    return list(records)

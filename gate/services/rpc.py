@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -35,6 +36,7 @@ from gate.config import (
 )
 from gate.errors import ConfigError, IdentityError
 from gate.identity import NodeIdentity, export_identity, import_identity
+from gate.logs import LEVELS, LOG_FILENAME, read_log
 from gate.peers_config import add_trusted_peer, remove_trusted_peer
 from gate.protocol import NodeId
 from gate.services.asgi import Receive, Scope, Send, send_json
@@ -109,6 +111,11 @@ class HistoryParams(_Strict):
     since: float | None = None
 
 
+class LogsParams(_Strict):
+    level: str = "info"
+    limit: int = 100
+
+
 class KeyNameParams(_Strict):
     name: str
 
@@ -168,6 +175,7 @@ class RpcService:
             "validate_config": _Method(ValidateConfigParams, self.validate_config),
             "get_metrics": _Method(NoParams, self.get_metrics),
             "request_history": _Method(HistoryParams, self.request_history),
+            "get_logs": _Method(LogsParams, self.get_logs),
             "create_api_key": _Method(KeyNameParams, self.create_api_key),
             "list_api_keys": _Method(NoParams, self.list_api_keys),
             "revoke_api_key": _Method(KeyIdParams, self.revoke_api_key),
@@ -412,6 +420,20 @@ class RpcService:
             )
         except ValueError as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
+
+    async def get_logs(self, params: LogsParams) -> list[dict[str, Any]]:
+        """The last log records at `level` or above (live ones: GET /rpc/events)."""
+        if params.level not in LEVELS or not 1 <= params.limit <= 10_000:
+            raise RpcError(
+                INVALID_PARAMS, f"level is one of {', '.join(LEVELS)}; limit is 1 to 10000"
+            )
+        path = self.node.config.data_dir / "logs" / LOG_FILENAME
+        try:
+            return await trio.to_thread.run_sync(
+                partial(read_log, path, level=params.level, limit=params.limit)
+            )
+        except OSError as exc:
+            raise RpcError(UNAVAILABLE, f"cannot read {path}: {exc}") from None
 
     async def create_api_key(self, params: KeyNameParams) -> dict[str, Any]:
         keys = self._keys()

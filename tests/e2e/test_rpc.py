@@ -293,3 +293,11 @@ def test_node_restart_comes_back_as_the_same_process(gate):
     assert url is not None and url != gate.url
     assert gate.proc.pid == pid and gate.proc.poll() is None
     assert httpx.get(f"{url}/health", timeout=10).json()["node_id"] == node_id
+
+
+def test_get_logs(gate):
+    records = result(gate, "get_logs", {"level": "info", "limit": 500})
+    assert any(r["msg"] == "database open" for r in records)
+    assert all(r["level"] in ("info", "warning", "error", "critical") for r in records)
+    assert len(result(gate, "get_logs", {"limit": 1})) == 1
+    assert rpc(gate, "get_logs", {"level": "loud"})["error"]["code"] == -32602
