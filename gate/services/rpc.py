@@ -360,14 +360,18 @@ class RpcService:
 
     async def add_peer(self, params: PeerParams) -> dict[str, str]:
         try:
-            entry = add_trusted_peer(self._config_path(), params.peer)
+            entry = await trio.to_thread.run_sync(
+                add_trusted_peer, self._config_path(), params.peer
+            )
         except (ValueError, ConfigError) as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
         return {"trusted": entry}
 
     async def remove_peer(self, params: NodeIdParams) -> dict[str, bool]:
         try:
-            removed = remove_trusted_peer(self._config_path(), params.node_id)
+            removed = await trio.to_thread.run_sync(
+                remove_trusted_peer, self._config_path(), params.node_id
+            )
         except (ValueError, ConfigError) as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
         if not removed:
@@ -388,22 +392,8 @@ class RpcService:
         return config_to_dict(self.node.config, mask_secrets=True)
 
     async def validate_config(self, params: ValidateConfigParams) -> dict[str, Any]:
-        path = self._config_path()
-        if params.toml is not None:
-            import tempfile
-
-            with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-                f.write(params.toml)
-            path = Path(f.name)
-        try:
-            validate_config_file(path)
-        except ConfigError as exc:
-            message = str(exc).replace(str(path), "gate.toml") if params.toml else str(exc)
-            return {"valid": False, "error": message}
-        finally:
-            if params.toml is not None:
-                path.unlink(missing_ok=True)
-        return {"valid": True, "error": None}
+        """The node's config file, or the given TOML text, checked as `gate serve` would."""
+        return await trio.to_thread.run_sync(_validate, self._config_path(), params.toml)
 
     async def get_metrics(self, _: NoParams) -> str:
         return self.node.metrics.render().decode()
@@ -465,7 +455,7 @@ class RpcService:
                 data.setdefault(section, {})[name] = value
 
         try:
-            config = edit_config_file(self._config_path(), edit)
+            config = await trio.to_thread.run_sync(edit_config_file, self._config_path(), edit)
         except ConfigError as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
         return {
@@ -483,7 +473,7 @@ class RpcService:
             engines.append(entry)
 
         try:
-            config = edit_config_file(self._config_path(), edit)
+            config = await trio.to_thread.run_sync(edit_config_file, self._config_path(), edit)
         except ConfigError as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
         added = next(e for e in config.providers.engines if e.name == params.name)
@@ -510,12 +500,15 @@ class RpcService:
     async def import_identity(self, params: ImportIdentityParams) -> dict[str, Any]:
         """Install a key as this node's identity; it takes effect at the next start."""
         try:
-            identity = import_identity(
-                self.node.config.data_dir,
-                params.pem.encode(),
-                source_passphrase=params.source_passphrase,
-                passphrase=os.environ.get("GATE_PASSPHRASE") or None,
-                force=params.force,
+            identity = await trio.to_thread.run_sync(
+                partial(
+                    import_identity,
+                    self.node.config.data_dir,
+                    params.pem.encode(),
+                    source_passphrase=params.source_passphrase,
+                    passphrase=os.environ.get("GATE_PASSPHRASE") or None,
+                    force=params.force,
+                )
             )
         except IdentityError as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
@@ -534,6 +527,24 @@ class RpcService:
 
     def _config_path(self) -> Path:
         return self.node.config_path or default_config_path()
+
+
+def _validate(path: Path, text: str | None) -> dict[str, Any]:
+    if text is not None:
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write(text)
+        path = Path(f.name)
+    try:
+        validate_config_file(path)
+    except ConfigError as exc:
+        message = str(exc).replace(str(path), "gate.toml") if text is not None else str(exc)
+        return {"valid": False, "error": message}
+    finally:
+        if text is not None:
+            path.unlink(missing_ok=True)
+    return {"valid": True, "error": None}
 
 
 def _node_id(text: str) -> NodeId:
