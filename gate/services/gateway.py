@@ -161,16 +161,17 @@ class Gateway:
             exchange.include_usage = bool(
                 fields.stream_options and fields.stream_options.include_usage
             )
-            self.events.publish(
-                "request.start",
-                {
-                    "id": id(exchange),
-                    "endpoint": endpoint.name,
-                    "model": exchange.model,
-                    "client": exchange.client,
-                    "stream": exchange.stream,
-                },
-            )
+            if self.events.subscribers:  # no dict to build when nobody listens
+                self.events.publish(
+                    "request.start",
+                    {
+                        "id": id(exchange),
+                        "endpoint": endpoint.name,
+                        "model": exchange.model,
+                        "client": exchange.client,
+                        "stream": exchange.stream,
+                    },
+                )
             if not self.in_flight.try_enter():
                 raise ApiError(
                     429, "Gate is at its limit of concurrent requests; retry shortly", retry_after=1
@@ -549,23 +550,24 @@ class Gateway:
             exchange.tokens_out,
             _error_type(exchange.status) if exchange.status >= 400 else None,
         )
-        self.events.publish(
-            "request.end",
-            {
-                "id": id(exchange),
-                "endpoint": exchange.endpoint.name,
-                "model": exchange.model,
-                "client": exchange.client,
-                "provider": exchange.provider,
-                "peer": exchange.peer,
-                "status": exchange.status,
-                "latency_ms": round(latency * 1000, 3),
-                "ttft_ms": None if exchange.ttft is None else round(exchange.ttft * 1000, 3),
-                "tokens_in": exchange.tokens_in,
-                "tokens_out": exchange.tokens_out,
-                "error": exchange.error,
-            },
-        )
+        if self.events.subscribers:
+            self.events.publish(
+                "request.end",
+                {
+                    "id": id(exchange),
+                    "endpoint": exchange.endpoint.name,
+                    "model": exchange.model,
+                    "client": exchange.client,
+                    "provider": exchange.provider,
+                    "peer": exchange.peer,
+                    "status": exchange.status,
+                    "latency_ms": round(latency * 1000, 3),
+                    "ttft_ms": None if exchange.ttft is None else round(exchange.ttft * 1000, 3),
+                    "tokens_in": exchange.tokens_in,
+                    "tokens_out": exchange.tokens_out,
+                    "error": exchange.error,
+                },
+            )
         self.usage.record(
             UsageRecord(
                 ts=time.time(),
