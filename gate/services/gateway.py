@@ -537,8 +537,6 @@ class Gateway:
         latency = time.perf_counter() - exchange.started
         provider = exchange.provider or "none"
         model = exchange.model or "none"
-        if not exchange.metered:  # ended before a provider took it: the gauge never rose
-            self.metrics.request_started(provider, model)
         self.metrics.request_finished(
             provider,
             model,
@@ -549,6 +547,7 @@ class Gateway:
             exchange.tokens_in,
             exchange.tokens_out,
             _error_type(exchange.status) if exchange.status >= 400 else None,
+            in_flight=exchange.metered,  # only a request that reached a provider was counted
         )
         if self.events.subscribers:
             self.events.publish(

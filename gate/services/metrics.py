@@ -100,9 +100,14 @@ class Metrics:
         tokens_in: int | None,
         tokens_out: int | None,
         error_type: str | None,
+        *,
+        in_flight: bool = True,
     ) -> None:
+        """Count a finished request. `in_flight=False`: it never went through
+        request_started (it ended before reaching a provider), so the gauge stays."""
         series = self._series.get((provider, model)) or self._new_series(provider, model)
-        series.in_flight -= 1
+        if in_flight:
+            series.in_flight -= 1
         requests = series.requests
         key = (endpoint, status)
         if key in requests:

@@ -320,3 +320,13 @@ def test_the_parser_is_strict() -> None:
     for text in bad:
         with pytest.raises(AssertionError):
             parse(text)
+
+
+def test_a_request_that_never_reached_a_provider_leaves_the_gauge_alone():
+    metrics = Metrics()
+    metrics.request_finished(
+        "none", "m", "chat.completions", 404, 0.001, None, None, None, "not_found", in_flight=False
+    )
+    text = metrics.render().decode()
+    assert 'gate_requests_in_flight{provider="none",model="m"} 0' in text
+    assert 'status="404"} 1' in text
