@@ -31,7 +31,7 @@ from gate.config import ProviderConfig, ProvidersConfig
 from gate.nursery import ServiceContext
 from gate.services.upstream import UpstreamClient, UpstreamError
 
-__all__ = ["KINDS", "Dialect", "Kind", "Provider", "ProviderRegistry"]
+__all__ = ["KINDS", "Dialect", "Kind", "Provider", "ProviderRegistry", "discover_engines"]
 
 log = logging.getLogger("gate.providers")
 
@@ -296,3 +296,29 @@ class ProviderRegistry:
             nursery.start_soon(self.check_all)
             if self.probing:
                 nursery.start_soon(self.probe_local)
+
+
+async def discover_engines(
+    client: UpstreamClient, extra_urls: Iterable[str] = ()
+) -> list[Provider]:
+    """Look for engines on this machine: every local kind at its default address, and
+    each of `extra_urls` (tried as Ollama, then as any OpenAI-compatible server).
+
+    Returns every candidate, checked: `healthy` says whether it answered, and
+    `models` what it serves. Used by `gate setup` and the `discover_providers` RPC.
+    """
+    registry = ProviderRegistry(ProvidersConfig(probe_local=False), client)
+    candidates = [
+        Provider(name=name, kind=name, base_url=kind.default_url or "")
+        for name, kind in KINDS.items()
+        if kind.local and kind.default_url
+    ]
+    extras = [
+        [Provider(name=kind, kind=kind, base_url=url) for kind in ("ollama", "openai_compatible")]
+        for url in extra_urls
+    ]
+    await registry.check_all([*candidates, *(p for pair in extras for p in pair)], probing=True)
+    for pair in extras:
+        # An Ollama server also answers /v1/models; call it Ollama when /api/tags works.
+        candidates.append(next((p for p in pair if p.healthy), pair[-1]))
+    return candidates

@@ -41,7 +41,7 @@ from gate.peers_config import add_trusted_peer, remove_trusted_peer
 from gate.protocol import NodeId
 from gate.services.asgi import Receive, Scope, Send, send_json
 from gate.services.events import Event
-from gate.services.providers import Provider
+from gate.services.providers import Provider, discover_engines
 from gate.services.usage import query_usage
 
 if TYPE_CHECKING:
@@ -138,6 +138,10 @@ class AddProviderParams(_Strict):
     max_concurrency: int = 0
 
 
+class DiscoverParams(_Strict):
+    urls: list[str] = []  # addresses to try besides each local kind's default
+
+
 class ExportIdentityParams(_Strict):
     passphrase: str | None = None  # encrypt the exported key with it
 
@@ -171,6 +175,7 @@ class RpcService:
             "remove_peer": _Method(NodeIdParams, self.remove_peer),
             "list_providers": _Method(NoParams, self.list_providers),
             "test_provider": _Method(ProviderParams, self.test_provider),
+            "discover_providers": _Method(DiscoverParams, self.discover_providers),
             "get_config": _Method(NoParams, self.get_config),
             "validate_config": _Method(ValidateConfigParams, self.validate_config),
             "get_metrics": _Method(NoParams, self.get_metrics),
@@ -387,6 +392,26 @@ class RpcService:
             raise RpcError(NOT_FOUND, f"no provider {params.name!r}")
         await self.node.registry.check(provider)
         return provider.describe()
+
+    async def discover_providers(self, params: DiscoverParams) -> list[dict[str, Any]]:
+        """Engines answering on this machine (each local kind's default address, and
+        `urls`), whether each answered, its models, and whether gate.toml has it."""
+        for url in params.urls:
+            if not url.startswith(("http://", "https://")):
+                raise RpcError(INVALID_PARAMS, f"{url!r}: give an http:// or https:// URL")
+        configured = {p.base_url for p in self.node.registry.providers}
+        found = await discover_engines(self.node.client, params.urls)
+        return [
+            {
+                "kind": p.kind,
+                "base_url": p.base_url,
+                "found": p.healthy,
+                "models": sorted(p.models),
+                "configured": p.base_url in configured,
+                "error": p.last_error,
+            }
+            for p in found
+        ]
 
     async def get_config(self, _: NoParams) -> dict[str, Any]:
         return config_to_dict(self.node.config, mask_secrets=True)

@@ -301,3 +301,14 @@ def test_get_logs(gate):
     assert all(r["level"] in ("info", "warning", "error", "critical") for r in records)
     assert len(result(gate, "get_logs", {"limit": 1})) == 1
     assert rpc(gate, "get_logs", {"level": "loud"})["error"]["code"] == -32602
+
+
+def test_discover_providers_finds_the_engine_at_a_given_address(gate, llama_engine):
+    found = result(gate, "discover_providers", {"urls": [llama_engine.root_url]})
+    kinds = {p["kind"] for p in found}
+    assert {"ollama", "lmstudio", "llamacpp", "vllm"} <= kinds  # each default address
+    (engine,) = [p for p in found if p["base_url"] == llama_engine.root_url]
+    assert engine["found"] and engine["models"] == [MODEL] and engine["configured"]
+    assert engine["kind"] == "openai_compatible"  # it does not answer Ollama's /api/tags
+    bad = rpc(gate, "discover_providers", {"urls": ["localhost:1"]})
+    assert bad["error"]["code"] == -32602 and "http://" in bad["error"]["message"]
