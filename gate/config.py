@@ -25,6 +25,7 @@ Loading and writing block on the filesystem: call them from async code through
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tempfile
@@ -50,6 +51,7 @@ __all__ = [
     "SecurityConfig",
     "ServerConfig",
     "WebConfig",
+    "check_exposure",
     "config_to_dict",
     "default_config_path",
     "dump_toml",
@@ -449,12 +451,33 @@ def write_config_atomic(path: Path, text: str) -> None:
         raise
 
 
-def edit_config_file(path: Path, edit: typing.Callable[[dict[str, Any]], None]) -> Config:
+def edit_config_file(
+    path: Path,
+    edit: typing.Callable[[dict[str, Any]], None],
+    check: typing.Callable[[Config], None] | None = None,
+) -> Config:
     """Apply `edit` to the file's own TOML table (not the defaults), validate the result as
-    `validate_config_file` would, and write it atomically. ConfigError leaves the file as
-    it was. Comments in the file are not kept (TOML writers do not round-trip them)."""
+    `validate_config_file` would (and with `check`, which raises ConfigError), and write
+    it atomically. ConfigError leaves the file as it was. Comments in the file are not
+    kept (TOML writers do not round-trip them)."""
     data = _read_toml(path, missing_ok=True) or {}
     edit(data)
     config = _decode(data, strict=True, source=lambda _key: str(path))
+    if check is not None:
+        check(config)
     write_config_atomic(path, tomli_w.dumps(data))
     return config
+
+
+def check_exposure(config: Config) -> None:
+    """The API may leave loopback only behind API keys (a ConfigError otherwise)."""
+    host, _ = config.bind_host_port
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not config.security.require_api_keys:
+        raise ConfigError(
+            f"server.bind: {config.server.bind} is reachable from other machines; set "
+            "security.require_api_keys = true (and create a key) or bind 127.0.0.1"
+        )

@@ -13,15 +13,13 @@ writer flushes its queue after the last request ended and before the database cl
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import msgspec
 import trio
 
-from gate.config import Config, default_config_path, load_config
+from gate.config import Config, check_exposure, default_config_path, load_config
 from gate.errors import ConfigError, GateError
 from gate.identity import NodeIdentity
 from gate.nursery import (
@@ -32,6 +30,7 @@ from gate.nursery import (
     run_until_signal,
 )
 from gate.protocol import Capabilities, ModelInfo, NodeId, PeerInfo
+from gate.reload import LIVE_KEYS, changed_keys, merge_live
 from gate.services.apikeys import ApiKeys
 from gate.services.events import EventBus, EventLogHandler
 from gate.services.gateway import Gateway
@@ -47,20 +46,6 @@ from gate.services.usage import UsageRecorder
 __all__ = ["Node", "check_exposure"]
 
 log = logging.getLogger("gate.node")
-
-
-def check_exposure(config: Config) -> None:
-    """The API may leave loopback only behind API keys (a ConfigError otherwise)."""
-    host, _ = config.bind_host_port
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback and not config.security.require_api_keys:
-        raise ConfigError(
-            f"server.bind: {config.server.bind} is reachable from other machines; set "
-            "security.require_api_keys = true (and create a key) or bind 127.0.0.1"
-        )
 
 
 class Node:
@@ -129,10 +114,11 @@ class Node:
     async def _watch_config(
         self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Apply edits of gate.toml (by hand or by `gate peers`) that are safe live.
+        """Apply edits of gate.toml (by hand, `gate peers`, the RPC) within a second.
 
-        A valid change to the trusted peers applies at once; an invalid file is refused
-        with the error logged and the running configuration kept.
+        What is safe live (gate.reload.LIVE_KEYS) applies at once; the rest is logged as
+        waiting for a restart. An invalid file is refused with the error logged and the
+        running configuration kept.
         """
         path = self.config_path or default_config_path()
         task_status.started()
@@ -157,19 +143,41 @@ class Node:
                     "config change refused; keeping the running config", extra={"error": str(exc)}
                 )
                 continue
-            peers = new.p2p.trusted_peers
-            if peers != self.config.p2p.trusted_peers:
-                if self.p2p is not None:
-                    self.p2p.update_trusted(peers)
-                p2p = msgspec.structs.replace(self.config.p2p, trusted_peers=peers)
-                self.config = msgspec.structs.replace(self.config, p2p=p2p)
-                log.info("trusted peers updated", extra={"peers": len(peers)})
-            if _without_peers(new) != _without_peers(previous):
-                log.warning(
-                    "config changed; restart gate serve to apply it (only the "
-                    "trusted peers apply live)"
+            changed = changed_keys(previous, new)
+            try:
+                await self.apply_config(merge_live(self.config, new))
+            except (ConfigError, ValueError) as exc:
+                log.error(
+                    "config change refused; keeping the running config", extra={"error": str(exc)}
                 )
+                continue
             previous = new
+            if changed & LIVE_KEYS:
+                log.info("config applied", extra={"keys": ",".join(sorted(changed & LIVE_KEYS))})
+            if changed - LIVE_KEYS:
+                log.warning(
+                    "config changed; restart gate serve to apply it",
+                    extra={"keys": ",".join(sorted(changed - LIVE_KEYS))},
+                )
+
+    async def apply_config(self, config: Config) -> None:
+        """Run with `config` from now on; it may differ from the running one only in
+        gate.reload.LIVE_KEYS. Raises (changing nothing) when the change is unsafe."""
+        check_exposure(config)  # e.g. API keys turned off while bound beyond loopback
+        new_providers = self.registry.reconfigure(config.providers)  # raises before changing
+        old, self.config = self.config, config
+        self.client.connect_timeout = config.server.connect_timeout
+        if self.gateway is not None:
+            self.gateway.reconfigure(config.server, config.security, config.p2p)
+        if self.p2p is not None:
+            self.p2p.config = config.p2p
+            if config.p2p.trusted_peers != old.p2p.trusted_peers:
+                self.p2p.update_trusted(config.p2p.trusted_peers)
+                log.info("trusted peers updated", extra={"peers": len(config.p2p.trusted_peers)})
+        if config.server.log_level != old.server.log_level:
+            logging.getLogger().setLevel(config.server.log_level.upper())
+        if new_providers or config.providers != old.providers:
+            await self.registry.refresh()
 
     def request_shutdown(self, reason: str) -> None:
         if self._supervisor is not None:
@@ -287,12 +295,6 @@ class Node:
 
 KEY_RELOAD_INTERVAL = 5.0
 CONFIG_POLL_INTERVAL = 1.0
-
-
-def _without_peers(config: Config) -> Config:
-    return msgspec.structs.replace(
-        config, p2p=msgspec.structs.replace(config.p2p, trusted_peers=[])
-    )
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

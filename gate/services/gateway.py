@@ -121,13 +121,22 @@ class Gateway:
         self.registry, self.client, self.metrics, self.usage = registry, client, metrics, usage
         self.peers = peers
         self.api_keys = api_keys
-        self.server, self.security = server, security
+        peer_limits = peer_limits or P2PConfig()
         self.in_flight = InFlightLimiter(server.max_in_flight)
         self.rate = ClientRateLimiter(server.client_rate_per_minute, server.client_burst)
-        limits = peer_limits or P2PConfig()
-        self.peer_rate = ClientRateLimiter(limits.peer_rate_per_minute, limits.peer_burst)
-        self.peer_max_in_flight = limits.peer_max_in_flight
+        self.peer_rate = ClientRateLimiter(peer_limits.peer_rate_per_minute, peer_limits.peer_burst)
         self.peer_in_flight: dict[str, int] = {}
+        self.reconfigure(server, security, peer_limits)
+
+    def reconfigure(self, server: ServerConfig, security: SecurityConfig, peers: P2PConfig) -> None:
+        """Take new limits, timeouts and key rules (config reload). Requests in flight
+        keep counting against the in-flight limits; rate buckets restart full only when
+        their rate changes."""
+        self.server, self.security = server, security
+        self.in_flight.limit = server.max_in_flight
+        self.rate = _with_rate(self.rate, server.client_rate_per_minute, server.client_burst)
+        self.peer_rate = _with_rate(self.peer_rate, peers.peer_rate_per_minute, peers.peer_burst)
+        self.peer_max_in_flight = peers.peer_max_in_flight
 
     def install(self, router: Router) -> None:
         for endpoint in ENDPOINTS:
@@ -676,6 +685,13 @@ class _ResponseTracker:
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.finished = True
         await self._send(message)
+
+
+def _with_rate(limiter: ClientRateLimiter, per_minute: float, burst: int) -> ClientRateLimiter:
+    """`limiter` itself when its rate is unchanged (its buckets keep their debts)."""
+    if (limiter.rate_per_minute, limiter.burst) == (float(per_minute), burst):
+        return limiter
+    return ClientRateLimiter(per_minute, burst)
 
 
 async def _cancel_on_disconnect(

@@ -97,6 +97,7 @@ class Provider:
     last_check: float | None = None  # unix time
     in_flight: int = 0
     auth_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    config: ProviderConfig | None = None  # the entry it came from; None when probed
 
     def __post_init__(self) -> None:
         self.base_url = _strip_v1(self.base_url)
@@ -118,6 +119,7 @@ class Provider:
             api_key=api_key,
             configured_models=tuple(config.models),
             max_concurrency=config.max_concurrency,
+            config=config,
         )
 
     @property
@@ -184,6 +186,29 @@ class ProviderRegistry:
             Provider.from_config(engine, env) for engine in config.engines
         ]
         self.aliases: dict[str, str] = dict(config.aliases)
+
+    def reconfigure(self, config: ProvidersConfig) -> list[Provider]:
+        """Take a new [providers] section; return the providers that are new (unchecked).
+
+        An engine whose entry did not change keeps its Provider (health, models and
+        in-flight count); a changed entry gets a fresh one. Requests in flight hold their
+        Provider, so removing an engine never disturbs them. Engines found by probing stay
+        only while probing still applies (nothing configured).
+        """
+        current = {p.name: p for p in self.providers if p.config is not None}
+        providers, new = [], []
+        for engine in config.engines:
+            kept = current.get(engine.name)
+            if kept is None or kept.config != engine:
+                kept = Provider.from_config(engine)
+                new.append(kept)
+            providers.append(kept)
+        self.config = config
+        self.aliases = dict(config.aliases)
+        if self.probing:
+            providers.extend(p for p in self.providers if p.config is None)
+        self.providers = providers
+        return new
 
     def by_name(self, name: str) -> Provider | None:
         return next((p for p in self.providers if p.name == name), None)

@@ -29,6 +29,8 @@ import trio
 
 from gate import __version__
 from gate.config import (
+    Config,
+    check_exposure,
     config_to_dict,
     default_config_path,
     edit_config_file,
@@ -39,6 +41,7 @@ from gate.identity import NodeIdentity, export_identity, import_identity
 from gate.logs import LEVELS, LOG_FILENAME, read_log
 from gate.peers_config import add_trusted_peer, remove_trusted_peer
 from gate.protocol import NodeId
+from gate.reload import LIVE_KEYS, merge_live
 from gate.services.asgi import Receive, Scope, Send, send_json
 from gate.services.events import Event
 from gate.services.providers import Provider, discover_engines
@@ -150,10 +153,6 @@ class ImportIdentityParams(_Strict):
     pem: str
     source_passphrase: str | None = None
     force: bool = False
-
-
-#: Keys a running node applies without a restart.
-LIVE_KEYS: Final = frozenset({"p2p.trusted_peers"})
 
 
 @dataclass(frozen=True)
@@ -479,9 +478,17 @@ class RpcService:
                 section, name = key.split(".")
                 data.setdefault(section, {})[name] = value
 
+        def check(config: Config) -> None:
+            check_exposure(config)  # as it will run after a restart
+            check_exposure(merge_live(self.node.config, config))  # as it runs from now
+
         try:
-            config = await trio.to_thread.run_sync(edit_config_file, self._config_path(), edit)
-        except ConfigError as exc:
+            config = await trio.to_thread.run_sync(
+                edit_config_file, self._config_path(), edit, check
+            )
+            # At once rather than at the watcher's next look, so the answer is the truth.
+            await self.node.apply_config(merge_live(self.node.config, config))
+        except (ConfigError, ValueError) as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
         return {
             "config": config_to_dict(config, mask_secrets=True),

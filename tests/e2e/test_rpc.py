@@ -239,9 +239,11 @@ def test_cli_says_clearly_when_no_daemon_runs(gate_env):
 
 def test_update_config_and_add_provider(gate, llama_engine):
     updated = result(
-        gate, "update_config", {"set": {"server.log_level": "debug", "p2p.trusted_peers": []}}
+        gate,
+        "update_config",
+        {"set": {"server.log_level": "debug", "p2p.trusted_peers": [], "p2p.port": 41999}},
     )
-    assert updated["restart_required"] == ["server.log_level"]
+    assert updated["restart_required"] == ["p2p.port"]
     assert updated["config"]["server"]["log_level"] == "debug"
     bad = rpc(gate, "update_config", {"set": {"p2p.port": 70000}})
     assert bad["error"]["code"] == -32602 and "p2p.port" in bad["error"]["message"]
