@@ -70,8 +70,12 @@ def setup_logging(
     log_dir: pathlib.Path | None,
     *,
     stream: TextIO | None = None,
+    console_level: str | None = None,
 ) -> pathlib.Path | None:
-    """Configure the root logger; return the log file's path (None when file logging is off)."""
+    """Configure the root logger; return the log file's path (None when file logging is off).
+
+    `console_level` raises the floor for stderr alone (a daemon in the background keeps
+    only warnings in its output file; the log file has everything at `level`)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -80,6 +84,8 @@ def setup_logging(
 
     console = logging.StreamHandler(stream or sys.stderr)
     console.setFormatter(LogfmtFormatter(tracebacks=root.level <= logging.DEBUG))
+    if console_level is not None:
+        console.setLevel(console_level.upper())
     root.addHandler(console)
 
     if log_dir is None:

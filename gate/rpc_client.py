@@ -12,7 +12,9 @@ import msgspec
 from gate.config import Config
 from gate.errors import GateError
 
-__all__ = ["DaemonNotRunning", "RpcCallError", "RpcClient"]
+__all__ = ["NOT_GATE", "DaemonNotRunning", "RpcCallError", "RpcClient"]
+
+NOT_GATE = -32099  # RpcCallError.code when whatever answers is not a Gate daemon
 
 
 class DaemonNotRunning(GateError):
@@ -26,11 +28,13 @@ class RpcCallError(GateError):
 
 
 class RpcClient:
-    def __init__(self, config: Config, timeout: float = 30.0) -> None:
+    def __init__(self, config: Config, timeout: float = 30.0, *, base: str | None = None) -> None:
+        """`base`: the daemon's URL when it is not where `server.bind` says (a daemon
+        started on port 0 prints where it listens)."""
         host, port = config.bind_host_port
         if host in ("0.0.0.0", "::"):  # the daemon listens everywhere: use loopback
             host = "127.0.0.1"
-        self.base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        self.base = base or (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
         self.headers = {}
         if config.security.control_token:
             self.headers["authorization"] = f"Bearer {config.security.control_token}"
@@ -44,14 +48,19 @@ class RpcClient:
                 f"{self.base}/rpc", json=body, headers=self.headers, timeout=self.timeout
             )
         except httpx.ConnectError:
-            raise DaemonNotRunning(
-                f"no Gate daemon answers at {self.base} (start one with `gate serve`)"
-            ) from None
+            raise DaemonNotRunning(f"no Gate daemon answers at {self.base}") from None
         except httpx.HTTPError as exc:
             raise DaemonNotRunning(f"the daemon at {self.base} did not answer: {exc}") from None
         if response.status_code == 401:
             raise RpcCallError(401, "the daemon refused the control token (security.control_token)")
-        answer = msgspec.json.decode(response.content)
+        try:
+            answer = msgspec.json.decode(response.content)
+            if not isinstance(answer, dict) or not ("result" in answer or "error" in answer):
+                raise ValueError
+        except (msgspec.DecodeError, ValueError):
+            raise RpcCallError(
+                NOT_GATE, f"{self.base} answered HTTP {response.status_code}, not as a Gate daemon"
+            ) from None
         if "error" in answer:
             raise RpcCallError(answer["error"]["code"], answer["error"]["message"])
         return answer["result"]

@@ -308,33 +308,30 @@ def test_peers_cli_adds_and_a_running_daemon_connects(make_node, llama_engine):
     start(a, trust=[b], engine=llama_engine)
     start(b, trust=[])  # B does not know A yet
     assert b.health()["peers"] == {}
-    added = run_gate("peers", "add", a.address, "--config", str(config_file(b)), env=b.env)
+
+    def gate_b(*args):  # `gate` pointed at B's daemon: the commands go through its RPC
+        env = {**b.env, "GATE_SERVER__BIND": b.url.removeprefix("http://")}
+        return run_gate(*args, "--config", str(config_file(b)), env=env)
+
+    added = gate_b("peers", "add", a.address)
     assert added.returncode == 0, added.stderr
     wait_for(lambda: b.peer_status(a) == "connected", "B to pick up the new peer")
-    listed = json.loads(
-        run_gate(
-            "peers",
-            "list",
-            "--json",
-            "--config",
-            str(config_file(b)),
-            env={**b.env, "GATE_SERVER__BIND": b.url.removeprefix("http://")},
-        ).stdout
-    )
+    listed = json.loads(gate_b("peers", "list", "--json").stdout)
     assert [(p["node_id"], p["status"]["type"], p["models"]) for p in listed] == [
         (a.node_id, "connected", [MODEL])
     ]
-    info = run_gate("peers", "info", a.node_id, "--config", str(config_file(b)), env=b.env)
+    info = gate_b("peers", "info", a.node_id)
     assert info.returncode == 0 and a.node_id in info.stdout.decode()
+    assert "status     connected" in info.stdout.decode()
     # A hand edit that breaks the file is refused; the running config stays.
     config_file(b).write_text(config_file(b).read_text() + "\n[p2p]\nport = 'nope'\n")
     time.sleep(2.5)
     assert b.peer_status(a) == "connected"
     config_file(b).write_text(config_file(b).read_text().split("\n[p2p]\nport = 'nope'")[0])
-    removed = run_gate("peers", "remove", a.node_id, "--config", str(config_file(b)), env=b.env)
+    removed = gate_b("peers", "remove", a.node_id)
     assert removed.returncode == 0, removed.stderr
     wait_for(lambda: a.node_id not in b.health()["peers"], "B to drop the peer")
-    bad = run_gate("peers", "add", "not-a-node", "--config", str(config_file(b)), env=b.env)
+    bad = gate_b("peers", "add", "not-a-node")
     assert bad.returncode == 2 and "not a node id" in bad.stderr.decode()
 
 

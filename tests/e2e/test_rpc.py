@@ -203,38 +203,7 @@ def test_live_events_stream_requests_and_logs_and_ends_at_shutdown(gate):
     assert gate.wait(timeout=20) == 0 and time.monotonic() - started < 5
 
 
-def cli(gate, *args):
-    from .gate_process import run_gate
-
-    bind = gate.url.removeprefix("http://")
-    return run_gate(*args, "--config", gate.args[-1], env={**gate.env, "GATE_SERVER__BIND": bind})
-
-
-def test_cli_commands_go_through_the_running_daemon(gate):
-    status = cli(gate, "status", "--json")
-    assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["providers"] == {"llama": True}
-    human = cli(gate, "status").stdout.decode()
-    assert "provider  llama" in human and "healthy" in human
-    providers = cli(gate, "providers", "list").stdout.decode()
-    assert "llama" in providers and MODEL in providers
-    assert cli(gate, "providers", "test", "llama").returncode == 0
-    missing = cli(gate, "providers", "test", "nope")
-    assert missing.returncode == 1 and "no provider" in missing.stderr.decode()
-    logs = cli(gate, "logs", "--level", "info", "-n", "5")
-    assert (logs.returncode == 0 and "database open" in logs.stdout.decode()) or logs.stdout
-    stopped = cli(gate, "stop")
-    assert stopped.returncode == 0 and b"stopped" in stopped.stdout
-    assert gate.wait(timeout=20) == 0
-
-
-def test_cli_says_clearly_when_no_daemon_runs(gate_env):
-    from .gate_process import run_gate
-
-    result = run_gate("status", env={**gate_env, "GATE_SERVER__BIND": "127.0.0.1:9"})
-    assert result.returncode == 1
-    err = result.stderr.decode()
-    assert "no Gate daemon answers" in err and "Traceback" not in err
+# The CLI's own tests (every command, through this RPC) are in test_cli.py.
 
 
 def test_update_config_and_add_provider(gate, llama_engine):

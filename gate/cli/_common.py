@@ -1,0 +1,149 @@
+"""What every command group shares: exit codes, errors, options, the config, the RPC."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from gate.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gate.config import Config
+    from gate.rpc_client import RpcClient
+
+EXIT_FAILURE = 1  # the operation failed: a service crashed, a file could not be written
+EXIT_BAD_INPUT = 2  # invalid config, bad arguments, a name that does not exist
+EXIT_NO_DAEMON = 3  # the command needs the running daemon and none answers
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+PASSPHRASE_ENV = "GATE_PASSPHRASE"
+
+# JSON-RPC error codes (gate.services.rpc) that mean the caller asked for something wrong.
+_RPC_BAD_INPUT = (-32602, -32004)  # invalid params, not found
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    click.echo(f"gate: error: {message}", err=True)
+    sys.exit(code)
+
+
+def note(message: str) -> None:
+    """A one-line remark on stderr, so stdout stays the result (and clean JSON)."""
+    click.echo(f"gate: {message}", err=True)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def passphrase() -> str | None:
+    return os.environ.get(PASSPHRASE_ENV) or None
+
+
+def env_secret(var: str | None) -> str | None:
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        fail(f"environment variable {var} is not set", EXIT_BAD_INPUT)
+    return value
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Config file (default: $GATE_CONFIG, else gate.toml in the platform config dir).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+
+
+def load(config_path: Path | None) -> Config:
+    return load_with_source(config_path)[0]
+
+
+def load_with_source(config_path: Path | None) -> tuple[Config, Path | None]:
+    from gate.config import load_config
+
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+
+
+def config_file(config_path: Path | None) -> Path:
+    """The gate.toml a command edits: --config, else $GATE_CONFIG, else the default."""
+    from gate.config import default_config_path
+
+    return config_path or Path(os.environ.get("GATE_CONFIG") or default_config_path())
+
+
+# --- the running daemon ----------------------------------------------------------
+
+
+def client(config_path: Path | None) -> RpcClient:
+    from gate.rpc_client import RpcClient
+
+    return RpcClient(load(config_path))
+
+
+def start_hint(config_path: Path | None) -> str:
+    config = f" --config {config_path}" if config_path else ""
+    return f"start it with `gate serve --background{config}`"
+
+
+def no_daemon(config_path: Path | None, base: str) -> NoReturn:
+    fail(f"no Gate daemon answers at {base}; {start_hint(config_path)}", EXIT_NO_DAEMON)
+
+
+def call(
+    config_path: Path | None,
+    method: str,
+    params: dict[str, Any] | None = None,
+    *,
+    waiting: str = "waiting for the daemon",
+) -> Any:
+    """One RPC call to the daemon; a failure ends the command with a one-line message.
+
+    `waiting` is what the spinner says if the answer takes more than a second.
+    """
+    from gate.cli.progress import spinner
+    from gate.rpc_client import DaemonNotRunning, RpcCallError
+
+    rpc = client(config_path)
+    try:
+        with spinner(waiting):
+            return rpc.call(method, params)
+    except DaemonNotRunning:
+        no_daemon(config_path, rpc.base)
+    except RpcCallError as exc:
+        fail(str(exc), EXIT_BAD_INPUT if exc.code in _RPC_BAD_INPUT else EXIT_FAILURE)
+
+
+def try_call(
+    config_path: Path | None,
+    method: str,
+    params: dict[str, Any] | None = None,
+    *,
+    waiting: str = "waiting for the daemon",
+) -> tuple[bool, Any]:
+    """Like `call`, but (False, None) when no daemon answers, for commands that can do
+    their work without one."""
+    from gate.cli.progress import spinner
+    from gate.rpc_client import DaemonNotRunning, RpcCallError
+
+    if config_path is not None and not config_path.exists():
+        return False, None  # no daemon can run on a file that is not there (yet)
+    rpc = client(config_path)
+    try:
+        with spinner(waiting):
+            return True, rpc.call(method, params)
+    except DaemonNotRunning:
+        return False, None
+    except RpcCallError as exc:
+        fail(str(exc), EXIT_BAD_INPUT if exc.code in _RPC_BAD_INPUT else EXIT_FAILURE)

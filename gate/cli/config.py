@@ -1,0 +1,204 @@
+"""`gate config show|validate|edit`."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Final
+
+import click
+
+from gate.cli._common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    config_file,
+    config_option,
+    fail,
+    note,
+)
+from gate.config import Config
+from gate.errors import ConfigError
+
+TEMPLATE: Final = """\
+# gate.toml: Gate's configuration. Every key has a default: uncomment what you change.
+# `gate config show` prints every key with the value in use.
+
+[server]
+# bind = "127.0.0.1:31145"    # the API; beyond loopback needs security.require_api_keys
+# log_level = "info"          # debug, info, warning, error
+
+[providers]
+# probe_local = true          # with no engine below, use the local engines that answer
+# aliases = { gpt4 = "llama3.2:1b" }
+
+# [[providers.engines]]       # one block per engine
+# name = "ollama"
+# kind = "ollama"             # ollama lmstudio llamacpp vllm openai_compatible openai anthropic
+# base_url = "http://127.0.0.1:11434"
+# api_key_env = ""            # the variable holding its API key, if it needs one
+
+[p2p]
+# trusted_peers = []          # node ids, node_id@host:port or tickets (`gate peers add`)
+
+[security]
+# require_api_keys = false
+# control_token = ""
+"""
+
+
+@click.group("config")
+def config_group() -> None:
+    """Show, check and edit the configuration."""
+
+
+@config_group.command("show")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of TOML.")
+def config_show(config_path: Path | None, as_json: bool) -> None:
+    """Print the effective configuration (file + environment + defaults), secrets masked."""
+    import tomli_w
+
+    from gate.config import config_to_dict, load_config
+
+    try:
+        config, source = load_config(config_path)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    data = config_to_dict(config, mask_secrets=True)
+    if as_json:
+        click.echo(
+            json.dumps({"source": str(source) if source else None, "config": data}, indent=2)
+        )
+    else:
+        click.echo(f"# source: {source or 'built-in defaults'}")
+        click.echo(tomli_w.dumps(data), nl=False)
+
+
+@config_group.command("validate")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False), required=False)
+def config_validate(path: Path | None) -> None:
+    """Check a config file (default: the one `gate serve` would use)."""
+    from gate.config import validate_config_file
+
+    path = config_file(path)
+    if not path.exists():
+        fail(f"{path}: no such file", EXIT_BAD_INPUT)
+    try:
+        validate_config_file(path)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    click.echo(f"{path}: valid")
+
+
+@config_group.command("edit")
+@config_option
+def config_edit(config_path: Path | None) -> None:
+    """Edit gate.toml in $VISUAL or $EDITOR; only a valid result is saved.
+
+    A missing file starts from a commented template. An invalid edit is shown with the
+    error and can be edited again; declined, the file stays as it was and the rejected
+    text is kept next to it. A running daemon applies what it can at once.
+    """
+    from gate.config import load_config, write_config_atomic
+
+    path = config_file(config_path)
+    try:
+        old_text: str | None = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        old_text = None
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {path}: {exc}")
+    old_config = _check(path, old_text)[0] if old_text is not None else Config()
+    try:  # where the daemon runs now: the edit may move server.bind
+        running_config: Config | None = load_config(config_path)[0]
+    except ConfigError:
+        running_config = None
+
+    text = TEMPLATE if old_text is None else old_text
+    while True:
+        try:
+            edited = click.edit(text, extension=".toml", require_save=True)
+        except click.ClickException as exc:  # the editor could not be run or failed
+            fail(f"{exc.message} (set $VISUAL or $EDITOR)")
+        if edited is None or edited == old_text:
+            click.echo(f"no changes; {path} left as it was")
+            return
+        new_config, error = _check(path, edited)
+        if new_config is not None:
+            break
+        click.echo(f"gate: error: {error}", err=True)
+        try:
+            again = click.confirm("Edit again?", default=True, err=True)
+        except click.Abort:  # Ctrl-C or no input: that is a no
+            again = False
+        if not again:
+            rejected = _keep_rejected(path, edited)
+            fail(f"kept {path} as it was; your edit is in {rejected}", EXIT_BAD_INPUT)
+        text = edited
+
+    try:
+        write_config_atomic(path, edited)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_FAILURE)
+    click.echo(f"saved {path}")
+    _tell_running_daemon(running_config, old_config, new_config)
+
+
+def _check(path: Path, text: str) -> tuple[Config | None, str]:
+    """(the config, "") if `text` would load as gate.toml, else (None, the error), checked
+    as `gate serve` checks a file; messages name `path`, not the scratch file."""
+    from gate.config import check_exposure, validate_config_file
+
+    with tempfile.TemporaryDirectory(prefix="gate-edit-") as scratch:
+        candidate = Path(scratch) / path.name
+        candidate.write_text(text, encoding="utf-8")
+        try:
+            config = validate_config_file(candidate)
+            check_exposure(config)
+        except ConfigError as exc:
+            return None, str(exc).replace(str(candidate), str(path))
+    return config, ""
+
+
+def _keep_rejected(path: Path, text: str) -> Path:
+    rejected = path.with_name(path.name + ".rejected")
+    try:
+        rejected.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # 0600: the text may hold an API key or the control token.
+        fd = os.open(rejected, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        fail(f"kept {path} as it was; could not save the rejected edit: {exc}")
+    return rejected
+
+
+def _tell_running_daemon(running: Config | None, old: Config | None, new: Config) -> None:
+    """Which changed keys a running daemon takes now and which wait for a restart."""
+    from gate.reload import LIVE_KEYS, changed_keys
+    from gate.rpc_client import NOT_GATE, DaemonNotRunning, RpcCallError, RpcClient
+
+    answers = running is not None
+    if running is not None:
+        try:
+            RpcClient(running, timeout=5).call("node_status")
+        except DaemonNotRunning:
+            answers = False
+        except RpcCallError as exc:  # a refused token still means a daemon runs
+            answers = exc.code != NOT_GATE
+    if not answers:
+        note("no daemon running; the change applies at the next start")
+        return
+    if old is None:  # the old file was broken: the daemon ran on what it had before
+        note("the running daemon applies what it can; restart it to be sure of the rest")
+        return
+    changed = changed_keys(old, new)
+    if changed & LIVE_KEYS:
+        note(f"the running daemon applies now: {', '.join(sorted(changed & LIVE_KEYS))}")
+    if changed - LIVE_KEYS:
+        note(
+            f"needs a restart: {', '.join(sorted(changed - LIVE_KEYS))} "
+            "(gate stop, then gate serve --background)"
+        )

@@ -1,0 +1,234 @@
+"""The daemon itself: `gate serve` (alias `daemon`), `status`, `stop`, `logs`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gate import __version__
+from gate.cli._common import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    call,
+    client,
+    config_option,
+    emit_json,
+    fail,
+    json_option,
+    load,
+    load_with_source,
+    no_daemon,
+    passphrase,
+)
+from gate.config import Config
+from gate.errors import ConfigError, GateError, IdentityError, describe
+
+log = logging.getLogger("gate.cli")
+
+
+def with_bind(config: Config, bind: str | None) -> Config:
+    """`config` with `--bind` applied, checked like the file's own value."""
+    import msgspec
+
+    if bind is None:
+        return config
+    config = msgspec.structs.replace(
+        config, server=msgspec.structs.replace(config.server, bind=bind)
+    )
+    try:
+        config.bind_host_port  # noqa: B018  (validates the override like the file)
+    except ConfigError as exc:
+        fail(f"--bind: {exc}", EXIT_BAD_INPUT)
+    return config
+
+
+@click.command()
+@config_option
+@click.option("--bind", default=None, help="Override server.bind, e.g. 127.0.0.1:0.")
+@click.option(
+    "--background",
+    is_flag=True,
+    help="Start the daemon detached, wait until it answers, print where, and return.",
+)
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    help="With --background: seconds to wait for the daemon to get ready.",
+)
+@click.option("--json", "as_json", is_flag=True, help="With --background: JSON output.")
+@click.option("--detached", is_flag=True, hidden=True)  # set by --background for its child
+def serve(
+    config_path: Path | None,
+    bind: str | None,
+    background: bool,
+    timeout: float,
+    as_json: bool,
+    detached: bool,
+) -> None:
+    """Run the Gate daemon (alias: gate daemon).
+
+    In the foreground Ctrl-C stops it gracefully; with --background it runs detached
+    until `gate stop`.
+    """
+    if as_json and not background:
+        fail("--json goes with --background", EXIT_BAD_INPUT)
+    if background:
+        from gate.cli.background import start_background
+
+        start_background(config_path, bind, timeout=timeout, as_json=as_json)
+        return
+    _serve_foreground(config_path, bind, detached=detached)
+
+
+def _serve_foreground(config_path: Path | None, bind: str | None, *, detached: bool) -> None:
+    import trio
+
+    from gate.identity import load_or_create_identity
+    from gate.logs import setup_logging
+    from gate.node import Node
+
+    config, source = load_with_source(config_path)
+    config = with_bind(config, bind)
+    log_file = setup_logging(
+        config.server.log_level,
+        config.data_dir / "logs",
+        console_level="warning" if detached else None,
+    )
+
+    try:
+        identity, created = load_or_create_identity(config.data_dir, passphrase())
+    except IdentityError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    try:
+        node = Node(config, identity, config_path=source)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    if created:
+        log.info("created node identity", extra={"node_id": str(node.node_id)})
+
+    def announce(info: dict[str, object] | None = None) -> None:
+        # stdout carries the facts a person or script needs; logs go to stderr.
+        # `gate serve --background` reads these lines from the output file.
+        click.echo(f"Gate {__version__}  node {node.node_id}")
+        urls = (info or {}).get("http")
+        for url in urls if isinstance(urls, list) else []:
+            click.echo(f"API listening on {url}")
+        p2p = (info or {}).get("p2p")
+        if isinstance(p2p, str):
+            click.echo(f"P2P address {p2p}" if p2p else "P2P not started (see the log)")
+        click.echo(f"data {config.data_dir}  log {log_file}")
+
+    async def main_task() -> None:
+        # A plain callback as task_status: a signal during start-up then simply ends
+        # the run, instead of nursery.start() complaining that nothing started.
+        await node.run(task_status=_OnStarted(announce))
+
+    failure: BaseException | None = None
+    try:
+        trio.run(main_task)
+    except* GateError as group:
+        failure = group
+    except* KeyboardInterrupt:  # Ctrl-C while the final cancellation was under way
+        sys.exit(EXIT_INTERRUPTED)
+    if failure is not None:
+        log.debug("stopped with an error", exc_info=failure)
+        fail(describe(failure))
+    if node.restart_requested:
+        log.info("restarting")
+        logging.shutdown()
+        os.execv(sys.executable, [sys.executable, "-m", "gate", *sys.argv[1:]])
+    log.info("stopped")
+
+
+class _OnStarted:
+    """A trio.TaskStatus that calls a function when the task reports it has started."""
+
+    def __init__(self, callback: Callable[[Any], None]) -> None:
+        self._callback = callback
+
+    def started(self, value: Any = None) -> None:
+        self._callback(value)
+
+
+@click.command()
+@config_option
+@json_option
+def status(config_path: Path | None, as_json: bool) -> None:
+    """What the running daemon is doing."""
+    result = call(config_path, "node_status")
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(
+        f"node      {result['node_id']}  (Gate {result['version']}, up "
+        f"{result['uptime_s']:.0f}s, {result['in_flight']} in flight)"
+    )
+    click.echo(f"p2p       {result['p2p_address'] or '-'}")
+    for name, healthy in result["providers"].items():
+        click.echo(f"provider  {name:20} {'healthy' if healthy else 'down'}")
+    for node_id, peer_status in result["peers"].items():
+        click.echo(f"peer      {node_id}  {peer_status}")
+
+
+@click.command()
+@config_option
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait.")
+def stop(config_path: Path | None, timeout: float) -> None:
+    """Stop the running daemon gracefully (in-flight requests finish first)."""
+    import time
+
+    from gate.cli.progress import spinner
+
+    rpc = client(config_path)
+    call(config_path, "node_shutdown")
+    deadline = time.monotonic() + timeout
+    with spinner("stopping the daemon (in-flight requests finish first)"):
+        while rpc.alive():
+            if time.monotonic() > deadline:
+                fail(f"the daemon is still running after {timeout:g}s")
+            time.sleep(0.1)
+    click.echo("stopped")
+
+
+@click.command()
+@config_option
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines as they come.")
+@click.option(
+    "--level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.option("--lines", "-n", default=50, show_default=True, help="How many past lines.")
+def logs(config_path: Path | None, follow: bool, level: str, lines: int) -> None:
+    """The daemon's log: past lines from the log file, then live ones with --follow."""
+    from gate.logs import LEVELS, LOG_FILENAME, read_log
+    from gate.rpc_client import DaemonNotRunning, RpcCallError
+
+    config = load(config_path)
+    path = config.data_dir / "logs" / LOG_FILENAME
+    try:
+        for record in read_log(path, level=level, limit=max(lines, 1)):
+            click.echo(f"{record['ts']} {record['level']:7} {record['logger']}: {record['msg']}")
+    except OSError:
+        if not follow:
+            fail(f"no log at {path}")
+    if not follow:
+        return
+    floor = LEVELS.index(level)
+    rpc = client(config_path)
+    try:
+        for kind, data in rpc.events():
+            if kind == "log" and LEVELS.index(data.get("level", "info")) >= floor:
+                click.echo(f"{data['level']:7} {data['logger']}: {data['msg']}")
+    except DaemonNotRunning:
+        no_daemon(config_path, rpc.base)
+    except RpcCallError as exc:
+        fail(str(exc))
