@@ -273,6 +273,8 @@ def test_api_keys_through_the_daemon_and_without_one(start_gate, llama_engine, g
 def test_serve_background_starts_a_detached_daemon_and_stop_stops_it(gate_env, detached):
     bind = f"127.0.0.1:{free_port()}"
     env = {**gate_env, "GATE_SERVER__BIND": bind}
+    misused = run_gate("serve", "--json", env=env)
+    assert misused.returncode == EXIT_BAD_INPUT and "--json goes with --background" in err(misused)
     started = run_gate("serve", "--background", "--json", env=env)
     assert started.returncode == 0, err(started)
     facts = json.loads(out(started))
@@ -522,6 +524,19 @@ def test_setup_yes_for_scripts_writes_and_starts_the_daemon(gate_env, llama_engi
     stopped = run_gate("stop", env={**gate_env, "GATE_SERVER__BIND": api.removeprefix("http://")})
     assert stopped.returncode == 0
     wait_for(lambda: not alive(pid), "the daemon process to exit")
+
+
+def test_setup_again_with_a_daemon_running_adds_nothing_twice(gate, llama_engine):
+    path = Path(gate.args[-1])
+    before = tomllib.loads(path.read_text())["providers"]["engines"]
+    again = cli(gate, "setup", "--yes", "--no-start", "--url", llama_engine.root_url)
+    assert again.returncode == 0, err(again)
+    text = out(again)
+    assert f"in gate.toml {'openai_compatible':18} {llama_engine.root_url}" in text
+    assert "Added" not in text  # the engine it found is the one already configured
+    assert tomllib.loads(path.read_text())["providers"]["engines"] == before
+    assert f"A Gate daemon is already running at {gate.url}: restart it" in text
+    assert re.search(r"Your node id: (\w+)", text).group(1) == gate.node_id
 
 
 # --- the spinner ---------------------------------------------------------------------------
