@@ -143,9 +143,11 @@ def _choose_engines(
             click.echo(f"  {url!r}: give an http:// or https:// URL")
             continue
         engine = _discover(config_path, [url])[-1]  # the given URLs come last
-        _show([engine], configured)
         if engine["found"]:
+            _show([engine], configured)
             offer(engine)
+        else:
+            click.echo(f"  nothing answers at {url}: {engine['error']}")
     if not chosen and not config.providers.engines:
         click.echo(
             "No engine added: at start Gate uses the local engines that answer on their "
