@@ -4,7 +4,11 @@ Requests and batches per the JSON-RPC 2.0 spec; parameters are decoded strictly 
 msgspec structs (an unknown or mistyped parameter is -32602 with the reason), results
 are plain JSON. Callers must be on this machine (loopback) and, when
 `security.control_token` is set, present it (`Authorization: Bearer <token>` or
-`X-Gate-Control-Token`); anything else gets HTTP 401, and the attempt is logged.
+`X-Gate-Control-Token`; GET /rpc/events also takes `?token=`, as a browser's
+EventSource cannot send headers); anything else gets HTTP 401. Because the web UI
+talks to /rpc from a browser, a web page from elsewhere must not be able to use that
+browser to drive it: see `_refusal` for the Host, Origin and Content-Type rules
+(HTTP 403/415). Every refusal is logged.
 
 Methods act on the running node: its status, peers (edits of gate.toml that the config
 watcher applies), providers, configuration, metrics, request history and API keys.
@@ -13,6 +17,7 @@ watcher applies), providers, configuration, metrics, request history and API key
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
 import ipaddress
 import logging
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qs
 
 import msgspec
 import trio
@@ -197,13 +203,14 @@ class RpcService:
         """Server-sent events: `hello` (the node status), then every event as it happens;
         a comment every 15 s keeps proxies from closing an idle stream. Ends when the
         client leaves or the node stops."""
-        refusal = self._refusal(scope)
+        refusal = self._refusal(scope, token_in_query=True)
         if refusal is not None:
+            status, reason = refusal
             log.warning(
                 "refused an events stream",
-                extra={"client": str(scope.get("client")), "reason": refusal},
+                extra={"client": str(scope.get("client")), "reason": reason},
             )
-            await send_json(send, 401, {"error": refusal})
+            await send_json(send, status, {"error": reason})
             return
         await send(
             {
@@ -237,16 +244,17 @@ class RpcService:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         refusal = self._refusal(scope)
         if refusal is not None:
+            status, reason = refusal
             log.warning(
-                "refused an RPC call", extra={"client": str(scope.get("client")), "reason": refusal}
+                "refused an RPC call", extra={"client": str(scope.get("client")), "reason": reason}
             )
             await send_json(
                 send,
-                401,
+                status,
                 {
                     "jsonrpc": "2.0",
                     "id": None,
-                    "error": {"code": INVALID_REQUEST, "message": refusal},
+                    "error": {"code": INVALID_REQUEST, "message": reason},
                 },
             )
             return
@@ -275,25 +283,55 @@ class RpcService:
         else:
             await send_json(send, 200, answer)
 
-    def _refusal(self, scope: Scope) -> str | None:
-        client = scope.get("client")
+    def _refusal(self, scope: Scope, *, token_in_query: bool = False) -> tuple[int, str] | None:
+        """Why this request may not use the control plane, as (HTTP status, reason).
+
+        The caller must be a program on this machine (loopback). A browser on this
+        machine is one, and runs pages from anywhere, so three more rules keep another
+        site's page from driving Gate through it:
+        - Host must be a loopback name with the port the request came in on. A page whose
+          DNS name was rebound to 127.0.0.1 is same-origin with itself, not with Gate, and
+          its browser still sends its own name (DNS rebinding).
+        - An Origin header (browsers send one on cross-origin requests and on every POST)
+          must be this node's own origin; a cross-site fetch or form is refused.
+        - POST /rpc must say Content-Type: application/json. No cross-site form can, and
+          a cross-site fetch that does needs a CORS preflight, which Gate never answers.
+        The CLI (httpx) sends a correct Host and no Origin. Then the control token, when
+        set: a header, or on GET /rpc/events (`token_in_query`) `?token=` as well.
+        """
+        client, server = scope.get("client"), scope.get("server")
         try:
             loopback = client is not None and ipaddress.ip_address(client[0]).is_loopback
         except ValueError:
             loopback = False
         if not loopback:
-            return "the control API answers this machine only"
+            return 401, "the control API answers this machine only"
+        headers = scope["headers"]
+        port = server[1] if server else None
+        host = next((value for name, value in headers if name == b"host"), None)
+        if port is None or host is None or host.lower() not in _own_hosts(port):
+            return 403, "the Host header must be 127.0.0.1, localhost or [::1] with this port"
+        for name, value in headers:
+            if name == b"origin" and value.lower() not in _own_origins(port):
+                return 403, "requests from other origins are refused"
+        if scope.get("method") == "POST":
+            kind = next((value for name, value in headers if name == b"content-type"), b"")
+            if kind.split(b";")[0].strip().lower() != b"application/json":
+                return 415, "Content-Type must be application/json"
         token = self.node.config.security.control_token
         if not token:
             return None
         presented = None
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name == b"x-gate-control-token":
                 presented = value
             elif name == b"authorization" and value[:7].lower() == b"bearer ":
                 presented = value[7:].strip()
+        if presented is None and token_in_query:
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            presented = query["token"][0].encode() if "token" in query else None
         if presented is None or not hmac.compare_digest(presented, token.encode()):
-            return "missing or wrong control token"
+            return 401, "missing or wrong control token"
         return None
 
     async def _one(self, item: Any) -> dict[str, Any] | None:
@@ -577,6 +615,21 @@ def _validate(path: Path, text: str | None) -> dict[str, Any]:
         if text is not None:
             path.unlink(missing_ok=True)
     return {"valid": True, "error": None}
+
+
+_LOOPBACK_NAMES: Final = (b"127.0.0.1", b"localhost", b"[::1]")
+
+
+@functools.cache
+def _own_hosts(port: int) -> frozenset[bytes]:
+    """Host header values naming this node (a browser leaves out the port 80)."""
+    names = {name + b":" + str(port).encode() for name in _LOOPBACK_NAMES}
+    return frozenset(names | (set(_LOOPBACK_NAMES) if port == 80 else set()))
+
+
+@functools.cache
+def _own_origins(port: int) -> frozenset[bytes]:
+    return frozenset(b"http://" + host for host in _own_hosts(port))
 
 
 def _node_id(text: str) -> NodeId:

@@ -98,7 +98,8 @@ def test_api_keys_over_rpc(gate):
 
 def test_json_rpc_errors_batches_and_notifications(gate):
     url = f"{gate.url}/rpc"
-    parse = httpx.post(url, content=b"{not json", timeout=10).json()
+    json_type = {"content-type": "application/json"}
+    parse = httpx.post(url, content=b"{not json", headers=json_type, timeout=10).json()
     assert parse["error"]["code"] == -32700 and parse["id"] is None
     invalid = httpx.post(url, json={"method": "node_status", "id": 3}, timeout=10).json()
     assert invalid["error"]["code"] == -32600 and invalid["id"] == 3
@@ -147,13 +148,117 @@ def test_node_shutdown_stops_the_daemon(gate):
     assert gate.wait(timeout=20) == 0
 
 
+def door(token=""):
+    node = SimpleNamespace(config=SimpleNamespace(security=SimpleNamespace(control_token=token)))
+    return RpcService(node)  # type: ignore[arg-type]
+
+
+def scope(client="127.0.0.1", host=b"127.0.0.1:31145", method="GET", headers=(), query=b""):
+    return {
+        "client": (client, 5) if client else None,
+        "server": ("127.0.0.1", 31145),
+        "method": method,
+        "query_string": query,
+        "headers": ([(b"host", host)] if host else []) + list(headers),
+    }
+
+
 def test_only_loopback_callers_are_answered():
-    node = SimpleNamespace(config=SimpleNamespace(security=SimpleNamespace(control_token="")))
-    door = RpcService(node)  # type: ignore[arg-type]
-    assert door._refusal({"client": ("127.0.0.1", 5), "headers": []}) is None
-    assert door._refusal({"client": ("::1", 5), "headers": []}) is None
-    assert door._refusal({"client": ("192.0.2.7", 5), "headers": []})
-    assert door._refusal({"client": None, "headers": []})
+    assert door()._refusal(scope()) is None
+    assert door()._refusal(scope(client="::1")) is None
+    assert door()._refusal(scope(client="192.0.2.7"))[0] == 401
+    assert door()._refusal(scope(client=None))[0] == 401
+
+
+# The door's rules against web pages (rpc.py, RpcService._refusal), case by case:
+# (Host, Origin, Content-Type of a POST) -> the HTTP status of the refusal, or None.
+DOOR_CASES = [
+    (b"127.0.0.1:31145", None, None, None),
+    (b"localhost:31145", None, None, None),
+    (b"LOCALHOST:31145", None, None, None),
+    (b"[::1]:31145", None, None, None),
+    (b"127.0.0.1:31145", b"http://127.0.0.1:31145", None, None),
+    (b"127.0.0.1:31145", b"http://localhost:31145", None, None),
+    (b"localhost:31145", b"http://[::1]:31145", b"application/json; charset=utf-8", None),
+    (None, None, None, 403),  # no Host at all
+    (b"evil.example:31145", None, None, 403),  # DNS rebinding: the page's own name
+    (b"127.0.0.1", None, None, 403),  # not this port
+    (b"127.0.0.1:8080", None, None, 403),
+    (b"localhost.:31145", None, None, 403),
+    (b"127.0.0.2:31145", None, None, 403),
+    (b"127.0.0.1:31145", b"http://evil.example", None, 403),  # another site
+    (b"127.0.0.1:31145", b"http://127.0.0.1:8080", None, 403),  # another local service
+    (b"127.0.0.1:31145", b"https://127.0.0.1:31145", None, 403),
+    (b"127.0.0.1:31145", b"null", None, 403),  # sandboxed frames, file:// pages
+    (b"127.0.0.1:31145", None, b"", 415),  # POST without a type
+    (b"127.0.0.1:31145", None, b"text/plain", 415),  # a "simple" cross-site request
+    (b"127.0.0.1:31145", None, b"application/x-www-form-urlencoded", 415),
+    (b"127.0.0.1:31145", b"http://evil.example", b"text/plain", 403),
+]
+
+
+@pytest.mark.parametrize(("host", "origin", "content_type", "status"), DOOR_CASES)
+def test_the_door_refuses_other_hosts_origins_and_content_types(host, origin, content_type, status):
+    headers = [(b"origin", origin)] if origin is not None else []
+    method = "GET"
+    if content_type is not None:
+        method = "POST"
+        headers += [(b"content-type", content_type)] if content_type else []
+    refusal = door()._refusal(scope(host=host, method=method, headers=headers))
+    assert (refusal and refusal[0]) == status, refusal
+
+
+def test_the_token_may_come_in_the_query_on_the_events_stream_only():
+    locked = door("s3cret")
+    assert locked._refusal(scope())[0] == 401
+    bearer = [(b"authorization", b"Bearer s3cret")]
+    assert locked._refusal(scope(headers=bearer)) is None
+    assert locked._refusal(scope(query=b"token=s3cret"), token_in_query=True) is None
+    assert locked._refusal(scope(query=b"token=s3cret"))[0] == 401  # POST /rpc: headers only
+    assert locked._refusal(scope(query=b"token=nope"), token_in_query=True)[0] == 401
+    assert locked._refusal(scope(query=b"token="), token_in_query=True)[0] == 401
+    # The token does not open the door to another site's page.
+    foreign = [*bearer, (b"origin", b"http://evil.example")]
+    assert locked._refusal(scope(headers=foreign))[0] == 403
+
+
+def test_other_hosts_and_origins_are_refused_and_logged(gate):
+    body = {"jsonrpc": "2.0", "method": "node_status", "id": 1}
+    url = f"{gate.url}/rpc"
+    rebound = httpx.post(url, json=body, headers={"host": "evil.example"}, timeout=10)
+    assert rebound.status_code == 403 and "Host" in rebound.json()["error"]["message"]
+    cross = httpx.post(url, json=body, headers={"origin": "http://evil.example"}, timeout=10)
+    assert cross.status_code == 403 and "origin" in cross.json()["error"]["message"]
+    simple = httpx.post(
+        url, content=b'{"jsonrpc": "2.0", "method": "node_shutdown", "id": 1}', timeout=10
+    )
+    assert simple.status_code == 415
+    events = httpx.get(f"{gate.url}/rpc/events", headers={"host": "evil.example"}, timeout=10)
+    assert events.status_code == 403
+    events = httpx.get(
+        f"{gate.url}/rpc/events", headers={"origin": "http://evil.example"}, timeout=10
+    )
+    assert events.status_code == 403
+    own = httpx.post(url, json=body, headers={"origin": gate.url}, timeout=10)
+    assert own.status_code == 200 and own.json()["result"]["node_id"]
+    assert gate.proc.poll() is None  # the refused node_shutdown did nothing
+    logged = [r for r in result(gate, "get_logs", {"level": "warning"}) if "refused" in r["msg"]]
+    assert len(logged) >= 5 and {r["reason"] for r in logged} >= {
+        "requests from other origins are refused",
+        "Content-Type must be application/json",
+    }
+
+
+def test_the_events_stream_takes_the_token_in_its_query(start_gate, llama_engine):
+    gate = start_gate(engine_config(llama_engine) + "[security]\ncontrol_token = 's3cret'\n")
+    events = f"{gate.url}/rpc/events"
+    assert httpx.get(events, params={"token": "nope"}, timeout=10).status_code == 401
+    with httpx.stream("GET", events, params={"token": "s3cret"}, timeout=10) as response:
+        assert response.status_code == 200
+        assert next(response.iter_lines()) == "event: hello"
+    body = {"jsonrpc": "2.0", "method": "node_status", "id": 1}
+    query_only = httpx.post(f"{gate.url}/rpc", params={"token": "s3cret"}, json=body, timeout=10)
+    assert query_only.status_code == 401
 
 
 def test_live_events_stream_requests_and_logs_and_ends_at_shutdown(gate):
