@@ -42,6 +42,7 @@ from gate.services.rpc import RpcService
 from gate.services.store import Store, open_store
 from gate.services.upstream import UpstreamClient
 from gate.services.usage import UsageRecorder
+from gate.services.web import StaticFiles, mount_web_ui
 
 __all__ = ["Node", "check_exposure"]
 
@@ -268,6 +269,8 @@ class Node:
         rpc = RpcService(self)
         app.add("POST", "/rpc", rpc)
         app.add("GET", "/rpc/events", rpc.events)
+        if self.config.web.enabled:  # the web UI at / and /ui/ (gate.services.web)
+            mount_web_ui(app, await trio.to_thread.run_sync(StaticFiles))
         log_events = EventLogHandler(self.events)
         logging.getLogger().addHandler(log_events)
         try:

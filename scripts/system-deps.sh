@@ -6,6 +6,7 @@ set -euo pipefail
 # package name -> a command that proves it is installed
 declare -A NEEDED=(
   [curl]=curl
+  [chromium]=chromium
 )
 
 missing=()

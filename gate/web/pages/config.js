@@ -1,0 +1,162 @@
+// Config: the node's configuration (get_config, secrets masked) as a form, one
+// fieldset per section. Saving sends only the changed keys to update_config, which
+// validates the whole file before writing it; its error names the key
+// ("p2p.port: Expected int <= 65535"), and the message is shown beside that field.
+
+import { fill, h, notice } from "../lib/dom.js";
+import { field } from "../lib/form.js";
+import { call, INVALID_PARAMS } from "../lib/rpc.js";
+
+const MASK = "***"; // get_config's stand-in for a secret that is set
+const CHOICES = {
+  "server.log_level": ["debug", "info", "warning", "error"],
+  "p2p.relay_mode": ["default", "disabled", "custom"],
+};
+const SECRETS = new Set(["security.control_token"]);
+const PLACEHOLDERS = {
+  "server.data_dir": "the platform's data directory",
+  "database.url": "gate.db in the data directory",
+  "relay.domain": "none",
+};
+const ABOUT = {
+  server: "The HTTP API: where it listens, its limits and timeouts.",
+  p2p: "Peer-to-peer: the QUIC endpoint, relays and what trusted peers may ask.",
+  providers: "Engines are added and tested on the Providers and Setup pages.",
+  relay: "Relay server settings.",
+  security: "API keys and the control token.",
+  web: "This web UI.",
+  database: "Where requests are recorded.",
+};
+
+/** An input for one value, with read() giving back a value of the same shape. */
+function control(key, value) {
+  if (CHOICES[key]) {
+    const select = h("select", { name: key }, CHOICES[key].map((c) => h("option", { value: c, selected: c === value }, c)));
+    return { input: select, read: () => select.value };
+  }
+  if (typeof value === "boolean") {
+    const input = h("input", { type: "checkbox", name: key, checked: value });
+    return { input, read: () => input.checked };
+  }
+  if (typeof value === "number") {
+    const input = h("input", { type: "number", name: key, step: "any", value, inputmode: "decimal" });
+    // An empty or malformed number is sent as null: the node's validation says why.
+    return { input, read: () => (input.value.trim() === "" ? null : Number(input.value)) };
+  }
+  if (Array.isArray(value)) {
+    const input = h("textarea", { name: key, rows: 3, spellcheck: "false" });
+    input.value = value.join("\n");
+    const read = () => input.value.split("\n").map((s) => s.trim()).filter(Boolean);
+    return { input, read, hint: "One per line." };
+  }
+  if (value !== null && typeof value === "object") {
+    const input = h("textarea", { name: key, rows: 3, spellcheck: "false" });
+    input.value = Object.entries(value).map(([k, v]) => `${k} = ${v}`).join("\n");
+    const read = () =>
+      Object.fromEntries(
+        input.value
+          .split("\n")
+          .filter((line) => line.includes("="))
+          .map((line) => line.split("=", 2).map((s) => s.trim())),
+      );
+    return { input, read, hint: "One per line: name = target." };
+  }
+  if (value === MASK || SECRETS.has(key)) {
+    // The secret itself never reaches the browser; typing a new one replaces it.
+    const set = value === MASK;
+    const placeholder = set ? "set (hidden): type to replace" : "not set";
+    const input = h("input", { type: "password", name: key, autocomplete: "new-password", placeholder });
+    return { input, read: () => input.value || value };
+  }
+  const input = h("input", { type: "text", name: key, value: value ?? "", spellcheck: "false", autocomplete: "off", placeholder: PLACEHOLDERS[key] });
+  return { input, read: () => input.value };
+}
+
+/** The field an error is about: the longest form key that the message names. */
+export function keyInMessage(message, keys) {
+  const named = keys.filter((key) => {
+    const at = message.indexOf(key);
+    return at >= 0 && /^($|[:[\s'"])/.test(message.slice(at + key.length)) && (at === 0 || /[\s'"]/.test(message[at - 1]));
+  });
+  return named.sort((a, b) => b.length - a.length)[0] ?? null;
+}
+
+export default {
+  title: "Config",
+  render(main, ctx) {
+    const form = h("form", { id: "config-form", novalidate: true }, h("p", {}, "Loading…"));
+    const status = notice();
+    main.append(
+      h("h1", {}, "Config"),
+      h("p", {}, "Changes are written to gate.toml. Most apply at once; a few (such as addresses and ports) need a restart, and the page says which."),
+      form,
+    );
+    const fields = new Map(); // "section.key" -> {wrap, read, original}
+
+    function build(config) {
+      fields.clear();
+      const sets = [];
+      for (const [section, values] of Object.entries(config)) {
+        const inputs = [];
+        for (const [name, value] of Object.entries(values)) {
+          const key = `${section}.${name}`;
+          if (key === "providers.engines") {
+            inputs.push(
+              h("p", { class: "hint" }, `Engines: ${value.map((e) => e.name).join(", ") || "none"} (see `, h("a", { href: "#/providers" }, "Providers"), ")."),
+            );
+            continue;
+          }
+          const { input, read, hint } = control(key, value);
+          const label = name[0].toUpperCase() + name.slice(1).replaceAll("_", " ");
+          const wrap = field({ label, input, hint: hint ? `${key}. ${hint}` : key });
+          fields.set(key, { wrap, read, original: JSON.stringify(read()) });
+          inputs.push(wrap);
+        }
+        sets.push(
+          h("fieldset", { class: "card", id: `section-${section}` }, h("legend", {}, section), ABOUT[section] ? h("p", { class: "hint" }, ABOUT[section]) : null, inputs),
+        );
+      }
+      fill(form, sets, status, h("div", { class: "actions" }, h("button", { type: "submit" }, "Save changes")));
+    }
+
+    async function save(event) {
+      event.preventDefault();
+      status.show("");
+      const set = {};
+      for (const [key, f] of fields) {
+        f.wrap.setError("");
+        const now = f.read();
+        if (JSON.stringify(now) !== f.original) set[key] = now;
+      }
+      if (!Object.keys(set).length) {
+        status.show("Nothing changed.");
+        return;
+      }
+      try {
+        const result = await call("update_config", { set });
+        for (const key of Object.keys(set)) fields.get(key).original = JSON.stringify(set[key]);
+        const later = result.restart_required ?? [];
+        status.show(
+          later.length ? `Saved. These take effect after a restart of Gate: ${later.join(", ")}.` : "Saved; in effect now.",
+          "ok",
+        );
+        status.dataset.restartRequired = later.join(" ");
+      } catch (error) {
+        const key = error.code === INVALID_PARAMS ? keyInMessage(error.message, [...fields.keys()]) : null;
+        if (key) {
+          fields.get(key).wrap.setError(error.message.slice(error.message.indexOf(key)));
+          fields.get(key).wrap.querySelector("input, select, textarea").focus();
+          status.show("Not saved: see the field marked below.", "error");
+        } else {
+          status.show(`Not saved: ${error.message}`, "error");
+        }
+      }
+    }
+
+    form.addEventListener("submit", save);
+    call("get_config").then(
+      (config) => ctx.alive && build(config),
+      (error) => ctx.alive && fill(form, h("p", { class: "error" }, error.message)),
+    );
+  },
+};
