@@ -78,7 +78,8 @@ async function firstRun() {
   // A node with no engine yet opens on the Setup page (only when no page was asked for).
   if (location.hash) return;
   try {
-    if ((await call("list_providers")).length === 0 && !location.hash) location.hash = "#/setup";
+    // replace(): Back should not return to a Dashboard the user never asked for
+    if ((await call("list_providers")).length === 0 && !location.hash) location.replace("#/setup");
   } catch {
     // the Dashboard says what is wrong
   }

@@ -122,9 +122,13 @@ def wait_live(page) -> None:
     expect(page.locator("#connection")).to_have_text("Live", timeout=TIMEOUT_MS)
 
 
-def shoot(page, name: str) -> None:
+def artifact(name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+    return ARTIFACTS / f"{name}.png"
+
+
+def shoot(page, name: str) -> None:
+    page.screenshot(path=artifact(name), full_page=True)
 
 
 def no_horizontal_overflow(page) -> bool:
@@ -257,6 +261,8 @@ def test_an_invalid_config_value_is_shown_beside_its_field(browser, gate):
         expect(error).to_contain_text("p2p.port")
         expect(error).to_contain_text("65535")
         expect(port).to_have_attribute("aria-invalid", "true")
+        port.scroll_into_view_if_needed()
+        page.screenshot(path=artifact("config-error-desktop"))  # the view the user has
         expect(page.locator(".field-error:visible")).to_have_count(1)  # beside that field only
         assert config_file.read_text() == before  # nothing written
 
@@ -363,6 +369,7 @@ def test_setup_finds_the_engine_at_a_given_address_and_adds_it(browser, start_ga
         expect(found).to_contain_text("found")
         expect(found).to_contain_text(MODEL)
         expect(found.get_by_label("Name")).to_have_value(re.compile(r"^engine-\d+$"))
+        shoot(page, "setup-found-desktop")
         found.get_by_label("Name").fill("local-llama")
         found.get_by_role("button", name="Add").click()
         expect(found).to_contain_text("added as local-llama: healthy, 1 model(s)")
@@ -391,10 +398,13 @@ def test_the_control_token_is_asked_for_and_used(browser, start_gate, llama_engi
     with open_ui(browser, gate) as (page, _):
         dialog = page.locator("#token-dialog")
         expect(dialog).to_be_visible()
+        page.keyboard.press("Escape")  # nothing works without it: the prompt stays
+        expect(dialog).to_be_visible()
         token = page.get_by_role("textbox", name="Control token")
         token.fill("wrong")
         page.get_by_role("button", name="Unlock").click()
         expect(dialog.get_by_role("alert")).to_have_text("That token was not accepted.")
+        shoot(page, "token-prompt-desktop")
         token.fill("s3cret")
         page.get_by_role("button", name="Unlock").click()
         expect(dialog).to_be_hidden()

@@ -9,6 +9,17 @@ export function getToken() {
 }
 
 let pending = null; // one prompt for every call that was refused at the same time
+let answer = null;
+
+function wire(dialog, form, input) {
+  // Without a token nothing works, so Escape does not close the prompt.
+  dialog.addEventListener("cancel", (event) => event.preventDefault());
+  form.addEventListener("submit", () => {
+    sessionStorage.setItem(KEY, input.value.trim());
+    pending = null;
+    answer?.();
+  });
+}
 
 /** Show the prompt (with `problem` if the last token was wrong); resolves once entered. */
 export function askToken(problem = "") {
@@ -17,20 +28,14 @@ export function askToken(problem = "") {
     const form = document.getElementById("token-form");
     const input = document.getElementById("token-input");
     const error = document.getElementById("token-error");
+    if (!dialog.dataset.wired) {
+      wire(dialog, form, input);
+      dialog.dataset.wired = "yes";
+    }
+    answer = resolve;
     error.textContent = problem;
     error.hidden = !problem;
     input.value = "";
-    // Without a token nothing works, so Escape does not close the prompt.
-    dialog.addEventListener("cancel", (event) => event.preventDefault());
-    form.addEventListener(
-      "submit",
-      () => {
-        sessionStorage.setItem(KEY, input.value.trim());
-        pending = null;
-        resolve();
-      },
-      { once: true },
-    );
     dialog.showModal();
     input.focus();
   });

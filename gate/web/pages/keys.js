@@ -27,8 +27,8 @@ export default {
         "tr",
         { dataset: { keyId: k.id }, class: k.revoked_at ? "revoked" : "" },
         h("td", {}, k.name),
-        h("td", {}, h("code", {}, k.id)),
-        h("td", {}, fmt.dateTime(k.created_at)),
+        h("td", { dataset: { label: "ID" } }, h("code", {}, k.id)),
+        h("td", { dataset: { label: "Created" } }, fmt.dateTime(k.created_at)),
         h("td", {}, k.revoked_at ? h("span", { class: "badge bad" }, `revoked ${fmt.dateTime(k.revoked_at)}`) : h("span", { class: "badge ok" }, "active")),
         h(
           "td",
@@ -57,7 +57,7 @@ export default {
           keys.length
             ? h(
                 "div",
-                { class: "table-wrap" },
+                { class: "table-wrap stack" },
                 h(
                   "table",
                   { id: "keys" },

@@ -59,10 +59,10 @@ export default {
         "tr",
         { dataset: { nodeId: p.node_id } },
         h("td", { class: "wrap" }, h("code", { class: "id" }, p.node_id)),
-        h("td", {}, h("span", { class: `badge ${p.status?.type === "connected" ? "ok" : p.status?.type === "failed" ? "bad" : ""}` }, statusText(p.status))),
-        h("td", {}, p.addresses?.length ? p.addresses.join(", ") : "found by discovery"),
-        h("td", { class: "wrap" }, models.length ? models.join(", ") : "–"),
-        h("td", {}, fmt.ago(p.last_seen_ms)),
+        h("td", { dataset: { label: "Status" } }, h("span", { class: `badge ${p.status?.type === "connected" ? "ok" : p.status?.type === "failed" ? "bad" : ""}` }, statusText(p.status))),
+        h("td", { dataset: { label: "Addresses" } }, p.addresses?.length ? p.addresses.join(", ") : "found by discovery"),
+        h("td", { class: "wrap", dataset: { label: "Models" } }, models.length ? models.join(", ") : "–"),
+        h("td", { dataset: { label: "Last seen" } }, fmt.ago(p.last_seen_ms)),
         h(
           "td",
           {},
@@ -96,7 +96,7 @@ export default {
         list,
         h(
           "div",
-          { class: "table-wrap" },
+          { class: "table-wrap stack" },
           h(
             "table",
             { id: "peers" },
