@@ -82,11 +82,20 @@ def gate(start_gate, llama_engine):
 
 @dataclass
 class Problems:
-    """What went wrong in the page: console errors, exceptions, failed requests."""
+    """What went wrong in the page: console errors, exceptions, failed requests, and
+    any request to anywhere but the node (the UI must work offline: no CDN, no font)."""
 
+    origin: str
     items: list[str] = field(default_factory=list)
 
     def watch(self, page) -> None:
+        page.on(
+            "request",
+            lambda r: (
+                r.url.startswith((self.origin + "/", "data:"))
+                or self.items.append(f"request elsewhere: {r.url}")
+            ),
+        )
         page.on("console", lambda m: m.type == "error" and self.items.append(f"console: {m.text}"))
         page.on("pageerror", lambda e: self.items.append(f"exception: {e}"))
         page.on("requestfailed", self._failed)
@@ -108,7 +117,7 @@ def open_ui(browser, gate, *, viewport=DESKTOP, path="/#/") -> Iterator[tuple[ob
     context = browser.new_context(viewport=viewport)
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
-    problems = Problems()
+    problems = Problems(gate.url)
     problems.watch(page)
     try:
         page.goto(gate.url + path)

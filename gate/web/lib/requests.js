@@ -20,8 +20,16 @@ export function watch(fn) {
   return () => watchers.delete(fn);
 }
 
+let scheduled = false;
+
 function changed() {
-  for (const fn of watchers) fn();
+  // At most once a frame: under load, many events arrive between two paints.
+  if (scheduled) return;
+  scheduled = true;
+  requestAnimationFrame(() => {
+    scheduled = false;
+    for (const fn of watchers) fn();
+  });
 }
 
 function trim() {

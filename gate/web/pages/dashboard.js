@@ -121,11 +121,21 @@ export default {
       latency.update(latencyMs);
     }
 
+    let pending = 0;
+    const loadStatusSoon = () => {
+      // one node_status call a second at most, however many events arrive
+      pending ||= setTimeout(() => {
+        pending = 0;
+        if (ctx.alive) loadStatus();
+      }, 1000);
+    };
+
     showRequests();
     loadStatus();
     ctx.on("hello", showStatus);
-    ctx.on("peer", loadStatus);
-    ctx.on("request.end", loadStatus);
+    ctx.on("peer", loadStatusSoon);
+    ctx.on("request.start", loadStatusSoon);
+    ctx.on("request.end", loadStatusSoon);
     ctx.every(5000, loadStatus);
     ctx.every(5000, showRequests); // the charts' window slides even when nothing happens
     ctx.cleanup(requests.watch(showRequests));

@@ -64,7 +64,10 @@ export default {
       try {
         const providers = await call("list_providers");
         if (!ctx.alive) return;
+        // Redrawing replaces the buttons: give the focus back to the one that had it.
+        const focused = hasFocus(list) ? document.activeElement.getAttribute("aria-label") : null;
         fill(list, providers.length ? providers.map(card) : h("p", { class: "empty" }, "No providers yet. ", h("a", { href: "#/setup" }, "Find engines on this machine"), "."));
+        if (focused) list.querySelector(`[aria-label="${CSS.escape(focused)}"]`)?.focus();
       } catch (error) {
         if (ctx.alive) fill(list, h("p", { class: "error" }, error.message));
       }
