@@ -112,9 +112,11 @@ class Problems:
 
 
 @contextlib.contextmanager
-def open_ui(browser, gate, *, viewport=DESKTOP, path="/#/") -> Iterator[tuple[object, Problems]]:
+def open_ui(
+    browser, gate, *, viewport=DESKTOP, path="/#/", permissions=()
+) -> Iterator[tuple[object, Problems]]:
     """A fresh browser context (no cookies or storage) on the gate's UI."""
-    context = browser.new_context(viewport=viewport)
+    context = browser.new_context(viewport=viewport, permissions=list(permissions))
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     problems = Problems(gate.url)
@@ -296,13 +298,18 @@ def test_an_invalid_config_value_is_shown_beside_its_field(browser, gate):
 
 def test_an_api_key_is_created_shown_once_and_revoked(browser, start_gate, llama_engine):
     gate = start_gate(engine_config(llama_engine) + "[security]\nrequire_api_keys = true\n")
-    with open_ui(browser, gate, path="/#/keys") as (page, problems):
+    clipboard = ["clipboard-read", "clipboard-write"]
+    with open_ui(browser, gate, path="/#/keys", permissions=clipboard) as (page, problems):
         expect(page.get_by_text("No keys yet.")).to_be_visible()
         page.get_by_label("Name").fill("ci")
         page.get_by_role("button", name="Create key").click()
         key = page.locator("#new-key-value").inner_text()
         assert key.startswith("gk_")
         expect(page.locator("#new-key")).to_contain_text("shown only this once")
+        copy = page.get_by_role("button", name="Copy the new key")
+        copy.click()
+        expect(copy).to_have_text("Copied")
+        assert page.evaluate("navigator.clipboard.readText()") == key
         row = page.locator("#keys tbody tr").filter(has_text="ci")
         expect(row).to_contain_text("active")
         assert chat(gate, authorization=f"Bearer {key}").status_code == 200  # the key works

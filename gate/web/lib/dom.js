@@ -83,9 +83,10 @@ export function confirmButton(label, confirmLabel, action, props = {}) {
   return button;
 }
 
-/** A "Copy" button for `text()`; clipboard access needs a secure context (loopback is). */
-export function copyButton(text, label = "Copy") {
-  const button = h("button", { type: "button", class: "small" }, label);
+/** A "Copy" button for `text()`; clipboard access needs a secure context (loopback is).
+ * `what` names the thing for screen readers ("Copy node ID"). */
+export function copyButton(text, label = "Copy", what = "") {
+  const button = h("button", { type: "button", class: "small", "aria-label": what ? `Copy ${what}` : null }, label);
   button.addEventListener("click", async () => {
     try {
       await navigator.clipboard.writeText(text());

@@ -67,7 +67,7 @@ export default {
       const fact = (term, ...value) => h("div", {}, h("dt", {}, term), h("dd", {}, ...value));
       fill(
         facts,
-        wide(fact("Node ID", h("code", { class: "id" }, s.node_id), " ", copyButton(() => s.node_id))),
+        wide(fact("Node ID", h("code", { class: "id" }, s.node_id), " ", copyButton(() => s.node_id, "Copy", "node ID"))),
         fact("Version", s.version),
         fact("Uptime", fmt.duration(s.uptime_s)),
         fact("Requests in flight", String(s.in_flight)),

@@ -87,7 +87,7 @@ export default {
         fill(
           secret,
           h("p", {}, h("strong", {}, `Key "${created.info.name}" created. Copy it now: it is shown only this once.`)),
-          h("p", {}, h("code", { class: "id", id: "new-key-value" }, created.key), " ", copyButton(() => created.key)),
+          h("p", {}, h("code", { class: "id", id: "new-key-value" }, created.key), " ", copyButton(() => created.key, "Copy", "the new key")),
           h("p", { class: "hint" }, "Send it as Authorization: Bearer <key> (or x-api-key)."),
         );
         secret.hidden = false;
