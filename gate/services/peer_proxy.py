@@ -136,8 +136,8 @@ class PeerResponse(StreamedResponse):
         with trio.move_on_after(1, shield=True):
             try:
                 if self._complete:
+                    # The graceful close below finishes our half (spec §7.2).
                     self._frames.channel.send_finish()
-                    await self._frames.stream.send_eof()
                 else:  # abandoned: tell the peer to stop its engine (spec §7.3)
                     await self._frames.send(
                         StreamError(code=ErrorCode.CANCELLED, message="requester cancelled")
@@ -366,9 +366,8 @@ class _ExchangeOverStream:
             self.response_done = True
             data += self._frame(End())
             self.frames.channel.send_finish()
+            # The stream's graceful close, right after the app returns, finishes our half.
             await self._write(data)
-            with contextlib.suppress(Exception):
-                await self.frames.stream.send_eof()
 
     def _frame(self, message: Any) -> bytes:
         if self.frames.channel.closed:  # the requester cancelled: nothing more goes out

@@ -395,6 +395,22 @@ async def test_half_close_then_reply(connection):
         await theirs.aclose()
 
 
+async def test_graceful_close_finishes_ours_and_stops_theirs_with_code_0(connection):
+    """aclose() lets go of iroh's stream halves; dropping them must finish our half
+    (after what we wrote) and stop the peer's half, as finish() and stop(0) would."""
+    client, server = connection
+    with trio.fail_after(10):
+        ours, theirs = await stream_pair(client, server)
+        await ours.send_all(b"last words")
+        await ours.aclose()
+        assert await receive_all(theirs) == b"last words"  # then EOF, not a reset
+        with pytest.raises(StreamReset) as info:
+            while True:
+                await theirs.send_all(b"x" * 1000)
+        assert info.value.code == 0
+        await theirs.aclose()
+
+
 async def test_reset_reaches_the_peer_as_stream_reset(connection):
     client, server = connection
     with trio.fail_after(10):
