@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -207,27 +208,46 @@ def stop(config_path: Path | None, timeout: float) -> None:
     show_default=True,
 )
 @click.option("--lines", "-n", default=50, show_default=True, help="How many past lines.")
-def logs(config_path: Path | None, follow: bool, level: str, lines: int) -> None:
-    """The daemon's log: past lines from the log file, then live ones with --follow."""
+@json_option
+def logs(config_path: Path | None, follow: bool, level: str, lines: int, as_json: bool) -> None:
+    """The daemon's log: its last lines, then live ones with --follow.
+
+    Asks the running daemon (RPC get_logs); with none running, reads its log file, so
+    the last words of a daemon that stopped can still be read."""
     from gate.logs import LEVELS, LOG_FILENAME, read_log
     from gate.rpc_client import DaemonNotRunning, RpcCallError
 
-    config = load(config_path)
-    path = config.data_dir / "logs" / LOG_FILENAME
+    def show(record: dict[str, Any]) -> None:
+        if as_json:  # one object per line, so a script can read it as it comes
+            click.echo(json.dumps(record))
+        else:
+            stamp = f"{record['ts']} " if "ts" in record else ""
+            click.echo(f"{stamp}{record['level']:7} {record['logger']}: {record['msg']}")
+
+    limit = min(max(lines, 1), 10_000)
+    rpc = client(config_path)
     try:
-        for record in read_log(path, level=level, limit=max(lines, 1)):
-            click.echo(f"{record['ts']} {record['level']:7} {record['logger']}: {record['msg']}")
-    except OSError:
-        if not follow:
+        past = rpc.call("get_logs", {"level": level, "limit": limit})
+    except DaemonNotRunning:
+        if follow:
+            no_daemon(config_path, rpc.base)
+        path = load(config_path).data_dir / "logs" / LOG_FILENAME
+        click.echo(f"no daemon running; reading {path}", err=True)
+        try:
+            past = read_log(path, level=level, limit=limit)
+        except OSError:
             fail(f"no log at {path}")
+    except RpcCallError as exc:
+        fail(str(exc))
+    for record in past:
+        show(record)
     if not follow:
         return
     floor = LEVELS.index(level)
-    rpc = client(config_path)
     try:
         for kind, data in rpc.events():
             if kind == "log" and LEVELS.index(data.get("level", "info")) >= floor:
-                click.echo(f"{data['level']:7} {data['logger']}: {data['msg']}")
+                show(data)
     except DaemonNotRunning:
         no_daemon(config_path, rpc.base)
     except RpcCallError as exc:

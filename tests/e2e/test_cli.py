@@ -136,11 +136,17 @@ def test_status_providers_logs_and_stop_through_the_daemon(gate):
     assert missing.returncode == EXIT_BAD_INPUT
     assert err(missing) == "gate: error: no provider 'nope'\n"
     logs = cli(gate, "logs", "--level", "info", "-n", "500")
-    assert logs.returncode == 0 and "database open" in out(logs)
+    assert logs.returncode == 0 and "database open" in out(logs) and err(logs) == ""
+    records = [json.loads(line) for line in out(cli(gate, "logs", "--json")).splitlines()]
+    assert {"ts", "level", "logger", "msg"} <= records[-1].keys()
     stopped = cli(gate, "stop")
     assert stopped.returncode == 0 and out(stopped) == "stopped\n"
     assert err(stopped) == ""  # no spinner or progress bar when stderr is not a terminal
     assert gate.wait(timeout=20) == 0
+    # With the daemon gone its log file still tells what happened, and says so.
+    after = cli(gate, "logs", "-n", "500")
+    assert after.returncode == 0 and "no daemon running; reading" in err(after)
+    assert "database open" in out(after)
 
 
 @pytest.mark.parametrize(
