@@ -15,6 +15,8 @@ and does two things at once:
 - Dialing. One task per trusted peer keeps one connection to it: connect, handshake
   (learning the peer's capabilities), then a Ping every `heartbeat_interval`; a missing
   Pong for three intervals marks the peer Disconnected and the connection is dropped.
+  Capabilities are asked for every fourth ping, and pushed to every peer within about
+  half a second when this node's models change (an unasked capability_response, §5.5).
   Failures retry with jittered exponential backoff. Status follows ConnectionStatus:
   Connecting(attempt) -> Connected(since) -> Disconnected / Failed(reason).
 
@@ -87,6 +89,7 @@ log = logging.getLogger("gate.p2p")
 PEERS_CACHE: Final = "peers.json"
 _PREAMBLE_TIMEOUT: Final = 10.0
 _CONNECT_TIMEOUT: Final = 10.0
+_MODELS_POLL_INTERVAL: Final = 0.5  # how soon a change of this node's models reaches peers
 _BACKOFF_INITIAL, _BACKOFF_MAX = 0.5, 30.0
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -183,6 +186,9 @@ class P2PService:
         self._local_capabilities = local_capabilities
         self.node_id = NodeId(_public_key(secret_key))
         self.endpoint: Endpoint | None = None
+        # Set (and replaced) when this node's models change: each session then pushes
+        # its capabilities to the peer at once (spec §5.5) instead of at the next ask.
+        self._models_changed = trio.Event()
         self.address = ""  # node_id@ip:port once bound
         self.peers: dict[NodeId, PeerState] = {}
         self._maintainers: dict[NodeId, trio.CancelScope] = {}
@@ -271,6 +277,7 @@ class P2PService:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(endpoint.serve, self._serve_connection)
+                nursery.start_soon(self._watch_models)
                 for peer in list(self.peers.values()):
                     nursery.start_soon(self._maintain, peer)
                 dialable = endpoint.direct_addresses or endpoint.addresses
@@ -397,6 +404,17 @@ class P2PService:
         finally:
             await _close(stream)
 
+    async def _watch_models(self) -> None:
+        """Notice when this node's models change (an engine came, went or was added)."""
+        models = _model_set(self._local_capabilities())
+        while True:
+            await trio.sleep(_MODELS_POLL_INTERVAL)
+            now = _model_set(self._local_capabilities())
+            if now != models:
+                models = now
+                self._models_changed.set()
+                self._models_changed = trio.Event()
+
     def _note_capabilities(self, remote: NodeId, capabilities: Capabilities) -> None:
         peer = self.peers.get(remote)
         if peer is not None and capabilities.node_id == str(remote):
@@ -495,7 +513,14 @@ class P2PService:
                     if isinstance(message.payload, CapabilityResponse):
                         self._note_capabilities(peer.node_id, message.payload.capabilities)
             peer.last_seen_ms = _now_ms()
-            await trio.sleep(interval)
+            # Wait for the next ping; if this node's models change meanwhile, tell the
+            # peer now (an unasked capability_response, spec §5.5).
+            next_ping = trio.current_time() + interval
+            while trio.current_time() < next_ping:
+                changed = self._models_changed
+                with trio.move_on_at(next_ping):
+                    await changed.wait()
+                    await control.send(CapabilityResponse(capabilities=self._local_capabilities()))
 
     def _set_status(self, peer: PeerState, status: ConnectionStatus) -> None:
         peer.status = status
@@ -573,6 +598,10 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, trio.TooSlowError):
         return "timed out"
     return str(exc) or type(exc).__name__
+
+
+def _model_set(capabilities: Capabilities) -> frozenset[tuple[str, str | None]]:
+    return frozenset((m.id, m.provider) for m in capabilities.supported_models)
 
 
 def _now_ms() -> int:

@@ -76,14 +76,14 @@ def make_node(tmp_path, gate_env):
             node.gate.close()
 
 
-def start(node: Node, *, trust: list[Node], engine=None) -> Node:
+def start(node: Node, *, trust: list[Node], engine=None, heartbeat: float = HEARTBEAT) -> Node:
     # Trusted peers go in the file, as a user (or `gate peers add`) would put them.
     config = engine_config(engine) if engine is not None else ""
     config += f"\n[p2p]\ntrusted_peers = {json.dumps([peer.address for peer in trust])}\n"
     env = {
         **node.env,
         "GATE_P2P__PORT": str(node.p2p_port),
-        "GATE_P2P__HEARTBEAT_INTERVAL": str(HEARTBEAT),
+        "GATE_P2P__HEARTBEAT_INTERVAL": str(heartbeat),
     }
     node.gate = GateServe(env, config=config).start()
     return node
@@ -349,3 +349,42 @@ def test_per_peer_concurrency_cap_is_429_to_the_caller(make_node, llama_engine):
             pass
     assert second.status_code == 429 and int(second.headers["retry-after"]) >= 1
     assert f"peer:{b.node_id}" in second.json()["error"]["message"]
+
+
+def test_a_change_of_models_reaches_peers_without_waiting_for_a_heartbeat(make_node, llama_engine):
+    a, b = make_node("a"), make_node("b")
+    # Pings a minute apart: the next capability_request would come minutes later.
+    start(a, trust=[b], engine=llama_engine, heartbeat=60)
+    start(b, trust=[a], heartbeat=60)
+    # Both directions up, so no later handshake can carry the news either.
+    wait_for(lambda: b.peer_status(a) == a.peer_status(b) == "connected", "A <-> B")
+
+    def peer_models() -> set[str]:
+        return {m["id"] for m in httpx.get(f"{b.url}/v1/models", timeout=10).json()["data"]}
+
+    wait_for(lambda: peer_models() == {MODEL}, "B to learn A's model")
+    added = httpx.post(
+        f"{a.url}/rpc",
+        timeout=30,
+        json={
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "add_provider",
+            "params": {
+                "name": "extra",
+                "kind": "llamacpp",
+                "base_url": llama_engine.root_url,
+                "models": ["extra-model"],
+            },
+        },
+    )
+    assert "result" in added.json(), added.text
+    began = time.monotonic()
+    wait_for(lambda: "extra-model" in peer_models(), "A's new model to reach B", timeout=10)
+    assert time.monotonic() - began < 5  # pushed, not picked up at a heartbeat
+    routed = httpx.post(
+        f"{b.url}/v1/chat/completions",
+        json={"model": "extra-model", "messages": HI, "max_tokens": 1},
+        timeout=30,
+    )
+    assert routed.status_code == 200, routed.text
