@@ -249,7 +249,8 @@ class _ExchangeOverStream:
     One task reads the stream: it hands the request body to the app through a small
     channel (so a slow app slows the requester: backpressure), then watches for the
     requester cancelling. The app's receive() only consumes that channel, so whatever
-    the app does, a cancel from the requester stops it.
+    the app does, a cancel from the requester stops it. The app runs in the calling
+    task (one task fewer per request), inside a scope the reader cancels.
     """
 
     def __init__(self, frames: _Frames, head: RequestHead, peer: str) -> None:
@@ -259,6 +260,7 @@ class _ExchangeOverStream:
         self.request_done = False
         self.response_done = False
         self.cancelled = trio.Event()  # the requester cancelled or went away
+        self._app_scope = trio.CancelScope()
         self.protocol_error: ProtocolError | None = None
         self._pending = b""  # a response head waiting to go out with the first body part
         self._body_send, self._body_receive = trio.open_memory_channel[bytes | None](4)
@@ -285,11 +287,11 @@ class _ExchangeOverStream:
     async def run(self, app: ASGIApp) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_requester)
-            nursery.start_soon(self._call_app, app, nursery.cancel_scope)
-            await self.cancelled.wait()
-            nursery.cancel_scope.cancel()
+            with self._app_scope:
+                await self._call_app(app)
+            nursery.cancel_scope.cancel()  # the exchange is over: stop reading
 
-    async def _call_app(self, app: ASGIApp, scope: trio.CancelScope) -> None:
+    async def _call_app(self, app: ASGIApp) -> None:
         try:
             await app(self.scope(), self.receive, self.send)
             if not self.response_done:  # the app returned without finishing: a bug
@@ -298,8 +300,6 @@ class _ExchangeOverStream:
                 )
         except _StreamGone:
             pass
-        finally:
-            scope.cancel()
 
     async def _read_requester(self) -> None:
         try:
@@ -326,6 +326,7 @@ class _ExchangeOverStream:
             pass
         finally:
             self.cancelled.set()
+            self._app_scope.cancel()  # a cancelling or vanished requester stops the app
 
     async def receive(self) -> MutableMapping[str, Any]:
         if self.request_done:
