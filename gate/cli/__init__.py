@@ -51,7 +51,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from gate.cli import config, daemon, identity, keys, peers, providers, wizard
+    from gate.cli import config, conformance, daemon, identity, keys, peers, providers, wizard
 
     main.add_command(daemon.serve)
     main.add_command(daemon.serve, name="daemon")
@@ -64,6 +64,7 @@ def _register() -> None:
     main.add_command(peers.peers_group)
     main.add_command(keys.keys_group)
     main.add_command(providers.providers_group)
+    main.add_command(conformance.conformance)
 
 
 _register()

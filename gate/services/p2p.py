@@ -82,7 +82,7 @@ from gate.services.events import EventBus
 from gate.services.peer_proxy import serve_http_stream
 from gate.services.transport import Connection, Endpoint, QuicStream, TransportError, bind_endpoint
 
-__all__ = ["P2PService", "PeerState", "parse_peer_spec"]
+__all__ = ["ControlStream", "P2PService", "PeerState", "parse_peer_spec"]
 
 log = logging.getLogger("gate.p2p")
 
@@ -134,7 +134,7 @@ class PeerState:
         )
 
 
-class _Control:
+class ControlStream:
     """A NodeControl stream with its channel: framed messages in and out."""
 
     def __init__(self, stream: QuicStream, role: Role) -> None:
@@ -342,7 +342,7 @@ class P2PService:
     async def _control_responder(
         self, conn: Connection, remote: NodeId, stream: QuicStream, trailing: bytes
     ) -> None:
-        control = _Control(stream, Role.RESPONDER)
+        control = ControlStream(stream, Role.RESPONDER)
         if trailing:
             control.channel.receive_data(trailing)
         try:
@@ -469,7 +469,7 @@ class P2PService:
             peer.connection = conn
             stream = await conn.open_stream()
             await stream.send_all(encode_preamble(StreamType.NODE_CONTROL))
-            control = _Control(stream, Role.INITIATOR)
+            control = ControlStream(stream, Role.INITIATOR)
             await control.send(
                 Handshake(
                     node_id=str(self.node_id),
@@ -495,7 +495,7 @@ class P2PService:
         )
         await self._heartbeat(peer, control)
 
-    async def _heartbeat(self, peer: PeerState, control: _Control) -> None:
+    async def _heartbeat(self, peer: PeerState, control: ControlStream) -> None:
         interval = self.config.heartbeat_interval
         nonce = 0
         while True:
