@@ -24,6 +24,7 @@ half-tables, built below so that every pair is still listed explicitly.
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
@@ -241,6 +242,14 @@ HTTP_PROXY: Final[ChannelSpec[HttpFrame]] = ChannelSpec(
 # --- The channel -------------------------------------------------------------
 
 _decode_bare_error = msgspec.msgpack.Decoder(StreamError).decode
+# Shared by every channel: msgspec encoders and decoders are reusable and building a
+# decoder for a tagged union costs more than a whole small exchange.
+_ENCODER: Final = msgspec.msgpack.Encoder()
+
+
+@functools.cache
+def _message_decoder(message_type: Any) -> Callable[[bytes], Any]:
+    return msgspec.msgpack.Decoder(message_type).decode
 
 
 def negotiate_version(offered: list[int], supported: tuple[int, ...]) -> int | None:
@@ -263,8 +272,8 @@ class Channel(Generic[M]):
         self.role = role
         self.state: State = spec.initial
         self._decoder = FrameDecoder(max_frame_size)
-        self._encoder = msgspec.msgpack.Encoder()
-        self._decode = msgspec.msgpack.Decoder(spec.message_type).decode
+        self._encoder = _ENCODER
+        self._decode = _message_decoder(spec.message_type)
         self._finished: set[Role] = set()
         self._discard_incoming = False
 

@@ -76,12 +76,24 @@ class _Frames:
         self.stream = stream
         self.channel = Channel(HTTP_PROXY, role)
 
-    async def next(self) -> Any:
+    async def next(self, idle_limit: float | None = None) -> Any:
+        """The next message; with `idle_limit`, TooSlowError if no data comes for that long.
+
+        (Not trio.fail_after around the call: the limit covers only the waits for data,
+        so a message already buffered, the usual case when a head, body and end arrive
+        together, costs no cancel scope.)"""
         while True:
             event = self.channel.next_event()
             if event is not NEED_DATA:
                 return event
-            self.channel.receive_data(await self.stream.receive_some(_READ))
+            if idle_limit is None:
+                data = await self.stream.receive_some(_READ)
+            else:
+                with trio.CancelScope(deadline=trio.current_time() + idle_limit) as waiting:
+                    data = await self.stream.receive_some(_READ)
+                if waiting.cancelled_caught:
+                    raise trio.TooSlowError
+            self.channel.receive_data(data)
 
     async def send(self, message: Any) -> None:
         await self.stream.send_all(self.channel.send(message))
@@ -107,8 +119,7 @@ class PeerResponse(StreamedResponse):
     async def aiter_body(self) -> AsyncGenerator[bytes, None]:
         while not self._complete:
             try:
-                with trio.fail_after(self._read_timeout):
-                    event = await self._frames.next()
+                event = await self._frames.next(self._read_timeout)
             except trio.TooSlowError:
                 raise UpstreamTimeout(
                     f"peer {self._peer}: no data for {self._read_timeout:g}s"

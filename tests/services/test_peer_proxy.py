@@ -9,7 +9,7 @@ import trio.testing
 from gate.protocol import NEED_DATA, PreambleReader, StreamType
 from gate.services.asgi import Router, send_json
 from gate.services.peer_proxy import request_over_stream, serve_http_stream
-from gate.services.upstream import UpstreamDisconnected
+from gate.services.upstream import UpstreamDisconnected, UpstreamTimeout
 
 
 async def responder(stream, app, peer="peer-a"):
@@ -144,3 +144,29 @@ async def test_responder_dying_mid_stream_is_a_disconnect():
             async with await ask(a) as response, aclosing(response.aiter_body()) as body:
                 async for chunk in body:
                     assert chunk == b"a"
+
+
+async def test_a_peer_silent_mid_response_times_out_after_the_idle_limit(autojump_clock):
+    """The read timeout is per wait for data: a chunk that keeps coming keeps the
+    response alive; silence past the limit is UpstreamTimeout."""
+    release, state = trio.Event(), {}
+    a, b = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(responder, b, streaming_app(release, state))
+        response = await request_over_stream(
+            a,
+            method="POST",
+            target="/echo",
+            headers=[],
+            body=b"{}",
+            peer="peer-b",
+            response_timeout=5,
+            read_timeout=30,
+        )
+        async with response, aclosing(response.aiter_body()) as body:
+            assert await body.__anext__() == b"data: 1\n\n"
+            began = trio.current_time()
+            with pytest.raises(UpstreamTimeout, match="no data for 30s"):
+                await body.__anext__()  # the app waits for `release`, which never comes
+            assert trio.current_time() - began == pytest.approx(30)
+        nursery.cancel_scope.cancel()
