@@ -392,7 +392,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
             # Graceful: let go of both halves. Dropping iroh's (quinn's) stream halves
             # finishes an unfinished send half and stops an unread receive half with
             # code 0, exactly what finish() and stop(0) would do, without two more
-            # calls into Rust per stream (they were a tenth of a peer hop's CPU). The
+            # calls into Rust per stream (each costs about what a write does). The
             # handles go when their last in-flight call has been freed.
             self._send_stream = self._recv_stream = None
             self._finished = True
