@@ -293,6 +293,34 @@ def test_an_invalid_config_value_is_shown_beside_its_field(browser, gate):
         assert problems.items == []
 
 
+def test_a_change_that_needs_a_restart_offers_one(browser, start_gate, llama_engine):
+    # A fixed port: the restarted node must come back where the page is.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gate = start_gate(engine_config(llama_engine), bind=f"127.0.0.1:{port}")
+    pid = gate.proc.pid
+    with open_ui(browser, gate, path="/#/config") as (page, problems):
+        restart = page.get_by_role("button", name="Restart Gate now")
+        expect(restart).to_be_hidden()  # nothing waits for a restart yet
+        page.locator("input[name='p2p.peer_burst']").fill("21")  # live: no restart
+        page.get_by_role("button", name="Save changes").click()
+        saved = page.locator("#config-form .notice")
+        expect(saved).to_have_text("Saved; in effect now.")
+        expect(restart).to_be_hidden()
+        page.locator("input[name='server.drain_timeout']").fill("3")
+        page.get_by_role("button", name="Save changes").click()
+        expect(saved).to_contain_text("server.drain_timeout")
+        clicked = time.monotonic()
+        restart.click()
+        expect(saved).to_contain_text("Gate restarted", timeout=30_000)
+        expect(restart).to_be_hidden()
+        since_click = time.monotonic() - clicked
+        assert result(gate, "node_status")["uptime_s"] < since_click  # a new run...
+        assert gate.proc.pid == pid  # ...in the same process, as `gate stop` expects
+        assert problems.items == []
+
+
 # --- API keys ---------------------------------------------------------------------------
 
 

@@ -86,6 +86,29 @@ export default {
   render(main, ctx) {
     const form = h("form", { id: "config-form", novalidate: true }, h("p", {}, "Loading…"));
     const status = notice();
+    // Shown once a saved change waits for a restart; the node restarts itself (same
+    // process), and the page tells when it is back (its event stream says hello again).
+    const restart = h("button", { type: "button", class: "secondary", hidden: true }, "Restart Gate now");
+    let restarting = false;
+    restart.addEventListener("click", async () => {
+      restart.disabled = true;
+      restarting = true;
+      status.show("Restarting… this page reconnects when Gate is back.");
+      try {
+        await call("node_restart");
+      } catch (error) {
+        restarting = false;
+        restart.disabled = false;
+        status.show(`Restart failed: ${error.message}`, "error");
+      }
+    });
+    ctx.on("hello", () => {
+      if (!restarting) return;
+      restarting = false;
+      restart.hidden = true;
+      restart.disabled = false;
+      status.show("Gate restarted: every saved setting is in effect.", "ok");
+    });
     main.append(
       h("h1", {}, "Config"),
       h("p", {}, "Changes are written to gate.toml. Most apply at once; a few (such as addresses and ports) need a restart, and the page says which."),
@@ -116,7 +139,7 @@ export default {
           h("fieldset", { class: "card", id: `section-${section}` }, h("legend", {}, section), ABOUT[section] ? h("p", { class: "hint" }, ABOUT[section]) : null, inputs),
         );
       }
-      fill(form, sets, status, h("div", { class: "actions" }, h("button", { type: "submit" }, "Save changes")));
+      fill(form, sets, status, h("div", { class: "actions" }, h("button", { type: "submit" }, "Save changes"), restart));
     }
 
     async function save(event) {
@@ -141,6 +164,7 @@ export default {
           "ok",
         );
         status.dataset.restartRequired = later.join(" ");
+        if (later.length) restart.hidden = false;
       } catch (error) {
         const key = error.code === INVALID_PARAMS ? keyInMessage(error.message, [...fields.keys()]) : null;
         if (key) {
