@@ -14,6 +14,7 @@ capability_request, a handshake naming another node refused, an http_proxy excha
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -82,13 +83,12 @@ async def run_suite(
     identity: NodeIdentity | None = None,
     host: str = "0.0.0.0",
 ) -> list[CheckResult]:
-    """Run every check against the node; never raises for the node's misbehaviour."""
-    stranger = await bind_endpoint(NodeIdentity.generate().secret_key_bytes, host=host)
-    friend = (
-        await bind_endpoint(identity.secret_key_bytes, host=host) if identity is not None else None
-    )
+    """Run every check against the node; never raises for the node's misbehaviour
+    (BindError when this machine cannot bind the suite's own endpoint)."""
     target = _Target(node_id, addresses)
-    try:
+    async with contextlib.AsyncExitStack() as endpoints:
+        stranger = await _bound(endpoints, NodeIdentity.generate(), host)
+        friend = await _bound(endpoints, identity, host) if identity is not None else None
         results = [await _run(stranger, target, check) for check in _UNTRUSTED]
         for check in _TRUSTED:
             if friend is None:
@@ -96,11 +96,18 @@ async def run_suite(
             else:
                 results.append(await _run(friend, target, check))
         return results
-    finally:
-        with trio.CancelScope(shield=True):
-            for endpoint in (stranger, friend):
-                if endpoint is not None:
-                    await endpoint.aclose()
+
+
+async def _bound(stack: contextlib.AsyncExitStack, identity: NodeIdentity, host: str) -> Endpoint:
+    """An endpoint for `identity`, closed (shielded) when `stack` unwinds."""
+    endpoint = await bind_endpoint(identity.secret_key_bytes, host=host)
+    stack.push_async_callback(_close_endpoint, endpoint)
+    return endpoint
+
+
+async def _close_endpoint(endpoint: Endpoint) -> None:
+    with trio.CancelScope(shield=True):
+        await endpoint.aclose()
 
 
 @dataclass(frozen=True)
@@ -221,17 +228,9 @@ async def _untrusted_handshake_refused(endpoint: Endpoint, target: _Target) -> s
 
 
 async def _untrusted_request_refused(endpoint: Endpoint, target: _Target) -> str:
-    conn = await _dial(endpoint, target)
-    try:
-        stream = await conn.open_stream()
-        channel = Channel(HTTP_PROXY, Role.INITIATOR)
-        await stream.send_all(encode_preamble(StreamType.HTTP_PROXY) + _models_request(channel))
-        got, message = _bare_error(await _first_frame(stream))
-        if got != ErrorCode.UNAUTHORIZED:
-            raise _Failed(f"error code {got} ({message!r}); expected {ErrorCode.UNAUTHORIZED}")
-        return f"error {got}: {message}"
-    finally:
-        conn.close()
+    request = _models_request(Channel(HTTP_PROXY, Role.INITIATOR))
+    raw = encode_preamble(StreamType.HTTP_PROXY) + request
+    return await _rejected_with(raw, endpoint, target, ErrorCode.UNAUTHORIZED)
 
 
 # --- checks with a trusted key --------------------------------------------------------

@@ -35,7 +35,7 @@ def conformance(node: str, identity_path: Path | None, bind_host: str, as_json: 
     import trio
 
     from gate.conformance import run_suite
-    from gate.errors import IdentityError
+    from gate.errors import GateError, IdentityError, describe
     from gate.identity import NodeIdentity
     from gate.services.p2p import parse_peer_spec
 
@@ -49,9 +49,12 @@ def conformance(node: str, identity_path: Path | None, bind_host: str, as_json: 
     if identity_path is not None:
         try:
             identity = NodeIdentity.from_pem(identity_path.read_bytes(), passphrase())
-        except (IdentityError, ValueError) as exc:
+        except (IdentityError, ValueError, OSError) as exc:
             fail(f"{identity_path}: {exc}", EXIT_BAD_INPUT)
-    results = trio.run(lambda: run_suite(node_id, addresses, identity=identity, host=bind_host))
+    try:
+        results = trio.run(lambda: run_suite(node_id, addresses, identity=identity, host=bind_host))
+    except GateError as exc:  # e.g. the suite's own endpoint cannot bind --bind-host
+        fail(describe(exc))
     if as_json:
         emit_json([dataclasses.asdict(r) for r in results])
     else:

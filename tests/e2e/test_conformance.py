@@ -67,6 +67,14 @@ def test_bad_input_is_refused_clearly(make_node):
     assert no_address.returncode == 2 and b"NODE_ID@HOST:PORT" in no_address.stderr
     garbage = conformance("not-a-node@127.0.0.1:9", env=node.env)
     assert garbage.returncode == 2 and b"not-a-node" in garbage.stderr
+    missing_key = conformance(node.address, "--identity", "/nonexistent.pem", env=node.env)
+    assert missing_key.returncode == 2 and b"/nonexistent.pem" in missing_key.stderr
+    # An address this machine does not have: the suite's own endpoint cannot bind.
+    unbindable = run_gate(
+        "conformance", node.address, "--bind-host", "192.0.2.1", env=node.env, timeout=60
+    )
+    assert unbindable.returncode == 1
+    assert unbindable.stderr.startswith(b"gate: error:") and b"Traceback" not in unbindable.stderr
 
 
 async def test_a_node_that_only_echoes_fails_the_suite():
