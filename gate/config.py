@@ -56,8 +56,11 @@ __all__ = [
     "default_config_path",
     "dump_toml",
     "edit_config_file",
+    "is_loopback",
     "load_config",
+    "parse_bind",
     "validate_config_file",
+    "validate_config_text",
     "write_config_atomic",
 ]
 
@@ -123,7 +126,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
         _one_of("log_level", level, LOG_LEVELS)
         msgspec.structs.force_setattr(self, "log_level", level)  # frozen: the only way
         try:
-            _parse_bind(self.bind)  # here, so a bad bind fails at load, not at serve
+            parse_bind(self.bind)  # here, so a bad bind fails at load, not at serve
         except ValueError as exc:
             raise _FieldError("bind", str(exc)) from None
 
@@ -236,10 +239,12 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     @property
     def bind_host_port(self) -> tuple[str, int]:
         """``server.bind`` split; an IPv6 host comes without its brackets."""
-        return _parse_bind(self.server.bind)
+        return parse_bind(self.server.bind)
 
 
-def _parse_bind(bind: str) -> tuple[str, int]:
+def parse_bind(bind: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPV6]:PORT`` split (the host without brackets); ValueError
+    says what is wrong."""
     host, sep, port_text = bind.rpartition(":")
     if not (sep and host and port_text.isascii() and port_text.isdigit()):
         raise ValueError(f"expected HOST:PORT or [IPV6]:PORT, got {bind!r}")
@@ -271,14 +276,17 @@ def default_config_path() -> Path:
 
 
 def load_config(
-    path: Path | None = None, env: Mapping[str, str] | None = None
+    path: Path | None = None, env: Mapping[str, str] | None = None, *, missing_ok: bool = False
 ) -> tuple[Config, Path | None]:
-    """Resolve, read and decode the configuration; returns it and the file used (or None)."""
+    """Resolve, read and decode the configuration; returns it and the file used (or None).
+
+    ``missing_ok``: a named file that does not exist (yet) counts as no file, as the
+    default one always does."""
     env = os.environ if env is None else env
     if path is None and env.get("GATE_CONFIG"):  # empty counts as unset, as for GATE_LOG
         path = Path(env["GATE_CONFIG"])
     file = (path or default_config_path()).expanduser()
-    data = _read_toml(file, missing_ok=path is None)  # only the default may be missing
+    data = _read_toml(file, missing_ok=missing_ok or path is None)
     used = file if data is not None else None
     data = {} if data is None else data
     config = _decode(data, strict=True, source=lambda _: str(file))
@@ -293,6 +301,16 @@ def validate_config_file(path: Path) -> Config:
     data = _read_toml(path, missing_ok=False)
     assert data is not None  # missing_ok=False raises instead
     return _decode(data, strict=True, source=lambda _: str(path))
+
+
+def validate_config_text(text: str, name: str) -> Config:
+    """Decode TOML text alone, as `validate_config_file` decodes a file; messages name
+    ``name`` (the file the text is meant for)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{name}: invalid TOML: {exc}") from exc
+    return _decode(data, strict=True, source=lambda _: name)
 
 
 def _read_toml(path: Path, *, missing_ok: bool) -> dict[str, Any] | None:
@@ -471,13 +489,17 @@ def edit_config_file(
 
 def check_exposure(config: Config) -> None:
     """The API may leave loopback only behind API keys (a ConfigError otherwise)."""
-    host, _ = config.bind_host_port
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback and not config.security.require_api_keys:
+    if not is_loopback(config.bind_host_port[0]) and not config.security.require_api_keys:
         raise ConfigError(
             f"server.bind: {config.server.bind} is reachable from other machines; set "
             "security.require_api_keys = true (and create a key) or bind 127.0.0.1"
         )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, or the name localhost) is reachable from this
+    machine only."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

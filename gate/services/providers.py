@@ -31,7 +31,15 @@ from gate.config import ProviderConfig, ProvidersConfig
 from gate.nursery import ServiceContext
 from gate.services.upstream import UpstreamClient, UpstreamError
 
-__all__ = ["KINDS", "Dialect", "Kind", "Provider", "ProviderRegistry", "discover_engines"]
+__all__ = [
+    "KINDS",
+    "Dialect",
+    "Kind",
+    "Provider",
+    "ProviderRegistry",
+    "discover_engines",
+    "strip_v1",
+]
 
 log = logging.getLogger("gate.providers")
 
@@ -100,7 +108,7 @@ class Provider:
     config: ProviderConfig | None = None  # the entry it came from; None when probed
 
     def __post_init__(self) -> None:
-        self.base_url = _strip_v1(self.base_url)
+        self.base_url = strip_v1(self.base_url)
         self.auth_headers = self._make_auth_headers()
 
     @classmethod
@@ -169,7 +177,8 @@ class Provider:
         }
 
 
-def _strip_v1(url: str) -> str:
+def strip_v1(url: str) -> str:
+    """A base URL as a Provider keeps it: no trailing / or /v1 (so two can be compared)."""
     url = url.rstrip("/")
     return url[: -len("/v1")] if url.endswith("/v1") else url
 

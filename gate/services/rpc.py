@@ -41,6 +41,7 @@ from gate.config import (
     default_config_path,
     edit_config_file,
     validate_config_file,
+    validate_config_text,
 )
 from gate.errors import ConfigError, IdentityError
 from gate.identity import NodeIdentity, export_identity, import_identity
@@ -600,20 +601,13 @@ class RpcService:
 
 
 def _validate(path: Path, text: str | None) -> dict[str, Any]:
-    if text is not None:
-        import tempfile
-
-        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-            f.write(text)
-        path = Path(f.name)
     try:
-        validate_config_file(path)
+        if text is None:
+            validate_config_file(path)
+        else:
+            validate_config_text(text, "gate.toml")
     except ConfigError as exc:
-        message = str(exc).replace(str(path), "gate.toml") if text is not None else str(exc)
-        return {"valid": False, "error": message}
-    finally:
-        if text is not None:
-            path.unlink(missing_ok=True)
+        return {"valid": False, "error": str(exc)}
     return {"valid": True, "error": None}
 
 

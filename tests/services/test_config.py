@@ -18,8 +18,11 @@ from gate.config import (
     config_to_dict,
     default_config_path,
     dump_toml,
+    is_loopback,
     load_config,
+    parse_bind,
     validate_config_file,
+    validate_config_text,
     write_config_atomic,
 )
 from gate.errors import ConfigError
@@ -133,6 +136,16 @@ def test_explicitly_named_missing_file_is_an_error(tmp_path):
         load_config(env={"GATE_CONFIG": str(missing)})
     with pytest.raises(ConfigError, match=f"^{re.escape(str(missing))}: no such file"):
         validate_config_file(missing)
+
+
+def test_missing_ok_takes_a_named_file_not_written_yet_as_none(tmp_path):
+    missing = tmp_path / "nope.toml"
+    for path, env in [(missing, {}), (None, {"GATE_CONFIG": str(missing)})]:
+        config, used = load_config(path, env={**env, "GATE_P2P__PORT": "0"}, missing_ok=True)
+        assert used is None and config.p2p.port == 0  # the defaults, and the environment
+    present = write(tmp_path / "gate.toml", "[p2p]\nport = 5000\n")
+    config, used = load_config(present, env={}, missing_ok=True)
+    assert (used, config.p2p.port) == (present, 5000)
 
 
 def test_full_file_round_trips(tmp_path):
@@ -251,10 +264,27 @@ def test_file_errors_name_file_key_and_problem(tmp_path, text, key, problem):
         assert "hunter2" not in message  # a database URL may hold a password
 
 
+@pytest.mark.parametrize(("text", "key", "problem"), FILE_ERRORS)
+def test_text_errors_name_the_file_it_is_meant_for(text, key, problem):
+    with pytest.raises(ConfigError) as info:
+        validate_config_text(text, "gate.toml")
+    assert str(info.value).startswith(f"gate.toml: {key}: ")
+    assert problem in str(info.value)
+
+
+def test_text_is_checked_as_the_file_would_be(tmp_path):
+    text = "[p2p]\nport = 5000\n"
+    path = write(tmp_path / "gate.toml", text)
+    assert validate_config_text(text, "x") == validate_config_file(path)
+    assert validate_config_text("", "x") == Config()
+
+
 def test_bad_toml_syntax_names_file_and_line(tmp_path):
     path = write(tmp_path / "gate.toml", "[server]\nbind = \n")
     with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: invalid TOML: .*line 2"):
         load_config(path, env={})
+    with pytest.raises(ConfigError, match=r"^/etc/g\.toml: invalid TOML: .*line 2"):
+        validate_config_text("[server]\nbind = \n", "/etc/g.toml")
 
 
 def test_unreadable_file_is_a_config_error(tmp_path):
@@ -346,6 +376,41 @@ def test_other_databases_are_rejected(url):
 )
 def test_bind_forms(bind, expected):
     assert Config(server=ServerConfig(bind=bind)).bind_host_port == expected
+    assert parse_bind(bind) == expected
+
+
+@pytest.mark.parametrize(
+    ("bind", "problem"),
+    [
+        ("localhost", "expected HOST:PORT or [IPV6]:PORT, got 'localhost'"),
+        (":80", "expected HOST:PORT"),
+        ("h:", "expected HOST:PORT"),
+        ("h:-1", "expected HOST:PORT"),
+        ("::1:80", "an IPv6 host needs brackets, as in [::1]:31145; got '::1:80'"),
+        ("h:70000", "port must be 0..65535; got 70000"),
+    ],
+)
+def test_bad_binds_say_what_is_wrong(bind, problem):
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        parse_bind(bind)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.9.9.9", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.2", False),
+        ("example.com", False),
+        ("[::1]", False),  # a host as parse_bind returns it: no brackets
+    ],
+)
+def test_is_loopback(host, loopback):
+    assert is_loopback(host) is loopback
 
 
 # --- secrets, immutability -----------------------------------------------------------------
