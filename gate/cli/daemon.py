@@ -27,7 +27,7 @@ from gate.cli._common import (
     no_daemon,
     passphrase,
 )
-from gate.config import Config
+from gate.config import Config, parse_bind
 from gate.errors import ConfigError, GateError, IdentityError, describe
 
 log = logging.getLogger("gate.cli")
@@ -39,14 +39,11 @@ def with_bind(config: Config, bind: str | None) -> Config:
 
     if bind is None:
         return config
-    config = msgspec.structs.replace(
-        config, server=msgspec.structs.replace(config.server, bind=bind)
-    )
     try:
-        config.bind_host_port  # noqa: B018  (validates the override like the file)
-    except ConfigError as exc:
-        fail(f"--bind: {exc}", EXIT_BAD_INPUT)
-    return config
+        parse_bind(bind)  # as ServerConfig checks it, which would raise a bare ValueError
+    except ValueError as exc:
+        fail(f"server.bind (--bind): {exc}", EXIT_BAD_INPUT)
+    return msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, bind=bind))
 
 
 @click.command()

@@ -26,7 +26,7 @@ from gate.cli._common import (
     passphrase,
     try_call,
 )
-from gate.config import Config
+from gate.config import Config, is_loopback, parse_bind
 from gate.errors import ConfigError, IdentityError
 
 DEFAULT_BIND = "127.0.0.1:31145"
@@ -231,24 +231,16 @@ def _name(kind: str, url: str, taken: set[str]) -> str:
 
 def _choose_bind(default: str, *, ask: bool) -> tuple[str, bool]:
     """(server.bind, whether to require API keys): beyond loopback needs keys."""
-    import ipaddress
-
-    import msgspec
-
     while True:
         bind = click.prompt("API address", default=default).strip() if ask else default
         try:
-            host, _ = msgspec.convert({"server": {"bind": bind}}, Config).bind_host_port
-        except msgspec.ValidationError:
+            host, _ = parse_bind(bind)
+        except ValueError as exc:
             if not ask:
-                fail(f"--bind: expected HOST:PORT or [IPV6]:PORT, got {bind!r}", EXIT_BAD_INPUT)
-            click.echo(f"  expected HOST:PORT or [IPV6]:PORT, e.g. {DEFAULT_BIND}")
+                fail(f"server.bind (--bind): {exc}", EXIT_BAD_INPUT)
+            click.echo(f"  {exc} (e.g. {DEFAULT_BIND})")
             continue
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = host == "localhost"
-        if loopback:
+        if is_loopback(host):
             return bind, False
         click.echo(
             f"  {bind} is reachable from other machines, so every request will need an API "

@@ -339,6 +339,23 @@ def test_serve_background_shows_why_a_daemon_did_not_start(gate_env, detached):
     assert detached_daemons(gate_env) == []  # not left half-started
 
 
+@pytest.mark.parametrize(
+    ("bind", "problem"),
+    [
+        ("bad", "expected HOST:PORT or [IPV6]:PORT, got 'bad'"),
+        ("127.0.0.1:70000", "port must be 0..65535; got 70000"),
+        ("::1:80", "an IPv6 host needs brackets"),
+    ],
+)
+@pytest.mark.parametrize("args", [(), ("--background",)])
+def test_serve_bind_is_checked_like_the_file(gate_env, detached, bind, problem, args):
+    refused = run_gate("serve", "--bind", bind, *args, env=gate_env)
+    assert refused.returncode == EXIT_BAD_INPUT
+    assert err(refused).startswith(f"gate: error: server.bind (--bind): {problem}")
+    assert err(refused).count("\n") == 1  # one line, no traceback
+    assert detached_daemons(gate_env) == []
+
+
 # --- config edit -------------------------------------------------------------------------
 
 EDITOR_SCRIPT = """\
@@ -530,6 +547,13 @@ def test_setup_yes_for_scripts_writes_and_starts_the_daemon(gate_env, llama_engi
     stopped = run_gate("stop", env={**gate_env, "GATE_SERVER__BIND": api.removeprefix("http://")})
     assert stopped.returncode == 0
     wait_for(lambda: not alive(pid), "the daemon process to exit")
+
+
+def test_setup_says_what_is_wrong_with_the_bind(gate_env):
+    refused = run_gate("setup", "--yes", "--no-start", "--bind", "127.0.0.1:70000", env=gate_env)
+    assert refused.returncode == EXIT_BAD_INPUT
+    assert err(refused) == "gate: error: server.bind (--bind): port must be 0..65535; got 70000\n"
+    assert not (Path(gate_env["XDG_CONFIG_HOME"]) / "gate" / "gate.toml").exists()
 
 
 def test_setup_again_with_a_daemon_running_adds_nothing_twice(gate, llama_engine):
