@@ -15,7 +15,7 @@ from typing import Any, Final, TextIO
 
 import msgspec
 
-__all__ = ["LOG_FILENAME", "setup_logging"]
+__all__ = ["LOG_FILENAME", "setup_logging", "timestamp"]
 
 LOG_FILENAME: Final = "gate.log"
 _STANDARD_ATTRS: Final = frozenset(
@@ -24,9 +24,14 @@ _STANDARD_ATTRS: Final = frozenset(
 _json = msgspec.json.Encoder(enc_hook=repr)  # a stray object in `extra` must never break logging
 
 
+def timestamp(record: logging.LogRecord) -> str:
+    """A record's time as the log file writes it (UTC, ISO 8601, milliseconds)."""
+    return dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds")
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields: dict[str, Any] = {
-        "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+        "ts": timestamp(record),
         "level": record.levelname.lower(),
         "logger": record.name,
         "msg": record.getMessage(),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import httpx
@@ -12,13 +12,17 @@ import msgspec
 from gate.config import Config
 from gate.errors import GateError
 
-__all__ = ["NOT_GATE", "DaemonNotRunning", "RpcCallError", "RpcClient"]
+__all__ = ["NOT_GATE", "DaemonNotRunning", "DaemonStopped", "RpcCallError", "RpcClient"]
 
 NOT_GATE = -32099  # RpcCallError.code when whatever answers is not a Gate daemon
 
 
 class DaemonNotRunning(GateError):
     pass
+
+
+class DaemonStopped(DaemonNotRunning):
+    """The daemon answered, then its event stream broke off (it crashed or was killed)."""
 
 
 class RpcCallError(GateError):
@@ -65,9 +69,13 @@ class RpcClient:
             raise RpcCallError(answer["error"]["code"], answer["error"]["message"])
         return answer["result"]
 
-    def events(self) -> Iterator[tuple[str, Any]]:
-        """(kind, data) for each live event, until the daemon stops."""
+    def events(self) -> Generator[tuple[str, Any], None, None]:
+        """(kind, data) for each live event, from `hello` on, until the daemon stops.
+
+        DaemonNotRunning when no daemon answers; DaemonStopped when the stream breaks
+        off after it began (a daemon that stops cleanly just ends it)."""
         kind = "message"
+        started = False
         try:
             with httpx.stream(
                 "GET",
@@ -81,9 +89,14 @@ class RpcClient:
                     if line.startswith("event: "):
                         kind = line.removeprefix("event: ")
                     elif line.startswith("data: "):
+                        started = True
                         yield kind, msgspec.json.decode(line.removeprefix("data: "))
         except httpx.ConnectError:
             raise DaemonNotRunning(f"no Gate daemon answers at {self.base}") from None
+        except httpx.HTTPError as exc:  # e.g. RemoteProtocolError: the body was cut short
+            if started:
+                raise DaemonStopped(f"the daemon at {self.base} went away: {exc}") from None
+            raise DaemonNotRunning(f"the daemon at {self.base} did not answer: {exc}") from None
 
     def alive(self) -> bool:
         try:

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,6 +16,7 @@ from gate import __version__
 from gate.cli._common import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
+    EXIT_NO_DAEMON,
     call,
     client,
     config_option,
@@ -25,10 +26,14 @@ from gate.cli._common import (
     load,
     load_with_source,
     no_daemon,
+    note,
     passphrase,
 )
 from gate.config import Config, parse_bind
 from gate.errors import ConfigError, GateError, IdentityError, describe
+
+if TYPE_CHECKING:
+    from gate.rpc_client import RpcClient
 
 log = logging.getLogger("gate.cli")
 
@@ -210,8 +215,9 @@ def logs(config_path: Path | None, follow: bool, level: str, lines: int, as_json
     """The daemon's log: its last lines, then live ones with --follow.
 
     Asks the running daemon (RPC get_logs); with none running, reads its log file, so
-    the last words of a daemon that stopped can still be read."""
-    from gate.logs import LEVELS, LOG_FILENAME, read_log
+    the last words of a daemon that stopped can still be read. --follow ends when the
+    daemon stops (exit 3 if it went away without a word)."""
+    from gate.logs import LOG_FILENAME, read_log
     from gate.rpc_client import DaemonNotRunning, RpcCallError
 
     def show(record: dict[str, Any]) -> None:
@@ -223,11 +229,12 @@ def logs(config_path: Path | None, follow: bool, level: str, lines: int, as_json
 
     limit = min(max(lines, 1), 10_000)
     rpc = client(config_path)
+    if follow:
+        _follow(config_path, rpc, level, limit, show)
+        return
     try:
         past = rpc.call("get_logs", {"level": level, "limit": limit})
     except DaemonNotRunning:
-        if follow:
-            no_daemon(config_path, rpc.base)
         path = load(config_path).data_dir / "logs" / LOG_FILENAME
         click.echo(f"no daemon running; reading {path}", err=True)
         try:
@@ -238,14 +245,45 @@ def logs(config_path: Path | None, follow: bool, level: str, lines: int, as_json
         fail(str(exc))
     for record in past:
         show(record)
-    if not follow:
-        return
+
+
+def _follow(
+    config_path: Path | None,
+    rpc: RpcClient,
+    level: str,
+    limit: int,
+    show: Callable[[dict[str, Any]], None],
+) -> None:
+    """`logs -f`: the event stream is open before the history is read, so a line logged
+    in between is not lost; one that lands in both is shown once."""
+    from contextlib import closing
+
+    from gate.logs import LEVELS
+    from gate.rpc_client import DaemonNotRunning, DaemonStopped, RpcCallError
+
     floor = LEVELS.index(level)
-    try:
-        for kind, data in rpc.events():
-            if kind == "log" and LEVELS.index(data.get("level", "info")) >= floor:
+    with closing(rpc.events()) as stream:
+        try:
+            next(stream, None)  # `hello`: the daemon sends it once it has subscribed us
+            past = rpc.call("get_logs", {"level": level, "limit": limit})
+            for record in past:
+                show(record)
+            shown = {_log_key(record) for record in past}
+            for kind, data in stream:
+                if kind != "log" or LEVELS.index(data.get("level", "info")) < floor:
+                    continue
+                if shown and _log_key(data) in shown:
+                    continue
+                shown = set()  # a new line: every later one is new too
                 show(data)
-    except DaemonNotRunning:
-        no_daemon(config_path, rpc.base)
-    except RpcCallError as exc:
-        fail(str(exc))
+        except DaemonStopped as exc:
+            fail(str(exc), EXIT_NO_DAEMON)
+        except DaemonNotRunning:
+            no_daemon(config_path, rpc.base)
+        except RpcCallError as exc:
+            fail(str(exc))
+    note("the daemon stopped")
+
+
+def _log_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(record.get(field) for field in ("ts", "level", "logger", "msg"))

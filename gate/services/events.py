@@ -17,6 +17,8 @@ from typing import Any, Final
 
 import trio
 
+from gate.logs import timestamp
+
 __all__ = ["Event", "EventBus", "EventLogHandler"]
 
 QUEUE: Final = 1000
@@ -101,6 +103,13 @@ class EventLogHandler(logging.Handler):
             message = record.getMessage()
         except Exception:  # a broken log call must not break the caller
             return
+        # `ts` as in the log file, so a reader of both (`gate logs -f`) can match them.
         self.bus.publish(
-            "log", {"level": record.levelname.lower(), "logger": record.name, "msg": message}
+            "log",
+            {
+                "ts": timestamp(record),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "msg": message,
+            },
         )

@@ -223,11 +223,14 @@ class RpcService:
                 ],
             }
         )
-        hello = await self.node_status(NoParams())
-        await send({"type": "http.response.body", "body": _sse("hello", hello), "more_body": True})
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_end_on_disconnect, receive, nursery.cancel_scope)
             async with self.node.events.subscribe() as stream:
+                # Subscribed before `hello`: a client that reads history once it has
+                # `hello` (`gate logs -f`) misses nothing logged in between.
+                hello = await self.node_status(NoParams())
+                body = _sse("hello", hello)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
                 stream_iter = aiter(stream)
                 while True:
                     event: Event | None = None

@@ -7,12 +7,17 @@ fixture kills any left behind), `config edit` runs a scripted $EDITOR, and `gate
 and the spinner are driven through a real pseudo-terminal with pexpect.
 """
 
+import http.server
 import json
 import os
+import queue
 import re
+import selectors
 import signal
 import socket
+import subprocess
 import sys
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -167,6 +172,145 @@ def test_commands_that_need_the_daemon_say_so_when_none_runs(gate_env, args):
     assert result.returncode == EXIT_NO_DAEMON
     assert err(result) == NO_DAEMON  # one line, no traceback
     assert out(result) == ""
+
+
+def follow_logs(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    """`gate logs -f ARGS`, once it has printed its first line (so it is following)."""
+    follower = subprocess.Popen(
+        [*GATE, "logs", "-f", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    with selectors.DefaultSelector() as selector:
+        selector.register(follower.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout=20):
+            follower.kill()
+            follower.communicate()
+            raise AssertionError("gate logs -f printed nothing")
+    return follower
+
+
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+def test_logs_follow_ends_in_one_line_when_the_daemon_goes(gate_env, how):
+    with GateServe(gate_env) as node:
+        env = {**gate_env, "GATE_SERVER__BIND": node.url.removeprefix("http://")}
+        follower = follow_logs(env)
+        try:
+            if how == "killed":
+                node.signal(signal.SIGKILL)
+            else:
+                assert run_gate("stop", env=env).returncode == 0
+            stdout, stderr = follower.communicate(timeout=20)
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+                follower.communicate()
+    if how == "killed":  # the stream broke off: the daemon the command needs is gone
+        assert follower.returncode == EXIT_NO_DAEMON
+        assert stderr.decode().startswith(f"gate: error: the daemon at {node.url} went away: ")
+    else:  # it ended the stream itself
+        assert follower.returncode == 0, stderr.decode()
+        assert stderr.decode() == "gate: the daemon stopped\n"
+        assert "shutting down: requested over RPC" in stdout.decode()
+    assert stderr.decode().count("\n") == 1  # one line, no traceback
+
+
+class FakeDaemon(http.server.ThreadingHTTPServer):
+    """Just enough of a daemon for `gate logs -f` (GET /rpc/events, RPC get_logs), with
+    a line logged while get_logs runs: only a client subscribed before sees it live,
+    as with a real daemon, whose history is read from its log file."""
+
+    daemon_threads = True
+
+    def __init__(self, *, cut: bool) -> None:
+        """`cut`: the event stream breaks off (a length promised, not sent) at its end."""
+        super().__init__(("127.0.0.1", 0), FakeDaemonHandler)
+        self.subscribers: list[queue.Queue[dict[str, str]]] = []
+        self.lock = threading.Lock()
+        self.cut = cut
+
+    def publish(self, record: dict[str, str]) -> None:
+        with self.lock:
+            for subscriber in self.subscribers:
+                subscriber.put(record)
+
+
+def log_record(msg: str) -> dict[str, str]:
+    return {"ts": "2026-01-02T03:04:05.678+00:00", "level": "info", "logger": "t", "msg": msg}
+
+
+class FakeDaemonHandler(http.server.BaseHTTPRequestHandler):
+    server: FakeDaemon
+
+    def log_message(self, format, *args):  # quiet
+        pass
+
+    def do_GET(self):  # the event stream: hello, then live lines until "after"
+        assert self.path == "/rpc/events"
+        lines: queue.Queue[dict[str, str]] = queue.Queue()
+        with self.server.lock:
+            self.server.subscribers.append(lines)
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        if self.server.cut:
+            self.send_header("content-length", "1000000")
+        self.end_headers()  # HTTP/1.0: the stream ends when the connection closes
+        self.wfile.write(b"event: hello\ndata: {}\n\n")
+        self.wfile.flush()
+        record: dict[str, str] = {}
+        while record.get("msg") != "after":
+            try:
+                record = lines.get(timeout=3)
+            except queue.Empty:
+                return
+            self.wfile.write(f"event: log\ndata: {json.dumps(record)}\n\n".encode())
+            self.wfile.flush()
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        assert body["method"] == "get_logs"
+        self.server.publish(log_record("during"))  # logged before the history is read
+        history = [log_record("before"), log_record("during")]
+        answer = json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": history}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+        self.server.publish(log_record("after"))  # logged after it was read
+
+
+@pytest.fixture
+def fake_daemon(request):
+    server = FakeDaemon(cut=getattr(request, "param", False))
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    yield server
+    server.shutdown()
+    thread.join()
+    server.server_close()
+
+
+@pytest.mark.parametrize("fake_daemon", [False, True], ids=["ends", "breaks"], indirect=True)
+def test_logs_follow_subscribes_before_it_reads_the_history(gate_env, fake_daemon):
+    host, port = fake_daemon.server_address[:2]
+    env = {**gate_env, "GATE_SERVER__BIND": f"{host}:{port}"}
+    followed = run_gate("logs", "-f", "--json", env=env)
+    if fake_daemon.cut:  # one line, no traceback; the daemon the command needs is gone
+        assert err(followed).startswith(f"gate: error: the daemon at http://{host}:{port} went")
+        assert err(followed).count("\n") == 1
+        assert followed.returncode == EXIT_NO_DAEMON
+    # "after" was logged live after the history was read: shown. "during" is in both
+    # the history and the stream: shown once.
+    assert [json.loads(line)["msg"] for line in out(followed).splitlines()] == [
+        "before",
+        "during",
+        "after",
+    ]
+    if not fake_daemon.cut:
+        assert err(followed) == "gate: the daemon stopped\n"
+        assert followed.returncode == 0
 
 
 # --- peers ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 import logging
+import re
 
 import trio
 
@@ -52,3 +53,5 @@ async def test_log_records_become_events():
         logger.removeHandler(handler)
     assert event.kind == "log" and event.data["msg"] == "hello world"
     assert event.data["level"] == "info"
+    # Stamped as the log file stamps it, so `gate logs -f` can tell a line it has shown.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", event.data["ts"])
