@@ -63,24 +63,36 @@ config_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
 
 
-def load(config_path: Path | None) -> Config:
-    return load_with_source(config_path)[0]
+def load(config_path: Path | None, *, missing_ok: bool = False) -> Config:
+    return load_with_source(config_path, missing_ok=missing_ok)[0]
 
 
-def load_with_source(config_path: Path | None) -> tuple[Config, Path | None]:
+def load_with_source(
+    config_path: Path | None, *, missing_ok: bool = False
+) -> tuple[Config, Path | None]:
+    """The config and the file it came from; `missing_ok`: a named file that does not
+    exist yet means the defaults (and the environment)."""
     from gate.config import load_config
 
     try:
-        return load_config(config_path)
+        return load_config(config_path, missing_ok=missing_ok)
     except ConfigError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
+
+
+def named_config(config_path: Path | None) -> Path | None:
+    """The file --config or else $GATE_CONFIG names; None when neither names one."""
+    if config_path is not None:
+        return config_path
+    env = os.environ.get("GATE_CONFIG")  # empty counts as unset, as in gate.config
+    return Path(env) if env else None
 
 
 def config_file(config_path: Path | None) -> Path:
     """The gate.toml a command edits: --config, else $GATE_CONFIG, else the default."""
     from gate.config import default_config_path
 
-    return config_path or Path(os.environ.get("GATE_CONFIG") or default_config_path())
+    return named_config(config_path) or default_config_path()
 
 
 # --- the running daemon ----------------------------------------------------------
@@ -137,7 +149,8 @@ def try_call(
     from gate.cli.progress import spinner
     from gate.rpc_client import DaemonNotRunning, RpcCallError
 
-    if config_path is not None and not config_path.exists():
+    named = named_config(config_path)
+    if named is not None and not named.expanduser().exists():
         return False, None  # no daemon can run on a file that is not there (yet)
     rpc = client(config_path)
     try:

@@ -107,7 +107,7 @@ def _offline(config_path: Path | None, verb: str, action: Callable[[Any], Awaita
     from gate.services.apikeys import ApiKeys
     from gate.services.store import open_store
 
-    config = load(config_path)
+    config = load(config_path, missing_ok=True)  # a file named but not written yet: defaults
 
     async def run() -> Any:
         async with open_store(config.database_path) as store:

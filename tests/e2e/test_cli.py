@@ -373,6 +373,21 @@ def test_peers_add_and_remove_edit_gate_toml_when_no_daemon_runs(gate_env, tmp_p
     assert again.returncode == EXIT_BAD_INPUT and "is not a trusted peer" in err(again)
 
 
+def test_gate_config_naming_a_file_not_written_yet_works_like_config(gate_env, tmp_path):
+    config = tmp_path / "later" / "gate.toml"
+    env = {**gate_env, "GATE_CONFIG": str(config), "GATE_SERVER__BIND": NOWHERE}
+    added = run_gate("peers", "add", OTHER_NODE, env=env)
+    assert added.returncode == 0, err(added)
+    assert err(added) == f"gate: no daemon running; wrote {config} (it applies at the next start)\n"
+    assert tomllib.loads(config.read_text())["p2p"]["trusted_peers"] == [OTHER_NODE]
+
+    keys_env = {**env, "GATE_CONFIG": str(tmp_path / "unwritten.toml")}
+    listed = run_gate("keys", "list", "--json", env=keys_env)
+    assert listed.returncode == 0, err(listed)
+    assert json.loads(out(listed)) == []
+    assert err(listed) == f"gate: no daemon running; read {data_dir(gate_env) / 'gate.db'}\n"
+
+
 # --- API keys --------------------------------------------------------------------------
 
 
