@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 import click
 
@@ -95,6 +95,17 @@ def config_file(config_path: Path | None) -> Path:
     return named_config(config_path) or default_config_path()
 
 
+def command_hint(command: str, config_path: Path | None, bind: str | None = None) -> str:
+    """`gate COMMAND` as the user types it to reach the same daemon: with the --config
+    they gave, and with `bind` (where a daemon started with --bind listens, which the
+    config does not say) as GATE_SERVER__BIND."""
+    import shlex
+
+    prefix = f"GATE_SERVER__BIND={shlex.quote(bind)} " if bind else ""
+    config = f" --config {shlex.quote(str(config_path))}" if config_path else ""
+    return f"{prefix}gate {command}{config}"
+
+
 # --- the running daemon ----------------------------------------------------------
 
 
@@ -105,8 +116,32 @@ def client(config_path: Path | None) -> RpcClient:
 
 
 def start_hint(config_path: Path | None) -> str:
-    config = f" --config {config_path}" if config_path else ""
-    return f"start it with `gate serve --background{config}`"
+    return f"start it with `{command_hint('serve --background', config_path)}`"
+
+
+class RunningDaemon(NamedTuple):
+    base: str  # its URL
+    node: str  # its node id, or "unknown: why" when it would not say
+
+
+def running_daemon(config: Config, *, timeout: float = 5.0) -> RunningDaemon | None:
+    """The Gate daemon answering where `config` puts one, or None: nothing answers there,
+    something that is not Gate does, or server.bind has port 0 (every start picks a
+    fresh port, so no daemon can be found by it)."""
+    from gate.rpc_client import NOT_GATE, DaemonNotRunning, RpcCallError, RpcClient
+
+    if config.bind_host_port[1] == 0:
+        return None
+    rpc = RpcClient(config, timeout=timeout)
+    try:
+        status = rpc.call("node_status")
+    except DaemonNotRunning:
+        return None
+    except RpcCallError as exc:
+        if exc.code == NOT_GATE:
+            return None
+        return RunningDaemon(rpc.base, f"unknown: {exc}")  # a refused token: still a daemon
+    return RunningDaemon(rpc.base, str(status["node_id"]))
 
 
 def no_daemon(config_path: Path | None, base: str) -> NoReturn:

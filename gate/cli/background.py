@@ -5,8 +5,9 @@ closed terminal here never reaches it), stdin from /dev/null, stdout and stderr 
 to `logs/daemon.out` in the data dir. Its stdout carries the lines `gate serve` prints
 once every service is up ("API listening on URL"): the parent reads them from the file,
 which works for port 0 too, then asks the daemon's RPC for its status. If the child
-exits first, or is not ready in time (then it is stopped, not left half-started), the
-parent prints the last lines of the output and exits non-zero.
+exits first, or is not ready in time, the parent prints the last lines of the output
+and exits non-zero; a child not ready in time, or that does not tell its status, is
+stopped first, not left half-started.
 
 The working directory is kept: a relative `database.url` means the directory the user
 started Gate from.
@@ -25,10 +26,16 @@ from typing import Final, NoReturn
 
 import click
 
-from gate.cli._common import EXIT_FAILURE, emit_json, fail, load_with_source
+from gate.cli._common import (
+    EXIT_FAILURE,
+    command_hint,
+    emit_json,
+    fail,
+    load_with_source,
+    running_daemon,
+)
 from gate.cli.daemon import with_bind
 from gate.cli.progress import spinner
-from gate.config import Config
 
 __all__ = ["OUTPUT_FILENAME", "start_background"]
 
@@ -44,9 +51,15 @@ def start_background(
     from gate.logs import LOG_FILENAME
     from gate.rpc_client import DaemonNotRunning, RpcCallError, RpcClient
 
-    config, source = load_with_source(config_path)
-    config = with_bind(config, bind)
-    _refuse_if_running(config)
+    configured, source = load_with_source(config_path)
+    config = with_bind(configured, bind)
+    if running := running_daemon(config):
+        stop = command_hint("stop", config_path, bind)
+        fail(
+            f"a Gate daemon already answers at {running.base} (node {running.node}); "
+            f"stop it first with `{stop}`",
+            EXIT_FAILURE,
+        )
 
     log_dir = config.data_dir / "logs"
     try:
@@ -82,7 +95,8 @@ def start_background(
         with spinner("asking the daemon for its status"):
             status = RpcClient(config, base=url).call("node_status")
     except (DaemonNotRunning, RpcCallError) as exc:
-        fail(f"the daemon (pid {proc.pid}) said it listens on {url}, but: {exc}")
+        _stop(proc)  # leave nothing half-started
+        fail(f"the daemon (pid {proc.pid}) said it listens on {url}, but: {exc}; stopped it")
     proc.returncode = 0  # it runs on alone: no ResourceWarning for a child never waited for
 
     facts = {
@@ -101,8 +115,11 @@ def start_background(
     click.echo(f"API     {url}")
     click.echo(f"P2P     {facts['p2p_address'] or '-'}")
     click.echo(f"log     {facts['log']}  (output: {output_path})")
-    stop_hint = "gate stop" if source is None else f"gate stop --config {source}"
-    click.echo(f"stop it with `{stop_hint}`")
+    # `gate stop` looks where the config says; a daemon elsewhere (--bind, port 0) is
+    # found with its address in the environment.
+    moved = bind is not None or configured.bind_host_port[1] == 0
+    where = url.removeprefix("http://") if moved else None
+    click.echo(f"stop it with `{command_hint('stop', config_path, where)}`")
 
 
 def _wait_ready(
@@ -125,27 +142,6 @@ def _wait_ready(
     except KeyboardInterrupt:  # the user gave up on the start: leave nothing half-started
         _stop(proc)
         raise
-
-
-def _refuse_if_running(config: Config) -> None:
-    from gate.rpc_client import NOT_GATE, DaemonNotRunning, RpcCallError, RpcClient
-
-    if config.bind_host_port[1] == 0:  # a fresh port each time: nothing to collide with
-        return
-    rpc = RpcClient(config, timeout=5)
-    try:
-        status = rpc.call("node_status")
-    except DaemonNotRunning:
-        return
-    except RpcCallError as exc:
-        if exc.code == NOT_GATE:  # something else holds the port: the child will say so
-            return
-        status = {"node_id": "unknown: " + str(exc)}
-    fail(
-        f"a Gate daemon already answers at {rpc.base} (node {status['node_id']}); "
-        "stop it first with `gate stop`",
-        EXIT_FAILURE,
-    )
 
 
 def _read_from(path: Path, offset: int) -> str:

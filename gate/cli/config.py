@@ -17,6 +17,7 @@ from gate.cli._common import (
     config_option,
     fail,
     note,
+    running_daemon,
 )
 from gate.config import Config
 from gate.errors import ConfigError
@@ -178,17 +179,8 @@ def _keep_rejected(path: Path, text: str) -> Path:
 def _tell_running_daemon(running: Config | None, old: Config | None, new: Config) -> None:
     """Which changed keys a running daemon takes now and which wait for a restart."""
     from gate.reload import LIVE_KEYS, changed_keys
-    from gate.rpc_client import NOT_GATE, DaemonNotRunning, RpcCallError, RpcClient
 
-    answers = running is not None
-    if running is not None:
-        try:
-            RpcClient(running, timeout=5).call("node_status")
-        except DaemonNotRunning:
-            answers = False
-        except RpcCallError as exc:  # a refused token still means a daemon runs
-            answers = exc.code != NOT_GATE
-    if not answers:
+    if running is None or running_daemon(running) is None:
         note("no daemon running; the change applies at the next start")
         return
     if old is None:  # the old file was broken: the daemon ran on what it had before

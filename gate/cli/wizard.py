@@ -20,10 +20,12 @@ import click
 from gate.cli._common import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
+    command_hint,
     config_file,
     config_option,
     fail,
     passphrase,
+    running_daemon,
     try_call,
 )
 from gate.config import Config, is_loopback, parse_bind
@@ -305,31 +307,22 @@ def _maybe_start(
     config_path: Path | None, path: Path, existing: Config | None, start: bool | None, yes: bool
 ) -> None:
     from gate.cli.background import start_background
-    from gate.rpc_client import NOT_GATE, DaemonNotRunning, RpcCallError, RpcClient
 
+    start_command = command_hint("serve --background", config_path)
     for config in (existing, _load(path)):
-        if config is None or config.bind_host_port[1] == 0:
-            continue
-        rpc = RpcClient(config, timeout=5)
-        try:
-            rpc.call("node_status")
-        except DaemonNotRunning:
-            continue
-        except RpcCallError as exc:
-            if exc.code == NOT_GATE:
-                continue
-        click.echo(
-            f"A Gate daemon is already running at {rpc.base}: restart it to use the new "
-            "settings (gate stop, then gate serve --background)."
-        )
-        return
+        running = running_daemon(config) if config is not None else None
+        if running is not None:
+            click.echo(
+                f"A Gate daemon is already running at {running.base}: restart it to use the "
+                f"new settings ({command_hint('stop', config_path)}, then {start_command})."
+            )
+            return
     if start is None:
         start = yes or click.confirm("Start Gate now in the background?", default=True)
     if start:
-        start_background(path, None, timeout=60, as_json=False)
+        start_background(config_path, None, timeout=60, as_json=False)
     else:
-        config_arg = f" --config {path}" if config_path else ""
-        click.echo(f"Start it later with `gate serve --background{config_arg}`.")
+        click.echo(f"Start it later with `{start_command}`.")
 
 
 def _load(path: Path) -> Config | None:

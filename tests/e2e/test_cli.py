@@ -515,6 +515,46 @@ def test_serve_bind_is_checked_like_the_file(gate_env, detached, bind, problem, 
     assert detached_daemons(gate_env) == []
 
 
+def test_serve_background_stops_a_daemon_whose_status_fails(gate_env, detached, monkeypatch):
+    from click.testing import CliRunner
+
+    from gate.cli import main
+    from gate.rpc_client import RpcCallError, RpcClient
+
+    def refuse(self, method, params=None):
+        raise RpcCallError(-32603, "internal error (made up by the test)")
+
+    # The daemon starts for real; only this process's view of its status fails.
+    monkeypatch.setattr(RpcClient, "call", refuse)
+    env = {**gate_env, "GATE_SERVER__BIND": "127.0.0.1:0"}
+    result = CliRunner().invoke(main, ["serve", "--background"], env=env)
+    assert result.exit_code == EXIT_FAILURE
+    assert detached_daemons(gate_env) == []  # not left half-started
+    assert "said it listens on http://127.0.0.1:" in result.stderr
+    assert "internal error (made up by the test); stopped it" in result.stderr
+
+
+def test_serve_background_hints_reach_the_daemon_it_started(gate_env, tmp_path, detached):
+    config = tmp_path / "my gate.toml"  # a space: the hint must quote it
+    config.write_text("[server]\nlog_level = 'info'\n")
+    bind = f"127.0.0.1:{free_port()}"
+    args = ["serve", "--background", "--config", str(config), "--bind", bind]
+    started = run_gate(*args, env=gate_env)
+    assert started.returncode == 0, err(started)
+    hint = f"GATE_SERVER__BIND={bind} gate stop --config '{config}'"
+    assert f"stop it with `{hint}`" in out(started)
+    pid = int(re.search(r"started in the background \(pid (\d+)\)", out(started)).group(1))
+
+    twice = run_gate(*args, env=gate_env)
+    assert twice.returncode == EXIT_FAILURE
+    assert f"stop it first with `{hint}`" in err(twice)
+
+    # Run as hinted, it stops that daemon (the configured bind alone would not find it).
+    stopped = run_gate("stop", "--config", str(config), env={**gate_env, "GATE_SERVER__BIND": bind})
+    assert stopped.returncode == 0, err(stopped)
+    wait_for(lambda: not alive(pid), "the daemon process to exit")
+
+
 # --- config edit -------------------------------------------------------------------------
 
 EDITOR_SCRIPT = """\
