@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Final
 
@@ -13,9 +10,12 @@ import click
 from gate.cli._common import (
     EXIT_BAD_INPUT,
     EXIT_FAILURE,
+    command_hint,
     config_file,
     config_option,
+    emit_json,
     fail,
+    load_with_source,
     note,
     running_daemon,
 )
@@ -61,17 +61,12 @@ def config_show(config_path: Path | None, as_json: bool) -> None:
     """Print the effective configuration (file + environment + defaults), secrets masked."""
     import tomli_w
 
-    from gate.config import config_to_dict, load_config
+    from gate.config import config_to_dict
 
-    try:
-        config, source = load_config(config_path)
-    except ConfigError as exc:
-        fail(str(exc), EXIT_BAD_INPUT)
+    config, source = load_with_source(config_path)
     data = config_to_dict(config, mask_secrets=True)
     if as_json:
-        click.echo(
-            json.dumps({"source": str(source) if source else None, "config": data}, indent=2)
-        )
+        emit_json({"source": str(source) if source else None, "config": data})
     else:
         click.echo(f"# source: {source or 'built-in defaults'}")
         click.echo(tomli_w.dumps(data), nl=False)
@@ -102,7 +97,7 @@ def config_edit(config_path: Path | None) -> None:
     error and can be edited again; declined, the file stays as it was and the rejected
     text is kept next to it. A running daemon applies what it can at once.
     """
-    from gate.config import load_config, write_config_atomic
+    from gate.config import write_config_atomic
 
     path = config_file(config_path)
     try:
@@ -112,10 +107,7 @@ def config_edit(config_path: Path | None) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {path}: {exc}")
     old_config = _check(path, old_text)[0] if old_text is not None else Config()
-    try:  # where the daemon runs now: the edit may move server.bind
-        running_config: Config | None = load_config(config_path)[0]
-    except ConfigError:
-        running_config = None
+    running_config = _load(config_path)  # where the daemon runs now: the edit may move it
 
     text = TEMPLATE if old_text is None else old_text
     while True:
@@ -144,43 +136,55 @@ def config_edit(config_path: Path | None) -> None:
     except ConfigError as exc:
         fail(str(exc), EXIT_FAILURE)
     click.echo(f"saved {path}")
-    _tell_running_daemon(running_config, old_config, new_config)
+    # With the old file broken, where the daemon runs (on its last good config) is not
+    # known here: look where the new file puts it, as the daemon would read it.
+    running = running_config or _load(config_path) or new_config
+    _tell_running_daemon(config_path, running, old_config, new_config)
+
+
+def _load(config_path: Path | None) -> Config | None:
+    """The config as `gate serve` would load it (file and environment), or None."""
+    from gate.config import load_config
+
+    try:
+        return load_config(config_path)[0]
+    except ConfigError:
+        return None
 
 
 def _check(path: Path, text: str) -> tuple[Config | None, str]:
     """(the config, "") if `text` would load as gate.toml, else (None, the error), checked
-    as `gate serve` checks a file; messages name `path`, not the scratch file."""
-    from gate.config import check_exposure, validate_config_file
+    as `gate serve` checks a file; messages name `path`."""
+    from gate.config import check_exposure, validate_config_text
 
-    with tempfile.TemporaryDirectory(prefix="gate-edit-") as scratch:
-        candidate = Path(scratch) / path.name
-        candidate.write_text(text, encoding="utf-8")
-        try:
-            config = validate_config_file(candidate)
-            check_exposure(config)
-        except ConfigError as exc:
-            return None, str(exc).replace(str(candidate), str(path))
+    try:
+        config = validate_config_text(text, str(path))
+        check_exposure(config)
+    except ConfigError as exc:
+        return None, str(exc)
     return config, ""
 
 
 def _keep_rejected(path: Path, text: str) -> Path:
+    from gate.identity import write_secret_file_atomic
+
     rejected = path.with_name(path.name + ".rejected")
     try:
         rejected.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # 0600: the text may hold an API key or the control token.
-        fd = os.open(rejected, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        # 0600 whatever was there before: the text may hold an API key or the token.
+        write_secret_file_atomic(rejected, text.encode())
     except OSError as exc:
         fail(f"kept {path} as it was; could not save the rejected edit: {exc}")
     return rejected
 
 
-def _tell_running_daemon(running: Config | None, old: Config | None, new: Config) -> None:
+def _tell_running_daemon(
+    config_path: Path | None, running: Config, old: Config | None, new: Config
+) -> None:
     """Which changed keys a running daemon takes now and which wait for a restart."""
     from gate.reload import LIVE_KEYS, changed_keys
 
-    if running is None or running_daemon(running) is None:
+    if running_daemon(running) is None:
         note("no daemon running; the change applies at the next start")
         return
     if old is None:  # the old file was broken: the daemon ran on what it had before
@@ -190,7 +194,6 @@ def _tell_running_daemon(running: Config | None, old: Config | None, new: Config
     if changed & LIVE_KEYS:
         note(f"the running daemon applies now: {', '.join(sorted(changed & LIVE_KEYS))}")
     if changed - LIVE_KEYS:
-        note(
-            f"needs a restart: {', '.join(sorted(changed - LIVE_KEYS))} "
-            "(gate stop, then gate serve --background)"
-        )
+        stop = command_hint("stop", config_path)
+        start = command_hint("serve --background", config_path)
+        note(f"needs a restart: {', '.join(sorted(changed - LIVE_KEYS))} ({stop}, then {start})")

@@ -648,6 +648,34 @@ def test_config_edit_starts_a_missing_file_from_a_template(gate_env, tmp_path, e
     assert shown["config"]["server"]["log_level"] == "debug"
 
 
+def test_config_edit_finds_the_daemon_when_the_old_file_is_broken(gate, editor):
+    path = Path(gate.args[-1])
+    good = path.read_text()
+    path.write_text(good + "[server]\nlog_level = 'loud'\n")  # the daemon keeps its config
+    fixed = cli(gate, "config", "edit", env=editor(good))
+    assert fixed.returncode == 0, err(fixed)
+    assert path.read_text() == good
+    assert "no daemon running" not in err(fixed)
+    assert "the running daemon applies what it can; restart it" in err(fixed)
+
+
+def test_config_edit_keeps_a_rejected_edit_private(gate_env, tmp_path, editor):
+    config = tmp_path / "gate.toml"
+    config.write_text("[server]\nlog_level = 'info'\n")
+    rejected = tmp_path / "gate.toml.rejected"
+    rejected.write_text("an old rejected edit, left readable\n")
+    rejected.chmod(0o644)
+    bad = "[security]\ncontrol_token = 'secret'\nbogus = 1\n"
+    env = {**gate_env, "GATE_SERVER__BIND": NOWHERE, **editor(bad)}
+    refused = run_gate("config", "edit", "--config", str(config), env=env, input=b"n\n")
+    assert refused.returncode == EXIT_BAD_INPUT
+    assert rejected.read_text() == bad and rejected.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir() if "gate" in p.name) == [
+        "gate.toml",
+        "gate.toml.rejected",
+    ]  # no temp file left
+
+
 # --- setup ---------------------------------------------------------------------------------
 
 
