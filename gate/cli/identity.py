@@ -6,7 +6,6 @@ is not involved (an imported key takes effect at its next start).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import click
 from gate.cli._common import (
     EXIT_BAD_INPUT,
     config_option,
+    emit_json,
     env_secret,
     fail,
     json_option,
@@ -45,15 +45,13 @@ def identity_show(config_path: Path | None, as_json: bool) -> None:
     node_id = NodeId(identity.public_key_bytes)
     key_file = config.data_dir / KEY_FILENAME
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "node_id": str(node_id),
-                    "hex": node_id.hex(),
-                    "key_file": str(key_file),
-                    "created": created,
-                }
-            )
+        emit_json(
+            {
+                "node_id": str(node_id),
+                "hex": node_id.hex(),
+                "key_file": str(key_file),
+                "created": created,
+            }
         )
     else:
         click.echo(f"node id   {node_id}")

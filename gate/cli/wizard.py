@@ -59,7 +59,8 @@ def setup(
     try:
         existing = _existing(path)
         for url in urls:
-            _check_url(url)
+            if not _is_http_url(url):
+                fail(f"{url!r}: give an http:// or https:// URL", EXIT_BAD_INPUT)
         click.echo(f"Gate setup writes {path}.")
         if existing is not None and not yes:
             click.echo("It exists: setup adds to it (comments in it are not kept).")
@@ -93,10 +94,9 @@ def _existing(path: Path) -> Config | None:
         fail(f"{exc} (fix it first: gate config edit)", EXIT_BAD_INPUT)
 
 
-def _check_url(url: str) -> None:
+def _is_http_url(url: str) -> bool:
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        fail(f"{url!r}: give an http:// or https:// URL", EXIT_BAD_INPUT)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 # --- engines -------------------------------------------------------------------
@@ -106,12 +106,14 @@ def _choose_engines(
     config_path: Path | None, config: Config, urls: list[str], yes: bool
 ) -> list[dict[str, str]]:
     """The [[providers.engines]] entries to add."""
-    configured = {_norm(e.base_url) for e in config.providers.engines}
+    from gate.services.providers import strip_v1
+
+    configured = {strip_v1(e.base_url) for e in config.providers.engines}
     taken = {e.name for e in config.providers.engines}
     chosen: list[dict[str, str]] = []
 
     def offer(engine: dict[str, Any]) -> None:
-        if _norm(engine["base_url"]) in configured:
+        if strip_v1(engine["base_url"]) in configured:
             return
         models = engine["models"]
         question = (
@@ -121,7 +123,7 @@ def _choose_engines(
         if yes or click.confirm(question, default=True):
             name = _name(engine["kind"], engine["base_url"], taken)
             taken.add(name)
-            configured.add(_norm(engine["base_url"]))
+            configured.add(strip_v1(engine["base_url"]))
             chosen.append({"name": name, "kind": engine["kind"], "base_url": engine["base_url"]})
 
     click.echo("Looking for engines on this machine...")
@@ -140,8 +142,7 @@ def _choose_engines(
         ).strip()
         if not url:
             break
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if not _is_http_url(url):
             click.echo(f"  {url!r}: give an http:// or https:// URL")
             continue
         engine = _discover(config_path, [url])[-1]  # the given URLs come last
@@ -194,12 +195,14 @@ def _discover(config_path: Path | None, urls: list[str]) -> list[dict[str, Any]]
 
 
 def _show(found: list[dict[str, Any]], configured: set[str]) -> None:
+    from gate.services.providers import strip_v1
+
     missing = []
     for engine in found:
         if not engine["found"]:
             missing.append(f"{engine['kind']} ({engine['base_url']})")
             continue
-        state = "in gate.toml" if _norm(engine["base_url"]) in configured else "found"
+        state = "in gate.toml" if strip_v1(engine["base_url"]) in configured else "found"
         models = engine["models"]
         click.echo(
             f"  {state:12} {engine['kind']:18} {engine['base_url']}  "
@@ -212,12 +215,6 @@ def _show(found: list[dict[str, Any]], configured: set[str]) -> None:
 def _short(models: list[str], limit: int = 3) -> str:
     more = f", +{len(models) - limit} more" if len(models) > limit else ""
     return (", ".join(models[:limit]) or "none listed") + more
-
-
-def _norm(url: str) -> str:
-    """A base URL as a Provider keeps it (no trailing / or /v1), to compare two."""
-    url = url.rstrip("/")
-    return url.removesuffix("/v1")
 
 
 def _name(kind: str, url: str, taken: set[str]) -> str:
