@@ -25,7 +25,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gateway import REQUEST, TIME_LIMIT, pct, sequential_latency, start_gate, start_nginx
+from bench.gateway import (
+    REQUEST,
+    TIME_LIMIT,
+    pct,
+    sequential_latency,
+    start_gate,
+    start_nginx,
+    stop_cleanly_on_sigterm,
+)
 
 CALLS = 1000
 EVENT_REQUESTS = 300
@@ -220,4 +228,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stop_cleanly_on_sigterm()
     main()

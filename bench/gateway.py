@@ -72,6 +72,12 @@ WRK_SECONDS = 5
 TIME_LIMIT = 30.0
 
 
+def stop_cleanly_on_sigterm() -> None:
+    """SIGTERM (`timeout`, a CI runner) ends the run like Ctrl-C does: through the
+    `finally` blocks, so no nginx or Gate started by the benchmark is left running."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -420,4 +426,5 @@ def run(upstream: Upstream, starters: list, workdir: Path) -> None:
 
 
 if __name__ == "__main__":
+    stop_cleanly_on_sigterm()
     main()

@@ -31,6 +31,7 @@ from bench.gateway import (
     nginx_escape,
     pct,
     sequential_latency,
+    stop_cleanly_on_sigterm,
     wait_http,
 )
 
@@ -233,4 +234,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stop_cleanly_on_sigterm()
     main()
