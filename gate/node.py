@@ -165,7 +165,7 @@ class Node:
         """Run with `config` from now on; it may differ from the running one only in
         gate.reload.LIVE_KEYS. Raises (changing nothing) when the change is unsafe."""
         check_exposure(config)  # e.g. API keys turned off while bound beyond loopback
-        new_providers = self.registry.reconfigure(config.providers)  # raises before changing
+        self.registry.reconfigure(config.providers)  # raises before it changes anything
         old, self.config = self.config, config
         self.client.connect_timeout = config.server.connect_timeout
         if self.gateway is not None:
@@ -177,7 +177,7 @@ class Node:
                 log.info("trusted peers updated", extra={"peers": len(config.p2p.trusted_peers)})
         if config.server.log_level != old.server.log_level:
             logging.getLogger().setLevel(config.server.log_level.upper())
-        if new_providers or config.providers != old.providers:
+        if config.providers != old.providers:  # check new engines, probe if now empty
             await self.registry.refresh()
 
     def request_shutdown(self, reason: str) -> None:

@@ -117,3 +117,12 @@ class GateServe:
 
 def data_dir(env: dict[str, str]) -> Path:
     return Path(env["XDG_DATA_HOME"]) / "gate"
+
+
+def wait_for(predicate, what: str, timeout: float = 20.0):
+    """Poll `predicate` until it returns something true (returned); fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return value

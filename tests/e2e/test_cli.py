@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import tomllib
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import pexpect
 import pytest
 
 from .conftest import engine_config
-from .gate_process import GATE, GateServe, data_dir, run_gate
+from .gate_process import GATE, GateServe, data_dir, run_gate, wait_for
 from .test_gateway import HI, MODEL
 
 pytestmark = pytest.mark.e2e
@@ -59,14 +58,6 @@ def out(result) -> str:
 
 def err(result) -> str:
     return result.stderr.decode()
-
-
-def wait_for(predicate, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return value
 
 
 def rpc(url: str, method: str, params=None):

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from .conftest import engine_config
-from .gate_process import GateServe, data_dir, run_gate
+from .gate_process import GateServe, data_dir, run_gate, wait_for
 from .test_gateway import HI, MODEL, NO_EOS
 
 pytestmark = pytest.mark.e2e
@@ -87,16 +87,6 @@ def start(node: Node, *, trust: list[Node], engine=None, heartbeat: float = HEAR
     }
     node.gate = GateServe(env, config=config).start()
     return node
-
-
-def wait_for(predicate, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture

@@ -6,31 +6,24 @@ Hand edits of gate.toml are picked up by the config watcher (within about a seco
 keeps running with their old values.
 """
 
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from .conftest import engine_config
+from .gate_process import wait_for
 from .test_gateway import HI, MODEL
 from .test_rpc import result, rpc
 
 pytestmark = pytest.mark.e2e
 
+LIVE_WITHIN = 10.0  # seconds for a change to show in a running node
 NO_ENGINE = "[providers]\nprobe_local = false\nhealth_interval = 1.0\n"
 
 
 def config_path(gate) -> Path:
     return Path(gate.env["XDG_CONFIG_HOME"]) / "gate-test.toml"
-
-
-def eventually(predicate, what: str, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return value
 
 
 def model_ids(gate) -> list[str]:
@@ -52,27 +45,31 @@ def test_hand_edits_apply_live_and_bad_ones_are_refused(start_gate, llama_engine
         engine_config(llama_engine)
         + "[providers.aliases]\nfast = 'tiny-llama'\n[server]\nmax_body_bytes = 2000\n"
     )
-    eventually(lambda: MODEL in model_ids(gate), "the hand-added engine's model")
+    wait_for(lambda: MODEL in model_ids(gate), "the hand-added engine's model", timeout=LIVE_WITHIN)
     assert chat(gate, "fast").status_code == 200
     assert chat(gate, MODEL, user="x" * 3000).status_code == 413
-    eventually(lambda: "config applied" in gate.stderr(), "the log line")
+    wait_for(lambda: "config applied" in gate.stderr(), "the log line", timeout=LIVE_WITHIN)
 
     # A broken edit is refused; the node keeps serving as before.
     good = config_path(gate).read_text()
     config_path(gate).write_text(good + "[p2p]\nport = 'nope'\n")
-    eventually(lambda: "config change refused" in gate.stderr(), "the refusal")
+    wait_for(lambda: "config change refused" in gate.stderr(), "the refusal", timeout=LIVE_WITHIN)
     assert chat(gate, "fast").status_code == 200
 
     # A key that cannot change live is logged as waiting for a restart; the rest applies.
     config_path(gate).write_text(
         good.replace("max_body_bytes = 2000", "max_body_bytes = 20000\ndrain_timeout = 3.0")
     )
-    eventually(lambda: "keys=server.drain_timeout" in gate.stderr(), "the restart notice")
+    wait_for(
+        lambda: "keys=server.drain_timeout" in gate.stderr(),
+        "the restart notice",
+        timeout=LIVE_WITHIN,
+    )
     assert chat(gate, MODEL, user="x" * 3000).status_code == 200
 
     # Removing the engine takes its model away.
     config_path(gate).write_text(NO_ENGINE)
-    eventually(lambda: model_ids(gate) == [], "the engine to go")
+    wait_for(lambda: model_ids(gate) == [], "the engine to go", timeout=LIVE_WITHIN)
     assert chat(gate, MODEL).status_code == 404
 
 
