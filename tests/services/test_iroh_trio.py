@@ -6,7 +6,6 @@ transport layer on top of it. Loopback only, relays off, no discovery.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import threading
@@ -160,50 +159,6 @@ def test_iroh_runs_in_a_trio_run_in_another_thread():
     thread.start()
     thread.join(10)
     assert len(results) == 1
-
-
-# ---------------------------------------------------------------------------------------
-# The buffer-write patch
-# ---------------------------------------------------------------------------------------
-
-
-def test_buffer_write_patch_is_applied_once_and_idempotent():
-    assert iroh_trio.buffer_writes_patched()
-    patched = iroh_ffi._UniffiRustBufferBuilder.write
-    iroh_trio.patch_buffer_writes()
-    iroh_trio.patch_buffer_writes()
-    assert iroh_ffi._UniffiRustBufferBuilder.write is patched
-    assert patched is not iroh_trio._ORIGINAL_WRITE
-
-
-def rust_buffer_bytes(rbuf: iroh_ffi._UniffiRustBuffer) -> bytes:
-    return ctypes.string_at(rbuf.data, rbuf.len) if rbuf.len else b""
-
-
-@pytest.mark.parametrize("size", [0, 1, 65536, 1024 * 1024 + 1])
-@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
-def test_bytes_round_trip_through_a_rust_buffer(size, kind):
-    payload = os.urandom(size)
-    rbuf = iroh_ffi._UniffiFfiConverterBytes.lower(kind(payload))
-    # i32 length prefix (big-endian), then the bytes: what Rust reads.
-    raw = rust_buffer_bytes(rbuf)
-    assert raw == size.to_bytes(4, "big") + payload
-    assert iroh_ffi._UniffiFfiConverterBytes.lift(rbuf) == payload  # frees rbuf
-
-
-@pytest.mark.parametrize("size", [0, 1, 100, 4096])
-def test_patched_write_matches_the_generated_one(size):
-    payload = os.urandom(size)
-    outputs = []
-    for write in (iroh_trio._ORIGINAL_WRITE, iroh_ffi._UniffiRustBufferBuilder.write):
-        builder = iroh_ffi._UniffiRustBufferBuilder()
-        builder.write_u8(7)  # an unaligned start
-        write(builder, payload)
-        builder.write_u8(9)
-        rbuf = builder.finalize()
-        outputs.append(rust_buffer_bytes(rbuf))
-        rbuf.free()
-    assert outputs[0] == outputs[1] == b"\x07" + payload + b"\x09"
 
 
 def test_bytes_reach_rust_unchanged():
@@ -419,6 +374,36 @@ async def test_wakeup_from_another_thread_reschedules_the_task():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.to_thread.run_sync, rust_thread)
             assert await future == WAKE
+
+
+async def test_a_rust_thread_keeps_its_python_state_between_wakeups(server, monkeypatch):
+    """ctypes gives a foreign thread a fresh thread state per callback and frees it after;
+    the bridge keeps one per thread, so a thread-local set in one wakeup is there in the
+    next (it would be gone with a fresh state)."""
+    marks: dict[int, list[int | None]] = {}
+    local = threading.local()
+    keep = iroh_trio._keep_thread_state
+
+    def keep_and_mark() -> None:
+        keep()
+        ident = threading.get_ident()
+        if any(thread.ident == ident for thread in threading.enumerate()):
+            return  # a thread Python started: not what this test is about
+        seen = marks.setdefault(ident, [])
+        seen.append(getattr(local, "mark", None))
+        local.mark = len(seen)
+
+    monkeypatch.setattr(iroh_trio, "_keep_thread_state", keep_and_mark)
+    server_endpoint, client = server
+    with trio.fail_after(10):
+        conn = await client.connect(addr_of(server_endpoint), ALPN)
+        for _ in range(3):
+            assert await echo_once(conn, b"ping") == b"ping"
+        conn.close(0, b"done")
+    woken_often = [seen for seen in marks.values() if len(seen) >= 2]
+    assert woken_often, marks  # Rust threads did wake trio tasks
+    for seen in woken_often:
+        assert seen == [None, *range(1, len(seen))]
 
 
 def test_wakeup_after_the_run_ended_is_dropped_silently():
