@@ -19,6 +19,7 @@ is not reading.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, MutableMapping
@@ -43,6 +44,7 @@ from gate.protocol import (
     encode_preamble,
 )
 from gate.services.asgi import ASGIApp
+from gate.services.transport import QuicStream
 from gate.services.upstream import (
     StreamedResponse,
     UpstreamDisconnected,
@@ -144,18 +146,16 @@ class PeerResponse(StreamedResponse):
         if self._closed:
             return
         self._closed = True
-        with trio.move_on_after(1, shield=True):
-            try:
-                if self._complete:
-                    # The graceful close below finishes our half (spec §7.2).
-                    self._frames.channel.send_finish()
-                else:  # abandoned: tell the peer to stop its engine (spec §7.3)
-                    await self._frames.send(
-                        StreamError(code=ErrorCode.CANCELLED, message="requester cancelled")
-                    )
-            except Exception:
-                pass
-            await _close_quietly(self._frames.stream)
+        if self._complete:
+            # The graceful close below finishes our half (spec §7.2).
+            with contextlib.suppress(ProtocolError):
+                self._frames.channel.send_finish()
+        else:  # abandoned: tell the peer to stop its engine (spec §7.3)
+            with trio.move_on_after(1, shield=True), contextlib.suppress(Exception):
+                await self._frames.send(
+                    StreamError(code=ErrorCode.CANCELLED, message="requester cancelled")
+                )
+        await _close_quietly(self._frames.stream)
 
 
 async def request_over_stream(
@@ -259,9 +259,13 @@ class _ExchangeOverStream:
 
     One task reads the stream: it hands the request body to the app through a small
     channel (so a slow app slows the requester: backpressure), then watches for the
-    requester cancelling. The app's receive() only consumes that channel, so whatever
-    the app does, a cancel from the requester stops it. The app runs in the calling
-    task (one task fewer per request), inside a scope the reader cancels.
+    requester cancelling. The app's receive() only consumes what the reader hands over,
+    so whatever the app does, a cancel from the requester stops it. The app runs in the
+    calling task (one task fewer per request), inside a scope the reader cancels.
+
+    The usual request is small and arrives whole with its head (head, body and End in
+    one read): then the body is taken from the buffer at once and the reader starts
+    straight at watching, without the channel and its task switches.
     """
 
     def __init__(self, frames: _Frames, head: RequestHead, peer: str) -> None:
@@ -274,7 +278,31 @@ class _ExchangeOverStream:
         self._app_scope = trio.CancelScope()
         self.protocol_error: ProtocolError | None = None
         self._pending = b""  # a response head waiting to go out with the first body part
-        self._body_send, self._body_receive = trio.open_memory_channel[bytes | None](4)
+        # Body parts already parsed from the buffer, and whether End came with them.
+        self._early: collections.deque[bytes] = collections.deque()
+        self._whole = False
+        self._gone_early = False  # the buffer ended the request with an error or EOF
+        self._parse_buffered()
+        self._body_send: trio.MemorySendChannel[bytes | None] | None = None
+        self._body_receive: trio.MemoryReceiveChannel[bytes | None] | None = None
+        if not (self._whole or self._gone_early):
+            self._body_send, self._body_receive = trio.open_memory_channel[bytes | None](4)
+
+    def _parse_buffered(self) -> None:
+        """Take the request's frames that are already buffered, without waiting."""
+        channel = self.frames.channel
+        while True:
+            event = channel.next_event()
+            if isinstance(event, Body):
+                self._early.append(event.data)
+            elif isinstance(event, End):
+                self._whole = True
+                return
+            elif event is NEED_DATA:
+                return
+            else:  # StreamError or EOF: the requester left mid-request
+                self._gone_early = True
+                return
 
     def scope(self) -> dict[str, Any]:
         path, _, query = self.head.target.partition("?")
@@ -314,16 +342,19 @@ class _ExchangeOverStream:
 
     async def _read_requester(self) -> None:
         try:
-            async with self._body_send:
-                while True:
-                    event = await self.frames.next()
-                    if isinstance(event, Body):
-                        await self._body_send.send(event.data)
-                    elif isinstance(event, End):
-                        await self._body_send.send(None)
-                        break
-                    else:  # StreamError (cancel) or the stream ended mid-request
-                        return
+            if self._gone_early:
+                return
+            if self._body_send is not None:
+                async with self._body_send:
+                    while True:
+                        event = await self.frames.next()
+                        if isinstance(event, Body):
+                            await self._body_send.send(event.data)
+                        elif isinstance(event, End):
+                            await self._body_send.send(None)
+                            break
+                        else:  # StreamError (cancel) or the stream ended mid-request
+                            return
             while True:  # the request is in: from now on only a cancel can arrive
                 event = await self.frames.next()
                 if event is EOF:
@@ -340,11 +371,18 @@ class _ExchangeOverStream:
             self._app_scope.cancel()  # a cancelling or vanished requester stops the app
 
     async def receive(self) -> MutableMapping[str, Any]:
-        if self.request_done:
+        if self.request_done or self._gone_early:
             # After the body, ASGI's next message is http.disconnect: when the requester
             # cancels or goes away.
             await self.cancelled.wait()
             return {"type": "http.disconnect"}
+        if self._early or self._whole:
+            await trio.lowlevel.checkpoint()
+            early = self._early.popleft() if self._early else b""
+            more = bool(self._early) or not self._whole
+            self.request_done = not more
+            return {"type": "http.request", "body": early, "more_body": more}
+        assert self._body_receive is not None
         try:
             chunk = await self._body_receive.receive()
         except trio.EndOfChannel:
@@ -399,6 +437,11 @@ class _ExchangeOverStream:
 
 
 async def _close_quietly(stream: PeerStream) -> None:
-    with trio.move_on_after(1, shield=True):
+    """Close, even when cancelled, in bounded time, raising nothing."""
+    if isinstance(stream, QuicStream):
+        # Its aclose is all that already (and costs no scope of its own when graceful).
         with contextlib.suppress(Exception):
             await stream.aclose()
+        return
+    with trio.move_on_after(1, shield=True), contextlib.suppress(Exception):
+        await stream.aclose()

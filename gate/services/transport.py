@@ -383,32 +383,30 @@ class QuicStream(trio.abc.HalfCloseableStream):
             if half.scope is not None:
                 half.scope.cancel()
         if first:
-            with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT):
-                await self._close_halves(code, send_interrupted)
+            if code is None and not send_interrupted:
+                # Graceful: let go of both halves. Dropping iroh's (quinn's) stream
+                # halves finishes an unfinished send half and stops an unread receive
+                # half with code 0, exactly what finish() and stop(0) would do, without
+                # two more calls into Rust per stream, or the shielded scope those would
+                # need. The handles go when their last in-flight call has been freed.
+                self._send_stream = self._recv_stream = None
+                self._finished = True
+            else:
+                with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT):
+                    await self._abort_halves(code or 0)
         await trio.lowlevel.checkpoint()
 
-    async def _close_halves(self, code: int | None, send_interrupted: bool) -> None:
-        if code is None and not send_interrupted:
-            # Graceful: let go of both halves. Dropping iroh's (quinn's) stream halves
-            # finishes an unfinished send half and stops an unread receive half with
-            # code 0, exactly what finish() and stop(0) would do, without two more
-            # calls into Rust per stream (each costs about what a write does). The
-            # handles go when their last in-flight call has been freed.
-            self._send_stream = self._recv_stream = None
-            self._finished = True
-            return
-        # Errors here are the peer having closed first, or the connection being gone:
-        # the stream is closed either way.
+    async def _abort_halves(self, code: int) -> None:
+        """Reset our half and stop theirs with ``code``.
+
+        Errors here are the peer having closed first, or the connection being gone: the
+        stream is closed either way."""
         if not self._finished and self._send.error is None:
             with contextlib.suppress(*_IROH_ERRORS):
-                if code is None and not send_interrupted:
-                    await self._send_stream.finish()
-                    self._finished = True
-                else:
-                    await self._send_stream.reset(code or 0)
+                await self._send_stream.reset(code)
         if not self._eof and self._recv.error is None:
             with contextlib.suppress(*_IROH_ERRORS):
-                await self._recv_stream.stop(code or 0)
+                await self._recv_stream.stop(code)
 
     def __repr__(self) -> str:
         state = "closed" if self.is_closed else "open"

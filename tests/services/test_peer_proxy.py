@@ -170,3 +170,67 @@ async def test_a_peer_silent_mid_response_times_out_after_the_idle_limit(autojum
                 await body.__anext__()  # the app waits for `release`, which never comes
             assert trio.current_time() - began == pytest.approx(30)
         nursery.cancel_scope.cancel()
+
+
+def requester_channel():
+    from gate.protocol import HTTP_PROXY, Channel, Role, encode_preamble
+
+    channel = Channel(HTTP_PROXY, Role.INITIATOR)
+    return channel, encode_preamble(StreamType.HTTP_PROXY)
+
+
+def recording_app(received: list):
+    router = Router()
+
+    @router.route("POST", "/echo")
+    async def record(scope, receive, send):
+        while True:
+            message = await receive()
+            received.append(message)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        if message["type"] == "http.request":
+            await send_json(send, 200, {"body": b"".join(m["body"] for m in received).decode()})
+
+    return router
+
+
+async def test_a_body_whose_first_part_came_with_the_head_is_whole_and_in_order():
+    """Frames already buffered with the head are handed over first; the rest follows as
+    it arrives (the two ways a body reaches the app, in one request)."""
+    from gate.protocol import Body, End, RequestHead, ResponseHead
+
+    received: list = []
+    channel, preamble = requester_channel()
+    a, b = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(responder, b, recording_app(received))
+        head = RequestHead(method="POST", target="/echo", headers=[])
+        await a.send_all(preamble + channel.send(head) + channel.send(Body(data=b"ab")))
+        await trio.testing.wait_all_tasks_blocked()
+        await a.send_all(channel.send(Body(data=b"cd")) + channel.send(End()))
+        with trio.fail_after(5):
+            while not isinstance(event := channel.next_event(), ResponseHead):
+                assert event is NEED_DATA
+                channel.receive_data(await a.receive_some(65536))
+        assert event.status == 200
+        nursery.cancel_scope.cancel()
+    assert [m["body"] for m in received] == [b"ab", b"cd", b""]
+    assert [m["more_body"] for m in received] == [True, True, False]
+
+
+async def test_a_request_cancelled_in_its_first_read_never_reaches_the_engine():
+    """Head and StreamError in one read: the app sees http.disconnect, serves nothing."""
+    from gate.protocol import ErrorCode, RequestHead, StreamError
+
+    received: list = []
+    channel, preamble = requester_channel()
+    a, b = trio.testing.memory_stream_pair()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(responder, b, recording_app(received))
+            head = RequestHead(method="POST", target="/echo", headers=[])
+            cancel = StreamError(code=ErrorCode.CANCELLED, message="requester cancelled")
+            await a.send_all(preamble + channel.send(head) + channel.send(cancel))
+            assert await a.receive_some(65536) == b""  # closed, nothing sent back
+    assert received == [{"type": "http.disconnect"}]
