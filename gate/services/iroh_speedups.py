@@ -37,7 +37,6 @@ __all__ = [
     "zeroed_call_status",
 ]
 
-_Buffer = _ffi._UniffiRustBuffer
 _CallStatus = _ffi._UniffiRustCallStatus
 _alloc = _ffi._UniffiLib.ffi_iroh_ffi_rustbuffer_alloc
 _free = _ffi._UniffiLib.ffi_iroh_ffi_rustbuffer_free
