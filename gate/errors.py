@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "GateError",
     "IdentityError",
+    "IdentityStorageError",
     "ServiceError",
     "StoreError",
     "collapse_group",
@@ -29,6 +30,11 @@ class ConfigError(GateError):
 
 class IdentityError(GateError):
     """The node key cannot be created, read or written. Never answered by replacing the key."""
+
+
+class IdentityStorageError(IdentityError):
+    """The system refused to read or write the key file or its directory (an OS error),
+    as opposed to a key that is missing, malformed, foreign or wrongly protected."""
 
 
 class StoreError(ServiceError):

@@ -41,7 +41,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from gate.errors import IdentityError
+from gate.errors import IdentityError, IdentityStorageError
 
 __all__ = [
     "KEY_FILENAME",
@@ -165,7 +165,7 @@ def load_or_create_identity(data_dir: Path, passphrase: str | None) -> tuple[Nod
         # Another process created the key between our read and our write: theirs wins.
         return load_identity(data_dir, passphrase), False
     except OSError as exc:
-        raise IdentityError(f"cannot write node key {path}: {exc}") from exc
+        raise IdentityStorageError(f"cannot write node key {path}: {exc}") from exc
     return identity, True
 
 
@@ -211,7 +211,7 @@ def import_identity(
             " (the old key is kept as a backup)"
         ) from exc
     except OSError as exc:
-        raise IdentityError(f"cannot write node key {path}: {exc}") from exc
+        raise IdentityStorageError(f"cannot write node key {path}: {exc}") from exc
     return identity
 
 
@@ -283,7 +283,7 @@ def _ensure_data_dir(data_dir: Path) -> None:
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise IdentityError(f"cannot create data dir {data_dir}: {exc}") from exc
+        raise IdentityStorageError(f"cannot create data dir {data_dir}: {exc}") from exc
 
 
 def _load_key_file(path: Path, passphrase: str | None) -> NodeIdentity | None:
@@ -293,7 +293,7 @@ def _load_key_file(path: Path, passphrase: str | None) -> NodeIdentity | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise IdentityError(f"cannot read node key {path}: {exc}") from exc
+        raise IdentityStorageError(f"cannot read node key {path}: {exc}") from exc
     with f:
         try:
             st = os.fstat(f.fileno())
@@ -307,7 +307,7 @@ def _load_key_file(path: Path, passphrase: str | None) -> NodeIdentity | None:
                 )
             data = f.read()
         except OSError as exc:
-            raise IdentityError(f"cannot read node key {path}: {exc}") from exc
+            raise IdentityStorageError(f"cannot read node key {path}: {exc}") from exc
     if not data.strip():
         raise IdentityError(
             f"node key {path} is empty; refusing to replace it"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 import click
 
-from gate.errors import ConfigError
+from gate.errors import ConfigError, IdentityError, IdentityStorageError
 
 if TYPE_CHECKING:
     from gate.config import Config
@@ -29,6 +29,11 @@ _RPC_BAD_INPUT = (-32602, -32004)  # invalid params, not found
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     click.echo(f"gate: error: {message}", err=True)
     sys.exit(code)
+
+
+def identity_failure(exc: IdentityError) -> NoReturn:
+    """Exit for a node-key error: 1 when the system refused a read or write, else 2."""
+    fail(str(exc), EXIT_FAILURE if isinstance(exc, IdentityStorageError) else EXIT_BAD_INPUT)
 
 
 def note(message: str) -> None:

@@ -22,6 +22,7 @@ from gate.cli._common import (
     config_option,
     emit_json,
     fail,
+    identity_failure,
     json_option,
     load,
     load_with_source,
@@ -99,16 +100,19 @@ def _serve_foreground(config_path: Path | None, bind: str | None, *, detached: b
 
     config, source = load_with_source(config_path)
     config = with_bind(config, bind)
-    log_file = setup_logging(
-        config.server.log_level,
-        config.data_dir / "logs",
-        console_level="warning" if detached else None,
-    )
+    try:
+        log_file = setup_logging(
+            config.server.log_level,
+            config.data_dir / "logs",
+            console_level="warning" if detached else None,
+        )
+    except OSError as exc:  # the data dir is unusable: not a directory, read-only, full
+        fail(f"cannot open the log file in {config.data_dir / 'logs'}: {exc}")
 
     try:
         identity, created = load_or_create_identity(config.data_dir, passphrase())
     except IdentityError as exc:
-        fail(str(exc), EXIT_BAD_INPUT)
+        identity_failure(exc)
     try:
         node = Node(config, identity, config_path=source)
     except ConfigError as exc:

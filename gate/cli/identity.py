@@ -17,6 +17,7 @@ from gate.cli._common import (
     emit_json,
     env_secret,
     fail,
+    identity_failure,
     json_option,
     load,
     passphrase,
@@ -41,7 +42,7 @@ def identity_show(config_path: Path | None, as_json: bool) -> None:
     try:
         identity, created = load_or_create_identity(config.data_dir, passphrase())
     except IdentityError as exc:
-        fail(str(exc), EXIT_BAD_INPUT)
+        identity_failure(exc)
     node_id = NodeId(identity.public_key_bytes)
     key_file = config.data_dir / KEY_FILENAME
     if as_json:
@@ -84,7 +85,7 @@ def identity_export(
     try:
         identity = load_identity(config.data_dir, passphrase())
     except IdentityError as exc:
-        fail(str(exc), EXIT_BAD_INPUT)
+        identity_failure(exc)
     pem = export_identity(identity, export_passphrase)
     if output is None:
         click.echo(pem.decode(), nl=False)
@@ -128,5 +129,5 @@ def identity_import(
             force=force,
         )
     except IdentityError as exc:
-        fail(str(exc), EXIT_BAD_INPUT)
+        identity_failure(exc)
     click.echo(f"imported node id {NodeId(identity.public_key_bytes)}")

@@ -24,6 +24,7 @@ from gate.cli._common import (
     config_file,
     config_option,
     fail,
+    identity_failure,
     passphrase,
     running_daemon,
     try_call,
@@ -282,8 +283,10 @@ def _identity(path: Path) -> str:
     try:
         config, _ = load_config(path)
         identity, created = load_or_create_identity(config.data_dir, passphrase())
-    except (ConfigError, IdentityError) as exc:
+    except ConfigError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
+    except IdentityError as exc:
+        identity_failure(exc)
     node_id = str(NodeId(identity.public_key_bytes))
     key = config.data_dir / KEY_FILENAME
     click.echo("")

@@ -101,6 +101,23 @@ def test_corrupt_key_is_refused_and_left_untouched(gate_env):
     assert key.read_bytes() == b"-----BEGIN PRIVATE KEY-----\ngarbage\n"
 
 
+def test_a_data_dir_that_cannot_be_written_fails_with_exit_1_not_a_traceback(gate_env, tmp_path):
+    """The system refusing a write is "the operation failed" (1); a bad key is bad input
+    (2, above). A file where the data directory should be refuses even root."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    env = {**gate_env, "XDG_DATA_HOME": str(blocker)}
+    for args, says in (
+        (("identity", "show"), "cannot create data dir"),
+        (("serve", "--bind", "127.0.0.1:0"), "cannot open the log file"),
+    ):
+        result = run_gate(*args, env=env)
+        stderr = result.stderr.decode()
+        assert result.returncode == 1, (args, stderr)
+        assert says in stderr and "Traceback" not in stderr
+        assert len(stderr.strip().splitlines()) == 1
+
+
 def test_encrypted_identity_export_import_between_nodes(gate_env, tmp_path):
     env_a = {**gate_env, "GATE_PASSPHRASE": "correct horse"}
     shown = json.loads(run_gate("identity", "show", "--json", env=env_a).stdout)
