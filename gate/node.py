@@ -56,6 +56,10 @@ class Node:
         check_exposure(config)
         self.config = config
         self.config_path = config_path
+        # The config file as last read (its stamp and contents): what the watcher compares
+        # a change with, and what update_config marks as read after writing it.
+        self._file_stamp: tuple[int, int] | None = None
+        self._file_config: Config | None = None
         self.identity = identity
         self.node_id = NodeId(identity.public_key_bytes)
         self.client = UpstreamClient(connect_timeout=config.server.connect_timeout)
@@ -123,20 +127,22 @@ class Node:
         """
         path = self.config_path or default_config_path()
         task_status.started()
-        seen = _stamp(path)
+        self._file_stamp = _stamp(path)
         # Compare the file with its own last reading: the running config may differ
         # from it by command-line overrides (gate serve --bind).
         try:
-            previous, _ = await trio.to_thread.run_sync(load_config, path if seen else None)
+            self._file_config, _ = await trio.to_thread.run_sync(
+                load_config, path if self._file_stamp else None
+            )
         except ConfigError:
-            previous = self.config
+            self._file_config = self.config
         while not ctx.stopping:
             with trio.move_on_after(CONFIG_POLL_INTERVAL):
                 await ctx.wait_shutdown()
             stamp = _stamp(path)
-            if stamp == seen:
+            if stamp == self._file_stamp:
                 continue
-            seen = stamp
+            self._file_stamp = stamp
             try:
                 new, _ = await trio.to_thread.run_sync(load_config, path if stamp else None)
             except ConfigError as exc:
@@ -144,7 +150,6 @@ class Node:
                     "config change refused; keeping the running config", extra={"error": str(exc)}
                 )
                 continue
-            changed = changed_keys(previous, new)
             try:
                 await self.apply_config(merge_live(self.config, new))
             except (ConfigError, ValueError) as exc:
@@ -152,14 +157,25 @@ class Node:
                     "config change refused; keeping the running config", extra={"error": str(exc)}
                 )
                 continue
-            previous = new
-            if changed & LIVE_KEYS:
-                log.info("config applied", extra={"keys": ",".join(sorted(changed & LIVE_KEYS))})
-            if changed - LIVE_KEYS:
-                log.warning(
-                    "config changed; restart gate serve to apply it",
-                    extra={"keys": ",".join(sorted(changed - LIVE_KEYS))},
-                )
+            self._file_read(new, stamp)
+
+    def config_file_written(self, config: Config) -> None:
+        """`config` was just written to the config file and applied (update_config): take
+        that version of the file as read, so the watcher does not apply it a second time."""
+        path = self.config_path or default_config_path()
+        self._file_read(config, _stamp(path))
+
+    def _file_read(self, config: Config, stamp: tuple[int, int] | None) -> None:
+        """Log what a new reading of the file changed, and remember it."""
+        changed = changed_keys(self._file_config or self.config, config)
+        self._file_config, self._file_stamp = config, stamp
+        if changed & LIVE_KEYS:
+            log.info("config applied", extra={"keys": ",".join(sorted(changed & LIVE_KEYS))})
+        if changed - LIVE_KEYS:
+            log.warning(
+                "config changed; restart gate serve to apply it",
+                extra={"keys": ",".join(sorted(changed - LIVE_KEYS))},
+            )
 
     async def apply_config(self, config: Config) -> None:
         """Run with `config` from now on; it may differ from the running one only in

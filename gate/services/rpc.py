@@ -532,6 +532,7 @@ class RpcService:
             await self.node.apply_config(merge_live(self.node.config, config))
         except (ConfigError, ValueError) as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
+        self.node.config_file_written(config)
         return {
             "config": config_to_dict(config, mask_secrets=True),
             "restart_required": sorted(set(params.set) - LIVE_KEYS),
