@@ -150,6 +150,8 @@ class Node:
                     "config change refused; keeping the running config", extra={"error": str(exc)}
                 )
                 continue
+            if self._file_stamp != stamp:  # update_config wrote and applied a newer one
+                continue
             try:
                 await self.apply_config(merge_live(self.config, new))
             except (ConfigError, ValueError) as exc:
