@@ -301,9 +301,11 @@ def _keep_thread_state() -> None:
     ident = threading.get_ident()
     if ident in _THREADS_WITH_STATE or len(_THREADS_WITH_STATE) >= _MAX_THREADS_WITH_STATE:
         return
-    _THREADS_WITH_STATE.add(ident)
+    # A Python thread is not recorded, so it never uses up the bound (only tests call
+    # back from one; iroh calls back from its own threads or from the trio thread).
     if any(thread.ident == ident for thread in threading.enumerate()):
         return
+    _THREADS_WITH_STATE.add(ident)
     ctypes.pythonapi.PyGILState_Ensure()
 
 
