@@ -6,7 +6,21 @@ import pytest
 import trio
 import trio.testing
 
-from gate.protocol import NEED_DATA, PreambleReader, StreamType
+from gate.protocol import (
+    HTTP_PROXY,
+    NEED_DATA,
+    Body,
+    Channel,
+    End,
+    ErrorCode,
+    PreambleReader,
+    RequestHead,
+    ResponseHead,
+    Role,
+    StreamError,
+    StreamType,
+    encode_preamble,
+)
 from gate.services.asgi import Router, send_json
 from gate.services.peer_proxy import request_over_stream, serve_http_stream
 from gate.services.upstream import UpstreamDisconnected, UpstreamTimeout
@@ -129,8 +143,6 @@ async def test_responder_dying_mid_stream_is_a_disconnect():
     async def die_after_first_chunk():
         reader = PreambleReader()
         reader.receive_data(await b.receive_some(65536))
-        from gate.protocol import HTTP_PROXY, Body, Channel, ResponseHead, Role
-
         channel = Channel(HTTP_PROXY, Role.RESPONDER)
         channel.receive_data(reader.trailing_data)
         while channel.next_event() is not NEED_DATA:
@@ -173,8 +185,6 @@ async def test_a_peer_silent_mid_response_times_out_after_the_idle_limit(autojum
 
 
 def requester_channel():
-    from gate.protocol import HTTP_PROXY, Channel, Role, encode_preamble
-
     channel = Channel(HTTP_PROXY, Role.INITIATOR)
     return channel, encode_preamble(StreamType.HTTP_PROXY)
 
@@ -198,8 +208,6 @@ def recording_app(received: list):
 async def test_a_body_whose_first_part_came_with_the_head_is_whole_and_in_order():
     """Frames already buffered with the head are handed over first; the rest follows as
     it arrives (the two ways a body reaches the app, in one request)."""
-    from gate.protocol import Body, End, RequestHead, ResponseHead
-
     received: list = []
     channel, preamble = requester_channel()
     a, b = trio.testing.memory_stream_pair()
@@ -221,8 +229,6 @@ async def test_a_body_whose_first_part_came_with_the_head_is_whole_and_in_order(
 
 async def test_a_request_cancelled_in_its_first_read_never_reaches_the_engine():
     """Head and StreamError in one read: the app sees http.disconnect, serves nothing."""
-    from gate.protocol import ErrorCode, RequestHead, StreamError
-
     received: list = []
     channel, preamble = requester_channel()
     a, b = trio.testing.memory_stream_pair()
