@@ -1,22 +1,34 @@
-"""The HTTP API service: hypercorn's trio worker in front of Gate's ASGI app.
+"""The HTTP API service: hypercorn's HTTP/1.1 protocol in Gate's own accept loop.
 
 Start-up follows the supervisor's contract: sockets are bound and listening before
-`task_status.started(binds)`. On shutdown hypercorn stops accepting at once, lets
-in-flight requests finish for up to `drain_timeout`, then cancels them.
+`task_status.started(binds)`. On shutdown it stops accepting at once, lets in-flight
+requests finish for up to `drain_timeout`, then cancels them.
+
+Why not hypercorn's `worker_serve`: it runs every connection in one nursery, so an
+exception that escapes one connection (a protocol race, a bug in a library) ends the
+whole server, and with it the node. Here each connection runs in `_serve_connection`,
+which keeps any failure inside it: logged once, that connection closed, the rest
+untouched. hypercorn still does the HTTP (its h11 protocol and ASGI glue); only the
+loop around it, ~40 lines, is ours.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import resource
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import repr_socket_addr, wrap_app
 
 from gate import __version__
 from gate.errors import ServiceError
@@ -35,33 +47,39 @@ def build_app(
     node_id: str,
     registry: ProviderRegistry | None = None,
     peers: Callable[[], list[PeerInfo]] | None = None,
+    authorized: Callable[[Scope], bool] | None = None,
 ) -> Router:
-    """The API app with /health. Other services add their routes to the same router."""
+    """The API app with /health. Other services add their routes to the same router.
+
+    `authorized(scope)`: whether the caller may see the node's topology (engine names,
+    peers' ids and addresses); others learn only that the node is alive.
+    """
     router = Router()
     started = time.monotonic()
 
     @router.route("GET", "/health")
     async def health(scope: Scope, receive: Receive, send: Send) -> None:
-        body: dict[str, object] = {
-            "status": "ok",
-            "node_id": node_id,
-            "version": __version__,
-            "uptime_s": round(time.monotonic() - started, 3),
-        }
-        if registry is not None:
-            body["providers"] = {
-                p.name: {"healthy": p.healthy, "models": len(p.models)} for p in registry.providers
-            }
-        if peers is not None:
-            body["peers"] = {info.node_id: msgspec.to_builtins(info) for info in peers()}
+        body: dict[str, object] = {"status": "ok"}
+        if authorized is None or authorized(scope):
+            body["node_id"] = node_id
+            body["version"] = __version__
+            body["uptime_s"] = round(time.monotonic() - started, 3)
+            if registry is not None:
+                body["providers"] = {
+                    p.name: {"healthy": p.healthy, "models": len(p.models)}
+                    for p in registry.providers
+                }
+            if peers is not None:
+                body["peers"] = {info.node_id: msgspec.to_builtins(info) for info in peers()}
         await send_json(send, 200, body)
 
     return router
 
 
-def hypercorn_config(bind: str, drain_timeout: float) -> HypercornConfig:
+def hypercorn_config(bind: str, drain_timeout: float, backlog: int) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [bind]
+    config.backlog = backlog
     config.graceful_timeout = drain_timeout
     config.keep_alive_timeout = 75.0  # longer than common client pools keep idle connections
     config.accesslog = None  # requests are recorded by Gate itself, off the hot path
@@ -72,33 +90,92 @@ def hypercorn_config(bind: str, drain_timeout: float) -> HypercornConfig:
     return config
 
 
+class _Connection(TCPServer):
+    """hypercorn's connection with its close ordered after any send in progress.
+
+    hypercorn sends under `send_lock` but half-closes (`send_eof`) without it; a request
+    with `Connection: close` followed by stray bytes makes it answer those bytes with a
+    400 while it closes after the app's response, and trio refuses the second concurrent
+    send with BusyResourceError.
+    """
+
+    async def _close(self) -> None:
+        try:
+            async with self.send_lock:
+                with contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError, AttributeError
+                ):
+                    await self.stream.send_eof()  # AttributeError: an SSLStream has none
+        finally:
+            await self.stream.aclose()
+
+
 async def serve_http(
     ctx: ServiceContext,
     app: ASGIApp,
     *,
     bind: str,
     drain_timeout: float,
+    backlog: int = 4096,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    config = hypercorn_config(bind, drain_timeout)
-    # Bind here rather than inside hypercorn so that a busy port is a clear error at
-    # this boundary, not an OSError deep in nested nurseries.
+    config = hypercorn_config(bind, drain_timeout, backlog)
+    # Bind here so that a busy port is a clear error at this boundary.
     try:
         sockets = config.create_sockets()
         for sock in sockets.insecure_sockets:
             sock.listen(config.backlog)
     except OSError as exc:
         raise ServiceError(f"cannot listen on {bind}: {exc.strerror or exc}") from exc
-    serve_app = partial(
-        worker_serve,
-        # hypercorn types scopes as TypedDicts; our handlers take plain mappings.
-        wrap_app(app, config.wsgi_max_body_size, "asgi"),  # type: ignore[arg-type]
-        config,
-        sockets=sockets,
-        shutdown_trigger=ctx.shutdown.wait,
-    )
-    async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(serve_app)
-        for url in binds:
-            log.info("listening", extra={"url": url})
-        task_status.started(binds)
+    _raise_open_files_limit()
+    listeners = [
+        trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        for sock in sockets.insecure_sockets
+    ]
+    binds = [
+        f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
+        for sock in sockets.insecure_sockets
+    ]
+    # hypercorn types scopes as TypedDicts; our handlers take plain mappings.
+    wrapped: Any = wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    context = WorkerContext(None)
+
+    async def serve_connection(stream: trio.SocketStream) -> None:
+        # hypercorn annotates the stream as TLS, but serves plain streams the same way.
+        server = _Connection(wrapped, config, context, ConnectionState({}), stream)  # type: ignore[arg-type]
+        await _serve_connection(server, stream)
+
+    async with trio.open_nursery() as connections:
+        async with trio.open_nursery() as accepting:
+            await accepting.start(
+                partial(trio.serve_listeners, handler_nursery=connections),
+                serve_connection,
+                listeners,
+            )
+            for url in binds:
+                log.info("listening", extra={"url": url})
+            task_status.started(binds)
+            await ctx.wait_shutdown()
+            accepting.cancel_scope.cancel()  # stop accepting: closes the listening sockets
+        # Idle keep-alive connections close now; requests in flight get until the deadline.
+        await context.terminated.set()
+        connections.cancel_scope.deadline = trio.current_time() + drain_timeout
+
+
+async def _serve_connection(server: TCPServer, stream: trio.SocketStream) -> None:
+    """Run one connection; whatever fails in it stays in it."""
+    try:
+        await server.run()
+    except* Exception as group:  # a Cancelled beside them still propagates
+        errors = "; ".join(f"{type(e).__name__}: {e}" for e in group.exceptions)
+        log.warning("connection failed; closed", extra={"error": errors})
+        await trio.aclose_forcefully(stream)
+
+
+def _raise_open_files_limit() -> None:
+    """Each connection is a file descriptor; a soft limit of 1,024 (the usual default)
+    would refuse a burst of clients that the hard limit allows."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

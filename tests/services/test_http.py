@@ -5,6 +5,7 @@ import pytest
 import trio
 
 from gate.nursery import Service, Supervisor
+from gate.services import http
 from gate.services.asgi import Router, send_json
 from gate.services.http import build_app, serve_http
 
@@ -104,3 +105,26 @@ async def test_requests_still_running_at_the_deadline_are_cancelled():
     assert finished == []  # never released: the handler was cancelled at the deadline
     assert errors, "the client saw the connection end"
     assert trio.current_time() - started < 5
+
+
+async def test_a_failure_inside_one_connection_stays_in_it(monkeypatch, caplog):
+    """Whatever escapes one connection's code (here: a fault injected into its close)
+    is logged and ends that connection only; the server goes on accepting."""
+
+    async def broken_close(self):
+        await self.stream.aclose()
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(http._Connection, "_close", broken_close)
+    async with trio.open_nursery() as nursery:
+        holder = []
+        with trio.fail_after(10):
+            url = await start(build_app(node_id="n" * 52), holder, nursery)
+            statuses = []
+            for _ in range(5):  # a new connection each time, each failing as it closes
+                async with httpx.AsyncClient() as client:
+                    statuses.append((await client.get(f"{url}/health")).status_code)
+        holder[0].request_shutdown()
+    assert statuses == [200] * 5
+    failures = [r for r in caplog.records if r.getMessage() == "connection failed; closed"]
+    assert len(failures) == 5 and "injected fault" in failures[0].error

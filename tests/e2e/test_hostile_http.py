@@ -1,0 +1,177 @@
+"""Hostile input at the HTTP front of a real `gate serve`: no request, however broken,
+may stop the node or leave its connection.
+
+The fuzzer is a seeded mutator over real request bytes (the requests the SDKs, curl and
+the web UI send), run over many concurrent connections, bounded in count and time. A
+failure prints its seed, so it replays exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from .gate_process import GateServe
+
+pytestmark = pytest.mark.e2e
+
+_CHAT = (
+    b'{"model":"tiny","stream":true,"messages":[{"role":"user","content":"Hi"}],'
+    b'"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]}'
+)
+_MESSAGES = (
+    b'{"model":"tiny","max_tokens":16,"system":"be brief",'
+    b'"messages":[{"role":"user","content":[{"type":"text","text":"Hi"}]}]}'
+)
+_RPC = b'{"jsonrpc":"2.0","id":1,"method":"node_status","params":{}}'
+
+
+def _request(method: str, path: str, headers: list[str], body: bytes = b"") -> bytes:
+    head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *headers]
+    if body:
+        head.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def _chunked(body: bytes) -> bytes:
+    parts = [body[i : i + 17] for i in range(0, len(body), 17)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+SEEDS = [
+    _request("GET", "/health", ["Connection: close"]),
+    _request("GET", "/health", ["User-Agent: curl/8.5.0", "Accept: */*"]),
+    _request("GET", "/v1/models", ["Authorization: Bearer sk-x", "anthropic-version: 2023-06-01"]),
+    _request("GET", "/v1/models/tiny", []),
+    _request("GET", "/metrics", []),
+    _request("GET", "/", ["Accept: text/html"]),
+    _request("POST", "/v1/chat/completions", ["Content-Type: application/json"], _CHAT),
+    _request(
+        "POST",
+        "/v1/messages",
+        ["x-api-key: k", "anthropic-version: 2023-06-01", "Content-Type: application/json"],
+        _MESSAGES,
+    ),
+    _request("POST", "/v1/messages/count_tokens", ["anthropic-version: 2023-06-01"], _MESSAGES),
+    _request("POST", "/v1/embeddings", [], b'{"model":"tiny","input":["a","b"]}'),
+    _request("POST", "/v1/responses", [], b'{"model":"tiny","input":"Hi","stream":true}'),
+    _request("POST", "/rpc", ["Content-Type: application/json", "Origin: http://evil"], _RPC),
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    + _chunked(_CHAT),
+    # Two pipelined requests in one write.
+    _request("GET", "/health", []) + _request("GET", "/v1/models", ["Connection: close"]),
+]
+
+_JUNK = [
+    b"\r\n",
+    b"\r\n\r\n",
+    b"\x00",
+    b"\xff\xfe",
+    b"{",
+    b"[" * 64,
+    b"Transfer-Encoding: chunked\r\n",
+    b"Content-Length: 99999999999\r\n",
+    b"Content-Length: -1\r\n",
+    b"Expect: 100-continue\r\n",
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\n",
+    b"GET / HTTP/1.1\r\n",
+    b"HTTP/1.1 200 OK\r\n",
+    b"%00",
+    b"/../../etc/passwd",
+    b'"model":"' + b"m" * 300 + b'"',
+]
+
+
+def mutate(rng: random.Random, data: bytes) -> bytes:
+    """A few random edits: flips, inserts of junk, deletions, truncation, repeats."""
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(7)
+        pos = rng.randrange(len(out) + 1)
+        if op == 0 and out:
+            out[min(pos, len(out) - 1)] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            out[pos:pos] = rng.choice(_JUNK)
+        elif op == 2:
+            del out[pos : pos + rng.randint(1, 16)]
+        elif op == 3:
+            del out[pos:]
+        elif op == 4:
+            out[pos:pos] = out[max(0, pos - 32) : pos] * rng.randint(1, 8)
+        elif op == 5:
+            out += rng.choice(_JUNK)  # trailing bytes after a complete request
+        else:
+            out[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+    return bytes(out)
+
+
+def send_case(port: int, data: bytes, rng: random.Random) -> None:
+    """Write `data` in a few pieces, read a little of the answer, maybe hang up early."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            cuts = sorted(rng.sample(range(len(data) + 1), k=min(3, len(data) + 1)))
+            start = 0
+            for cut in [*cuts, len(data)]:
+                sock.sendall(data[start:cut])
+                start = cut
+            if rng.random() < 0.2:
+                return  # the client hangs up without reading
+            with contextlib.suppress(OSError):
+                sock.recv(65536)
+    except OSError:
+        pass  # refused, reset or timed out: the node may drop a bad connection
+
+
+def hammer(port: int, cases: list[bytes], seed: int, threads: int) -> None:
+    def worker(index: int) -> None:
+        rng = random.Random(seed * 1000 + index)
+        for data in cases[index::threads]:
+            send_case(port, data, rng)
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(timeout=120)
+
+
+def assert_alive(gate: GateServe) -> None:
+    assert gate.proc is not None and gate.proc.poll() is None, gate.stderr()[-3000:]
+    response = httpx.get(f"{gate.url}/health", timeout=5)
+    assert response.status_code == 200, response.text
+
+
+def test_trailing_bytes_after_a_close_request_from_many_connections(gate_env):
+    """The issue's reproduction: a complete `Connection: close` request with two more
+    bytes in the same write, from 16 connections at once, used to end the process."""
+    data = _request("GET", "/health", ["Connection: close"]) + b"XX"
+    with GateServe(gate_env) as gate:
+        port = int(gate.url.rsplit(":", 1)[1])
+        hammer(port, [data] * 320, seed=0, threads=16)
+        time.sleep(0.5)
+        assert_alive(gate)
+        stderr = gate.stderr()
+    assert "Traceback" not in stderr and "Error in ASGI" not in stderr
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_fuzzer_over_real_requests_never_stops_the_node(gate_env, seed):
+    rng = random.Random(seed)
+    cases = [mutate(rng, rng.choice(SEEDS)) for _ in range(1500)]
+    with GateServe(gate_env) as gate:
+        port = int(gate.url.rsplit(":", 1)[1])
+        started = time.monotonic()
+        hammer(port, cases, seed, threads=16)
+        assert time.monotonic() - started < 120, "the fuzzer is bounded in time"
+        assert_alive(gate)
+        # A well-formed request on a fresh connection still gets its full answer.
+        models = httpx.get(f"{gate.url}/v1/models", timeout=5)
+        stderr = gate.stderr()
+    assert models.status_code == 200 and models.json()["object"] == "list"
+    assert "Traceback" not in stderr, f"seed {seed}: {stderr[-3000:]}"
