@@ -84,6 +84,8 @@ class Node:
             node_id=str(self.node_id),
             registry=self.registry,
             peers=self._peer_infos if self.p2p else None,
+            # With keys required, only a caller with a key (or a peer) sees the topology.
+            authorized=lambda scope: self.gateway is not None and self.gateway.authorized(scope),
         )
         self.metrics.register_counter(
             "gate_usage_dropped_total",

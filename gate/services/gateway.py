@@ -262,6 +262,14 @@ class Gateway:
         client = scope.get("client")
         return str(client[0]) if client else "local"
 
+    def authorized(self, scope: Scope) -> bool:
+        """Whether this caller would pass `_authenticate` (a key, a peer, or none needed)."""
+        try:
+            self._authenticate(scope)
+        except ApiError:
+            return False
+        return True
+
     def _check_rate(self, client: str) -> None:
         wait = self.rate.check(client, time.monotonic())
         if wait > 0:

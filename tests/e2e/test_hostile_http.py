@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from .gate_process import GateServe
+from .gate_process import GateServe, run_gate
 
 pytestmark = pytest.mark.e2e
 
@@ -175,3 +175,19 @@ def test_a_fuzzer_over_real_requests_never_stops_the_node(gate_env, seed):
         stderr = gate.stderr()
     assert models.status_code == 200 and models.json()["object"] == "list"
     assert "Traceback" not in stderr, f"seed {seed}: {stderr[-3000:]}"
+
+
+def test_health_tells_a_caller_without_a_key_only_that_the_node_is_alive(gate_env):
+    """Keys required: engine names, peers' ids and addresses are for key holders only."""
+    env = {**gate_env, "GATE_SECURITY__REQUIRE_API_KEYS": "true"}
+    created = run_gate("keys", "create", "laptop", env=env)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.decode().split()[0]
+    with GateServe(env) as gate:
+        stranger = httpx.get(f"{gate.url}/health", timeout=5)
+        wrong_key = httpx.get(f"{gate.url}/health", headers={"x-api-key": "sk-nope"}, timeout=5)
+        owner = httpx.get(f"{gate.url}/health", headers={"x-api-key": key}, timeout=5)
+    assert stranger.status_code == 200 and stranger.json() == {"status": "ok"}
+    assert wrong_key.json() == {"status": "ok"}
+    body = owner.json()
+    assert body["node_id"] == gate.node_id and "providers" in body and "peers" in body
