@@ -193,6 +193,10 @@ class Gateway:
             exchange.status, exchange.error = exc.status, exc.message
             if not responded.started:
                 await send_json(send, exc.status, exc.body(endpoint.dialect), exc.headers())
+        except _AbortResponse:
+            # Returning without the body's last part makes the server drop the connection:
+            # the deliberate end of a response that cannot end well, not an error of ours.
+            pass
         finally:
             if peer_slot is not None:
                 self._leave_peer(peer_slot)

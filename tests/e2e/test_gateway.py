@@ -472,6 +472,49 @@ def test_engine_answering_garbage_is_502(start_gate):
     assert response.status_code == 502 and response.json()["error"]["message"]
 
 
+def test_engine_cutting_a_plain_body_short_cuts_the_clients_body_quietly(start_gate):
+    """The client must see a broken body (never a short one taken for whole), and Gate's
+    deliberate abort is not an error of its own: no traceback in its log."""
+    # No real engine cuts its body on purpose: a socket that does stands in for one.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+
+    def answer_half():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: 1000\r\n\r\n" + b'{"id": "x", ' + b" " * 100
+                )
+
+    thread = threading.Thread(target=answer_half, daemon=True)
+    thread.start()
+    config = (
+        "[[providers.engines]]\nname = 'cut'\nkind = 'openai_compatible'\n"
+        f"base_url = 'http://127.0.0.1:{port}'\nmodels = ['half']\n"
+    )
+    try:
+        gate = start_gate(config)
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.post(
+                f"{gate.url}/v1/chat/completions",
+                json={"model": "half", "messages": HI},
+                timeout=30,
+            )
+        assert httpx.get(f"{gate.url}/health", timeout=5).status_code == 200
+    finally:
+        server.close()
+    stderr = gate.stderr()
+    assert "Traceback" not in stderr and "Error in ASGI" not in stderr
+
+
 def test_engine_down_then_back_is_used_again_without_restart(start_gate, make_llama_engine):
     engine = make_llama_engine()
     gate = start_gate(engine_config(engine))
