@@ -120,6 +120,11 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     response_timeout: Seconds = 300.0
     stream_idle_timeout: Seconds = 120.0
     connect_timeout: Seconds = 5.0
+    # The whole request body must arrive within this (a slow sender holds a connection).
+    body_timeout: Seconds = 60.0
+    # Connections the kernel queues before Gate accepts them: a burst beyond it is reset
+    # (Linux caps it at net.core.somaxconn, 4096 by default).
+    backlog: Annotated[int, msgspec.Meta(ge=1)] = 4096
 
     def __post_init__(self) -> None:
         level = self.log_level.lower()

@@ -303,6 +303,7 @@ class Node:
                     app,
                     bind=self.config.server.bind,
                     drain_timeout=self.config.server.drain_timeout,
+                    backlog=self.config.server.backlog,
                     task_status=task_status,
                 )
                 nursery.cancel_scope.cancel()

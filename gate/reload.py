@@ -28,6 +28,7 @@ LIVE_KEYS: Final = frozenset(
         "server.response_timeout",
         "server.stream_idle_timeout",
         "server.connect_timeout",
+        "server.body_timeout",
         "p2p.trusted_peers",
         "p2p.heartbeat_interval",
         "p2p.peer_max_in_flight",

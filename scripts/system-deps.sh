@@ -7,6 +7,8 @@ set -euo pipefail
 declare -A NEEDED=(
   [curl]=curl
   [chromium]=chromium
+  # ip: brings up loopback in the network namespaces some tests make for themselves
+  [iproute2]=ip
 )
 
 missing=()

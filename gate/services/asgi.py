@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import msgspec
+import trio
 
-__all__ = ["ASGIApp", "Handler", "Router", "send_json"]
+__all__ = ["ASGIApp", "BodyError", "Handler", "Router", "read_body", "send_json"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -48,6 +49,48 @@ async def send_json(
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+class BodyError(Exception):
+    """The request body could not be read whole: the status to answer and why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+# The deadline is part of the answer (408 names it), so it is an argument, not a scope.
+async def read_body(
+    scope: Scope,
+    receive: Receive,
+    *,
+    limit: int,
+    timeout: float,  # noqa: ASYNC109
+) -> bytes:
+    """The whole request body, at most `limit` bytes, all of it within `timeout` seconds.
+
+    The deadline covers the whole body, not each read: a client that trickles a byte at
+    a time would otherwise hold its connection (and a file descriptor) for ever.
+    BodyError: 413 too large, 408 too slow, 499 the client left first.
+    """
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise BodyError(413, f"request body over the limit of {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    with trio.move_on_after(timeout):
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise BodyError(499, "client went away before sending its request")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyError(413, f"request body over the limit of {limit} bytes")
+            parts.append(chunk)
+            if not message.get("more_body"):
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+    raise BodyError(408, f"request body not received within {timeout:g}s")
 
 
 class Router:

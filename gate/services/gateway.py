@@ -42,7 +42,7 @@ from gate.dialects.errors import (
 )
 from gate.protocol import NodeId
 from gate.services.apikeys import ApiKeys, extract_key
-from gate.services.asgi import Receive, Router, Scope, Send, send_json
+from gate.services.asgi import BodyError, Receive, Router, Scope, Send, read_body, send_json
 from gate.services.bridges import response_bridge, translate_request
 from gate.services.events import EventBus
 from gate.services.exchange import ENDPOINTS, ApiError, Bridge, Endpoint, Exchange
@@ -280,23 +280,15 @@ class Gateway:
             raise ApiError(429, f"rate limit for {client} exceeded", retry_after=wait)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self.server.max_body_bytes
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                raise ApiError(413, f"request body over the limit of {limit} bytes")
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ApiError(499, "client went away before sending its request")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, f"request body over the limit of {limit} bytes")
-            parts.append(chunk)
-            if not message.get("more_body"):
-                return parts[0] if len(parts) == 1 else b"".join(parts)
+        try:
+            return await read_body(
+                scope,
+                receive,
+                limit=self.server.max_body_bytes,
+                timeout=self.server.body_timeout,
+            )
+        except BodyError as exc:
+            raise ApiError(exc.status, exc.message) from None
 
     @staticmethod
     def _parse(body: bytes) -> _RequestFields:

@@ -49,7 +49,7 @@ from gate.logs import LEVELS, LOG_FILENAME, read_log
 from gate.peers_config import add_trusted_peer, remove_trusted_peer
 from gate.protocol import NodeId
 from gate.reload import LIVE_KEYS, merge_live
-from gate.services.asgi import Receive, Scope, Send, send_json
+from gate.services.asgi import BodyError, Receive, Scope, Send, read_body, send_json
 from gate.services.events import Event
 from gate.services.providers import Provider, discover_engines
 from gate.services.usage import query_usage
@@ -262,9 +262,11 @@ class RpcService:
                 },
             )
             return
-        body = await _read(receive)
-        if body is None:
-            await send_json(send, 413, _error(None, INVALID_REQUEST, "request over 1 MiB"))
+        try:
+            timeout = self.node.config.server.body_timeout
+            body = await read_body(scope, receive, limit=MAX_BODY, timeout=timeout)
+        except BodyError as exc:
+            await send_json(send, exc.status, _error(None, INVALID_REQUEST, exc.message))
             return
         try:
             document = msgspec.json.decode(body)
@@ -649,19 +651,6 @@ async def _end_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
 
 def _error(ident: Any, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": ident, "error": {"code": code, "message": message}}
-
-
-async def _read(receive: Receive) -> bytes | None:
-    parts, size = [], 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            return None
-        parts.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(parts)
 
 
 async def _no_content(send: Send) -> None:

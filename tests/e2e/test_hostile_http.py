@@ -9,8 +9,13 @@ failure prints its seed, so it replays exactly.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import random
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -191,3 +196,75 @@ def test_health_tells_a_caller_without_a_key_only_that_the_node_is_alive(gate_en
     assert wrong_key.json() == {"status": "ok"}
     body = owner.json()
     assert body["node_id"] == gate.node_id and "providers" in body and "peers" in body
+
+
+def _status_line(sock: socket.socket) -> bytes:
+    data = b""
+    with contextlib.suppress(OSError):
+        while b"\r\n" not in data and (chunk := sock.recv(4096)):
+            data += chunk
+    return data.split(b"\r\n", 1)[0]
+
+
+def _reads_to_eof(sock: socket.socket) -> bool:
+    """Whether the server closes the connection after its answer (within the timeout)."""
+    try:
+        while sock.recv(65536):
+            pass
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/rpc"])
+def test_a_body_that_never_finishes_gets_408_and_its_connection_back(gate_env, path):
+    """Slow senders: the whole body must arrive within server.body_timeout."""
+    env = {**gate_env, "GATE_SERVER__BODY_TIMEOUT": "1"}
+    with GateServe(env) as gate:
+        port = int(gate.url.rsplit(":", 1)[1])
+        socks = []
+        for _ in range(50):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+            )
+            socks.append(sock)
+        started = time.monotonic()
+        lines = [_status_line(sock) for sock in socks]
+        waited = time.monotonic() - started
+        closed = [_reads_to_eof(sock) for sock in socks]
+        for sock in socks:
+            sock.close()
+        assert_alive(gate)
+    assert lines == [b"HTTP/1.1 408 "] * 50 and all(closed)
+    assert waited < 8
+
+
+def test_a_burst_of_connections_is_answered_not_reset(gate_env):
+    """1,000 clients connecting at once each get an HTTP answer, and the kernel's listen
+    queue drops none of them (a drop is a reset or a retransmit a second later).
+
+    Run in a network namespace of its own, so that the kernel's counters count this
+    burst only: the connects go out together, faster than the server accepts.
+    """
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare and ip (util-linux, iproute2)")
+    probe = subprocess.run(
+        [
+            "unshare",
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            f"ip link set lo up && exec {sys.executable} -m tests.e2e.burst_probe",
+        ],
+        env={**os.environ, **gate_env},
+        capture_output=True,
+        timeout=120,
+    )
+    assert probe.returncode == 0, probe.stderr.decode()[-3000:]
+    report = json.loads(probe.stdout)
+    failures = [r for r in report["results"] if not r.startswith("HTTP/1.1 ")]
+    assert report["alive"] and len(report["results"]) == 1000 and not failures, failures[:5]
+    assert report["overflows"] == 0
