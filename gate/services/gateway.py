@@ -187,6 +187,9 @@ class Gateway:
                 )
             try:
                 await self._forward(endpoint, scope, receive, body, exchange, responded)
+            except* trio.Cancelled:  # grouped: it comes out of _forward's nursery
+                await _end_cut_stream(responded, endpoint.dialect, exchange)
+                raise
             finally:
                 self.in_flight.leave()
         except ApiError as exc:
@@ -675,20 +678,49 @@ class _ResponseTracker:
     cannot be answered with a status; once its last body part went out, the server
     closes the request, and the http.disconnect that follows is not a client leaving."""
 
-    __slots__ = ("_send", "finished", "started")
+    __slots__ = ("_send", "finished", "started", "streaming")
 
     def __init__(self, send: Send) -> None:
         self._send = send
         self.started = False
         self.finished = False
+        self.streaming = False  # the response is a server-sent event stream
 
     async def send(self, message: MutableMapping[str, Any]) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             self.started = True
+            self.streaming = any(
+                name.lower() == b"content-type" and value.startswith(b"text/event-stream")
+                for name, value in message.get("headers", ())
+            )
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.finished = True
         await self._send(message)
+
+
+async def _end_cut_stream(response: _ResponseTracker, dialect: Dialect, exchange: Exchange) -> None:
+    """The node is stopping and its drain time ran out mid-stream: end the stream with an
+    error event in the client's dialect, so the client sees a failure, not a cut
+    connection it may take for a network fault. (A client that left cancels inside
+    `_forward`, so this runs only for a cancellation from outside: the shutdown.)"""
+    if response.finished:
+        return
+    exchange.status, exchange.error = 503, "cut short: Gate is shutting down"
+    if not response.streaming:
+        return  # a body with a length: the cut connection tells the client already
+    with trio.move_on_after(_LAST_WORD_TIMEOUT, shield=True):
+        await response.send(
+            {
+                "type": "http.response.body",
+                "body": _stream_error(dialect, exchange.error),
+                "more_body": False,
+            }
+        )
+
+
+# How long a cancelled stream may take to write its closing error event.
+_LAST_WORD_TIMEOUT: Final = 1.0
 
 
 def _with_rate(limiter: ClientRateLimiter, per_minute: float, burst: int) -> ClientRateLimiter:
@@ -731,8 +763,9 @@ def _merge_headers(
     return [*provider, *((k, v) for k, v in client if k not in names)]
 
 
-def _stream_error(dialect: Dialect, exc: Exception) -> bytes:
-    message = f"the engine failed mid-stream: {exc}"
+def _stream_error(dialect: Dialect, failure: Exception | str) -> bytes:
+    """An error event ending a stream; `failure` is the engine's error or the message."""
+    message = failure if isinstance(failure, str) else f"the engine failed mid-stream: {failure}"
     if dialect is Dialect.ANTHROPIC:
         name, data = anthropic_stream_error(message)
         return encode_event(msgspec.json.encode(data), name)

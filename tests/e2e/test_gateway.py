@@ -421,6 +421,40 @@ def test_engine_killed_mid_anthropic_stream_sends_an_error_event(
                 engine.kill()
 
 
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+def test_stream_cut_by_the_shutdown_drain_ends_with_an_error_event(
+    start_gate, make_llama_engine, tmp_path, dialect
+):
+    """SIGTERM, and a stream still running when the drain time runs out: the client gets
+    a well-formed error event and a properly ended response, not a cut connection."""
+    from tests.engine.tiny_model import write_tiny_gguf
+
+    # A model that cannot stop and room for 60,000 tokens: the stream outlasts the drain.
+    model = write_tiny_gguf(tmp_path / "endless.gguf", can_stop=False)
+    engine = make_llama_engine(model, n_ctx=65536)
+    gate = start_gate(engine_config(engine, extra="[server]\ndrain_timeout = 1.0\n"))
+    if dialect == "openai":
+        url, headers = f"{gate.url}/v1/chat/completions", {}
+    else:
+        url, headers = f"{gate.url}/v1/messages", {"anthropic-version": "2023-06-01"}
+    body = {"model": MODEL, "messages": HI, "max_tokens": 60000, "stream": True}
+    lines = []
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=60) as response:
+        for line in response.iter_lines():  # raises if the response is cut, not ended
+            if line:
+                lines.append(line)
+            if len(lines) == 10:
+                gate.signal(signal.SIGTERM)
+    assert gate.wait() == 0
+    error = json.loads(lines[-1].removeprefix("data: "))
+    if dialect == "anthropic":
+        assert lines[-2] == "event: error" and error["type"] == "error"
+        message = error["error"]["message"]
+    else:
+        message = error["error"]["message"]
+    assert "shutting down" in message
+
+
 def test_hanging_engine_times_out_with_504(start_gate, make_llama_engine):
     engine = make_llama_engine()
     gate = start_gate(engine_config(engine, extra="[server]\nresponse_timeout = 1.0\n"))
