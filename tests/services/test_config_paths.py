@@ -15,6 +15,7 @@ import pytest
 import trio
 
 import gate.node
+from gate.cli.daemon import with_bind
 from gate.config import Config, load_config, validate_config_file
 from gate.identity import NodeIdentity
 from gate.node import Node
@@ -29,6 +30,7 @@ from gate.services.rpc import (
     UpdateConfigParams,
 )
 
+OVERRIDE = "127.0.0.1:0"
 PEER = "rabdagg7roz4mcxbih6ebefvnbhpykojhb2yqe6wami4df3x6zqa"
 # The file sets max_body_bytes, and the environment sets it again: the environment wins.
 ENV = {
@@ -72,6 +74,7 @@ def node(path) -> Node:
     config, used = load_config(path)
     assert used == path
     assert_layers(config)
+    config = with_bind(config, OVERRIDE)  # as `gate serve --bind` runs it
     return Node(config, NodeIdentity.generate(), config_path=path)
 
 
@@ -140,6 +143,7 @@ async def test_each_path_runs_defaults_then_file_then_environment(
     with trio.fail_after(20):
         await change(rpc, node, path)
     assert_layers(node.config)
+    assert node.config.server.bind == OVERRIDE  # the command line's override stays
     # The environment stays out of the file, which still validates on its own.
     assert "env-token" not in path.read_text() and "2000" not in path.read_text()
     assert validate_config_file(path).server.max_body_bytes == 1000
