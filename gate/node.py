@@ -241,15 +241,11 @@ class Node:
                 extra={"keys": ",".join(sorted(changed - LIVE_KEYS))},
             )
 
-    async def apply_config(self, config: Config) -> None:
-        """Run with `config` from now on; it may differ from the running one only in
-        gate.reload.LIVE_KEYS. Raises (changing nothing) when the change is unsafe."""
-        if self._swap_config(config):
-            await self.registry.refresh()
-
     def _swap_config(self, config: Config) -> bool:
-        """`apply_config` without its wait: returns whether the engines changed (then
-        they need a check)."""
+        """Run with `config` from now on; it may differ from the running one only in
+        gate.reload.LIVE_KEYS. Raises (changing nothing) when the change is unsafe.
+        Returns whether the engines changed: the caller then checks them
+        (`registry.refresh`), outside the config lock as that waits on the network."""
         check_exposure(config)  # e.g. API keys turned off while bound beyond loopback
         self.registry.reconfigure(config.providers)  # raises before it changes anything
         old, self.config = self.config, config
