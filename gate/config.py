@@ -7,9 +7,11 @@ Resolution order, each layer overriding the one before (defaults < file < env):
    (``~/.config/gate/gate.toml`` on Linux). A file named explicitly must exist; a missing
    default file just means "use the defaults".
 3. The environment: ``GATE_<SECTION>__<KEY>=value`` sets any key, and more ``__`` reach
-   deeper (``GATE_PROVIDERS__ALIASES__GPT4=llama``). Names are lowercased. A value starting
-   with ``[`` or ``{`` is JSON; anything else stays a string and is coerced to the field's
-   type ("0" -> 0, "true" -> True). Shortcuts ``GATE_LOG`` (server.log_level) and
+   deeper (``GATE_PROVIDERS__ALIASES__GPT4=llama``). Names are lowercased. A value for a
+   list or a table that starts with ``[`` or ``{`` is JSON
+   (``GATE_P2P__TRUSTED_PEERS='["a", "b"]'``); any other value is a string, kept as given
+   (``GATE_SERVER__BIND=[::1]:8080``) and coerced to the field's type ("0" -> 0,
+   "true" -> True). Shortcuts ``GATE_LOG`` (server.log_level) and
    ``DATABASE_URL`` (database.url) are applied first, so the ``GATE_SERVER__...`` form wins
    if both are set. An env var replaces the value at its key; it never merges into it.
 
@@ -19,16 +21,24 @@ comes from the environment. Every error is a ``ConfigError`` whose message names
 source (file or variable), the dotted key and what is wrong, e.g.
 ``/home/u/.config/gate/gate.toml: server.port: Expected int <= 65535``.
 
+Every reading of the file that a node runs with (start, restart, the config watcher, the
+RPC methods that edit the file) resolves all three layers the same way: `load_config`, or
+`edit_config_file`, which returns the config as it will run.
+
 Loading and writing block on the filesystem: call them from async code through
-``trio.to_thread.run_sync``.
+``trio.to_thread.run_sync``. Edits within one process are serialized (`edit_config_file`).
 """
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import os
 import re
+import stat
 import tempfile
+import threading
+import time
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -59,6 +69,7 @@ __all__ = [
     "is_loopback",
     "load_config",
     "parse_bind",
+    "remove_stale_temp_files",
     "validate_config_file",
     "validate_config_text",
     "write_config_atomic",
@@ -293,12 +304,18 @@ def load_config(
     file = (path or default_config_path()).expanduser()
     data = _read_toml(file, missing_ok=missing_ok or path is None)
     used = file if data is not None else None
-    data = {} if data is None else data
-    config = _decode(data, strict=True, source=lambda _: str(file))
+    return _resolve({} if data is None else data, env, str(file)), used
+
+
+def _resolve(data: dict[str, Any], env: Mapping[str, str], name: str) -> Config:
+    """The file's table (named `name` in errors) decoded strictly on its own, then with the
+    environment on top: the config as a node runs with it. `data` is left as it was."""
+    config = _decode(data, strict=True, source=lambda _: name)
+    data = copy.deepcopy(data)  # the overlay writes into nested tables
     env_sources = _overlay_env(data, env)
     if env_sources:
         config = _decode(data, strict=False, source=lambda key: _env_source(key, env_sources))
-    return config, used
+    return config
 
 
 def validate_config_file(path: Path) -> Config:
@@ -373,14 +390,32 @@ def _explain(exc: msgspec.ValidationError) -> tuple[_Key, str]:
 
 def _struct_keys(key: _Key) -> list[str]:
     """The field names of the struct at ``key``, to suggest the right spelling of a typo."""
+    tp = _type_at(key)
+    return [f.name for f in msgspec.structs.fields(tp)] if _is_struct(tp) else []
+
+
+def _type_at(key: _Key) -> Any:
+    """The type of the value at ``key`` in a Config (constraints stripped), or None."""
     tp: Any = Config
     for part in key:
-        if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        if _is_struct(tp):
             tp = {f.name: f.type for f in msgspec.structs.fields(tp)}.get(str(part))
         else:  # list[X] or dict[str, X]: step to X
             tp = typing.get_args(tp)[-1] if typing.get_args(tp) else None
-    ok = isinstance(tp, type) and issubclass(tp, msgspec.Struct)
-    return [f.name for f in msgspec.structs.fields(tp)] if ok else []
+        if typing.get_origin(tp) is Annotated:
+            tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _is_struct(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
+
+
+def _takes_json(key: tuple[str, ...]) -> bool:
+    """Whether an env value for ``key`` may be JSON: only a list's or a table's, so that a
+    string may start with ``[`` (``GATE_SERVER__BIND=[::1]:8080``)."""
+    tp = _type_at(key)
+    return typing.get_origin(tp) in (list, dict) or _is_struct(tp)
 
 
 def _overlay_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
@@ -402,7 +437,7 @@ def _overlay_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str
                 f"{var}: unknown section {key[0]!r} (valid sections: {', '.join(sections)})"
             )
         value: Any = env[var]
-        if value.lstrip().startswith(("[", "{")):
+        if _takes_json(key) and value.lstrip().startswith(("[", "{")):
             try:
                 value = msgspec.json.decode(value)
             except msgspec.DecodeError as exc:
@@ -474,21 +509,57 @@ def write_config_atomic(path: Path, text: str) -> None:
         raise
 
 
+# Read, edit and write of the file in one piece: two edits at once (worker threads of
+# concurrent RPC calls) would each write what they read, and the first would be lost.
+_EDIT_LOCK = threading.Lock()
+
+
+STALE_TEMP_AGE = 60.0  # seconds; a write takes milliseconds
+
+
+def remove_stale_temp_files(path: Path, *, older_than: float = STALE_TEMP_AGE) -> list[Path]:
+    """Delete what `write_config_atomic` leaves beside `path` when killed mid-write: files
+    named exactly as its temporary files, older than `older_than` seconds (so a write under
+    way in another process keeps its file). Returns those removed; errors are ignored."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[A-Za-z0-9_]+\.tmp")
+    removed = []
+    try:
+        candidates = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return []
+    for candidate in candidates:
+        try:
+            info = candidate.lstat()
+            if stat.S_ISREG(info.st_mode) and time.time() - info.st_mtime > older_than:
+                candidate.unlink()
+                removed.append(candidate)
+        except OSError:
+            continue  # gone already, or not ours to remove
+    return removed
+
+
 def edit_config_file(
     path: Path,
     edit: typing.Callable[[dict[str, Any]], None],
     check: typing.Callable[[Config], None] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
 ) -> Config:
     """Apply `edit` to the file's own TOML table (not the defaults), validate the result as
-    `validate_config_file` would (and with `check`, which raises ConfigError), and write
-    it atomically. ConfigError leaves the file as it was. Comments in the file are not
-    kept (TOML writers do not round-trip them)."""
-    data = _read_toml(path, missing_ok=True) or {}
-    edit(data)
-    config = _decode(data, strict=True, source=lambda _key: str(path))
-    if check is not None:
-        check(config)
-    write_config_atomic(path, tomli_w.dumps(data))
+    `validate_config_file` would, and write it atomically. Returns the config as it will
+    run: defaults, the file, then `env` (default: os.environ) on top, as `load_config`
+    resolves it; `check` sees that config first and may refuse it by raising.
+
+    An exception leaves the file as it was. Edits within this process are serialized.
+    Comments in the file are not kept (TOML writers do not round-trip them)."""
+    env = os.environ if env is None else env
+    with _EDIT_LOCK:
+        data = _read_toml(path, missing_ok=True) or {}
+        edit(data)
+        config = _resolve(data, env, str(path))
+        if check is not None:
+            check(config)
+        write_config_atomic(path, tomli_w.dumps(data))
     return config
 
 

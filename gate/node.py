@@ -14,12 +14,21 @@ writer flushes its queue after the last request ended and before the database cl
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from gate.config import Config, check_exposure, default_config_path, load_config
+from gate.config import (
+    Config,
+    check_exposure,
+    default_config_path,
+    edit_config_file,
+    load_config,
+)
 from gate.errors import ConfigError, GateError
 from gate.identity import NodeIdentity
 from gate.nursery import (
@@ -37,7 +46,7 @@ from gate.services.gateway import Gateway
 from gate.services.http import build_app, serve_http
 from gate.services.metrics import Metrics
 from gate.services.p2p import P2PService
-from gate.services.providers import ProviderRegistry
+from gate.services.providers import Provider, ProviderRegistry
 from gate.services.rpc import RpcService
 from gate.services.store import Store, open_store
 from gate.services.upstream import UpstreamClient
@@ -51,15 +60,26 @@ log = logging.getLogger("gate.node")
 
 class Node:
     def __init__(
-        self, config: Config, identity: NodeIdentity, *, config_path: Path | None = None
+        self,
+        config: Config,
+        identity: NodeIdentity,
+        *,
+        config_path: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         check_exposure(config)
         self.config = config
         self.config_path = config_path
-        # The config file as last read (its stamp and contents): what the watcher compares
-        # a change with, and what update_config marks as read after writing it.
-        self._file_stamp: tuple[int, int] | None = None
+        # The environment `config` was resolved with: every later reading of the file
+        # puts it on top again, as `gate serve` did.
+        self.env = os.environ if env is None else env
+        # The config file as last read (its stamp and contents, resolved): what the
+        # watcher compares a change with, and what edit_config marks as read.
+        self._file_stamp: _Stamp | None = None
         self._file_config: Config | None = None
+        # Held from reading or editing the file until the result runs (edit_config and
+        # the watcher), so an older reading never replaces a newer one.
+        self._config_lock = trio.Lock()
         self.identity = identity
         self.node_id = NodeId(identity.public_key_bytes)
         self.client = UpstreamClient(connect_timeout=config.server.connect_timeout)
@@ -118,58 +138,100 @@ class Node:
         services.append(Service("config-watch", self._watch_config, critical=False))
         return services
 
+    @property
+    def config_file(self) -> Path:
+        """The gate.toml this node reads and edits (it may not exist)."""
+        return self.config_path or default_config_path()
+
+    def _load_file(self) -> Config:
+        """The config file as it runs: defaults, the file, then this node's environment."""
+        return load_config(self.config_file, self.env, missing_ok=True)[0]
+
     async def _watch_config(
         self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Apply edits of gate.toml (by hand, `gate peers`, the RPC) within a second.
+        """Apply edits of gate.toml (by hand, `gate config edit`) within a second.
 
         What is safe live (gate.reload.LIVE_KEYS) applies at once; the rest is logged as
         waiting for a restart. An invalid file is refused with the error logged and the
         running configuration kept.
         """
-        path = self.config_path or default_config_path()
         task_status.started()
-        self._file_stamp = _stamp(path)
-        # Compare the file with its own last reading: the running config may differ
-        # from it by command-line overrides (gate serve --bind).
-        try:
-            self._file_config, _ = await trio.to_thread.run_sync(
-                load_config, path if self._file_stamp else None
-            )
-        except ConfigError:
-            self._file_config = self.config
+        async with self._config_lock:
+            # Compare the file with its own last reading: the running config may differ
+            # from it by command-line overrides (gate serve --bind).
+            self._file_stamp = _stamp(self.config_file)
+            try:
+                self._file_config = await trio.to_thread.run_sync(self._load_file)
+            except ConfigError:
+                self._file_config = self.config
         while not ctx.stopping:
             with trio.move_on_after(CONFIG_POLL_INTERVAL):
                 await ctx.wait_shutdown()
-            stamp = _stamp(path)
-            if stamp == self._file_stamp:
+            if _stamp(self.config_file) == self._file_stamp:
                 continue
-            self._file_stamp = stamp
-            try:
-                new, _ = await trio.to_thread.run_sync(load_config, path if stamp else None)
-            except ConfigError as exc:
-                log.error(
-                    "config change refused; keeping the running config", extra={"error": str(exc)}
-                )
-                continue
-            if self._file_stamp != stamp:  # update_config wrote and applied a newer one
-                continue
-            try:
-                await self.apply_config(merge_live(self.config, new))
-            except (ConfigError, ValueError) as exc:
-                log.error(
-                    "config change refused; keeping the running config", extra={"error": str(exc)}
-                )
-                continue
-            self._file_read(new, stamp)
+            async with self._config_lock:
+                engines_changed = await self._reload_file()
+            if engines_changed:
+                await self.registry.refresh()  # outside the lock: it waits on the network
 
-    def config_file_written(self, config: Config) -> None:
-        """`config` was just written to the config file and applied (update_config): take
-        that version of the file as read, so the watcher does not apply it a second time."""
-        path = self.config_path or default_config_path()
-        self._file_read(config, _stamp(path))
+    async def _reload_file(self) -> bool:
+        """Read the changed file and run with it (the config lock held); returns whether
+        the engines changed."""
+        stamp = _stamp(self.config_file)
+        if stamp == self._file_stamp:  # edit_config wrote and applied it meanwhile
+            return False
+        self._file_stamp = stamp
+        try:
+            new = await trio.to_thread.run_sync(self._load_file)
+            engines_changed = self._swap_config(merge_live(self.config, new))
+        except (ConfigError, ValueError) as exc:
+            log.error(
+                "config change refused; keeping the running config", extra={"error": str(exc)}
+            )
+            return False
+        self._file_read(new, stamp)
+        return engines_changed
 
-    def _file_read(self, config: Config, stamp: tuple[int, int] | None) -> None:
+    async def edit_config(
+        self,
+        edit: Callable[[dict[str, Any]], None],
+        check: Callable[[Config], None] | None = None,
+    ) -> Config:
+        """Edit gate.toml's own table with `edit` and run with the result at once (its
+        live keys; the rest waits for a restart). Returns the config as it will run after
+        a restart: defaults, the file, then this node's environment.
+
+        `check` may refuse that config by raising; so does a change the running node
+        cannot take. Either way nothing is written. Edits and the watcher take turns, so
+        an acknowledged edit is never lost nor undone by an older reading."""
+
+        def check_all(config: Config) -> None:
+            if check is not None:
+                check(config)
+            self._check_runnable(merge_live(self.config, config))
+
+        async with self._config_lock:
+            config = await trio.to_thread.run_sync(
+                partial(edit_config_file, self.config_file, edit, check_all, env=self.env)
+            )
+            engines_changed = self._swap_config(merge_live(self.config, config))
+            self._file_read(config, _stamp(self.config_file))
+        if engines_changed:
+            await self.registry.refresh()  # outside the lock: it waits on the network
+        return config
+
+    def _check_runnable(self, config: Config) -> None:
+        """Raise ConfigError for a config `_swap_config` would refuse, before it is
+        written."""
+        check_exposure(config)  # e.g. API keys turned off while bound beyond loopback
+        for engine in config.providers.engines:
+            try:
+                Provider.from_config(engine)
+            except ValueError as exc:
+                raise ConfigError(f"providers.engines: {exc}") from None
+
+    def _file_read(self, config: Config, stamp: _Stamp | None) -> None:
         """Log what a new reading of the file changed, and remember it."""
         changed = changed_keys(self._file_config or self.config, config)
         self._file_config, self._file_stamp = config, stamp
@@ -181,9 +243,11 @@ class Node:
                 extra={"keys": ",".join(sorted(changed - LIVE_KEYS))},
             )
 
-    async def apply_config(self, config: Config) -> None:
+    def _swap_config(self, config: Config) -> bool:
         """Run with `config` from now on; it may differ from the running one only in
-        gate.reload.LIVE_KEYS. Raises (changing nothing) when the change is unsafe."""
+        gate.reload.LIVE_KEYS. Raises (changing nothing) when the change is unsafe.
+        Returns whether the engines changed: the caller then checks them
+        (`registry.refresh`), outside the config lock as that waits on the network."""
         check_exposure(config)  # e.g. API keys turned off while bound beyond loopback
         self.registry.reconfigure(config.providers)  # raises before it changes anything
         old, self.config = self.config, config
@@ -197,8 +261,7 @@ class Node:
                 log.info("trusted peers updated", extra={"peers": len(config.p2p.trusted_peers)})
         if config.server.log_level != old.server.log_level:
             logging.getLogger().setLevel(config.server.log_level.upper())
-        if config.providers != old.providers:  # check new engines, probe if now empty
-            await self.registry.refresh()
+        return config.providers != old.providers  # check new engines, probe if now empty
 
     def request_shutdown(self, reason: str) -> None:
         if self._supervisor is not None:
@@ -321,13 +384,17 @@ KEY_RELOAD_INTERVAL = 5.0
 CONFIG_POLL_INTERVAL = 1.0
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
-    """What changes when the file does (mtime and size), or None while it is missing."""
+_Stamp = tuple[int, int, int]
+
+
+def _stamp(path: Path) -> _Stamp | None:
+    """What changes when the file does (inode, mtime and size), or None while it is
+    missing. The inode tells apart two atomic writes within one tick of the clock."""
     try:
         stat = path.stat()
     except OSError:
         return None
-    return (stat.st_mtime_ns, stat.st_size)
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
 async def _reload_keys_periodically(api_keys: ApiKeys, ctx: ServiceContext) -> None:

@@ -1,17 +1,19 @@
 """Editing the trusted peers in gate.toml: shared by `gate peers` and the RPC.
 
-A running daemon's config watcher applies the change within a second.
+Without a daemon, `gate peers` writes the file; a daemon's config watcher applies such a
+change within a second. The RPC applies the same edits through `Node.edit_config`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gate.config import edit_config_file
 from gate.protocol import NodeId
 
-__all__ = ["add_trusted_peer", "peer_entry", "remove_trusted_peer"]
+__all__ = ["DistrustEdit", "add_trusted_peer", "peer_entry", "remove_trusted_peer", "trust_edit"]
 
 
 def peer_entry(text: str) -> str:
@@ -43,8 +45,9 @@ def _node_of(entry: str) -> str | None:
         return None
 
 
-def add_trusted_peer(path: Path, text: str) -> str:
-    """Trust a peer (replacing an older entry for the same node); returns the entry."""
+def trust_edit(text: str) -> tuple[str, Callable[[dict[str, Any]], None]]:
+    """The entry that trusts a peer, and the edit of gate.toml's table that adds it
+    (replacing an older entry for the same node). Raises ValueError for a bad `text`."""
     entry = peer_entry(text)
     node_id = _node_of(entry)
 
@@ -53,21 +56,37 @@ def add_trusted_peer(path: Path, text: str) -> str:
         peers = [p for p in p2p.get("trusted_peers", []) if _node_of(p) != node_id]
         p2p["trusted_peers"] = [*peers, entry]
 
+    return entry, edit
+
+
+class DistrustEdit:
+    """The edit of gate.toml's table that stops trusting a node; `removed` says, once it
+    ran, whether the node was trusted. Raises ValueError for a bad node id."""
+
+    def __init__(self, node_id_text: str) -> None:
+        self.node_id = str(NodeId.parse(node_id_text.partition("@")[0]))
+        self.removed = False
+
+    def __call__(self, data: dict[str, Any]) -> None:
+        p2p = data.setdefault("p2p", {})
+        before = list(p2p.get("trusted_peers", []))
+        p2p["trusted_peers"] = [p for p in before if _node_of(p) != self.node_id]
+        self.removed = len(p2p["trusted_peers"]) != len(before)
+
+    def still_trusted(self, trusted_peers: list[str]) -> bool:
+        """Whether `trusted_peers` (as the node runs) still names the node."""
+        return any(_node_of(p) == self.node_id for p in trusted_peers)
+
+
+def add_trusted_peer(path: Path, text: str) -> str:
+    """Trust a peer (replacing an older entry for the same node); returns the entry."""
+    entry, edit = trust_edit(text)
     edit_config_file(path, edit)
     return entry
 
 
 def remove_trusted_peer(path: Path, node_id_text: str) -> bool:
     """Stop trusting a node; False if it was not trusted."""
-    node_id = str(NodeId.parse(node_id_text.partition("@")[0]))
-    removed = False
-
-    def edit(data: dict[str, Any]) -> None:
-        nonlocal removed
-        p2p = data.setdefault("p2p", {})
-        before = list(p2p.get("trusted_peers", []))
-        p2p["trusted_peers"] = [p for p in before if _node_of(p) != node_id]
-        removed = len(p2p["trusted_peers"]) != len(before)
-
+    edit = DistrustEdit(node_id_text)
     edit_config_file(path, edit)
-    return removed
+    return edit.removed

@@ -19,6 +19,7 @@ from gate.cli._common import (
     EXIT_NO_DAEMON,
     call,
     client,
+    config_file,
     config_option,
     emit_json,
     fail,
@@ -30,7 +31,7 @@ from gate.cli._common import (
     note,
     passphrase,
 )
-from gate.config import Config, parse_bind
+from gate.config import Config, parse_bind, remove_stale_temp_files
 from gate.errors import ConfigError, GateError, IdentityError, describe
 
 if TYPE_CHECKING:
@@ -108,6 +109,10 @@ def _serve_foreground(config_path: Path | None, bind: str | None, *, detached: b
         )
     except OSError as exc:  # the data dir is unusable: not a directory, read-only, full
         fail(f"cannot open the log file in {config.data_dir / 'logs'}: {exc}")
+
+    # A kill during an atomic write of gate.toml leaves its temp file behind.
+    for stale in remove_stale_temp_files(config_file(config_path)):
+        log.info("removed a stale temp file", extra={"path": str(stale)})
 
     try:
         identity, created = load_or_create_identity(config.data_dir, passphrase())

@@ -22,7 +22,8 @@ and the comparison is constant-time with respect to the stored value.
 The active keys are held in memory (`ApiKeys.load`), so `ApiKeys.verify` does no IO.
 `ApiKeys.revoke` removes a key from memory before it writes the database, so the key is
 refused from that moment on, even if the write then fails (which raises). Keys created
-or revoked by another process (the CLI) reach a running node on `ApiKeys.reload`.
+or revoked by another process (the CLI) reach a running node on `ApiKeys.reload`; a reload
+never undoes a create or a revoke this object made while it read the table.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class ApiKeys:
         # Ids this object revoked: a reload that read the table just before the revoke
         # was written must not bring them back.
         self._revoked: set[str] = set()
+        # Keys this object created, numbered, until a reload that began after them ends: a
+        # reload that read the table just before a create must not drop the new key.
+        self._creates = 0
+        self._recent: dict[bytes, tuple[int, ApiKeyInfo]] = {}
 
     @classmethod
     async def load(cls, store: Store) -> ApiKeys:
@@ -91,6 +96,7 @@ class ApiKeys:
 
     async def reload(self) -> None:
         """Re-read the active keys from the database (after another process changed it)."""
+        began = self._creates
         rows = await self._store.fetchall(
             "SELECT id, name, hash, created_at FROM api_keys WHERE revoked_at IS NULL"
         )
@@ -105,6 +111,11 @@ class ApiKeys:
                 continue  # not a hash we wrote: it can match no key
             active[digest] = ApiKeyInfo(key_id, name, created_at)
             ids[key_id] = digest
+        for digest, (number, info) in list(self._recent.items()):
+            if number <= began:  # created before the read: in the rows unless revoked
+                del self._recent[digest]
+            elif info.id not in self._revoked:
+                active[digest], ids[info.id] = info, digest
         self._active, self._ids = active, ids
 
     @property
@@ -145,6 +156,8 @@ class ApiKeys:
         )
         self._active[digest] = info
         self._ids[key_id] = digest
+        self._creates += 1
+        self._recent[digest] = (self._creates, info)
         return key, info
 
     async def revoke(self, key_id: str) -> bool:

@@ -10,8 +10,9 @@ talks to /rpc from a browser, a web page from elsewhere must not be able to use 
 browser to drive it: see `_refusal` for the Host, Origin and Content-Type rules
 (HTTP 403/415). Every refusal is logged.
 
-Methods act on the running node: its status, peers (edits of gate.toml that the config
-watcher applies), providers, configuration, metrics, request history and API keys.
+Methods act on the running node: its status, peers, providers, configuration (edits of
+gate.toml, which run before the answer: `Node.edit_config`), metrics, request history and
+API keys.
 """
 
 from __future__ import annotations
@@ -38,20 +39,18 @@ from gate.config import (
     Config,
     check_exposure,
     config_to_dict,
-    default_config_path,
-    edit_config_file,
     validate_config_file,
     validate_config_text,
 )
 from gate.errors import ConfigError, IdentityError
 from gate.identity import NodeIdentity, export_identity, import_identity
 from gate.logs import LEVELS, LOG_FILENAME, read_log
-from gate.peers_config import add_trusted_peer, remove_trusted_peer
+from gate.peers_config import DistrustEdit, trust_edit
 from gate.protocol import NodeId
-from gate.reload import LIVE_KEYS, merge_live
+from gate.reload import LIVE_KEYS
 from gate.services.asgi import BodyError, Receive, Scope, Send, read_body, send_json
 from gate.services.events import Event
-from gate.services.providers import Provider, discover_engines
+from gate.services.providers import discover_engines
 from gate.services.usage import query_usage
 
 if TYPE_CHECKING:
@@ -407,23 +406,33 @@ class RpcService:
         return peer.info()
 
     async def add_peer(self, params: PeerParams) -> dict[str, str]:
+        """Trust a peer: in gate.toml and in the running node before the answer."""
         try:
-            entry = await trio.to_thread.run_sync(
-                add_trusted_peer, self._config_path(), params.peer
-            )
-        except (ValueError, ConfigError) as exc:
+            entry, edit = trust_edit(params.peer)
+        except ValueError as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
+
+        def check(config: Config) -> None:
+            if entry not in config.p2p.trusted_peers:
+                raise _overridden("p2p.trusted_peers")
+
+        await self._edit_config(edit, check)
         return {"trusted": entry}
 
     async def remove_peer(self, params: NodeIdParams) -> dict[str, bool]:
+        """Stop trusting a node: in gate.toml and in the running node before the answer."""
         try:
-            removed = await trio.to_thread.run_sync(
-                remove_trusted_peer, self._config_path(), params.node_id
-            )
-        except (ValueError, ConfigError) as exc:
+            edit = DistrustEdit(params.node_id)
+        except ValueError as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
-        if not removed:
-            raise RpcError(NOT_FOUND, f"{params.node_id} is not a trusted peer")
+
+        def check(config: Config) -> None:
+            if not edit.removed:  # nothing to write
+                raise RpcError(NOT_FOUND, f"{params.node_id} is not a trusted peer")
+            if edit.still_trusted(config.p2p.trusted_peers):
+                raise _overridden("p2p.trusted_peers")
+
+        await self._edit_config(edit, check)
         return {"removed": True}
 
     async def list_providers(self, _: NoParams) -> list[dict[str, Any]]:
@@ -511,8 +520,9 @@ class RpcService:
         return {"revoked": True}
 
     async def update_config(self, params: UpdateConfigParams) -> dict[str, Any]:
-        """Validate and write the change atomically; what is live applies at once (the
-        config watcher), the rest is listed under restart_required."""
+        """Validate and write the change atomically; what is live applies before the
+        answer, the rest is listed under restart_required. The answer's config is the one
+        `gate serve` would start with now (the environment over the file)."""
         for key in params.set:
             if key.count(".") != 1:
                 raise RpcError(INVALID_PARAMS, f"{key!r}: use section.key, e.g. server.bind")
@@ -522,19 +532,8 @@ class RpcService:
                 section, name = key.split(".")
                 data.setdefault(section, {})[name] = value
 
-        def check(config: Config) -> None:
-            check_exposure(config)  # as it will run after a restart
-            check_exposure(merge_live(self.node.config, config))  # as it runs from now
-
-        try:
-            config = await trio.to_thread.run_sync(
-                edit_config_file, self._config_path(), edit, check
-            )
-            # At once rather than at the watcher's next look, so the answer is the truth.
-            await self.node.apply_config(merge_live(self.node.config, config))
-        except (ConfigError, ValueError) as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-        self.node.config_file_written(config)
+        # As it will run after a restart; the node checks it as it runs from now.
+        config = await self._edit_config(edit, check_exposure)
         return {
             "config": config_to_dict(config, mask_secrets=True),
             "restart_required": sorted(set(params.set) - LIVE_KEYS),
@@ -549,17 +548,14 @@ class RpcService:
             engines = data.setdefault("providers", {}).setdefault("engines", [])
             engines.append(entry)
 
-        try:
-            config = await trio.to_thread.run_sync(edit_config_file, self._config_path(), edit)
-        except ConfigError as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-        added = next(e for e in config.providers.engines if e.name == params.name)
-        try:
-            provider = Provider.from_config(added)
-        except ValueError as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-        self.node.registry.providers.append(provider)
-        await self.node.registry.check(provider)
+        def check(config: Config) -> None:
+            if not any(engine.name == params.name for engine in config.providers.engines):
+                raise _overridden("providers.engines")
+
+        await self._edit_config(edit, check)
+        provider = self.node.registry.by_name(params.name)
+        if provider is None:  # pragma: no cover - the edit put it there
+            raise RpcError(UNAVAILABLE, f"{params.name!r} is not running")
         return provider.describe()
 
     async def generate_keypair(self, _: NoParams) -> dict[str, str]:
@@ -602,8 +598,17 @@ class RpcService:
             raise RpcError(UNAVAILABLE, "the API service has not started yet")
         return self.node.api_keys
 
+    async def _edit_config(
+        self, edit: Callable[[dict[str, Any]], None], check: Callable[[Config], None]
+    ) -> Config:
+        """`Node.edit_config`, its refusals as invalid params."""
+        try:
+            return await self.node.edit_config(edit, check)
+        except (ConfigError, ValueError) as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+
     def _config_path(self) -> Path:
-        return self.node.config_path or default_config_path()
+        return self.node.config_file
 
 
 def _validate(path: Path, text: str | None) -> dict[str, Any]:
@@ -630,6 +635,14 @@ def _own_hosts(port: int) -> frozenset[bytes]:
 @functools.cache
 def _own_origins(port: int) -> frozenset[bytes]:
     return frozenset(b"http://" + host for host in _own_hosts(port))
+
+
+def _overridden(key: str) -> ConfigError:
+    """The file's value for `key` would not run: the environment of `gate serve` sets it."""
+    return ConfigError(
+        f"{key} is set in the environment of gate serve (GATE_...), which overrides "
+        "gate.toml; change it there"
+    )
 
 
 def _node_id(text: str) -> NodeId:

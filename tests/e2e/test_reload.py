@@ -6,7 +6,9 @@ Hand edits of gate.toml are picked up by the config watcher (within about a seco
 keeps running with their old values.
 """
 
+import os
 import time
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -110,3 +112,102 @@ def test_update_config_applies_before_it_answers(start_gate, llama_engine):
     assert "require_api_keys" in exposed["error"]["message"]
     assert config_path(gate).read_text() == before
     assert chat(gate, MODEL).status_code == 401
+
+
+# --- every path that recomputes the config keeps defaults -> file -> environment --------
+
+TOKEN = {"authorization": "Bearer env-token"}
+SECURE_ENV = {
+    "GATE_SECURITY__REQUIRE_API_KEYS": "true",
+    "GATE_SECURITY__CONTROL_TOKEN": "env-token",
+    "GATE_SERVER__MAX_BODY_BYTES": "2000",
+}
+
+
+def call(url: str, method: str, params=None, headers=None) -> httpx.Response:
+    body = {"jsonrpc": "2.0", "method": method, "id": 1, "params": params or {}}
+    return httpx.post(f"{url}/rpc", json=body, headers=headers, timeout=30)
+
+
+def answer(url: str, method: str, params=None):
+    response = call(url, method, params, TOKEN)
+    assert response.status_code == 200 and "result" in response.json(), response.text
+    return response.json()["result"]
+
+
+def assert_secured(url: str) -> None:
+    """The environment's security settings hold, and each layer shows in the config."""
+    assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 401  # no API key
+    assert call(url, "export_identity").status_code == 401  # no control token
+    key = answer(url, "create_api_key", {"name": "ci"})["key"]
+    big = {"model": "m", "messages": HI, "user": "x" * 3000}
+    headers = {"authorization": f"Bearer {key}"}
+    too_big = httpx.post(f"{url}/v1/chat/completions", json=big, headers=headers, timeout=10)
+    assert too_big.status_code == 413
+    server = answer(url, "get_config")["server"]
+    assert server["max_body_bytes"] == 2000  # the environment, over the file's 1000
+    assert server["client_burst"] == 7  # the file
+    assert server["max_in_flight"] == 512  # the default
+
+
+def restarted_url(gate) -> str:
+    """Where `gate serve` listens after a node_restart (a new port: --bind 127.0.0.1:0)."""
+    import re
+    import select
+
+    deadline = time.monotonic() + 30
+    buffer = b""
+    while time.monotonic() < deadline:
+        if select.select([gate.proc.stdout], [], [], 0.5)[0]:
+            buffer += gate.proc.stdout.read() or b""
+            if match := re.search(rb"listening on (http://\S+)", buffer):
+                return match.group(1).decode()
+    raise AssertionError("gate serve did not come back after node_restart")
+
+
+def test_environment_security_outlives_update_config_and_restart(start_gate, gate_env):
+    gate_env.update(SECURE_ENV)
+    gate = start_gate(NO_ENGINE + "[server]\nmax_body_bytes = 1000\nclient_burst = 7\n")
+    assert_secured(gate.url)
+    updated = answer(gate.url, "update_config", {"set": {"server.log_level": "debug"}})
+    assert updated["config"]["security"] == {"require_api_keys": True, "control_token": "***"}
+    assert_secured(gate.url)
+    assert "env-token" not in config_path(gate).read_text()
+    # A hand edit, picked up by the config watcher.
+    text = config_path(gate).read_text()
+    config_path(gate).write_text(text.replace("[server]\n", "[server]\nresponse_timeout = 9.0\n"))
+    wait_for(lambda: "keys=server.response_timeout" in gate.stderr(), "the watcher", timeout=10)
+    assert_secured(gate.url)
+    # A restart reads the file and the environment again.
+    assert answer(gate.url, "node_restart") == {"restarting": True}
+    url = restarted_url(gate)
+    assert_secured(url)
+
+
+def test_twenty_concurrent_add_peer_are_all_kept(start_gate):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gate.identity import NodeIdentity
+    from gate.protocol import NodeId
+
+    gate = start_gate(NO_ENGINE)
+    peers = sorted(str(NodeId(NodeIdentity.generate().public_key_bytes)) for _ in range(20))
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda p: result(gate, "add_peer", {"peer": p}), peers))
+    assert sorted(a["trusted"] for a in answers) == peers
+    assert sorted(node["node_id"] for node in result(gate, "list_peers")) == peers
+    written = tomllib.loads(config_path(gate).read_text())["p2p"]["trusted_peers"]
+    assert sorted(written) == peers
+
+
+def test_serve_removes_a_temp_file_a_killed_write_left_behind(gate_env, start_gate):
+    folder = Path(gate_env["XDG_CONFIG_HOME"])
+    folder.mkdir(parents=True, exist_ok=True)
+    stale, fresh = folder / ".gate-test.toml.x1y2z3_4.tmp", folder / ".gate-test.toml.a1.tmp"
+    stale.write_text("[server]\n")
+    fresh.write_text("[server]\n")  # a write under way in another process: kept
+    long_ago = time.time() - 3600
+    os.utime(stale, (long_ago, long_ago))
+    gate = start_gate(NO_ENGINE)
+    assert not stale.exists() and fresh.exists()
+    assert "removed a stale temp file" in gate.stderr()

@@ -215,3 +215,41 @@ KEY = "gk_" + "a" * 43
 )
 def test_extract_key(headers: list[tuple[bytes, bytes]], expected: str | None) -> None:
     assert extract_key(headers) == expected
+
+
+class _ReadsLate:
+    """A store whose reads give what they read only once `release` is set: a reload that
+    read the table just before a create finishes after it."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.read, self.release = trio.Event(), trio.Event()
+
+    async def fetchall(self, *args: object) -> list[tuple[object, ...]]:
+        rows = await self._store.fetchall(*args)  # type: ignore[arg-type]
+        self.read.set()
+        await self.release.wait()
+        return rows
+
+    async def execute(self, *args: object) -> int:
+        return await self._store.execute(*args)  # type: ignore[arg-type]
+
+
+async def test_a_reload_that_read_before_a_create_keeps_the_new_key(store: Store) -> None:
+    slow = _ReadsLate(store)
+    keys = ApiKeys(slow)  # type: ignore[arg-type]
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keys.reload)
+            await slow.read.wait()
+            key, info = await keys.create("made during a reload")
+            slow.release.set()
+        assert keys.verify(key) == info  # acknowledged: it must work at once
+        revoked, revoked_info = await keys.create("revoked during a reload")
+        slow.read, slow.release = trio.Event(), trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keys.reload)
+            await slow.read.wait()
+            await keys.revoke(revoked_info.id)
+            slow.release.set()
+        assert keys.verify(revoked) is None and keys.verify(key) == info

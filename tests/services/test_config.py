@@ -1,11 +1,14 @@
 import os
 import re
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from gate.config import (
+    STALE_TEMP_AGE,
     Config,
     DatabaseConfig,
     P2PConfig,
@@ -18,9 +21,11 @@ from gate.config import (
     config_to_dict,
     default_config_path,
     dump_toml,
+    edit_config_file,
     is_loopback,
     load_config,
     parse_bind,
+    remove_stale_temp_files,
     validate_config_file,
     validate_config_text,
     write_config_atomic,
@@ -179,6 +184,10 @@ ENV_FORMS = [
     ),
     ({"GATE_PROVIDERS__ALIASES": '{"a": "b"}'}, lambda c: c.providers.aliases, {"a": "b"}),
     ({"GATE_PROVIDERS__ALIASES__GPT4": "llama"}, lambda c: c.providers.aliases, {"gpt4": "llama"}),
+    # JSON only where the field is a list or a table: a string may start with [ or {.
+    ({"GATE_SERVER__BIND": "[::1]:8080"}, lambda c: c.bind_host_port, ("::1", 8080)),
+    ({"GATE_PROVIDERS__ALIASES__X": "[1]"}, lambda c: c.providers.aliases, {"x": "[1]"}),
+    ({"GATE_SECURITY__CONTROL_TOKEN": "{t}"}, lambda c: c.security.control_token, "{t}"),
     ({"GATE_LOG": "DEBUG"}, lambda c: c.server.log_level, "debug"),
     ({"GATE_SECURITY__CONTROL_TOKEN": "123"}, lambda c: c.security.control_token, "123"),
     ({"DATABASE_URL": "sqlite:////tmp/x.db"}, lambda c: c.database_path, Path("/tmp/x.db")),
@@ -316,8 +325,8 @@ ENV_ERRORS = [
         "GATE_PROVIDERS__ENGINES: providers.engines[0].kind: must be one of",
     ),
     (
-        {"GATE_PROVIDERS__ALIASES__X": "[1]"},
-        "GATE_PROVIDERS__ALIASES__X: providers.aliases[...]: Expected str, got array",
+        {"GATE_PROVIDERS__ALIASES": "[1]"},
+        "GATE_PROVIDERS__ALIASES: providers.aliases: Expected object, got array",
     ),
     (
         {"GATE_P2P__PORT": "1", "GATE_P2P__RELAY_MODE": "bad"},
@@ -477,3 +486,63 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch, error, raised):
         write_config_atomic(path, "new = true\n")
     assert path.read_text() == "old = true\n"
     assert os.listdir(tmp_path) == ["gate.toml"]
+
+
+def test_a_killed_write_leaves_a_temp_file_that_cleanup_removes_once_stale(tmp_path):
+    path = write(tmp_path / "gate.toml", "a = 1\n")
+    old = write(tmp_path / ".gate.toml.k2j4_x9q.tmp", "half")
+    fresh = write(tmp_path / ".gate.toml.ab12cd34.tmp", "a write under way")
+    others = [
+        write(tmp_path / name, "keep")
+        for name in (".other.toml.k2j4_x9q.tmp", ".gate.toml.tmp", "gate.toml.ab12cd34.tmp")
+    ]
+    aged = time.time() - STALE_TEMP_AGE - 5
+    for stale in [old, *others]:
+        os.utime(stale, (aged, aged))
+    assert remove_stale_temp_files(path) == [old]
+    assert not old.exists() and fresh.exists() and all(p.exists() for p in others)
+    assert path.read_text() == "a = 1\n"
+    assert remove_stale_temp_files(tmp_path / "missing" / "gate.toml") == []
+
+
+# --- editing ----------------------------------------------------------------------------
+
+
+def test_edit_returns_the_config_as_it_runs_and_writes_the_file_alone(tmp_path):
+    path = write(tmp_path / "gate.toml", "[server]\nmax_body_bytes = 1000\nclient_burst = 7\n")
+    env = {"GATE_SERVER__MAX_BODY_BYTES": "2000", "GATE_SECURITY__CONTROL_TOKEN": "tok"}
+
+    def edit(data):
+        data["server"]["log_level"] = "debug"
+
+    config = edit_config_file(path, edit, env=env)
+    assert config == load_config(path, env=env)[0]
+    assert config.server.max_body_bytes == 2000 and config.security.control_token == "tok"
+    assert config.server.client_burst == 7 and config.server.max_in_flight == 512
+    assert config.server.log_level == "debug"
+    written = validate_config_file(path)  # the file on its own: no environment in it
+    assert written.server.max_body_bytes == 1000 and written.security.control_token == ""
+    # The file is checked strictly on its own before the environment is applied.
+    with pytest.raises(ConfigError, match=r"server\.client_burst: Expected int, got str"):
+        edit_config_file(path, lambda data: data["server"].update(client_burst="8"), env=env)
+
+
+def test_edits_from_many_threads_are_all_kept(tmp_path):
+    path = tmp_path / "gate.toml"
+    start = threading.Barrier(20)
+
+    def add(n: int) -> None:
+        def edit(data):
+            time.sleep(0.001)  # read, then write a moment later, as a busy machine does
+            data.setdefault("providers", {}).setdefault("aliases", {})[f"m{n}"] = "x"
+
+        start.wait()
+        edit_config_file(path, edit, env={})
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    aliases = load_config(path, env={})[0].providers.aliases
+    assert sorted(aliases) == sorted(f"m{n}" for n in range(20))
