@@ -20,11 +20,12 @@ import resource
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
@@ -99,6 +100,38 @@ class _Connection(TCPServer):
     send with BusyResourceError.
     """
 
+    def __init__(self, *args: Any, sends: set[trio.CancelScope]) -> None:
+        super().__init__(*args)
+        self._sends = sends  # the scopes of the sends in progress, for the hard stop
+
+    async def protocol_send(self, event: Event) -> None:
+        """hypercorn's send, with a way out of a send that never ends.
+
+        The send is shielded, as hypercorn's is, so a cancellation never leaves half a
+        chunk on the wire; but unbounded, a client that stops reading held its task, and
+        the node's shutdown, for ever. Its scope is known to the hard stop, and a client
+        that accepts nothing for `_SEND_STALL_TIMEOUT` loses its connection.
+        """
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        broken = False
+        async with self.send_lock:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + _SEND_STALL_TIMEOUT
+                self._sends.add(scope)
+                try:
+                    await self.stream.send_all(event.data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    broken = True
+                finally:
+                    self._sends.discard(scope)
+            if scope.cancelled_caught:  # part of a chunk may be out: the stream is done
+                broken = True
+                await trio.aclose_forcefully(self.stream)
+        if broken:
+            await self.protocol.handle(Closed())
+
     async def _close(self) -> None:
         try:
             async with self.send_lock:
@@ -139,27 +172,43 @@ async def serve_http(
     # hypercorn types scopes as TypedDicts; our handlers take plain mappings.
     wrapped: Any = wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
     context = WorkerContext(None)
+    sends: set[trio.CancelScope] = set()
 
     async def serve_connection(stream: trio.SocketStream) -> None:
         # hypercorn annotates the stream as TLS, but serves plain streams the same way.
-        server = _Connection(wrapped, config, context, ConnectionState({}), stream)  # type: ignore[arg-type]
+        server = _Connection(wrapped, config, context, ConnectionState({}), stream, sends=sends)
         await _serve_connection(server, stream)
 
-    async with trio.open_nursery() as connections:
-        async with trio.open_nursery() as accepting:
-            await accepting.start(
-                partial(trio.serve_listeners, handler_nursery=connections),
-                serve_connection,
-                listeners,
-            )
-            for url in binds:
-                log.info("listening", extra={"url": url})
-            task_status.started(binds)
-            await ctx.wait_shutdown()
-            accepting.cancel_scope.cancel()  # stop accepting: closes the listening sockets
-        # Idle keep-alive connections close now; requests in flight get until the deadline.
-        await context.terminated.set()
-        connections.cancel_scope.deadline = trio.current_time() + drain_timeout
+    # The outer nursery's scope carries the drain deadline; its guard task ends the
+    # shielded sends when that scope is cancelled, by the deadline or from outside.
+    async with trio.open_nursery() as service:
+        service.start_soon(_end_sends_when_cancelled, sends)
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as accepting:
+                await accepting.start(
+                    partial(trio.serve_listeners, handler_nursery=connections),
+                    serve_connection,
+                    listeners,
+                )
+                for url in binds:
+                    log.info("listening", extra={"url": url})
+                task_status.started(binds)
+                await ctx.wait_shutdown()
+                accepting.cancel_scope.cancel()  # stop accepting: closes the listening sockets
+            # Idle keep-alive connections close now; requests in flight get until the deadline.
+            await context.terminated.set()
+            service.cancel_scope.deadline = trio.current_time() + drain_timeout
+        service.cancel_scope.cancel()  # every connection ended in time
+
+
+async def _end_sends_when_cancelled(sends: set[trio.CancelScope]) -> None:
+    """When the service is cancelled the shielded sends must end too, or a client that
+    stopped reading keeps the node from stopping."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        for scope in list(sends):
+            scope.cancel()
 
 
 async def _serve_connection(server: TCPServer, stream: trio.SocketStream) -> None:
@@ -170,6 +219,10 @@ async def _serve_connection(server: TCPServer, stream: trio.SocketStream) -> Non
         errors = "; ".join(f"{type(e).__name__}: {e}" for e in group.exceptions)
         log.warning("connection failed; closed", extra={"error": errors})
         await trio.aclose_forcefully(stream)
+
+
+# A client that accepts no byte of a response for this long has stopped reading.
+_SEND_STALL_TIMEOUT: Final = 120.0
 
 
 def _raise_open_files_limit() -> None:

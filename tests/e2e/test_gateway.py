@@ -455,6 +455,31 @@ def test_stream_cut_by_the_shutdown_drain_ends_with_an_error_event(
     assert "shutting down" in message
 
 
+def test_a_client_that_stops_reading_does_not_keep_gate_from_stopping(
+    start_gate, make_llama_engine, tmp_path
+):
+    """A stream whose client never reads fills the socket buffers and blocks Gate's send;
+    at the end of the drain that send is ended too, and the process exits."""
+    from tests.engine.tiny_model import write_tiny_gguf
+
+    model = write_tiny_gguf(tmp_path / "endless.gguf", can_stop=False)
+    engine = make_llama_engine(model, n_ctx=65536)
+    gate = start_gate(engine_config(engine, extra="[server]\ndrain_timeout = 1.0\n"))
+    port = int(gate.url.rsplit(":", 1)[1])
+    body = json.dumps(
+        {"model": MODEL, "messages": HI, "max_tokens": 60000, "stream": True}
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        )
+        time.sleep(5)  # never read: the buffers fill and Gate's send blocks
+        gate.signal(signal.SIGTERM)
+        assert gate.wait(timeout=15) == 0
+
+
 def test_hanging_engine_times_out_with_504(start_gate, make_llama_engine):
     engine = make_llama_engine()
     gate = start_gate(engine_config(engine, extra="[server]\nresponse_timeout = 1.0\n"))
