@@ -422,9 +422,11 @@ def test_peer_killed_mid_stream_is_noticed_within_seconds(make_node, llama_engin
     assert lines[-1] != "data: [DONE]"
     error = json.loads(lines[-1].removeprefix("data: "))["error"]
     assert a.node_id in error["message"]
-    began = time.monotonic()
-    wait_for(lambda: b.peer_status(a) != "connected", "B to mark A down", timeout=5)
-    assert time.monotonic() - began < 5
+    wait_for(
+        lambda: b.peer_status(a) in ("disconnected", "connecting", "failed"),
+        "B to mark A down",
+        timeout=5,
+    )
 
 
 def test_a_live_peer_whose_engine_pauses_keeps_its_stream(make_node, make_llama_engine):
