@@ -438,10 +438,9 @@ class Gateway:
         target = scope["path"]
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        peer.in_flight += 1
         self.metrics.request_started(exchange.provider, exchange.model)
         exchange.metered = True
-        try:
+        with self.peers.request_to(peer):
             try:
                 stream = await self.peers.open_http_stream(peer)
                 response = await request_over_stream(
@@ -463,8 +462,6 @@ class Gateway:
             async with response:
                 exchange.status = response.status
                 await self._pass_through(response, send, exchange, endpoint.dialect)
-        finally:
-            peer.in_flight -= 1
 
     def _all_models(self) -> dict[str, list[str]]:
         models = self.registry.model_ids()

@@ -15,6 +15,10 @@ and does two things at once:
 - Dialing. One task per trusted peer keeps one connection to it: connect, handshake
   (learning the peer's capabilities), then a Ping every `heartbeat_interval`; a missing
   Pong for three intervals marks the peer Disconnected and the connection is dropped.
+  While requests to the peer are in flight the heartbeat quickens (a Ping every second,
+  a Pong more than four seconds late means the peer is gone), so a stream from a peer
+  that died mid-answer ends within seconds: iroh's Python binding does not expose QUIC's
+  keep-alive or idle timeout, and on its own the connection notices only after 30 s.
   Capabilities are asked for every fourth ping, and pushed to every peer within about
   half a second when this node's models change (an unasked capability_response, §5.5).
   Failures retry with jittered exponential backoff. Status follows ConnectionStatus:
@@ -31,7 +35,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -91,6 +95,13 @@ _PREAMBLE_TIMEOUT: Final = 10.0
 _CONNECT_TIMEOUT: Final = 10.0
 _MODELS_POLL_INTERVAL: Final = 0.5  # how soon a change of this node's models reaches peers
 _BACKOFF_INITIAL, _BACKOFF_MAX = 0.5, 30.0
+# While requests to a peer are in flight: a Ping every _BUSY_PING_INTERVAL, and a peer
+# whose Pong is _BUSY_PONG_TIMEOUT late is taken for dead (its connection is closed,
+# which ends every stream on it). A live peer answers Pings whatever its engine does, so
+# an engine slow to produce the next token never ends a stream; the timeout leaves room
+# for a lost packet to be sent again on a slow path. Idle peers keep the configured pace.
+_BUSY_PING_INTERVAL: Final = 1.0
+_BUSY_PONG_TIMEOUT: Final = 4.0
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -186,9 +197,11 @@ class P2PService:
         self._local_capabilities = local_capabilities
         self.node_id = NodeId(_public_key(secret_key))
         self.endpoint: Endpoint | None = None
-        # Set (and replaced) when this node's models change: each session then pushes
-        # its capabilities to the peer at once (spec §5.5) instead of at the next ask.
-        self._models_changed = trio.Event()
+        # Bumped when this node's models change: each session then pushes its
+        # capabilities to the peer at once (spec §5.5) instead of at the next ask.
+        self._models_version = 0
+        # Set (and replaced) to wake the heartbeats: models changed, or a peer got busy.
+        self._wake = trio.Event()
         self.address = ""  # node_id@ip:port once bound
         self.peers: dict[NodeId, PeerState] = {}
         self._maintainers: dict[NodeId, trio.CancelScope] = {}
@@ -412,8 +425,12 @@ class P2PService:
             now = _model_set(self._local_capabilities())
             if now != models:
                 models = now
-                self._models_changed.set()
-                self._models_changed = trio.Event()
+                self._models_version += 1
+                self._wake_heartbeats()
+
+    def _wake_heartbeats(self) -> None:
+        self._wake.set()
+        self._wake = trio.Event()
 
     def _note_capabilities(self, remote: NodeId, capabilities: Capabilities) -> None:
         peer = self.peers.get(remote)
@@ -429,6 +446,7 @@ class P2PService:
             while self.peers.get(peer.node_id) is peer:
                 attempt += 1
                 self._set_status(peer, Connecting(attempt=attempt))
+                reason = ""  # why the connection is dropped: its streams' errors say it
                 try:
                     await self._session(peer, attempt)
                     attempt = 0  # a session that got connected resets the backoff
@@ -456,7 +474,7 @@ class P2PService:
                     )
                 finally:
                     if peer.connection is not None:
-                        peer.connection.close()
+                        peer.connection.close(0, reason)
                     peer.connection = None
                 delay = min(_BACKOFF_MAX, _BACKOFF_INITIAL * 2 ** min(attempt, 6))
                 await trio.sleep(delay * self._rng.uniform(0.5, 1.0))  # jittered
@@ -496,31 +514,54 @@ class P2PService:
         await self._heartbeat(peer, control)
 
     async def _heartbeat(self, peer: PeerState, control: ControlStream) -> None:
-        interval = self.config.heartbeat_interval
         nonce = 0
+        models_told = self._models_version
         while True:
             nonce += 1
+            sent = trio.current_time()
             await control.send(Ping(nonce=nonce))
             if nonce % 4 == 1:  # models may change: ask now and then
                 await control.send(CapabilityRequest())
-            with trio.fail_after(interval * 3):
+            await self._await_pong(peer, control, nonce, sent)
+            peer.last_seen_ms = _now_ms()
+            # Wait for the next ping, which comes sooner once requests to the peer start;
+            # if this node's models change meanwhile, tell the peer now (an unasked
+            # capability_response, spec §5.5).
+            while trio.current_time() < sent + self._ping_interval(peer):
+                wake = self._wake
+                with trio.move_on_at(sent + self._ping_interval(peer)):
+                    await wake.wait()
+                if models_told != self._models_version:
+                    models_told = self._models_version
+                    await control.send(CapabilityResponse(capabilities=self._local_capabilities()))
+
+    async def _await_pong(
+        self, peer: PeerState, control: ControlStream, nonce: int, sent: float
+    ) -> None:
+        """Read the control stream up to the Pong for `nonce`; TransportError once it is late.
+
+        How late is too late changes when requests to the peer start, so a late Pong is
+        checked for again at least every _BUSY_PONG_TIMEOUT (rare: a Pong takes one
+        round trip, unless the peer is dead or stalled)."""
+        while (now := trio.current_time()) < (deadline := sent + self._pong_timeout(peer)):
+            with trio.move_on_at(min(deadline, now + _BUSY_PONG_TIMEOUT)):
                 while True:
                     message = await control.receive()
                     if message is None:
                         raise TransportError("the peer closed the control stream")
                     if isinstance(message.payload, Pong) and message.payload.nonce == nonce:
-                        break
+                        return
                     if isinstance(message.payload, CapabilityResponse):
                         self._note_capabilities(peer.node_id, message.payload.capabilities)
-            peer.last_seen_ms = _now_ms()
-            # Wait for the next ping; if this node's models change meanwhile, tell the
-            # peer now (an unasked capability_response, spec §5.5).
-            next_ping = trio.current_time() + interval
-            while trio.current_time() < next_ping:
-                changed = self._models_changed
-                with trio.move_on_at(next_ping):
-                    await changed.wait()
-                    await control.send(CapabilityResponse(capabilities=self._local_capabilities()))
+        raise TransportError(f"no pong within {deadline - sent:g}s of a ping")
+
+    def _ping_interval(self, peer: PeerState) -> float:
+        interval = self.config.heartbeat_interval
+        return min(interval, _BUSY_PING_INTERVAL) if peer.in_flight else interval
+
+    def _pong_timeout(self, peer: PeerState) -> float:
+        limit = self.config.heartbeat_interval * 3
+        return min(limit, _BUSY_PONG_TIMEOUT) if peer.in_flight else limit
 
     def _set_status(self, peer: PeerState, status: ConnectionStatus) -> None:
         peer.status = status
@@ -546,6 +587,18 @@ class P2PService:
                 for model in peer.models():
                     models.setdefault(model, []).append(f"peer:{peer.node_id}")
         return models
+
+    @contextlib.contextmanager
+    def request_to(self, peer: PeerState) -> Iterator[None]:
+        """Count a request to `peer` while it runs. The first one quickens the peer's
+        heartbeat at once (see _BUSY_PING_INTERVAL), not at its next ping."""
+        peer.in_flight += 1
+        if peer.in_flight == 1:
+            self._wake_heartbeats()
+        try:
+            yield
+        finally:
+            peer.in_flight -= 1
 
     async def open_http_stream(self, peer: PeerState) -> QuicStream:
         if peer.connection is None:

@@ -367,8 +367,8 @@ class QuicStream(trio.abc.HalfCloseableStream):
                 return await _call(call, doing)
         except TransportError as exc:
             if half.error is None:
-                half.error = exc
-            raise
+                half.error = self.connection._explain(exc)
+            raise half.error from None
         finally:
             half.scope = None
         # Only our own close cancels this scope.
@@ -425,6 +425,9 @@ class Connection:
         self._conn = conn
         self.remote_id = NodeId(conn.remote_id().to_bytes())
         self.alpn: bytes = conn.alpn()
+        # Why this side closed the connection: iroh's error on our own streams then says
+        # only that it was closed locally.
+        self._closed_because = ""
 
     async def open_stream(self) -> QuicStream:
         """Open a bidirectional stream. The peer sees it with our first byte."""
@@ -437,8 +440,12 @@ class Connection:
         return QuicStream(bi, self)
 
     def close(self, code: int = 0, reason: str = "") -> None:
-        """Close immediately (QUIC CONNECTION_CLOSE): unacknowledged data may be lost."""
+        """Close immediately (QUIC CONNECTION_CLOSE): unacknowledged data may be lost.
+
+        ``reason`` goes to the peer, and into the ConnectionLost our own streams raise."""
         _check_code(code)
+        if not self.is_closed:
+            self._closed_because = reason
         try:
             self._conn.close(code, reason.encode("utf-8")[:512])
         except _IROH_ERRORS as exc:
@@ -447,6 +454,14 @@ class Connection:
     async def aclose(self) -> None:
         self.close()
         await trio.lowlevel.checkpoint()
+
+    def _explain(self, exc: TransportError) -> TransportError:
+        """``exc``, with the reason this side gave when it closed the connection."""
+        if not (isinstance(exc, ConnectionLost) and exc.locally and self._closed_because):
+            return exc
+        return ConnectionLost(
+            f"{exc}: {self._closed_because}", locally=True, iroh_kind=exc.iroh_kind
+        )
 
     async def wait_closed(self) -> str:
         """Wait until the connection is closed (by either side); returns the reason."""

@@ -22,6 +22,7 @@ from .test_gateway import HI, MODEL, NO_EOS
 pytestmark = pytest.mark.e2e
 
 HEARTBEAT = 0.5  # seconds; a peer silent for 3 intervals is Disconnected
+PAUSE = 8.0  # seconds an engine stops for; longer than it takes to notice a dead peer
 
 
 def free_udp_port() -> int:
@@ -378,3 +379,81 @@ def test_a_change_of_models_reaches_peers_without_waiting_for_a_heartbeat(make_n
         timeout=30,
     )
     assert routed.status_code == 200, routed.text
+
+
+def stream_until(url: str, body: dict, *, after_lines: int, then, timeout: float):
+    """Stream a chat completion; after `after_lines` SSE lines call `then()`.
+
+    Returns the data lines and how long the stream took to end after `then()` ran. An
+    httpx read timeout of `timeout` bounds every wait, so a stream that hangs fails.
+    """
+    lines: list[str] = []
+    acted_at = None
+    with httpx.stream("POST", url, json=body, timeout=timeout) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line:
+                lines.append(line)
+            if len(lines) == after_lines and acted_at is None:
+                then()
+                acted_at = time.monotonic()
+    assert acted_at is not None, lines
+    return lines, time.monotonic() - acted_at
+
+
+def test_peer_killed_mid_stream_is_noticed_within_seconds(make_node, llama_engine):
+    # The default heartbeat (15 s): a dead peer is noticed long before three missed
+    # pings, and long before QUIC's idle timeout (30 s) would end the stream.
+    a, b = make_node("a"), make_node("b")
+    start(a, trust=[b], engine=llama_engine, heartbeat=15)
+    start(b, trust=[a], heartbeat=15)
+    wait_for(lambda: b.peer_status(a) == "connected", "B -> A")
+    body = {
+        "model": MODEL,
+        "messages": HI,
+        "max_tokens": 1900,
+        "stream": True,
+        "logit_bias": NO_EOS,
+    }
+    lines, took = stream_until(
+        f"{b.url}/v1/chat/completions", body, after_lines=5, then=a.gate.proc.kill, timeout=10
+    )
+    assert took < 10
+    assert lines[-1] != "data: [DONE]"
+    error = json.loads(lines[-1].removeprefix("data: "))["error"]
+    assert a.node_id in error["message"]
+    wait_for(
+        lambda: b.peer_status(a) in ("disconnected", "connecting", "failed"),
+        "B to mark A down",
+        timeout=5,
+    )
+
+
+def test_a_live_peer_whose_engine_pauses_keeps_its_stream(make_node, make_llama_engine):
+    # The engine stops producing tokens for longer than it takes to notice a dead peer;
+    # the peer itself is alive and answers its pings, so the stream must go on.
+    engine = make_llama_engine()
+    a, b = make_node("a"), make_node("b")
+    start(a, trust=[b], engine=engine, heartbeat=15)
+    start(b, trust=[a], heartbeat=15)
+    wait_for(lambda: b.peer_status(a) == "connected", "B -> A")
+    body = {
+        "model": MODEL,
+        "messages": HI,
+        "max_tokens": 1900,
+        "stream": True,
+        "logit_bias": NO_EOS,
+    }
+
+    def pause_engine() -> None:
+        engine.proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(PAUSE)
+        finally:
+            engine.proc.send_signal(signal.SIGCONT)
+
+    lines, _ = stream_until(
+        f"{b.url}/v1/chat/completions", body, after_lines=5, then=pause_engine, timeout=30
+    )
+    assert lines[-1] == "data: [DONE]"
+    assert b.peer_status(a) == "connected"

@@ -305,6 +305,21 @@ async def test_connection_closed_by_peer_is_connection_lost_with_code_and_reason
         assert info.value.locally
 
 
+async def test_closing_with_a_reason_says_why_on_our_own_streams(connection):
+    client, server = connection
+    with trio.fail_after(10):
+        stream, _peer = await stream_pair(client, server)
+        client.close(0, "no pong within 4s of a ping")
+        client.close(0, "a later close changes nothing")
+        with pytest.raises(ConnectionLost) as info:
+            await stream.receive_some()
+        assert info.value.locally
+        assert str(info.value) == "connection closed locally: no pong within 4s of a ping"
+        with pytest.raises(ConnectionLost) as again:  # the error stays, as it was
+            await stream.receive_some()
+        assert again.value is info.value
+
+
 async def test_close_validates_its_code(connection):
     client, _ = connection
     with pytest.raises(ValueError):
