@@ -4,7 +4,7 @@ LiteLLM's proxy (when it is installed), side by side in one run.
     .venv/bin/python bench/gateway.py [--litellm PATH_TO_litellm_EXECUTABLE]
 
 The upstream is nginx answering a static chat completion (one port) or a static SSE stream
-(another port), so it is never the bottleneck (ARCHITECTURE.md: ~49,000 req/s). Load:
+(another port), so it is never the bottleneck (nginx alone served ~49,000 req/s here). Load:
 sequential requests on one keep-alive connection (added latency p50/p99), wrk at 32
 connections (requests/s), sequential streams (time to first byte). Then RSS of each proxy
 and seconds from exec to ready. Targets (issue 3, this 2-core machine): added p50 <= 1 ms
