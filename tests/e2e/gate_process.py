@@ -69,8 +69,9 @@ class GateServe:
             while not self.url:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.proc.poll() is not None:
+                    stderr = self.stderr()  # before close(), which closes its file
                     self.close()
-                    raise AssertionError(f"gate serve did not become ready: {self.stderr()}")
+                    raise AssertionError(f"gate serve did not become ready: {stderr}")
                 if selector.select(timeout=min(remaining, 0.5)):
                     buffer += self.proc.stdout.read() or b""
                     *lines, buffer = buffer.split(b"\n")
