@@ -1,12 +1,12 @@
 """`gate setup`: the interactive first run.
 
 Looks for engines (each local kind at its providers.probe_urls address, by default
-the port it listens on, and any URL given), asks
-which to use and where the API should listen, writes gate.toml in one atomic step,
-makes sure the node has its key, prints the node id and how a friend trusts it, and
-offers to start the daemon. Nothing is written before the engines and the address are
-chosen, so Ctrl-C (or end of input) during those questions leaves the machine as it
-was. `--yes` takes every default without asking, for scripts.
+the port it listens on, and any URL given), asks which to use and where the API should
+listen, writes gate.toml in one atomic step, makes sure the node has its key, prints
+the node id and how a friend trusts it, and offers to start the daemon. Nothing is
+written before the engines and the address are chosen, so Ctrl-C (or end of input)
+during those questions leaves the machine as it was. `--yes` takes every default
+without asking, for scripts.
 """
 
 from __future__ import annotations

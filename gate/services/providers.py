@@ -215,8 +215,7 @@ class ProviderRegistry:
         self.config = config
         self.aliases = dict(config.aliases)
         if self.probing:
-            probed = _probe_candidates(config.probe_urls)
-            still = {(p.kind, p.base_url) for p in probed}
+            still = {(kind, strip_v1(url)) for kind, url in config.probe_urls.items()}
             providers.extend(
                 p for p in self.providers if p.config is None and (p.kind, p.base_url) in still
             )

@@ -71,7 +71,14 @@ def plain_gate(tmp_path_factory) -> Path:
         REPO,
         source,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"
+            ".git",
+            ".venv",
+            "build",
+            "*.egg-info",
+            "__pycache__",
+            ".*_cache",
+            ".hypothesis",
+            "artifacts",
         ),
     )
     venv = root / "venv"
