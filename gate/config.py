@@ -43,7 +43,8 @@ import tomllib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
+from urllib.parse import urlsplit
 
 import msgspec
 import platformdirs
@@ -66,6 +67,7 @@ __all__ = [
     "default_config_path",
     "dump_toml",
     "edit_config_file",
+    "is_http_url",
     "is_loopback",
     "load_config",
     "parse_bind",
@@ -87,6 +89,14 @@ PROVIDER_KINDS = (
     "anthropic",
 )
 _MASK = "***"
+# The engines that run on this machine, at the address each listens on by default:
+# where Gate looks for them (providers.probe_urls) unless told otherwise.
+LOCAL_ENGINE_URLS: Final = {
+    "ollama": "http://127.0.0.1:11434",
+    "lmstudio": "http://127.0.0.1:1234",
+    "llamacpp": "http://127.0.0.1:8080",
+    "vllm": "http://127.0.0.1:8000",
+}
 
 # Range checks as msgspec constraints: enforced by decoding, not by direct construction.
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -189,6 +199,10 @@ class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
 
 class ProvidersConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     probe_local: bool = True
+    # Where the daemon's probing and `gate setup` look for each local kind of engine.
+    # Someone whose Ollama listens elsewhere says so here; tests point it at engines
+    # they own, so an engine the machine happens to run is never found.
+    probe_urls: dict[str, str] = msgspec.field(default_factory=lambda: dict(LOCAL_ENGINE_URLS))
     health_interval: Seconds = 30.0
     engines: list[ProviderConfig] = []
     aliases: dict[str, str] = {}
@@ -198,6 +212,12 @@ class ProvidersConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
         for name in names:
             if names.count(name) > 1:  # engines are addressed by name
                 raise _FieldError("engines", f"duplicate engine name {name!r}")
+        for kind, url in self.probe_urls.items():
+            _one_of("probe_urls", kind, tuple(LOCAL_ENGINE_URLS))
+            if not is_http_url(url):
+                raise _FieldError(
+                    "probe_urls", f"{kind}: expected an http:// or https:// URL, got {url!r}"
+                )
 
 
 class RelayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -256,6 +276,16 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     def bind_host_port(self) -> tuple[str, int]:
         """``server.bind`` split; an IPv6 host comes without its brackets."""
         return parse_bind(self.server.bind)
+
+
+def is_http_url(url: str) -> bool:
+    """An http:// or https:// URL with a host (and a valid port, if it has one)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port out of range)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def parse_bind(bind: str) -> tuple[str, int]:

@@ -30,10 +30,11 @@ dependencies, independent services drain concurrently. Everything left when
 in the log. All tasks live in nurseries under ``run``, so none outlives it; no threads.
 
 Errors: ``run`` either returns (a clean stop) or raises one plain `ServiceError`, never an
-ExceptionGroup, because callers handle one error tree (GateError and its subclasses) and a node fails
-for one first reason. Later failures are logged. Only exceptions that are not ``Exception``
-(KeyboardInterrupt, a bug in this module) can still arrive grouped. Cancelling ``run`` from
-outside is a hard stop with no drain; use `request_shutdown` for a graceful one.
+ExceptionGroup, because callers handle one error tree (`GateError` and its subclasses) and
+a node fails for one first reason. Later failures are logged. Only exceptions that are not
+``Exception`` (KeyboardInterrupt, a bug in this module) can still arrive grouped.
+Cancelling ``run`` from outside is a hard stop with no drain; use `request_shutdown` for
+a graceful one.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ LIVE_KEYS: Final = frozenset(
         "p2p.peer_rate_per_minute",
         "p2p.peer_burst",
         "providers.probe_local",
+        "providers.probe_urls",
         "providers.health_interval",
         "providers.engines",
         "providers.aliases",

@@ -1,12 +1,18 @@
-"""How the CLI talks to a running daemon: JSON-RPC over loopback HTTP (gate.services.rpc)."""
+"""How the CLI talks to a running daemon: JSON-RPC over loopback HTTP (gate.services.rpc).
+
+The standard library's http.client, not an HTTP library: the daemon is on this machine
+and speaks plain HTTP/1.1, so a dependency would buy nothing, and every CLI command
+would pay for importing it before it could say a word.
+"""
 
 from __future__ import annotations
 
+import http.client
 import itertools
 from collections.abc import Generator
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
 import msgspec
 
 from gate.config import Config
@@ -15,6 +21,9 @@ from gate.errors import GateError
 __all__ = ["NOT_GATE", "DaemonNotRunning", "DaemonStopped", "RpcCallError", "RpcClient"]
 
 NOT_GATE = -32099  # RpcCallError.code when whatever answers is not a Gate daemon
+
+# What a connection that fails or breaks raises (http.client's own, and the socket's).
+_IO_ERRORS = (OSError, http.client.HTTPException)
 
 
 class DaemonNotRunning(GateError):
@@ -39,31 +48,57 @@ class RpcClient:
         if host in ("0.0.0.0", "::"):  # the daemon listens everywhere: use loopback
             host = "127.0.0.1"
         self.base = base or (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
+        url = urlsplit(self.base)
+        # http.client brackets an IPv6 host in the Host header itself.
+        self._host, self._port = url.hostname or "127.0.0.1", url.port
         self.headers = {}
         if config.security.control_token:
             self.headers["authorization"] = f"Bearer {config.security.control_token}"
         self.timeout = timeout
         self._ids = itertools.count(1)
 
+    def _connect(self, timeout: float) -> http.client.HTTPConnection:
+        """An open connection; DaemonNotRunning when nothing listens there."""
+        connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        try:
+            connection.connect()
+        except TimeoutError as exc:
+            raise self._no_answer(exc) from None
+        except OSError:  # refused, unreachable, no such host
+            raise DaemonNotRunning(f"no Gate daemon answers at {self.base}") from None
+        return connection
+
+    def _no_answer(self, exc: BaseException) -> DaemonNotRunning:
+        # Some of http.client's errors have no message (a bare HTTPException): name them.
+        return DaemonNotRunning(
+            f"the daemon at {self.base} did not answer: {str(exc) or type(exc).__name__}"
+        )
+
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         body = {"jsonrpc": "2.0", "method": method, "id": next(self._ids), "params": params or {}}
+        connection = self._connect(self.timeout)
         try:
-            response = httpx.post(
-                f"{self.base}/rpc", json=body, headers=self.headers, timeout=self.timeout
+            connection.request(
+                "POST",
+                "/rpc",
+                body=msgspec.json.encode(body),
+                headers={**self.headers, "content-type": "application/json"},
             )
-        except httpx.ConnectError:
-            raise DaemonNotRunning(f"no Gate daemon answers at {self.base}") from None
-        except httpx.HTTPError as exc:
-            raise DaemonNotRunning(f"the daemon at {self.base} did not answer: {exc}") from None
-        if response.status_code == 401:
+            response = connection.getresponse()
+            status, content = response.status, response.read()
+        except _IO_ERRORS as exc:
+            raise self._no_answer(exc) from None
+        finally:
+            connection.close()
+        if status == 401:
             raise RpcCallError(401, "the daemon refused the control token (security.control_token)")
         try:
-            answer = msgspec.json.decode(response.content)
+            answer = msgspec.json.decode(content)
             if not isinstance(answer, dict) or not ("result" in answer or "error" in answer):
                 raise ValueError
         except (msgspec.DecodeError, ValueError):
             raise RpcCallError(
-                NOT_GATE, f"{self.base} answered HTTP {response.status_code}, not as a Gate daemon"
+                NOT_GATE, f"{self.base} answered HTTP {status}, not as a Gate daemon"
             ) from None
         if "error" in answer:
             raise RpcCallError(answer["error"]["code"], answer["error"]["message"])
@@ -76,30 +111,51 @@ class RpcClient:
         off after it began (a daemon that stops cleanly just ends it)."""
         kind = "message"
         started = False
+        connection = self._connect(self.timeout)
         try:
-            with httpx.stream(
-                "GET",
-                f"{self.base}/rpc/events",
-                headers=self.headers,
-                timeout=httpx.Timeout(self.timeout, read=None),
-            ) as response:
-                if response.status_code == 401:
-                    raise RpcCallError(401, "the daemon refused the control token")
-                for line in response.iter_lines():
-                    if line.startswith("event: "):
-                        kind = line.removeprefix("event: ")
-                    elif line.startswith("data: "):
-                        started = True
-                        yield kind, msgspec.json.decode(line.removeprefix("data: "))
-        except httpx.ConnectError:
-            raise DaemonNotRunning(f"no Gate daemon answers at {self.base}") from None
-        except httpx.HTTPError as exc:  # e.g. RemoteProtocolError: the body was cut short
+            connection.request("GET", "/rpc/events", headers=self.headers)
+            # Events may be minutes apart: from here on, wait for them as long as it takes.
+            connection.sock.settimeout(None)
+            response = connection.getresponse()
+            if response.status == 401:
+                raise RpcCallError(401, "the daemon refused the control token")
+            for line in _lines(response):
+                if line.startswith("event: "):
+                    kind = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    started = True
+                    yield kind, msgspec.json.decode(line.removeprefix("data: "))
+        except _IO_ERRORS as exc:
             if started:
                 raise DaemonStopped(f"the daemon at {self.base} went away: {exc}") from None
-            raise DaemonNotRunning(f"the daemon at {self.base} did not answer: {exc}") from None
+            raise self._no_answer(exc) from None
+        finally:
+            connection.close()
 
     def alive(self) -> bool:
         try:
-            return httpx.get(f"{self.base}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
+            connection = self._connect(2)
+        except DaemonNotRunning:
             return False
+        try:
+            connection.request("GET", "/health")
+            return connection.getresponse().status == 200
+        except _IO_ERRORS:
+            return False
+        finally:
+            connection.close()
+
+
+def _lines(response: http.client.HTTPResponse) -> Generator[str, None, None]:
+    """The body's lines as they arrive, until it ends.
+
+    IncompleteRead when it is cut short: that is how a daemon that died is told from one
+    that ended the stream. read1, not readline: on a chunked body readline takes a cut
+    for the end, read1 raises; a body of a promised length that stops short, neither."""
+    buffer = b""
+    while chunk := response.read1():
+        *lines, buffer = (buffer + chunk).split(b"\n")
+        for line in lines:
+            yield line.decode().removesuffix("\r")
+    if response.length:  # bytes promised and never sent
+        raise http.client.IncompleteRead(buffer, response.length)

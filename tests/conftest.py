@@ -21,6 +21,10 @@ def gate_env(tmp_path, monkeypatch):
         "GATE_P2P__BIND_HOST": "127.0.0.1",
         "GATE_P2P__RELAY_MODE": "disabled",
         "GATE_P2P__DISCOVERY": "false",
+        # Nor does any look for engines where this machine's own may listen (Ollama,
+        # llama.cpp, ... on their default ports): a test that looks for engines points
+        # providers.probe_urls at engines it started itself.
+        "GATE_PROVIDERS__PROBE_URLS": "{}",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -34,6 +34,12 @@ TEMPLATE: Final = """\
 # probe_local = true          # with no engine below, use the local engines that answer
 # aliases = { gpt4 = "llama3.2:1b" }
 
+# [providers.probe_urls]      # where to look for them; replaces this default table
+# ollama = "http://127.0.0.1:11434"
+# lmstudio = "http://127.0.0.1:1234"
+# llamacpp = "http://127.0.0.1:8080"
+# vllm = "http://127.0.0.1:8000"
+
 # [[providers.engines]]       # one block per engine
 # name = "ollama"
 # kind = "ollama"             # ollama lmstudio llamacpp vllm openai_compatible openai anthropic

@@ -7,7 +7,7 @@ Nothing is drawn for the first second (most waits end before that, and a flash o
 spinner is noise), nor ever when stderr is not a terminal, so scripts, pipes and
 `--json` output see no control characters. The line is erased when the wait ends.
 
-The drawing runs in a thread because the CLI's waits are plain blocking calls (httpx,
+The drawing runs in a thread because the CLI's waits are plain blocking calls (HTTP,
 time.sleep, a subprocess); the thread never outlives the `with` block. No library: click
 has a progress bar but no spinner, and the candidates (rich, yaspin, halo) would add a
 dependency for thirty lines.

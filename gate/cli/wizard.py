@@ -1,11 +1,12 @@
 """`gate setup`: the interactive first run.
 
-Looks for engines (each local kind at its default address, and any URL given), asks
-which to use and where the API should listen, writes gate.toml in one atomic step,
-makes sure the node has its key, prints the node id and how a friend trusts it, and
-offers to start the daemon. Nothing is written before the engines and the address are
-chosen, so Ctrl-C (or end of input) during those questions leaves the machine as it
-was. `--yes` takes every default without asking, for scripts.
+Looks for engines (each local kind at its providers.probe_urls address, by default
+the port it listens on, and any URL given), asks which to use and where the API should
+listen, writes gate.toml in one atomic step, makes sure the node has its key, prints
+the node id and how a friend trusts it, and offers to start the daemon. Nothing is
+written before the engines and the address are chosen, so Ctrl-C (or end of input)
+during those questions leaves the machine as it was. `--yes` takes every default
+without asking, for scripts.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from gate.cli._common import (
     running_daemon,
     try_call,
 )
-from gate.config import Config, is_loopback, parse_bind
+from gate.config import Config, is_http_url, is_loopback, parse_bind
 from gate.errors import ConfigError, IdentityError
 
 DEFAULT_BIND = "127.0.0.1:31145"
@@ -60,7 +61,7 @@ def setup(
     try:
         existing = _existing(path)
         for url in urls:
-            if not _is_http_url(url):
+            if not is_http_url(url):
                 fail(f"{url!r}: give an http:// or https:// URL", EXIT_BAD_INPUT)
         click.echo(f"Gate setup writes {path}.")
         if existing is not None and not yes:
@@ -93,11 +94,6 @@ def _existing(path: Path) -> Config | None:
         return validate_config_file(path)
     except ConfigError as exc:
         fail(f"{exc} (fix it first: gate config edit)", EXIT_BAD_INPUT)
-
-
-def _is_http_url(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 # --- engines -------------------------------------------------------------------
@@ -143,7 +139,7 @@ def _choose_engines(
         ).strip()
         if not url:
             break
-        if not _is_http_url(url):
+        if not is_http_url(url):
             click.echo(f"  {url!r}: give an http:// or https:// URL")
             continue
         engine = _discover(config_path, [url])[-1]  # the given URLs come last
@@ -154,15 +150,16 @@ def _choose_engines(
             click.echo(f"  nothing answers at {url}: {engine['error']}")
     if not chosen and not config.providers.engines:
         click.echo(
-            "No engine added: at start Gate uses the local engines that answer on their "
-            "default ports (providers.probe_local)."
+            "No engine added: at start Gate uses the local engines that answer where it "
+            "looks for them (providers.probe_local, providers.probe_urls)."
         )
     return chosen
 
 
 def _discover(config_path: Path | None, urls: list[str]) -> list[dict[str, Any]]:
-    """Engines at the default local addresses and at `urls`: through the running
-    daemon's RPC when there is one, else from here."""
+    """Engines at the providers.probe_urls addresses and at `urls`: through the running
+    daemon's RPC (its config) when there is one, else from here (gate.toml and the
+    environment, as `gate serve` would read them)."""
     live, found = try_call(
         config_path, "discover_providers", {"urls": urls}, waiting="looking for engines"
     )
@@ -171,13 +168,19 @@ def _discover(config_path: Path | None, urls: list[str]) -> list[dict[str, Any]]
     import trio
 
     from gate.cli.progress import spinner
+    from gate.config import load_config
     from gate.services.providers import discover_engines
     from gate.services.upstream import UpstreamClient
+
+    try:
+        probe_urls = load_config(config_path, missing_ok=True)[0].providers.probe_urls
+    except ConfigError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
 
     async def run() -> list[dict[str, Any]]:
         client = UpstreamClient()
         try:
-            engines = await discover_engines(client, urls)
+            engines = await discover_engines(client, probe_urls, urls)
         finally:
             await client.aclose()
         return [

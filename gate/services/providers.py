@@ -4,8 +4,9 @@ A `Provider` is one configured (or discovered) engine. `ProviderRegistry` keeps 
 model lists and health current: it checks every provider at start and then every
 `providers.health_interval` seconds, so an engine that goes down stops receiving
 requests and one that comes back is used again, without a restart. With no engine
-configured and `providers.probe_local` on, the usual local ports are probed at start
-and the engines that answer are used.
+configured and `providers.probe_local` on, each local kind is looked for at its
+`providers.probe_urls` address (by default the port it listens on) at every check, and
+the engines that answer are used.
 
 Model discovery per kind: Ollama lists models at /api/tags; every other kind speaks
 OpenAI's GET /v1/models (Anthropic's own /v1/models has a different body, handled
@@ -27,7 +28,7 @@ from typing import Final
 import msgspec
 import trio
 
-from gate.config import ProviderConfig, ProvidersConfig
+from gate.config import LOCAL_ENGINE_URLS, ProviderConfig, ProvidersConfig
 from gate.nursery import ServiceContext
 from gate.services.upstream import UpstreamClient, UpstreamError
 
@@ -59,17 +60,16 @@ class Kind:
     default_url: str | None
     dialect: Dialect
     models_path: str
-    local: bool  # probed at start when nothing is configured
 
 
 KINDS: Final[dict[str, Kind]] = {
-    "ollama": Kind("http://127.0.0.1:11434", Dialect.OPENAI, "/api/tags", local=True),
-    "lmstudio": Kind("http://127.0.0.1:1234", Dialect.OPENAI, "/v1/models", local=True),
-    "llamacpp": Kind("http://127.0.0.1:8080", Dialect.OPENAI, "/v1/models", local=True),
-    "vllm": Kind("http://127.0.0.1:8000", Dialect.OPENAI, "/v1/models", local=True),
-    "openai_compatible": Kind(None, Dialect.OPENAI, "/v1/models", local=False),
-    "openai": Kind("https://api.openai.com", Dialect.OPENAI, "/v1/models", local=False),
-    "anthropic": Kind("https://api.anthropic.com", Dialect.ANTHROPIC, "/v1/models", local=False),
+    "ollama": Kind(LOCAL_ENGINE_URLS["ollama"], Dialect.OPENAI, "/api/tags"),
+    "lmstudio": Kind(LOCAL_ENGINE_URLS["lmstudio"], Dialect.OPENAI, "/v1/models"),
+    "llamacpp": Kind(LOCAL_ENGINE_URLS["llamacpp"], Dialect.OPENAI, "/v1/models"),
+    "vllm": Kind(LOCAL_ENGINE_URLS["vllm"], Dialect.OPENAI, "/v1/models"),
+    "openai_compatible": Kind(None, Dialect.OPENAI, "/v1/models"),
+    "openai": Kind("https://api.openai.com", Dialect.OPENAI, "/v1/models"),
+    "anthropic": Kind("https://api.anthropic.com", Dialect.ANTHROPIC, "/v1/models"),
 }
 # Environment variables the cloud kinds read a key from when the config names none.
 _DEFAULT_KEY_ENV: Final = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
@@ -202,7 +202,7 @@ class ProviderRegistry:
         An engine whose entry did not change keeps its Provider (health, models and
         in-flight count); a changed entry gets a fresh one. Requests in flight hold their
         Provider, so removing an engine never disturbs them. Engines found by probing stay
-        only while probing still applies (nothing configured).
+        only while probing still applies (nothing configured) and still looks where they are.
         """
         current = {p.name: p for p in self.providers if p.config is not None}
         providers, new = [], []
@@ -215,7 +215,10 @@ class ProviderRegistry:
         self.config = config
         self.aliases = dict(config.aliases)
         if self.probing:
-            providers.extend(p for p in self.providers if p.config is None)
+            still = {(kind, strip_v1(url)) for kind, url in config.probe_urls.items()}
+            providers.extend(
+                p for p in self.providers if p.config is None and (p.kind, p.base_url) in still
+            )
         self.providers = providers
         return new
 
@@ -293,13 +296,9 @@ class ProviderRegistry:
         return not self.config.engines and self.config.probe_local
 
     async def probe_local(self) -> list[Provider]:
-        """Find engines on their default local ports; keep the ones that answer."""
+        """Find local engines at `probe_urls`; keep the ones that answer."""
         present = {p.kind for p in self.providers}
-        candidates = [
-            Provider(name=kind_name, kind=kind_name, base_url=kind.default_url or "")
-            for kind_name, kind in KINDS.items()
-            if kind.local and kind.default_url and kind_name not in present
-        ]
+        candidates = [p for p in _probe_candidates(self.config.probe_urls) if p.kind not in present]
         await self.check_all(candidates, probing=True)
         found = [p for p in candidates if p.healthy]
         for provider in found:
@@ -332,21 +331,23 @@ class ProviderRegistry:
                 nursery.start_soon(self.probe_local)
 
 
+def _probe_candidates(probe_urls: dict[str, str]) -> list[Provider]:
+    """One unchecked Provider per local kind, at the address probing looks for it."""
+    return [Provider(name=kind, kind=kind, base_url=url) for kind, url in probe_urls.items()]
+
+
 async def discover_engines(
-    client: UpstreamClient, extra_urls: Iterable[str] = ()
+    client: UpstreamClient, probe_urls: dict[str, str], extra_urls: Iterable[str] = ()
 ) -> list[Provider]:
-    """Look for engines on this machine: every local kind at its default address, and
-    each of `extra_urls` (tried as Ollama, then as any OpenAI-compatible server).
+    """Look for engines on this machine: every local kind at its `probe_urls` address
+    (providers.probe_urls), and each of `extra_urls` (tried as Ollama, then as any
+    OpenAI-compatible server).
 
     Returns every candidate, checked: `healthy` says whether it answered, and
     `models` what it serves. Used by `gate setup` and the `discover_providers` RPC.
     """
     registry = ProviderRegistry(ProvidersConfig(probe_local=False), client)
-    candidates = [
-        Provider(name=name, kind=name, base_url=kind.default_url or "")
-        for name, kind in KINDS.items()
-        if kind.local and kind.default_url
-    ]
+    candidates = _probe_candidates(probe_urls)
     extras = [
         [Provider(name=kind, kind=kind, base_url=url) for kind in ("ollama", "openai_compatible")]
         for url in extra_urls

@@ -301,7 +301,7 @@ class RpcService:
           must be this node's own origin; a cross-site fetch or form is refused.
         - POST /rpc must say Content-Type: application/json. No cross-site form can, and
           a cross-site fetch that does needs a CORS preflight, which Gate never answers.
-        The CLI (httpx) sends a correct Host and no Origin. Then the control token, when
+        The CLI (http.client) sends a correct Host and no Origin. Then the control token, when
         set: a header, or on GET /rpc/events (`token_in_query`) `?token=` as well.
         """
         client, server = scope.get("client"), scope.get("server")
@@ -446,13 +446,15 @@ class RpcService:
         return provider.describe()
 
     async def discover_providers(self, params: DiscoverParams) -> list[dict[str, Any]]:
-        """Engines answering on this machine (each local kind's default address, and
-        `urls`), whether each answered, its models, and whether gate.toml has it."""
+        """Engines answering on this machine (each local kind at its providers.probe_urls
+        address, and `urls`), whether each answered, its models, and whether gate.toml
+        has it."""
         for url in params.urls:
             if not url.startswith(("http://", "https://")):
                 raise RpcError(INVALID_PARAMS, f"{url!r}: give an http:// or https:// URL")
         configured = {p.base_url for p in self.node.registry.providers}
-        found = await discover_engines(self.node.client, params.urls)
+        probe_urls = self.node.config.providers.probe_urls
+        found = await discover_engines(self.node.client, probe_urls, params.urls)
         return [
             {
                 "kind": p.kind,

@@ -34,8 +34,11 @@ class GateServe:
         *args: str,
         bind: str = "127.0.0.1:0",
         config: str | None = None,
+        command: list[str] = GATE,
     ) -> None:
-        """`config`: gate.toml text, written next to the data dir and passed as --config."""
+        """`config`: gate.toml text, written next to the data dir and passed as --config.
+        `command`: how to run `gate` (another installation's, say)."""
+        self.command = command
         self.env = {**os.environ, **env}
         self.args = ["serve", "--bind", bind, *args]
         if config is not None:
@@ -52,7 +55,10 @@ class GateServe:
         # stderr goes to a file: a pipe nobody reads would block a chatty child.
         self._stderr_file = tempfile.TemporaryFile()  # noqa: SIM115  (closed in close())
         self.proc = subprocess.Popen(
-            [*GATE, *self.args], env=self.env, stdout=subprocess.PIPE, stderr=self._stderr_file
+            [*self.command, *self.args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr_file,
         )
         assert self.proc.stdout is not None
         os.set_blocking(self.proc.stdout.fileno(), False)
@@ -63,8 +69,9 @@ class GateServe:
             while not self.url:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.proc.poll() is not None:
+                    stderr = self.stderr()  # before close(), which closes its file
                     self.close()
-                    raise AssertionError(f"gate serve did not become ready: {self.stderr()}")
+                    raise AssertionError(f"gate serve did not become ready: {stderr}")
                 if selector.select(timeout=min(remaining, 0.5)):
                     buffer += self.proc.stdout.read() or b""
                     *lines, buffer = buffer.split(b"\n")

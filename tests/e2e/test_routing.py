@@ -3,7 +3,6 @@ translation against a real Anthropic-dialect server (a second Gate in front of l
 
 import json
 import signal
-import socket
 import sqlite3
 
 import anthropic
@@ -123,19 +122,16 @@ def test_responses_endpoint_is_passed_through(gate):
     assert response.headers["server"] == "uvicorn"
 
 
-def test_local_engines_are_found_without_configuration(start_gate, make_llama_engine):
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", 8080)) == 0:
-            pytest.skip(
-                "port 8080 is taken on this machine: cannot place a llama.cpp engine "
-                "on its default port"
-            )
-    make_llama_engine(port=8080)
-    gate = start_gate("")  # no engines: probe the default local ports
-    with oai(gate) as client:
-        assert [m.id for m in client.models.list()] == [MODEL]
-        assert client.chat.completions.create(model=MODEL, messages=HI, max_tokens=1).choices
-    health = httpx.get(f"{gate.url}/health", timeout=10).json()
+def test_local_engines_are_found_without_configuration(gate_env, make_llama_engine):
+    engine = make_llama_engine()
+    # No engines: probe where providers.probe_urls says (by default llama.cpp's port
+    # 8080; here the engine this test owns, so that whatever runs on 8080 stays out).
+    probe_urls = json.dumps({"llamacpp": engine.root_url})
+    with GateServe({**gate_env, "GATE_PROVIDERS__PROBE_URLS": probe_urls}) as gate:
+        with oai(gate) as client:
+            assert [m.id for m in client.models.list()] == [MODEL]
+            assert client.chat.completions.create(model=MODEL, messages=HI, max_tokens=1).choices
+        health = httpx.get(f"{gate.url}/health", timeout=10).json()
     assert health["providers"]["llamacpp"]["healthy"] is True
 
 

@@ -7,9 +7,12 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
+from gate.config import LOCAL_ENGINE_URLS
 from gate.services.rpc import RpcService
+from tests.engine.llama_server import free_port
 
 from .conftest import engine_config
+from .gate_process import GateServe
 from .test_gateway import HI, MODEL
 
 pytestmark = pytest.mark.e2e
@@ -379,12 +382,18 @@ def test_get_logs(gate):
     assert rpc(gate, "get_logs", {"level": "loud"})["error"]["code"] == -32602
 
 
-def test_discover_providers_finds_the_engine_at_a_given_address(gate, llama_engine):
-    found = result(gate, "discover_providers", {"urls": [llama_engine.root_url]})
-    kinds = {p["kind"] for p in found}
-    assert {"ollama", "lmstudio", "llamacpp", "vllm"} <= kinds  # each default address
+def test_discover_providers_finds_the_engine_at_a_given_address(gate_env, llama_engine):
+    # Each local kind is looked for where providers.probe_urls says: here, ports this
+    # test took (free a moment ago), where nothing answers.
+    probe_urls = {kind: f"http://127.0.0.1:{free_port()}" for kind in LOCAL_ENGINE_URLS}
+    env = {**gate_env, "GATE_PROVIDERS__PROBE_URLS": json.dumps(probe_urls)}
+    with GateServe(env, config=engine_config(llama_engine) + "[security]\n") as gate:
+        found = result(gate, "discover_providers", {"urls": [llama_engine.root_url]})
+        bad = rpc(gate, "discover_providers", {"urls": ["localhost:1"]})
+    probed = {p["kind"]: p["base_url"] for p in found if p["kind"] in LOCAL_ENGINE_URLS}
+    assert probed == probe_urls  # each probe address
+    assert not any(p["found"] for p in found if p["kind"] in LOCAL_ENGINE_URLS)
     (engine,) = [p for p in found if p["base_url"] == llama_engine.root_url]
     assert engine["found"] and engine["models"] == [MODEL] and engine["configured"]
     assert engine["kind"] == "openai_compatible"  # it does not answer Ollama's /api/tags
-    bad = rpc(gate, "discover_providers", {"urls": ["localhost:1"]})
     assert bad["error"]["code"] == -32602 and "http://" in bad["error"]["message"]

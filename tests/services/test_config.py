@@ -79,6 +79,7 @@ def full_config() -> Config:
         ),
         providers=ProvidersConfig(
             probe_local=False,
+            probe_urls={"ollama": "http://10.0.0.3:11434"},
             health_interval=7.0,
             engines=[
                 ProviderConfig(
@@ -113,6 +114,13 @@ def test_no_file_gives_defaults_and_platform_dirs(dirs):
     assert config.bind_host_port == ("127.0.0.1", 31145)
     assert config.server.max_body_bytes == 16 * 1024 * 1024
     assert config.p2p.port == 41145
+    # Each local engine is looked for where it listens by default.
+    assert config.providers.probe_urls == {
+        "ollama": "http://127.0.0.1:11434",
+        "lmstudio": "http://127.0.0.1:1234",
+        "llamacpp": "http://127.0.0.1:8080",
+        "vllm": "http://127.0.0.1:8000",
+    }
 
 
 def test_default_file_is_read_when_present():
@@ -183,6 +191,12 @@ ENV_FORMS = [
         [ProviderConfig(name="local", kind="ollama")],
     ),
     ({"GATE_PROVIDERS__ALIASES": '{"a": "b"}'}, lambda c: c.providers.aliases, {"a": "b"}),
+    ({"GATE_PROVIDERS__PROBE_URLS": "{}"}, lambda c: c.providers.probe_urls, {}),
+    (
+        {"GATE_PROVIDERS__PROBE_URLS__VLLM": "http://127.0.0.1:9000"},
+        lambda c: c.providers.probe_urls,
+        {"vllm": "http://127.0.0.1:9000"},  # the table replaces the default one
+    ),
     ({"GATE_PROVIDERS__ALIASES__GPT4": "llama"}, lambda c: c.providers.aliases, {"gpt4": "llama"}),
     # JSON only where the field is a list or a table: a string may start with [ or {.
     ({"GATE_SERVER__BIND": "[::1]:8080"}, lambda c: c.bind_host_port, ("::1", 8080)),
@@ -252,6 +266,21 @@ FILE_ERRORS = [
     (ENGINE + ENGINE, "providers.engines", "duplicate engine name 'a'"),
     (ENGINE + "max_concurrency = -1\n", "providers.engines[0].max_concurrency", ">= 0"),
     ("[providers.aliases]\nx = 1\n", "providers.aliases[...]", "Expected str, got int"),
+    (
+        "[providers.probe_urls]\nopenai = 'https://api.openai.com'\n",
+        "providers.probe_urls",
+        "must be one of ollama, lmstudio, llamacpp, vllm; got 'openai'",
+    ),
+    (
+        "[providers.probe_urls]\nollama = '127.0.0.1:11434'\n",
+        "providers.probe_urls",
+        "ollama: expected an http:// or https:// URL, got '127.0.0.1:11434'",
+    ),
+    ("[providers.probe_urls]\nvllm = 'http://:8000'\n", "providers.probe_urls", "vllm: expected"),
+    ("[providers.probe_urls]\nvllm = 'http://h:80000'\n", "providers.probe_urls", "vllm: expected"),
+    ("[providers.probe_urls]\nvllm = 'ftp://h:8000'\n", "providers.probe_urls", "vllm: expected"),
+    ("[providers]\nprobe_urls = ['http://h:1']\n", "providers.probe_urls", "Expected object"),
+    ("[providers.probe_urls]\nvllm = 8000\n", "providers.probe_urls[...]", "Expected str, got int"),
     ("[server]\nbind = 'localhost'\n", "server.bind", "expected HOST:PORT"),
     ("[server]\nbind = '::1:80'\n", "server.bind", "needs brackets"),
     ("[server]\nbind = 'h:65536'\n", "server.bind", "port must be 0..65535; got 65536"),
@@ -323,6 +352,10 @@ ENV_ERRORS = [
     (
         {"GATE_PROVIDERS__ENGINES": '[{"name": "a", "kind": "nope"}]'},
         "GATE_PROVIDERS__ENGINES: providers.engines[0].kind: must be one of",
+    ),
+    (
+        {"GATE_PROVIDERS__PROBE_URLS__OLLAMA": "localhost:11434"},
+        "GATE_PROVIDERS__PROBE_URLS__OLLAMA: providers.probe_urls: ollama: expected an http://",
     ),
     (
         {"GATE_PROVIDERS__ALIASES": "[1]"},

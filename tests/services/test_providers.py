@@ -11,7 +11,7 @@ import msgspec
 import trio
 
 from gate.config import ProviderConfig, ProvidersConfig
-from gate.services.providers import Dialect, Provider, ProviderRegistry
+from gate.services.providers import Dialect, Provider, ProviderRegistry, discover_engines
 from gate.services.upstream import UpstreamClient
 
 
@@ -108,3 +108,35 @@ async def test_an_error_status_is_unhealthy():
             await registry.check(provider)
         nursery.cancel_scope.cancel()
     assert not provider.healthy and "401" in (provider.last_error or "")
+
+
+async def test_probing_looks_where_probe_urls_says_and_names_engines_by_kind():
+    async with trio.open_nursery() as nursery:
+        ollama = await serve_json(
+            nursery, {"/api/tags": (200, {"models": [{"name": "llama3.2:1b"}]})}, []
+        )
+        vllm = await serve_json(nursery, {"/v1/models": (200, {"data": [{"id": "qwen"}]})}, [])
+        # The llama.cpp address is an engine of another kind: it does not answer as one.
+        probe_urls = {"ollama": ollama, "vllm": vllm + "/v1", "llamacpp": ollama}
+        registry = ProviderRegistry(ProvidersConfig(probe_urls=probe_urls), UpstreamClient())
+        with trio.fail_after(10):
+            found = await registry.probe_local()
+            discovered = await discover_engines(UpstreamClient(), probe_urls)
+        nursery.cancel_scope.cancel()
+    assert [(p.name, p.kind, p.base_url) for p in found] == [
+        ("ollama", "ollama", ollama),
+        ("vllm", "vllm", vllm),
+    ]
+    assert registry.providers == found and registry.serving("qwen") == [found[1]]
+    assert [(p.kind, p.healthy) for p in discovered] == [
+        ("ollama", True),
+        ("vllm", True),
+        ("llamacpp", False),
+    ]
+
+
+async def test_probing_nowhere_finds_nothing():
+    registry = ProviderRegistry(ProvidersConfig(probe_urls={}), UpstreamClient())
+    with trio.fail_after(10):
+        assert await registry.probe_local() == []
+        assert await discover_engines(UpstreamClient(), {}) == []

@@ -4,6 +4,7 @@ import msgspec
 import pytest
 
 from gate.config import (
+    LOCAL_ENGINE_URLS,
     Config,
     P2PConfig,
     ProviderConfig,
@@ -64,11 +65,22 @@ def test_registry_reconfigure_keeps_unchanged_engines_and_replaces_changed_ones(
 
 def test_registry_reconfigure_drops_probed_engines_once_some_are_configured():
     registry = ProviderRegistry(ProvidersConfig(), UpstreamClient())
-    registry.providers.append(Provider(name="ollama", kind="ollama", base_url="http://x"))
+    probed = Provider(name="ollama", kind="ollama", base_url=LOCAL_ENGINE_URLS["ollama"])
+    registry.providers.append(probed)
     registry.reconfigure(ProvidersConfig(aliases={"a": "b"}))
     assert [p.name for p in registry.providers] == ["ollama"]  # still probing
     registry.reconfigure(ProvidersConfig(engines=[ENGINE]))
     assert [p.name for p in registry.providers] == ["a"]
+
+
+def test_registry_reconfigure_drops_probed_engines_no_longer_looked_for_there():
+    registry = ProviderRegistry(ProvidersConfig(), UpstreamClient())
+    probed = Provider(name="ollama", kind="ollama", base_url=LOCAL_ENGINE_URLS["ollama"])
+    registry.providers.append(probed)
+    registry.reconfigure(ProvidersConfig(probe_urls={"ollama": "http://127.0.0.1:11434/v1"}))
+    assert registry.providers == [probed]  # the same address
+    registry.reconfigure(ProvidersConfig(probe_urls={"ollama": "http://127.0.0.1:11500"}))
+    assert registry.providers == []
 
 
 def test_registry_reconfigure_refuses_an_unusable_engine_without_changing_anything():

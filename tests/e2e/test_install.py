@@ -1,0 +1,174 @@
+"""The `gate` command as a user installs it: `pip install .`, no extras.
+
+The other tests run from the test virtualenv, which the test extra fills with more than
+Gate declares (httpx, for one), so an import of an undeclared package passes there and
+breaks for every user. Here a fresh virtualenv gets Gate alone, its dependencies
+resolved by pip as for a user, and the installed `gate` script is run from it. Building
+it takes about a minute (pip builds Gate's wheel and installs its dependencies, from
+pip's cache after the first run), so it is built once per session.
+"""
+
+import ast
+import importlib.metadata
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from .gate_process import GateServe
+
+REPO = Path(__file__).resolve().parents[2]
+NOWHERE = "127.0.0.1:9"  # the discard port: no daemon answers there
+EXIT_NO_DAEMON = 3
+
+
+def clean_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment with nothing of the test virtualenv that could reach the user's
+    (Python ignores these when they are empty)."""
+    return {**os.environ, **env, "PYTHONPATH": "", "PYTHONHOME": "", "VIRTUAL_ENV": ""}
+
+
+def imported_packages(package: Path) -> set[str]:
+    """The top-level names that `package`'s modules import, but its own and the stdlib."""
+    names = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.partition(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.partition(".")[0])
+    return names - set(sys.stdlib_module_names) - {package.name}
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_package_imported_directly_is_declared_directly():
+    # Declared by what Gate imports, not only by what installs it: a package that comes
+    # in through another one's dependencies (h11 through hypercorn) may be dropped there.
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = {normalized(re.split(r"[\s<>=!~\[;]", d)[0]) for d in project["dependencies"]}
+    distributions = importlib.metadata.packages_distributions()
+    for name in sorted(imported_packages(REPO / "gate")):
+        providers = {normalized(d) for d in distributions.get(name, [name])}
+        assert providers & declared, f"gate imports {name}, which pyproject.toml does not declare"
+
+
+@pytest.fixture(scope="session")
+def plain_gate(tmp_path_factory) -> Path:
+    """The `gate` script of a virtualenv that has only `pip install <this checkout>`."""
+    root = tmp_path_factory.mktemp("plain-install")
+    # A copy of the source: pip builds in the tree it is given, and would leave build/
+    # and gate.egg-info in the checkout.
+    source = root / "source"
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "build",
+            "*.egg-info",
+            "__pycache__",
+            ".*_cache",
+            ".hypothesis",
+            "artifacts",
+        ),
+    )
+    venv = root / "venv"
+    env = clean_env({})
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True, env=env, timeout=120)
+    pip = [venv / "bin" / "python", "-m", "pip", "--disable-pip-version-check"]
+    installed = subprocess.run(
+        [*pip, "install", "--quiet", source],
+        capture_output=True,
+        env=env,
+        cwd=root,
+        timeout=900,
+    )
+    assert installed.returncode == 0, installed.stderr.decode(errors="replace")[-3000:]
+    return venv / "bin" / "gate"
+
+
+def run_plain(gate: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    # From the data dir, not the checkout: only the installed package can be imported.
+    return subprocess.run(
+        [gate, *args],
+        env=clean_env(env),
+        cwd=env["XDG_DATA_HOME"],
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def check_clean(result: subprocess.CompletedProcess, code: int) -> str:
+    """stderr, after checking the exit code and that nothing crashed."""
+    stderr = result.stderr.decode()
+    assert "Traceback" not in stderr and "ModuleNotFoundError" not in stderr, stderr
+    assert result.returncode == code, stderr
+    return stderr
+
+
+@pytest.mark.e2e
+def test_every_module_imports_with_only_the_declared_dependencies(plain_gate):
+    # The whole package, not only what the commands below reach.
+    script = (
+        "import importlib, pkgutil, gate\n"
+        "for m in pkgutil.walk_packages(gate.__path__, 'gate.'):\n"
+        "    if m.name != 'gate.__main__':\n"  # that one runs the command
+        "        importlib.import_module(m.name)\n"
+        "print(gate.__file__)\n"
+    )
+    python = plain_gate.parent / "python"
+    result = subprocess.run(
+        [python, "-c", script], env=clean_env({}), cwd="/", capture_output=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert Path(result.stdout.decode().strip()).is_relative_to(plain_gate.parents[1])
+
+
+@pytest.mark.e2e
+def test_commands_without_a_daemon(plain_gate, gate_env):
+    env = {**gate_env, "GATE_SERVER__BIND": NOWHERE}
+    Path(env["XDG_DATA_HOME"]).mkdir(parents=True, exist_ok=True)
+    helped = run_plain(plain_gate, "--help", env=env)
+    check_clean(helped, 0)
+    assert "Usage: gate" in helped.stdout.decode()
+    for args in [
+        ("status",),
+        ("stop",),
+        ("providers", "list"),
+        ("peers", "list"),
+        ("logs", "--follow"),
+    ]:
+        stderr = check_clean(run_plain(plain_gate, *args, env=env), EXIT_NO_DAEMON)
+        assert stderr.startswith(f"gate: error: no Gate daemon answers at http://{NOWHERE}")
+        assert stderr.count("\n") == 1, args
+    # The documented paths that need no daemon: they use gate.toml and gate.db directly.
+    created = run_plain(plain_gate, "keys", "create", "first", env=env)
+    assert "no daemon running; wrote" in check_clean(created, 0)
+    listed = run_plain(plain_gate, "keys", "list", env=env)
+    assert "no daemon running; read" in check_clean(listed, 0)
+    assert "first" in listed.stdout.decode()
+    check_clean(run_plain(plain_gate, "config", "show", env=env), 0)
+
+
+@pytest.mark.e2e
+def test_serve_status_and_stop(plain_gate, gate_env):
+    Path(gate_env["XDG_DATA_HOME"]).mkdir(parents=True, exist_ok=True)
+    with GateServe(clean_env(gate_env), command=[str(plain_gate)]) as node:
+        env = {**gate_env, "GATE_SERVER__BIND": node.url.removeprefix("http://")}
+        status = run_plain(plain_gate, "status", env=env)
+        check_clean(status, 0)
+        assert node.node_id in status.stdout.decode()
+        check_clean(run_plain(plain_gate, "stop", env=env), 0)
+        assert node.wait(timeout=20) == 0
+    logs = run_plain(plain_gate, "logs", env=env)  # from its file, now that it stopped
+    assert "no daemon running; reading" in check_clean(logs, 0)
+    assert "database open" in logs.stdout.decode()
