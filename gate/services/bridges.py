@@ -37,7 +37,7 @@ from gate.dialects import (
     sse_bytes,
 )
 from gate.services.asgi import Send, send_json
-from gate.services.exchange import ApiError, Bridge, Endpoint, Exchange
+from gate.services.exchange import ApiError, Bridge, Endpoint, Exchange, decode_request
 from gate.services.providers import Dialect, Provider
 from gate.services.upstream import UpstreamError, UpstreamResponse
 
@@ -49,18 +49,16 @@ _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no
 
 def translate_request(endpoint: Endpoint, provider: Provider, body: bytes) -> bytes:
     """The client's request body, rewritten in the engine's dialect."""
+    request = decode_request(body)
+    if not isinstance(request, dict):
+        raise ApiError(400, "request body must be a JSON object")
     try:
-        request = msgspec.json.decode(body)
-        if not isinstance(request, dict):
-            raise ApiError(400, "request body must be a JSON object")
         if endpoint.dialect is Dialect.ANTHROPIC:
             translated = messages_to_chat_request(request)
         else:
             translated = chat_request_to_messages(request)
     except DialectError as exc:
         raise ApiError(exc.status, str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     return msgspec.json.encode(translated)
 
 
@@ -211,7 +209,7 @@ async def _translate_error(upstream: UpstreamResponse, send: Send, dialect: Dial
     try:
         body = await upstream.read(limit=1024 * 1024)
         message = _error_message(msgspec.json.decode(body))
-    except (UpstreamError, msgspec.DecodeError):
+    except (UpstreamError, msgspec.DecodeError, RecursionError):
         message = f"engine answered HTTP {upstream.status}"
     if dialect is Dialect.ANTHROPIC:
         await send_json(send, upstream.status, anthropic_error(upstream.status, message))
