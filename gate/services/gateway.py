@@ -6,7 +6,8 @@ Theory of operation
 
 1. is authenticated (API keys, when required) and rate-limited per client;
 2. has its body read up to `server.max_body_bytes` (413 past it) and the two fields the
-   pipeline needs, `model` and `stream`, decoded without building the rest;
+   pipeline needs, `model` and `stream`, decoded without building the rest (a model
+   name over MAX_MODEL_NAME, or nesting too deep to skip, is 400);
 3. takes a slot of the global in-flight limit (429 when full);
 4. is routed: the providers serving the model, healthy and least loaded first; a
    provider at its concurrency limit is skipped; a provider that cannot be connected
@@ -75,10 +76,9 @@ from gate.services.usage import UsageRecord, UsageRecorder
 __all__ = ["MAX_MODEL_NAME", "Gateway"]
 
 _MAX_USAGE_SCAN: Final = 8 * 1024 * 1024  # a non-streamed body larger than this is not parsed
-# The longest model name a request may carry. Real ids are a few dozen characters (the
-# longest Hugging Face repo id plus a quantisation tag stays under 150); without a bound
-# the name is limited only by the body size, and it is kept in usage records, events
-# and error messages.
+# The longest model name a request may carry: generous, since real ids run to tens of
+# characters even as `org/repo:quantisation` paths. Unbounded, a name is limited only by
+# the body size, and it is kept in usage records and events and echoed in errors.
 MAX_MODEL_NAME: Final = 256
 # Client headers worth passing to an engine; everything else (the client's Gate key
 # above all) stays here.

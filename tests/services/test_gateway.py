@@ -7,6 +7,7 @@ gateway_app.py) with engine stand-ins, and talks to it with httpx as a client wo
 from __future__ import annotations
 
 import gc
+import logging
 import tracemalloc
 from typing import Any
 
@@ -69,6 +70,31 @@ async def test_deeply_nested_json_is_a_400_in_the_clients_dialect(path: str) -> 
                     assert_client_error(response, path)
                 await assert_still_serving(http)
         nursery.cancel_scope.cancel()
+
+
+async def test_an_engine_body_nested_deep_is_relayed_as_it_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Gate reads token counts off relayed bodies; a body it cannot read is still the
+    engine's answer to pass on, not a reason to cut the client off."""
+    answer = b'{"usage": {"prompt_tokens": 1}, "x": ' + DEEP + b"}"
+
+    async def deep_engine(path: str, body: dict[str, Any]) -> tuple[int, str, bytes]:
+        return 200, "application/json", answer
+
+    async with trio.open_nursery() as nursery:
+        url = await serve_engine(nursery, deep_engine)
+        async with (
+            running_gate([engine("e", url, "m")]) as gate,
+            httpx.AsyncClient(base_url=gate.url, timeout=10) as http,
+        ):
+            with trio.fail_after(30):
+                response = await http.post("/v1/chat/completions", json=CHAT)
+                assert response.status_code == 200 and response.content == answer
+        nursery.cancel_scope.cancel()
+    # Once the app has drained: the request ended well, and was counted.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert b'endpoint="chat.completions",status="200"} 1' in gate.metrics.render()
 
 
 def nested_schema(depth: int) -> dict[str, Any]:
