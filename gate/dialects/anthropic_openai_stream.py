@@ -117,7 +117,6 @@ class ChatStreamToMessagesStream:
         """The upstream stream completed ([DONE]): close blocks, report stop and usage."""
         events = self._begin()
         self._close_blocks(events)
-        self._closed = True
         stop_reason, stop_sequence = stop_reason_from_finish(
             self._finish_reason, has_tool_calls=bool(self._calls), matched_stop=self._matched_stop
         )
@@ -129,6 +128,7 @@ class ChatStreamToMessagesStream:
         delta = {"stop_reason": stop_reason, "stop_sequence": stop_sequence}
         events.append(("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
         events.append(("message_stop", {"type": "message_stop"}))
+        self._closed = True  # last: if the engine's values made this raise, fail() still works
         return events
 
     def fail(self, message: str, error_type: str = "api_error") -> list[Event]:

@@ -55,6 +55,7 @@ class MessagesStreamToChatStream:
         self.created = created
         self.include_usage = include_usage
         self.done = False  #: message_stop, an error event or fail() was seen
+        self.failed = False  #: an error event or fail(): SSE_DONE must not follow
         self._started = False
         self._tool_numbers: dict[int, int] = {}  # Anthropic block index -> OpenAI tool index
         self._stop_reason: Any = None
@@ -68,11 +69,15 @@ class MessagesStreamToChatStream:
             raise MalformedUpstream("a stream event's data is not a JSON object")
         name = event or data.get("type")
         if name == "error":
-            self.done = True
             error = data.get("error")
             error = error if isinstance(error, Mapping) else {}
-            kind = _ERROR_TYPES.get(error.get("type", ""), "server_error")
-            return [openai_stream_error(str(error.get("message", "upstream error")), type=kind)]
+            kind = error.get("type")
+            kind = (
+                _ERROR_TYPES.get(kind, "server_error") if isinstance(kind, str) else "server_error"
+            )
+            payload = openai_stream_error(str(error.get("message", "upstream error")), type=kind)
+            self.done = self.failed = True
+            return [payload]
         chunks = self._begin()
         if name == "message_start":
             message = data.get("message")
@@ -90,8 +95,9 @@ class MessagesStreamToChatStream:
             if isinstance(usage, Mapping):  # cumulative counts: later values win
                 self._usage.update({k: v for k, v in usage.items() if v is not None})
         elif name == "message_stop":
+            stop = self._stop_reason
+            finish = STOP_TO_FINISH.get(stop, "stop") if isinstance(stop, str) else "stop"
             self.done = True
-            finish = STOP_TO_FINISH.get(self._stop_reason or "", "stop")
             chunks.append(self._chunk({}, finish))
             if self.include_usage:
                 chunks.append(self._base([], openai_usage(self._usage)))
@@ -101,7 +107,7 @@ class MessagesStreamToChatStream:
         """The upstream failed mid-stream: an error payload, and nothing after it."""
         if self.done:
             raise TranslatorClosed("the stream already finished or failed")
-        self.done = True
+        self.done = self.failed = True
         return [openai_stream_error(message)]
 
     def _begin(self) -> list[dict[str, Any]]:

@@ -8,15 +8,18 @@ The pure translation lives in gate.dialects; this module does the IO around it: 
 decodes the engine's body or SSE stream as it arrives, feeds the translator, and writes
 what comes out to the client at once, so a translated stream is still token by token.
 An engine error status is answered with the same status in the client's dialect; an
-engine that fails mid-stream ends the stream with the dialect's error event.
+engine that fails mid-stream ends the stream with the dialect's error event. Engine
+output the translators cannot take, whatever its shape, is the engine failing too: a
+502 before the response started, the error event after (see `_engine_output`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from collections.abc import Mapping
-from contextlib import aclosing
+from collections.abc import Iterator, Mapping
+from contextlib import aclosing, contextmanager
 from typing import Any
 
 import msgspec
@@ -25,6 +28,7 @@ from gate.dialects import (
     SSE_DONE,
     ChatStreamToMessagesStream,
     DialectError,
+    MalformedUpstream,
     MessagesStreamToChatStream,
     SSEDecoder,
     anthropic_error,
@@ -37,30 +41,29 @@ from gate.dialects import (
     sse_bytes,
 )
 from gate.services.asgi import Send, send_json
-from gate.services.exchange import ApiError, Bridge, Endpoint, Exchange
+from gate.services.exchange import ApiError, Bridge, Endpoint, Exchange, decode_request
 from gate.services.providers import Dialect, Provider
 from gate.services.upstream import UpstreamError, UpstreamResponse
 
 __all__ = ["response_bridge", "translate_request"]
 
 _MAX_BODY = 64 * 1024 * 1024
+_log = logging.getLogger("gate.bridges")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
 def translate_request(endpoint: Endpoint, provider: Provider, body: bytes) -> bytes:
     """The client's request body, rewritten in the engine's dialect."""
+    request = decode_request(body)
+    if not isinstance(request, dict):
+        raise ApiError(400, "request body must be a JSON object")
     try:
-        request = msgspec.json.decode(body)
-        if not isinstance(request, dict):
-            raise ApiError(400, "request body must be a JSON object")
         if endpoint.dialect is Dialect.ANTHROPIC:
             translated = messages_to_chat_request(request)
         else:
             translated = chat_request_to_messages(request)
     except DialectError as exc:
         raise ApiError(exc.status, str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     return msgspec.json.encode(translated)
 
 
@@ -94,18 +97,21 @@ async def _openai_engine_to_anthropic_client(
             async for chunk in body_chunks:
                 exchange.first_byte()
                 out: list[tuple[str, dict[str, Any]]] = []
-                for event in decoder.feed(chunk):
-                    if event.data == "[DONE]":
-                        out += translator.finish()
-                        finished = True
-                    elif event.data:
-                        data = msgspec.json.decode(event.data)
-                        if isinstance(data, Mapping) and "error" in data:
-                            raise UpstreamError(_error_message(data))
-                        out += translator.feed(data)
-                        _take_usage(
-                            exchange, data.get("usage"), "prompt_tokens", "completion_tokens"
-                        )
+                with _engine_output():
+                    for event in decoder.feed(chunk):
+                        if finished:
+                            break  # nothing follows [DONE]
+                        if event.data == "[DONE]":
+                            out += translator.finish()
+                            finished = True
+                        elif event.data:
+                            data = msgspec.json.decode(event.data)
+                            if isinstance(data, Mapping) and "error" in data:
+                                raise UpstreamError(_error_message(data))
+                            out += translator.feed(data)
+                            _take_usage(
+                                exchange, data.get("usage"), "prompt_tokens", "completion_tokens"
+                            )
                 if out:
                     await send(
                         {"type": "http.response.body", "body": sse_bytes(out), "more_body": True}
@@ -113,7 +119,7 @@ async def _openai_engine_to_anthropic_client(
         if not finished:  # OpenAI streams end with [DONE]; anything else was cut off
             raise UpstreamError("the stream ended before [DONE]")
         tail: list[tuple[str, dict[str, Any]]] = []
-    except (UpstreamError, msgspec.DecodeError, DialectError) as exc:
+    except (UpstreamError, DialectError) as exc:
         exchange.status, exchange.error = 502, f"engine failed mid-stream: {exc}"
         tail = translator.fail(f"the engine failed mid-stream: {exc}")
     await send({"type": "http.response.body", "body": sse_bytes(tail), "more_body": False})
@@ -148,14 +154,17 @@ async def _anthropic_engine_to_openai_client(
             async for chunk in body_chunks:
                 exchange.first_byte()
                 out: list[dict[str, Any]] = []
-                for event in decoder.feed(chunk):
-                    if not event.data:
-                        continue
-                    data = msgspec.json.decode(event.data)
-                    if isinstance(data, Mapping):
-                        usage = data.get("usage") or (data.get("message") or {}).get("usage")
-                        _take_usage(exchange, usage, "input_tokens", "output_tokens")
-                        out += translator.feed(event.event, data)
+                with _engine_output():
+                    for event in decoder.feed(chunk):
+                        if translator.done:
+                            break  # nothing follows message_stop or an error
+                        if not event.data:
+                            continue
+                        data = msgspec.json.decode(event.data)
+                        if isinstance(data, Mapping):
+                            usage = data.get("usage") or (data.get("message") or {}).get("usage")
+                            _take_usage(exchange, usage, "input_tokens", "output_tokens")
+                            out += translator.feed(event.event, data)
                 if out:
                     await send(
                         {
@@ -166,7 +175,10 @@ async def _anthropic_engine_to_openai_client(
                     )
         if not translator.done:
             raise UpstreamError("the stream ended before message_stop")
-    except (UpstreamError, msgspec.DecodeError, DialectError) as exc:
+        if translator.failed:  # the engine's own error event, relayed
+            failed = True
+            exchange.status, exchange.error = 502, "the engine reported an error mid-stream"
+    except (UpstreamError, DialectError) as exc:
         failed = True
         exchange.status, exchange.error = 502, f"engine failed mid-stream: {exc}"
         if not translator.done:
@@ -196,14 +208,41 @@ async def _read_json(upstream: UpstreamResponse, exchange: Exchange) -> Any:
         return msgspec.json.decode(body)
     except msgspec.DecodeError:
         raise ApiError(502, "engine answered with a body that is not JSON") from None
+    except RecursionError:
+        raise ApiError(502, "engine answered with JSON nested too deep to read") from None
 
 
 def _or_bad_gateway(translate: Any) -> dict[str, Any]:
     try:
-        result: dict[str, Any] = translate()
+        with _engine_output():
+            result: dict[str, Any] = translate()
     except DialectError as exc:
         raise ApiError(502, f"engine response cannot be translated: {exc}") from None
     return result
+
+
+@contextmanager
+def _engine_output() -> Iterator[None]:
+    """Around the pure work on engine output: decoding and translating it.
+
+    Whatever the output made that work raise (MalformedUpstream from a translator, a
+    DecodeError, or a TypeError on `"choices": 5` that no check foresaw) is the engine
+    sending what cannot be translated: it leaves as a DialectError, which the callers
+    answer with a 502 or the dialect's stream error, never a 500 or a cut connection.
+    Logged here, once per exchange (translation stops at the first failure), and
+    without a traceback: a broken engine must not flood the log with them.
+    """
+    try:
+        yield
+    except UpstreamError:
+        raise  # the engine failed or reported an error: not a question of its output
+    except Exception as exc:
+        _log.warning(
+            "engine output cannot be translated", extra={"error": f"{type(exc).__name__}: {exc}"}
+        )
+        if isinstance(exc, DialectError):
+            raise
+        raise MalformedUpstream(f"{type(exc).__name__}: {exc}") from None
 
 
 async def _translate_error(upstream: UpstreamResponse, send: Send, dialect: Dialect) -> None:
@@ -211,7 +250,7 @@ async def _translate_error(upstream: UpstreamResponse, send: Send, dialect: Dial
     try:
         body = await upstream.read(limit=1024 * 1024)
         message = _error_message(msgspec.json.decode(body))
-    except (UpstreamError, msgspec.DecodeError):
+    except (UpstreamError, msgspec.DecodeError, RecursionError):
         message = f"engine answered HTTP {upstream.status}"
     if dialect is Dialect.ANTHROPIC:
         await send_json(send, upstream.status, anthropic_error(upstream.status, message))

@@ -11,13 +11,30 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+import msgspec
+
 from gate.dialects.errors import anthropic_error, openai_error
 from gate.errors import GateError
 from gate.services.asgi import Send
 from gate.services.providers import Dialect
 from gate.services.upstream import UpstreamResponse
 
-__all__ = ["ENDPOINTS", "ApiError", "Bridge", "Endpoint", "Exchange"]
+__all__ = [
+    "ENDPOINTS",
+    "MAX_JSON_DEPTH",
+    "ApiError",
+    "Bridge",
+    "Endpoint",
+    "Exchange",
+    "decode_request",
+    "nested_too_deep",
+]
+
+# The deepest nesting of a request body Gate decodes whole (to translate it or count its
+# tokens). Real requests nest a few levels, a tool's JSON schema a dozen or two; the
+# bound keeps the decoder, the translators and the encoder far from the interpreter's
+# recursion limit, where a body nested 100,000 deep would otherwise take them.
+MAX_JSON_DEPTH: Final = 128
 
 
 class ApiError(GateError):
@@ -90,6 +107,7 @@ class Exchange:
     started: float  # perf_counter
     client: str = ""
     model: str = ""
+    model_label: str | None = None  # its metrics label, fixed once it is routed
     provider: str | None = None
     peer: str | None = None  # the peer that sent this request, or that served it
     stream: bool = False
@@ -108,3 +126,34 @@ class Exchange:
 
 # A translated exchange: gets the engine's response and writes the client's.
 Bridge = Callable[[UpstreamResponse, Send, Exchange], Awaitable[None]]
+
+
+def decode_request(body: bytes) -> Any:
+    """A request body decoded whole: 400 unless it is JSON nested at most MAX_JSON_DEPTH."""
+    try:
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # the decoder's own guard, far past the bound
+        raise nested_too_deep() from None
+    if _nests_deeper_than(value, MAX_JSON_DEPTH):
+        raise nested_too_deep()
+    return value
+
+
+def nested_too_deep() -> ApiError:
+    return ApiError(400, f"request body nests arrays and objects more than {MAX_JSON_DEPTH} deep")
+
+
+def _nests_deeper_than(value: Any, limit: int) -> bool:
+    """Level by level, without recursion, looking only at arrays and objects."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(limit):
+        below: list[Any] = []
+        for container in level:
+            items = container.values() if isinstance(container, dict) else container
+            below += [item for item in items if isinstance(item, dict | list)]
+        if not below:
+            return False
+        level = below
+    return True

@@ -6,7 +6,8 @@ Theory of operation
 
 1. is authenticated (API keys, when required) and rate-limited per client;
 2. has its body read up to `server.max_body_bytes` (413 past it) and the two fields the
-   pipeline needs, `model` and `stream`, decoded without building the rest;
+   pipeline needs, `model` and `stream`, decoded without building the rest (a model
+   name over MAX_MODEL_NAME, or nesting too deep to skip, is 400);
 3. takes a slot of the global in-flight limit (429 when full);
 4. is routed: the providers serving the model, healthy and least loaded first; a
    provider at its concurrency limit is skipped; a provider that cannot be connected
@@ -45,9 +46,17 @@ from gate.services.apikeys import ApiKeys, extract_key
 from gate.services.asgi import BodyError, Receive, Router, Scope, Send, read_body, send_json
 from gate.services.bridges import response_bridge, translate_request
 from gate.services.events import EventBus
-from gate.services.exchange import ENDPOINTS, ApiError, Bridge, Endpoint, Exchange
+from gate.services.exchange import (
+    ENDPOINTS,
+    ApiError,
+    Bridge,
+    Endpoint,
+    Exchange,
+    decode_request,
+    nested_too_deep,
+)
 from gate.services.limits import ClientRateLimiter, InFlightLimiter
-from gate.services.metrics import Metrics
+from gate.services.metrics import UNKNOWN, Metrics
 from gate.services.p2p import P2PService, PeerState
 from gate.services.peer_proxy import request_over_stream
 from gate.services.providers import Dialect, Provider, ProviderRegistry
@@ -64,9 +73,13 @@ from gate.services.upstream import (
 )
 from gate.services.usage import UsageRecord, UsageRecorder
 
-__all__ = ["Gateway"]
+__all__ = ["MAX_MODEL_NAME", "Gateway"]
 
 _MAX_USAGE_SCAN: Final = 8 * 1024 * 1024  # a non-streamed body larger than this is not parsed
+# The longest model name a request may carry: generous, since real ids run to tens of
+# characters even as `org/repo:quantisation` paths. Unbounded, a name is limited only by
+# the body size, and it is kept in usage records and events and echoed in errors.
+MAX_MODEL_NAME: Final = 256
 # Client headers worth passing to an engine; everything else (the client's Gate key
 # above all) stays here.
 _FORWARD_REQUEST_HEADERS: Final = frozenset(
@@ -296,11 +309,16 @@ class Gateway:
     @staticmethod
     def _parse(body: bytes) -> _RequestFields:
         try:
-            return _decode_fields(body)
+            fields = _decode_fields(body)
         except msgspec.ValidationError as exc:
             raise ApiError(400, f"invalid request: {exc}") from None
         except msgspec.DecodeError as exc:
             raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        except RecursionError:  # skipping the fields it does not read recurses too
+            raise nested_too_deep() from None
+        if len(fields.model) > MAX_MODEL_NAME:
+            raise ApiError(400, f"model: a model name is at most {MAX_MODEL_NAME} characters long")
+        return fields
 
     async def _route(
         self, endpoint: Endpoint, scope: Scope, body: bytes, exchange: Exchange, send: Send
@@ -329,6 +347,7 @@ class Gateway:
                 f"model {exchange.model!r} is not served here; available models: {listing}",
                 code="model_not_found",
             )
+        exchange.model_label = self.registry.aliases.get(exchange.model, exchange.model)
         if endpoint.name == "messages.count_tokens" and candidates[0].dialect is Dialect.OPENAI:
             await self._count_tokens(candidates[0], body, exchange, send)
             return
@@ -340,7 +359,7 @@ class Gateway:
             )
         upstream, provider = await self._connect(endpoint, scope, body, able, exchange)
         provider.in_flight += 1
-        self.metrics.request_started(provider.name, exchange.model)
+        self.metrics.request_started(provider.name, exchange.model_label)
         exchange.metered = True
         try:
             async with upstream:
@@ -434,11 +453,12 @@ class Gateway:
         """Send the request to a peer over an HttpProxy stream; relay its answer."""
         assert self.peers is not None
         exchange.provider = exchange.peer = str(peer.node_id)
+        exchange.model_label = self._model_label(exchange.model)
         headers = [(k, v) for k, v in scope["headers"] if k not in _NOT_TO_PEERS]
         target = scope["path"]
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        self.metrics.request_started(exchange.provider, exchange.model)
+        self.metrics.request_started(exchange.provider, exchange.model_label)
         exchange.metered = True
         with self.peers.request_to(peer):
             try:
@@ -463,6 +483,17 @@ class Gateway:
                 exchange.status = response.status
                 await self._pass_through(response, send, exchange, endpoint.dialect)
 
+    def _model_label(self, model: str) -> str:
+        """The metrics label for `model`: the model as routed when it exists here or at a
+        peer, else UNKNOWN, so that clients cannot mint label values (each one a series
+        kept in memory and written out on every scrape)."""
+        resolved = self.registry.aliases.get(model, model)
+        if any(resolved in provider.models for provider in self.registry.providers):
+            return resolved
+        if self.peers is not None and self.peers.peers_serving(model):
+            return model
+        return UNKNOWN
+
     def _all_models(self) -> dict[str, list[str]]:
         models = self.registry.model_ids()
         if self.peers is not None:
@@ -474,10 +505,7 @@ class Gateway:
         self, provider: Provider, body: bytes, exchange: Exchange, send: Send
     ) -> None:
         """count_tokens for an engine that is not Anthropic's (see gate.services.tokens)."""
-        try:
-            request = msgspec.json.decode(body)
-        except msgspec.DecodeError as exc:
-            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        request = decode_request(body)
         if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
             raise ApiError(400, "messages: required, a list of messages")
         exchange.provider = provider.name
@@ -549,7 +577,9 @@ class Gateway:
     def _finish(self, exchange: Exchange) -> None:
         latency = time.perf_counter() - exchange.started
         provider = exchange.provider or "none"
-        model = exchange.model or "none"
+        model = exchange.model_label or (
+            self._model_label(exchange.model) if exchange.model else "none"
+        )
         self.metrics.request_finished(
             provider,
             model,
@@ -864,8 +894,8 @@ class _UsageTap:
     def _take(self, data: str | bytes) -> None:
         try:
             parsed = _decode_usage(data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            return  # not for us to judge: the client gets the engine's bytes as they are
         for choice in parsed.choices:
             delta = choice.delta
             if delta is not None and (delta.content or delta.tool_calls):

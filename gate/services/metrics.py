@@ -11,8 +11,10 @@ dict lookup and then increments attributes and list slots. Labels that vary belo
 pair (``endpoint`` and ``status`` of ``gate_requests_total``, ``type`` of
 ``gate_errors_total``) are small dicts inside the series.
 
-Model names come from requests, so clients choose label values. To bound memory, at most
-``max_series`` (provider, model) pairs are kept; past that, a new model is counted as
+Model names come from requests, so the gateway never labels with a name as the client
+wrote it: the label is the model as routed when it exists (here or at a peer), else
+``model="unknown"`` (`UNKNOWN`). As a second bound on memory, at most ``max_series``
+(provider, model) pairs are kept; past that, a new model is counted as
 ``model="other"`` of its provider, and past ``max_series + max_series // 10`` pairs as
 ``provider="other", model="other"``. The same fold happens at `Metrics.request_started`
 and `Metrics.request_finished` (pairs are never removed, so the decision cannot change
@@ -32,12 +34,13 @@ from bisect import bisect_left
 from collections.abc import Callable
 from typing import Final, Literal
 
-__all__ = ["BUCKETS", "CONTENT_TYPE", "OTHER", "Metrics"]
+__all__ = ["BUCKETS", "CONTENT_TYPE", "OTHER", "UNKNOWN", "Metrics"]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Upper bounds in seconds of the duration histograms, before the implicit ``+Inf``."""
 OTHER: Final = "other"
+UNKNOWN: Final = "unknown"  # the model label of every request for a model that does not exist
 _MAX_SUBLABELS: Final = 100  # endpoints x statuses, or error types, per series
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _log = logging.getLogger("gate.metrics")

@@ -78,6 +78,6 @@ async def count_prompt_tokens(
                 data = msgspec.json.decode(await response.read(limit=64 * 1024 * 1024))
             if response.status == 200 and isinstance(data.get(answer), int):
                 return int(data[answer]), True
-        except (UpstreamError, msgspec.DecodeError, AttributeError):
+        except (UpstreamError, msgspec.DecodeError, AttributeError, RecursionError):
             pass  # the engine's tokenizer is unavailable: estimate instead
     return max(1, round(len(text.encode()) / 4)), False

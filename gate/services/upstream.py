@@ -8,7 +8,10 @@ Every proxied request pays this cost, so it is kept small and specialised:
 - one `OriginPool` per scheme://host:port, idle connections reused LIFO (the most
   recently used one is the least likely to have been closed by the server);
 - a request that fails on a *reused* connection before any response byte arrived is
-  retried once on a fresh one: the server closed it while idle, and no work was done;
+  retried once on a freshly dialled one (never another pooled one, which has been idle
+  as long and is as likely closed): the server closed it while idle, no work was done;
+- a connection idle for `IDLE_TIMEOUT` is closed instead of reused, before the engine's
+  own keep-alive timeout can close it under a request;
 - a response whose body is abandoned (the client went away, a timeout) closes its
   connection instead of returning it to the pool, which is also how the engine learns
   that nobody is listening and stops generating;
@@ -35,6 +38,7 @@ import trio
 from gate.errors import ServiceError
 
 __all__ = [
+    "IDLE_TIMEOUT",
     "Origin",
     "StreamedResponse",
     "UpstreamClient",
@@ -48,6 +52,10 @@ __all__ = [
 
 _READ_SIZE: Final = 65536
 _MAX_IDLE_PER_ORIGIN: Final = 64
+# uvicorn, which llama-cpp-python's and vLLM's servers run on, closes a keep-alive
+# connection idle for 5 s. Dropping ours a second earlier means a request never races
+# the engine's close (the stale-connection retry is then the exception, not the rule).
+IDLE_TIMEOUT: Final = 4.0
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones this client sets itself.
 HOP_BY_HOP: Final = frozenset(
     {
@@ -110,7 +118,7 @@ class Origin:
 
 
 class _Connection:
-    __slots__ = ("eof", "h11", "received", "reused", "stream")
+    __slots__ = ("eof", "h11", "idle_since", "received", "reused", "stream")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
@@ -118,6 +126,7 @@ class _Connection:
         self.reused = False
         self.eof = False  # the server closed its side
         self.received = 0  # bytes received for the current request
+        self.idle_since = 0.0  # trio.current_time() when it went back to the pool
 
     async def next_event(self) -> object:
         """The next h11 event, reading from the socket as needed (h11.PAUSED included)."""
@@ -262,9 +271,11 @@ class UpstreamClient:
         self,
         *,
         connect_timeout: float = 5.0,
+        idle_timeout: float = IDLE_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
         self._ssl_context = ssl_context
         self._idle: dict[Origin, list[_Connection]] = {}
 
@@ -298,7 +309,7 @@ class UpstreamClient:
         )
         request = h11.Request(method=method, target=target, headers=request_headers)
         for attempt in (1, 2):
-            conn = await self._acquire(origin)
+            conn = await self._acquire(origin, pooled=attempt == 1)
             try:
                 head = await self._exchange(conn, request, body, origin, response_timeout)
             except _StaleConnection:
@@ -356,9 +367,12 @@ class UpstreamClient:
                 ) from None
             raise UpstreamProtocolError(f"{origin.host_header}: not HTTP: {exc}") from None
 
-    async def _acquire(self, origin: Origin) -> _Connection:
+    async def _acquire(self, origin: Origin, *, pooled: bool = True) -> _Connection:
+        """A pooled connection if `pooled` and one is fresh enough, else a new one."""
         idle = self._idle.get(origin)
-        while idle:
+        if idle:
+            await self._drop_expired(idle)
+        while pooled and idle:
             conn = idle.pop()
             if conn.h11.our_state is h11.IDLE:
                 conn.reused = True
@@ -379,11 +393,24 @@ class UpstreamClient:
             raise UpstreamConnectError(f"{origin.host_header}: {exc}") from None
         return _Connection(stream)
 
+    async def _drop_expired(self, idle: list[_Connection]) -> None:
+        """Close the connections idle past `idle_timeout`: released in order, the oldest
+        are at the front."""
+        deadline = trio.current_time() - self.idle_timeout
+        expired = 0
+        while expired < len(idle) and idle[expired].idle_since <= deadline:
+            expired += 1
+        if expired:
+            stale, idle[:expired] = idle[:expired], []
+            for conn in stale:
+                await conn.aclose()
+
     def _release(self, origin: Origin, conn: _Connection) -> bool:
         """Keep `conn` for reuse; False if the pool is full (the caller closes it)."""
         idle = self._idle.setdefault(origin, [])
         if len(idle) >= _MAX_IDLE_PER_ORIGIN:
             return False
+        conn.idle_since = trio.current_time()
         idle.append(conn)
         return True
 

@@ -1,10 +1,15 @@
 """The upstream client against real loopback sockets scripted to misbehave on purpose."""
 
+import asyncio
+import socket
+import threading
 from functools import partial
 
 import pytest
 import trio
 
+from gate.config import ProviderConfig, ProvidersConfig
+from gate.services.providers import ProviderRegistry
 from gate.services.upstream import (
     UpstreamClient,
     UpstreamConnectError,
@@ -176,3 +181,104 @@ async def test_abandoned_body_closes_the_connection_so_the_engine_sees_it():
             await closed.wait()
         assert client.statistics()["idle_connections"] == 0
         nursery.cancel_scope.cancel()
+
+
+class UvicornEngine:
+    """A real uvicorn server, as llama-cpp-python's and vLLM's OpenAI servers run, with its
+    keep-alive timeout shortened from 5 s so that tests wait in seconds, not tens."""
+
+    def __init__(self, keep_alive: float) -> None:
+        uvicorn = pytest.importorskip("uvicorn")
+        config = uvicorn.Config(
+            self.app,
+            timeout_keep_alive=keep_alive,  # type: ignore[arg-type]
+            interface="asgi3",
+            lifespan="off",
+            ws="none",
+            log_level="warning",
+        )
+        self.server = uvicorn.Server(config)
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+
+    async def app(self, scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        await asyncio.sleep(0.2)  # long enough for concurrent requests to overlap
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b'{"data": [{"id": "m"}]}'})
+
+    async def __aenter__(self):
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]})
+        self.thread.start()
+        while not self.server.started:  # noqa: ASYNC110 (set by uvicorn's thread)
+            await trio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *exc_info):
+        self.server.should_exit = True
+        await trio.to_thread.run_sync(self.thread.join)
+        self.socket.close()
+
+
+async def test_after_the_engine_closed_every_idle_connection_the_retry_dials_fresh():
+    """The issue's scenario: four concurrent requests leave four pooled connections, the
+    engine closes them all while they are idle (uvicorn's keep-alive timeout, shorter
+    here than the pool's own idle bound, so the pooled connections are still tried), and
+    the next request and health check must not fail on them one after another."""
+    async with UvicornEngine(keep_alive=0.5) as engine:
+        client = UpstreamClient()
+        registry = ProviderRegistry(
+            ProvidersConfig(engines=[ProviderConfig(name="uv", kind="vllm", base_url=engine.url)]),
+            client,
+        )
+        (provider,) = registry.providers
+
+        async def ok() -> None:
+            async with await client.request("POST", f"{engine.url}/v1/x", body=b"{}") as r:
+                assert r.status == 200 and await r.read()
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(ok)
+            assert client.statistics()["idle_connections"] == 4
+            await trio.sleep(1.0)  # past the engine's idle timeout
+            await registry.check(provider)
+            assert provider.healthy, provider.last_error
+            await ok()
+        await client.aclose()
+
+
+async def test_connections_idle_past_the_bound_are_closed_not_reused():
+    async with trio.open_nursery() as nursery:
+        closed = trio.Event()
+
+        async def keepalive_forever(stream, log):
+            await keepalive_ok(stream, log)
+            closed.set()  # the client closed its side
+
+        url, log = await serve(nursery, keepalive_forever)
+        client = UpstreamClient(idle_timeout=0.2)
+        with trio.fail_after(5):
+            async with await client.request("GET", url) as response:
+                await response.read()
+            await trio.sleep(0.3)
+            async with await client.request("GET", url) as response:
+                await response.read()
+            await closed.wait()  # the expired connection was closed, not left open
+        assert log.count("connection") == 2
+        assert client.statistics()["idle_connections"] == 1
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+def test_the_default_idle_bound_is_below_uvicorns_keep_alive_timeout():
+    assert UpstreamClient().idle_timeout < 5.0  # uvicorn's default, and vLLM's
