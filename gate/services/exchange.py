@@ -15,6 +15,7 @@ import msgspec
 
 from gate.dialects.errors import anthropic_error, openai_error
 from gate.errors import GateError
+from gate.json_depth import MAX_JSON_DEPTH, nests_deeper_than
 from gate.services.asgi import Send
 from gate.services.providers import Dialect
 from gate.services.upstream import UpstreamResponse
@@ -29,12 +30,6 @@ __all__ = [
     "decode_request",
     "nested_too_deep",
 ]
-
-# The deepest nesting of a request body Gate decodes whole (to translate it or count its
-# tokens). Real requests nest a few levels, a tool's JSON schema a dozen or two; the
-# bound keeps the decoder, the translators and the encoder far from the interpreter's
-# recursion limit, where a body nested 100,000 deep would otherwise take them.
-MAX_JSON_DEPTH: Final = 128
 
 
 class ApiError(GateError):
@@ -136,24 +131,10 @@ def decode_request(body: bytes) -> Any:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     except RecursionError:  # the decoder's own guard, far past the bound
         raise nested_too_deep() from None
-    if _nests_deeper_than(value, MAX_JSON_DEPTH):
+    if nests_deeper_than(value):
         raise nested_too_deep()
     return value
 
 
 def nested_too_deep() -> ApiError:
     return ApiError(400, f"request body nests arrays and objects more than {MAX_JSON_DEPTH} deep")
-
-
-def _nests_deeper_than(value: Any, limit: int) -> bool:
-    """Level by level, without recursion, looking only at arrays and objects."""
-    level = [value] if isinstance(value, dict | list) else []
-    for _ in range(limit):
-        below: list[Any] = []
-        for container in level:
-            items = container.values() if isinstance(container, dict) else container
-            below += [item for item in items if isinstance(item, dict | list)]
-        if not below:
-            return False
-        level = below
-    return True

@@ -44,6 +44,7 @@ from gate.config import (
 )
 from gate.errors import ConfigError, IdentityError
 from gate.identity import NodeIdentity, export_identity, import_identity
+from gate.json_depth import MAX_JSON_DEPTH, nests_deeper_than
 from gate.logs import LEVELS, LOG_FILENAME, read_log
 from gate.peers_config import DistrustEdit, trust_edit
 from gate.protocol import NodeId
@@ -267,10 +268,18 @@ class RpcService:
         except BodyError as exc:
             await send_json(send, exc.status, _error(None, INVALID_REQUEST, exc.message))
             return
+        too_deep = f"nested more than {MAX_JSON_DEPTH} deep"
+        problem: str | None = None
         try:
             document = msgspec.json.decode(body)
         except msgspec.DecodeError as exc:
-            await send_json(send, 200, _error(None, PARSE_ERROR, f"parse error: {exc}"))
+            problem = str(exc)
+        except RecursionError:  # the decoder's own guard, far past the bound
+            problem = too_deep
+        else:
+            problem = too_deep if nests_deeper_than(document) else None
+        if problem is not None:
+            await send_json(send, 200, _error(None, PARSE_ERROR, f"parse error: {problem}"))
             return
         if isinstance(document, list):
             if not document:

@@ -99,6 +99,21 @@ def test_api_keys_over_rpc(gate):
     assert "hash" not in json.dumps(result(gate, "list_api_keys"))
 
 
+def test_deeply_nested_calls_are_a_parse_error_not_a_crash(gate):
+    url, json_type = f"{gate.url}/rpc", {"content-type": "application/json"}
+    deep_document = b"[" * 100_000
+    deep_params = (
+        b'{"jsonrpc":"2.0","id":1,"method":"update_config","params":{"set":'
+        b'{"providers.aliases":' + b"[" * 5000 + b"]" * 5000 + b"}}}"
+    )
+    for body in (deep_document, deep_params):
+        response = httpx.post(url, content=body, headers=json_type, timeout=10)
+        assert response.status_code == 200, response.text
+        assert response.json()["error"]["code"] == -32700
+        assert "nested more than" in response.json()["error"]["message"]
+    assert "node_id" in result(gate, "node_status")
+
+
 def test_json_rpc_errors_batches_and_notifications(gate):
     url = f"{gate.url}/rpc"
     json_type = {"content-type": "application/json"}
