@@ -5,12 +5,14 @@ llama.cpp's server on the tiny generated model; forbidding its end-of-sequence t
 (logit_bias) makes it generate exactly max_tokens, so lengths are predictable.
 """
 
+import contextlib
 import json
 import signal
 import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 
 import anthropic
 import httpx
@@ -498,14 +500,15 @@ def test_hanging_engine_times_out_with_504(start_gate, make_llama_engine):
     assert response.json()["error"]["message"]
 
 
-def test_engine_answering_garbage_is_502(start_gate):
-    # No real engine answers garbage on purpose: a socket that does stands in for one.
+@contextlib.contextmanager
+def scripted_engine(answer: bytes) -> Iterator[int]:
+    """A socket that answers every request with `answer`; yields its port. No real engine
+    answers garbage or cuts its body on purpose, so this stands in for one."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
-    port = server.getsockname()[1]
 
-    def answer_garbage():
+    def serve() -> None:
         while True:
             try:
                 conn, _ = server.accept()
@@ -513,63 +516,44 @@ def test_engine_answering_garbage_is_502(start_gate):
                 return
             with conn:
                 conn.recv(65536)
-                conn.sendall(b"\x00\x01garbage that is not HTTP\r\n\r\n")
+                conn.sendall(answer)
 
-    thread = threading.Thread(target=answer_garbage, daemon=True)
-    thread.start()
-    config = (
-        "[[providers.engines]]\nname = 'broken'\nkind = 'openai_compatible'\n"
-        f"base_url = 'http://127.0.0.1:{port}'\nmodels = ['junk']\n"
-    )
+    threading.Thread(target=serve, daemon=True).start()
     try:
-        gate = start_gate(config)
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+
+
+def scripted_config(port: int, model: str) -> str:
+    return (
+        "[[providers.engines]]\nname = 'scripted'\nkind = 'openai_compatible'\n"
+        f"base_url = 'http://127.0.0.1:{port}'\nmodels = ['{model}']\n"
+    )
+
+
+def test_engine_answering_garbage_is_502(start_gate):
+    with scripted_engine(b"\x00\x01garbage that is not HTTP\r\n\r\n") as port:
+        gate = start_gate(scripted_config(port, "junk"))
         response = httpx.post(
             f"{gate.url}/v1/chat/completions", json={"model": "junk", "messages": HI}, timeout=30
         )
-    finally:
-        server.close()
     assert response.status_code == 502 and response.json()["error"]["message"]
 
 
 def test_engine_cutting_a_plain_body_short_cuts_the_clients_body_quietly(start_gate):
     """The client must see a broken body (never a short one taken for whole), and Gate's
     deliberate abort is not an error of its own: no traceback in its log."""
-    # No real engine cuts its body on purpose: a socket that does stands in for one.
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    port = server.getsockname()[1]
-
-    def answer_half():
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                    b"content-length: 1000\r\n\r\n" + b'{"id": "x", ' + b" " * 100
-                )
-
-    thread = threading.Thread(target=answer_half, daemon=True)
-    thread.start()
-    config = (
-        "[[providers.engines]]\nname = 'cut'\nkind = 'openai_compatible'\n"
-        f"base_url = 'http://127.0.0.1:{port}'\nmodels = ['half']\n"
+    half = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        b"content-length: 1000\r\n\r\n" + b'{"id": "x", ' + b" " * 100
     )
-    try:
-        gate = start_gate(config)
+    with scripted_engine(half) as port:
+        gate = start_gate(scripted_config(port, "half"))
         with pytest.raises(httpx.RemoteProtocolError):
-            httpx.post(
-                f"{gate.url}/v1/chat/completions",
-                json={"model": "half", "messages": HI},
-                timeout=30,
-            )
+            url = f"{gate.url}/v1/chat/completions"
+            httpx.post(url, json={"model": "half", "messages": HI}, timeout=30)
         assert httpx.get(f"{gate.url}/health", timeout=5).status_code == 200
-    finally:
-        server.close()
     stderr = gate.stderr()
     assert "Traceback" not in stderr and "Error in ASGI" not in stderr
 

@@ -25,6 +25,16 @@ HEARTBEAT = 0.5  # seconds; a peer silent for 3 intervals is Disconnected
 PAUSE = 8.0  # seconds an engine stops for; longer than it takes to notice a dead peer
 
 
+# A stream of 1,900 tokens: the tiny model cannot end it early (its </s> is forbidden).
+LONG_STREAM = {
+    "model": MODEL,
+    "messages": HI,
+    "max_tokens": 1900,
+    "stream": True,
+    "logit_bias": NO_EOS,
+}
+
+
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -205,15 +215,8 @@ def test_untrusted_node_is_refused_and_reaches_no_engine(make_node, llama_engine
 
 def test_peer_killed_mid_stream_ends_the_stream_with_an_error(trio_of_nodes):
     a, b, _ = trio_of_nodes
-    body = {
-        "model": MODEL,
-        "messages": HI,
-        "max_tokens": 1900,
-        "stream": True,
-        "logit_bias": NO_EOS,
-    }
     lines = []
-    with httpx.stream("POST", f"{b.url}/v1/chat/completions", json=body, timeout=60) as r:
+    with httpx.stream("POST", f"{b.url}/v1/chat/completions", json=LONG_STREAM, timeout=60) as r:
         for line in r.iter_lines():
             if line:
                 lines.append(line)
@@ -262,14 +265,7 @@ def test_heartbeat_timeout_marks_the_peer_disconnected(trio_of_nodes):
 
 def test_client_disconnect_cancels_the_engine_request_across_the_network(trio_of_nodes):
     _a, b, _ = trio_of_nodes
-    body = {
-        "model": MODEL,
-        "messages": HI,
-        "max_tokens": 1900,
-        "stream": True,
-        "logit_bias": NO_EOS,
-    }
-    with httpx.stream("POST", f"{b.url}/v1/chat/completions", json=body, timeout=60) as r:
+    with httpx.stream("POST", f"{b.url}/v1/chat/completions", json=LONG_STREAM, timeout=60) as r:
         lines = r.iter_lines()
         for _ in range(5):
             next(lines)
@@ -408,15 +404,12 @@ def test_peer_killed_mid_stream_is_noticed_within_seconds(make_node, llama_engin
     start(a, trust=[b], engine=llama_engine, heartbeat=15)
     start(b, trust=[a], heartbeat=15)
     wait_for(lambda: b.peer_status(a) == "connected", "B -> A")
-    body = {
-        "model": MODEL,
-        "messages": HI,
-        "max_tokens": 1900,
-        "stream": True,
-        "logit_bias": NO_EOS,
-    }
     lines, took = stream_until(
-        f"{b.url}/v1/chat/completions", body, after_lines=5, then=a.gate.proc.kill, timeout=10
+        f"{b.url}/v1/chat/completions",
+        LONG_STREAM,
+        after_lines=5,
+        then=a.gate.proc.kill,
+        timeout=10,
     )
     assert took < 10
     assert lines[-1] != "data: [DONE]"
@@ -437,13 +430,6 @@ def test_a_live_peer_whose_engine_pauses_keeps_its_stream(make_node, make_llama_
     start(a, trust=[b], engine=engine, heartbeat=15)
     start(b, trust=[a], heartbeat=15)
     wait_for(lambda: b.peer_status(a) == "connected", "B -> A")
-    body = {
-        "model": MODEL,
-        "messages": HI,
-        "max_tokens": 1900,
-        "stream": True,
-        "logit_bias": NO_EOS,
-    }
 
     def pause_engine() -> None:
         engine.proc.send_signal(signal.SIGSTOP)
@@ -453,7 +439,7 @@ def test_a_live_peer_whose_engine_pauses_keeps_its_stream(make_node, make_llama_
             engine.proc.send_signal(signal.SIGCONT)
 
     lines, _ = stream_until(
-        f"{b.url}/v1/chat/completions", body, after_lines=5, then=pause_engine, timeout=30
+        f"{b.url}/v1/chat/completions", LONG_STREAM, after_lines=5, then=pause_engine, timeout=30
     )
     assert lines[-1] == "data: [DONE]"
     assert b.peer_status(a) == "connected"
