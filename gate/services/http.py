@@ -92,11 +92,12 @@ def hypercorn_config(bind: str, drain_timeout: float, backlog: int) -> Hypercorn
 
 
 class _Connection(TCPServer):
-    """hypercorn's connection with its close ordered after any send in progress.
+    """hypercorn's connection, mended in two places: its sends can be ended, and its close
+    waits for the send in progress.
 
     hypercorn sends under `send_lock` but half-closes (`send_eof`) without it; a request
     with `Connection: close` followed by stray bytes makes it answer those bytes with a
-    400 while it closes after the app's response, and trio refuses the second concurrent
+    400 while it closes after the app's response, and trio refused the second concurrent
     send with BusyResourceError.
     """
 
@@ -110,7 +111,8 @@ class _Connection(TCPServer):
         The send is shielded, as hypercorn's is, so a cancellation never leaves half a
         chunk on the wire; but unbounded, a client that stops reading held its task, and
         the node's shutdown, for ever. Its scope is known to the hard stop, and a client
-        that accepts nothing for `_SEND_STALL_TIMEOUT` loses its connection.
+        that takes longer than `_SEND_STALL_TIMEOUT` to accept one chunk loses its
+        connection.
         """
         if not isinstance(event, RawData):
             await super().protocol_send(event)
@@ -221,7 +223,7 @@ async def _serve_connection(server: TCPServer, stream: trio.SocketStream) -> Non
         await trio.aclose_forcefully(stream)
 
 
-# A client that accepts no byte of a response for this long has stopped reading.
+# A client that takes this long to accept one chunk of a response has stopped reading.
 _SEND_STALL_TIMEOUT: Final = 120.0
 
 
