@@ -103,7 +103,7 @@ def setup_logging(
     file_handler.setFormatter(JsonFormatter())
     root.addHandler(file_handler)
     # Libraries that are chatty at INFO would drown Gate's own lines.
-    for noisy in ("hypercorn.access", "gate.http.server", "httpx", "httpcore"):
+    for noisy in ("hypercorn.access", "gate.http.server"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return path
 
