@@ -48,8 +48,8 @@ from gate.protocol import (
     StreamType,
     encode_preamble,
 )
-from gate.services.p2p import ControlStream
-from gate.services.transport import (
+from gate.services.p2p.service import ControlStream
+from gate.services.transport.quic import (
     ALPN,
     ConnectError,
     Connection,

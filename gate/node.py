@@ -40,18 +40,18 @@ from gate.nursery import (
 )
 from gate.protocol import Capabilities, ModelInfo, NodeId, PeerInfo
 from gate.reload import LIVE_KEYS, changed_keys, merge_live
-from gate.services.apikeys import ApiKeys
-from gate.services.events import EventBus, EventLogHandler
-from gate.services.gateway import Gateway
-from gate.services.http import build_app, serve_http
-from gate.services.metrics import Metrics
-from gate.services.p2p import P2PService
-from gate.services.providers import Provider, ProviderRegistry
-from gate.services.rpc import RpcService
-from gate.services.store import Store, open_store
-from gate.services.upstream import UpstreamClient
-from gate.services.usage import UsageRecorder
-from gate.services.web import StaticFiles, mount_web_ui
+from gate.services.control.events import EventBus, EventLogHandler
+from gate.services.control.rpc import RpcService
+from gate.services.control.web_ui import StaticFiles, mount_web_ui
+from gate.services.engines.client import UpstreamClient
+from gate.services.engines.registry import Provider, ProviderRegistry
+from gate.services.gateway.metrics import Metrics
+from gate.services.gateway.pipeline import Gateway
+from gate.services.http.server import build_app, serve_http
+from gate.services.p2p.service import P2PService
+from gate.services.store.apikeys import ApiKeys
+from gate.services.store.database import Store, open_store
+from gate.services.store.usage import UsageRecorder
 
 __all__ = ["Node", "check_exposure"]
 
@@ -352,7 +352,7 @@ class Node:
         rpc = RpcService(self)
         app.add("POST", "/rpc", rpc)
         app.add("GET", "/rpc/events", rpc.events)
-        if self.config.web.enabled:  # the web UI at / and /ui/ (gate.services.web)
+        if self.config.web.enabled:  # the web UI at / and /ui/ (gate.services.control.web_ui)
             mount_web_ui(app, await trio.to_thread.run_sync(StaticFiles))
         log_events = EventLogHandler(self.events)
         logging.getLogger().addHandler(log_events)

@@ -21,12 +21,12 @@ def peer_entry(text: str) -> str:
 
     Raises ValueError for anything else.
     """
-    from gate.services.p2p import parse_peer_spec
+    from gate.services.p2p.service import parse_peer_spec
 
     try:
         node_id, addresses = parse_peer_spec(text)
     except ValueError:
-        from gate.services.transport import parse_ticket
+        from gate.services.transport.quic import parse_ticket
 
         try:
             peer = parse_ticket(text)
@@ -37,7 +37,7 @@ def peer_entry(text: str) -> str:
 
 
 def _node_of(entry: str) -> str | None:
-    from gate.services.p2p import parse_peer_spec
+    from gate.services.p2p.service import parse_peer_spec
 
     try:
         return str(parse_peer_spec(entry)[0])

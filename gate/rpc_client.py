@@ -1,4 +1,4 @@
-"""How the CLI talks to a running daemon: JSON-RPC over loopback HTTP (gate.services.rpc).
+"""How the CLI talks to a running daemon: JSON-RPC over loopback HTTP (gate.services.control.rpc).
 
 The standard library's http.client, not an HTTP library: the daemon is on this machine
 and speaks plain HTTP/1.1, so a dependency would buy nothing, and every CLI command

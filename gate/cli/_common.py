@@ -22,7 +22,7 @@ EXIT_NO_DAEMON = 3  # the command needs the running daemon and none answers
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 PASSPHRASE_ENV = "GATE_PASSPHRASE"
 
-# JSON-RPC error codes (gate.services.rpc) that mean the caller asked for something wrong.
+# JSON-RPC error codes (gate.services.control.rpc) that mean the caller asked for something wrong.
 _RPC_BAD_INPUT = (-32602, -32004)  # invalid params, not found
 
 

@@ -37,7 +37,7 @@ def conformance(node: str, identity_path: Path | None, bind_host: str, as_json: 
     from gate.conformance import run_suite
     from gate.errors import GateError, IdentityError, describe
     from gate.identity import NodeIdentity
-    from gate.services.p2p import parse_peer_spec
+    from gate.services.p2p.service import parse_peer_spec
 
     try:
         node_id, addresses = parse_peer_spec(node)

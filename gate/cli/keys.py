@@ -104,8 +104,8 @@ def _offline(config_path: Path | None, verb: str, action: Callable[[Any], Awaita
     """Run `action(ApiKeys)` on gate.db itself, for when no daemon answers."""
     import trio
 
-    from gate.services.apikeys import ApiKeys
-    from gate.services.store import open_store
+    from gate.services.store.apikeys import ApiKeys
+    from gate.services.store.database import open_store
 
     config = load(config_path, missing_ok=True)  # a file named but not written yet: defaults
 

@@ -103,7 +103,7 @@ def _choose_engines(
     config_path: Path | None, config: Config, urls: list[str], yes: bool
 ) -> list[dict[str, str]]:
     """The [[providers.engines]] entries to add."""
-    from gate.services.providers import strip_v1
+    from gate.services.engines.registry import strip_v1
 
     configured = {strip_v1(e.base_url) for e in config.providers.engines}
     taken = {e.name for e in config.providers.engines}
@@ -169,8 +169,8 @@ def _discover(config_path: Path | None, urls: list[str]) -> list[dict[str, Any]]
 
     from gate.cli.progress import spinner
     from gate.config import load_config
-    from gate.services.providers import discover_engines
-    from gate.services.upstream import UpstreamClient
+    from gate.services.engines.client import UpstreamClient
+    from gate.services.engines.registry import discover_engines
 
     try:
         probe_urls = load_config(config_path, missing_ok=True)[0].providers.probe_urls
@@ -199,7 +199,7 @@ def _discover(config_path: Path | None, urls: list[str]) -> list[dict[str, Any]]
 
 
 def _show(found: list[dict[str, Any]], configured: set[str]) -> None:
-    from gate.services.providers import strip_v1
+    from gate.services.engines.registry import strip_v1
 
     missing = []
     for engine in found:

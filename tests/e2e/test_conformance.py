@@ -10,7 +10,7 @@ import trio
 from gate.conformance import run_suite
 from gate.identity import NodeIdentity
 from gate.protocol import NodeId
-from gate.services.transport import Connection, TransportError, bind_endpoint
+from gate.services.transport.quic import Connection, TransportError, bind_endpoint
 
 from . import test_peers
 from .gate_process import run_gate

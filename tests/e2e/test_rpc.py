@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from gate.config import LOCAL_ENGINE_URLS
-from gate.services.rpc import RpcService
+from gate.services.control.rpc import RpcService
 from tests.engine.llama_server import free_port
 
 from .conftest import engine_config

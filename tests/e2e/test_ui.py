@@ -570,8 +570,8 @@ def test_ui_files_are_served_with_types_etags_and_nothing_else(gate):
 
     for target in (
         "/ui/../pyproject.toml",
-        "/ui/../services/web.py",
-        "/ui/%2e%2e/services/web.py",
+        "/ui/../services/control/web_ui.py",
+        "/ui/%2e%2e/services/control/web_ui.py",
         "/ui/..%2fservices%2fweb.py",
         "/ui//etc/passwd",
         "/ui/pages/../../node.py",

@@ -18,12 +18,12 @@ import trio
 
 from gate.config import ProviderConfig, ProvidersConfig, SecurityConfig, ServerConfig
 from gate.nursery import ServiceContext
-from gate.services.gateway import Gateway
-from gate.services.http import build_app, serve_http
-from gate.services.metrics import Metrics
-from gate.services.providers import ProviderRegistry
-from gate.services.upstream import UpstreamClient
-from gate.services.usage import UsageRecorder
+from gate.services.engines.client import UpstreamClient
+from gate.services.engines.registry import ProviderRegistry
+from gate.services.gateway.metrics import Metrics
+from gate.services.gateway.pipeline import Gateway
+from gate.services.http.server import build_app, serve_http
+from gate.services.store.usage import UsageRecorder
 
 
 @dataclass

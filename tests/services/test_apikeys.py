@@ -13,8 +13,8 @@ import pytest
 import trio
 
 from gate.errors import GateError, StoreError
-from gate.services.apikeys import KEY_PREFIX, ApiKeyInfo, ApiKeys, InvalidKeyName, extract_key
-from gate.services.store import Store, open_store
+from gate.services.store.apikeys import KEY_PREFIX, ApiKeyInfo, ApiKeys, InvalidKeyName, extract_key
+from gate.services.store.database import Store, open_store
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gate.dialects import SSEDecoder
-from gate.services.bridges import response_bridge
-from gate.services.exchange import ENDPOINTS, ApiError, Endpoint, Exchange
-from gate.services.providers import Provider
-from gate.services.upstream import StreamedResponse
+from gate.services.engines.client import StreamedResponse
+from gate.services.engines.registry import Provider
+from gate.services.gateway.exchange import ENDPOINTS, ApiError, Endpoint, Exchange
+from gate.services.gateway.translated import response_bridge
 from tests.services.gateway_app import (
     CHAT_COMPLETION,
     MESSAGE,

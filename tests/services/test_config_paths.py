@@ -21,7 +21,7 @@ from gate.identity import NodeIdentity
 from gate.node import Node
 from gate.nursery import ServiceContext
 from gate.protocol import NodeId
-from gate.services.rpc import (
+from gate.services.control.rpc import (
     AddProviderParams,
     NodeIdParams,
     NoParams,

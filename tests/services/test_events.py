@@ -3,7 +3,7 @@ import re
 
 import trio
 
-from gate.services.events import QUEUE, EventBus, EventLogHandler
+from gate.services.control.events import QUEUE, EventBus, EventLogHandler
 
 
 async def test_publish_reaches_every_subscriber_and_costs_nothing_without_one():

@@ -16,9 +16,9 @@ import pytest
 import trio
 
 from gate.dialects.errors import anthropic_error
-from gate.services.exchange import ENDPOINTS, MAX_JSON_DEPTH
-from gate.services.gateway import MAX_MODEL_NAME
-from gate.services.metrics import UNKNOWN
+from gate.services.gateway.exchange import ENDPOINTS, MAX_JSON_DEPTH
+from gate.services.gateway.metrics import UNKNOWN
+from gate.services.gateway.pipeline import MAX_MODEL_NAME
 from tests.services.gateway_app import answering_engine, engine, running_gate, serve_engine
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

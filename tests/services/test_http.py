@@ -5,9 +5,9 @@ import pytest
 import trio
 
 from gate.nursery import Service, Supervisor
-from gate.services import http
-from gate.services.asgi import Router, send_json
-from gate.services.http import build_app, serve_http
+from gate.services.http import server
+from gate.services.http.router import Router, send_json
+from gate.services.http.server import build_app, serve_http
 
 
 async def start(app, supervisor_holder, nursery, drain_timeout=5.0):
@@ -115,7 +115,7 @@ async def test_a_failure_inside_one_connection_stays_in_it(monkeypatch, caplog):
         await self.stream.aclose()
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(http._Connection, "_close", broken_close)
+    monkeypatch.setattr(server._Connection, "_close", broken_close)
     async with trio.open_nursery() as nursery:
         holder = []
         with trio.fail_after(10):

@@ -16,8 +16,8 @@ import iroh
 import pytest
 from iroh import iroh_ffi
 
-from gate.services import iroh_speedups
-from gate.services.iroh_speedups import ORIGINALS
+from gate.services.transport import iroh_speedups
+from gate.services.transport.iroh_speedups import ORIGINALS
 
 
 def rust_buffer_bytes(rbuf: iroh_ffi._UniffiRustBuffer) -> bytes:
@@ -32,7 +32,7 @@ def buffer_holding(raw: bytes) -> iroh_ffi._UniffiRustBuffer:
 
 
 def test_the_bridge_applies_them_once_and_idempotently():
-    importlib.import_module("gate.services.iroh_trio")
+    importlib.import_module("gate.services.transport.iroh_trio")
     assert iroh_speedups.applied()
     installed = (
         iroh_ffi._UniffiRustBufferBuilder.write,

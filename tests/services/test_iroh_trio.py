@@ -17,8 +17,8 @@ import trio
 import trio.testing
 from iroh import iroh_ffi
 
-from gate.services import iroh_trio
-from gate.services.iroh_trio import BridgeError, TrioEventLoopShim, TrioFuture
+from gate.services.transport import iroh_trio
+from gate.services.transport.iroh_trio import BridgeError, TrioEventLoopShim, TrioFuture
 
 ALPN = b"gate-test/bridge"
 READY = iroh_ffi._UNIFFI_RUST_FUTURE_POLL_READY
@@ -426,7 +426,7 @@ def test_wakeup_after_the_run_ended_is_dropped_silently():
 async def test_a_failing_foreign_callable_is_logged_not_raised(caplog):
     iroh_trio.install()
     shim = iroh_ffi._UNIFFI_GLOBAL_EVENT_LOOP
-    caplog.set_level(logging.ERROR, logger="gate.services.iroh_trio")
+    caplog.set_level(logging.ERROR, logger="gate.services.transport.iroh_trio")
     shim.call_soon_threadsafe(lambda: 1 / 0)
     await trio.testing.wait_all_tasks_blocked()
     await trio.sleep(0.01)

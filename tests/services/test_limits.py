@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 
 from gate.errors import GateError
 from gate.protocol.errors import ErrorCode
-from gate.services.limits import ClientRateLimiter, InFlightLimiter, LimitExceeded, TokenBucket
+from gate.services.gateway.limits import (
+    ClientRateLimiter,
+    InFlightLimiter,
+    LimitExceeded,
+    TokenBucket,
+)
 
 T0 = 100_000.0  # a trio.current_time()-like origin
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gate.services.metrics import BUCKETS, CONTENT_TYPE, OTHER, Metrics
+from gate.services.gateway.metrics import BUCKETS, CONTENT_TYPE, OTHER, Metrics
 
 # --- a strict parser for the text format 0.0.4 ---
 

@@ -21,9 +21,9 @@ from gate.protocol import (
     StreamType,
     encode_preamble,
 )
-from gate.services.asgi import Router, send_json
-from gate.services.peer_proxy import request_over_stream, serve_http_stream
-from gate.services.upstream import UpstreamDisconnected, UpstreamTimeout
+from gate.services.engines.client import UpstreamDisconnected, UpstreamTimeout
+from gate.services.http.router import Router, send_json
+from gate.services.p2p.http_over_stream import request_over_stream, serve_http_stream
 
 
 async def responder(stream, app, peer="peer-a"):

@@ -11,8 +11,8 @@ import msgspec
 import trio
 
 from gate.config import ProviderConfig, ProvidersConfig
-from gate.services.providers import Dialect, Provider, ProviderRegistry, discover_engines
-from gate.services.upstream import UpstreamClient
+from gate.services.engines.client import UpstreamClient
+from gate.services.engines.registry import Dialect, Provider, ProviderRegistry, discover_engines
 
 
 async def serve_json(nursery, routes: dict[str, tuple[int, object]], seen: list) -> str:

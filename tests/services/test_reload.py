@@ -13,11 +13,11 @@ from gate.config import (
     ServerConfig,
 )
 from gate.reload import LIVE_KEYS, changed_keys, merge_live
-from gate.services.gateway import Gateway
-from gate.services.metrics import Metrics
-from gate.services.providers import Provider, ProviderRegistry
-from gate.services.upstream import UpstreamClient
-from gate.services.usage import UsageRecorder
+from gate.services.engines.client import UpstreamClient
+from gate.services.engines.registry import Provider, ProviderRegistry
+from gate.services.gateway.metrics import Metrics
+from gate.services.gateway.pipeline import Gateway
+from gate.services.store.usage import UsageRecorder
 
 ENGINE = ProviderConfig(name="a", kind="llamacpp", base_url="http://127.0.0.1:9")
 

@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from gate.errors import StoreError
-from gate.services import store as store_module
-from gate.services.store import MIGRATIONS, Store, open_store
+from gate.services.store import database as store_module
+from gate.services.store.database import MIGRATIONS, Store, open_store
 
 USAGE_INSERT = (
     "INSERT INTO usage (ts, client, model, provider, peer, status, latency_ms, ttft_ms,"

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gate.identity import NodeIdentity
 from gate.protocol.node_id import NodeId
-from gate.services import iroh_trio
-from gate.services.transport import (
+from gate.services.transport import iroh_trio
+from gate.services.transport.quic import (
     ALPN,
     BindError,
     ConnectError,

@@ -9,14 +9,14 @@ import pytest
 import trio
 
 from gate.config import ProviderConfig, ProvidersConfig
-from gate.services.providers import ProviderRegistry
-from gate.services.upstream import (
+from gate.services.engines.client import (
     UpstreamClient,
     UpstreamConnectError,
     UpstreamDisconnected,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from gate.services.engines.registry import ProviderRegistry
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 

@@ -19,8 +19,8 @@ import trio
 
 from gate.errors import StoreError
 from gate.nursery import Service, ServiceContext, Supervisor
-from gate.services.store import Params, Store
-from gate.services.usage import _INSERT, UsageRecord, UsageRecorder, query_usage
+from gate.services.store.database import Params, Store
+from gate.services.store.usage import _INSERT, UsageRecord, UsageRecorder, query_usage
 
 
 class CountingStore(Store):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from gate.services.asgi import Router
-from gate.services.web import WEB_ROOT, StaticFiles, mount_web_ui
+from gate.services.control.web_ui import WEB_ROOT, StaticFiles, mount_web_ui
+from gate.services.http.router import Router
 
 
 async def get(app, path: str, *, method: str = "GET", headers=()) -> tuple[int, dict, bytes]:

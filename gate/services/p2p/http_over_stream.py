@@ -43,14 +43,14 @@ from gate.protocol import (
     StreamType,
     encode_preamble,
 )
-from gate.services.asgi import ASGIApp
-from gate.services.upstream import (
+from gate.services.engines.client import (
     StreamedResponse,
     UpstreamDisconnected,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from gate.services.http.router import ASGIApp
 
 __all__ = ["PeerResponse", "PeerStream", "request_over_stream", "serve_http_stream"]
 

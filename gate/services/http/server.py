@@ -35,8 +35,8 @@ from gate import __version__
 from gate.errors import ServiceError
 from gate.nursery import ServiceContext
 from gate.protocol import PeerInfo
-from gate.services.asgi import ASGIApp, Receive, Router, Scope, Send, send_json
-from gate.services.providers import ProviderRegistry
+from gate.services.engines.registry import ProviderRegistry
+from gate.services.http.router import ASGIApp, Receive, Router, Scope, Send, send_json
 
 __all__ = ["build_app", "serve_http"]
 

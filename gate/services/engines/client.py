@@ -155,7 +155,7 @@ class _Connection:
 
 class StreamedResponse(abc.ABC):
     """A response whose body is read as it arrives: an engine's (UpstreamResponse) or a
-    peer's (gate.services.peer_proxy.PeerResponse). Failures are UpstreamError classes.
+    peer's (gate.services.p2p.http_over_stream.PeerResponse). Failures are UpstreamError classes.
     Use it as an async context manager: leaving it closes (or cancels) the exchange."""
 
     status: int

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from gate.services.asgi import Receive, Router, Scope, Send
+from gate.services.http.router import Receive, Router, Scope, Send
 
 __all__ = ["WEB_ROOT", "StaticFiles", "mount_web_ui"]
 
-WEB_ROOT: Final = Path(__file__).resolve().parent.parent / "web"
+WEB_ROOT: Final = Path(__file__).resolve().parents[2] / "web"  # gate/web
 PREFIX: Final = "/ui/"
 INDEX: Final = "index.html"
 

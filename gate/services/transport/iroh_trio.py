@@ -68,7 +68,7 @@ process: iroh cannot also be driven from an asyncio loop here.
 Speed:
 
 * The generated helpers that copy bytes into and out of Rust buffers are replaced at
-  import by :mod:`gate.services.iroh_speedups` (same bytes, a fraction of the time).
+  import by :mod:`gate.services.transport.iroh_speedups` (same bytes, a fraction of the time).
 * A continuation from a Rust thread runs inside a ctypes callback, and ctypes gives a
   thread that Python did not start a fresh thread state for each callback and frees it
   afterwards: an ``mmap`` and ``munmap`` of its 16 KiB frame stack, page faults, and a
@@ -92,7 +92,7 @@ import outcome
 import trio
 from iroh import iroh_ffi as _ffi
 
-from gate.services import iroh_speedups
+from gate.services.transport import iroh_speedups
 
 __all__ = [
     "BridgeError",
@@ -334,14 +334,14 @@ def install() -> None:
     """Make iroh's async calls run on the current trio run. Idempotent per run.
 
     Must be called from inside ``trio.run`` (it records the run's token); raises
-    :class:`BridgeError` otherwise. (The speed-ups of :mod:`gate.services.iroh_speedups`
+    :class:`BridgeError` otherwise. (The speed-ups of :mod:`gate.services.transport.iroh_speedups`
     are applied when this module is imported.)
     """
     try:
         token = trio.lowlevel.current_trio_token()
     except RuntimeError:
         raise BridgeError(
-            "gate.services.iroh_trio.install() must be called inside trio.run"
+            "gate.services.transport.iroh_trio.install() must be called inside trio.run"
         ) from None
     if _INSTALLED.get() and _ffi._UNIFFI_GLOBAL_EVENT_LOOP is _SHIM:
         return

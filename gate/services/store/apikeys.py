@@ -38,7 +38,7 @@ from typing import Final
 import msgspec
 
 from gate.errors import GateError
-from gate.services.store import Store
+from gate.services.store.database import Store
 
 __all__ = [
     "KEY_PREFIX",

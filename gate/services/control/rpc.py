@@ -49,10 +49,10 @@ from gate.logs import LEVELS, LOG_FILENAME, read_log
 from gate.peers_config import DistrustEdit, trust_edit
 from gate.protocol import NodeId
 from gate.reload import LIVE_KEYS
-from gate.services.asgi import BodyError, Receive, Scope, Send, read_body, send_json
-from gate.services.events import Event
-from gate.services.providers import discover_engines
-from gate.services.usage import query_usage
+from gate.services.control.events import Event
+from gate.services.engines.registry import discover_engines
+from gate.services.http.router import BodyError, Receive, Scope, Send, read_body, send_json
+from gate.services.store.usage import query_usage
 
 if TYPE_CHECKING:
     from gate.node import Node

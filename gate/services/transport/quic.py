@@ -4,7 +4,7 @@ Everything iroh-shaped stops here. Above this module there are :class:`Endpoint`
 :class:`Connection` and :class:`QuicStream` (a :class:`trio.abc.HalfCloseableStream`),
 node ids are :class:`gate.protocol.NodeId`, and failures are the
 :class:`TransportError` tree (:mod:`gate.errors`); no ``iroh.IrohError`` escapes.
-iroh's async calls run natively on trio through :mod:`gate.services.iroh_trio`.
+iroh's async calls run natively on trio through :mod:`gate.services.transport.iroh_trio`.
 
 Streams
     One QUIC bidirectional stream = one :class:`QuicStream`. ``send_eof()`` finishes
@@ -64,7 +64,7 @@ import trio
 
 from gate.errors import ServiceError
 from gate.protocol.node_id import NodeId
-from gate.services import iroh_trio
+from gate.services.transport import iroh_trio
 
 __all__ = [
     "ALPN",

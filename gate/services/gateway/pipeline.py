@@ -15,7 +15,7 @@ Theory of operation
    is safe. No candidate at all is 404 listing the models that exist;
 5. is forwarded. When the engine speaks the client's dialect the bytes pass through
    untouched, chunk by chunk as the engine writes them (SSE included). Otherwise
-   `gate.services.bridges` translates (Anthropic <-> OpenAI).
+   `gate.services.gateway.translated` translates (Anthropic <-> OpenAI).
 
 A task per request watches for the client going away and cancels the exchange, which
 closes the engine connection: the engine stops generating at once. Errors are answered
@@ -42,27 +42,8 @@ from gate.dialects.errors import (
     openai_stream_error,
 )
 from gate.protocol import NodeId
-from gate.services.apikeys import ApiKeys, extract_key
-from gate.services.asgi import BodyError, Receive, Router, Scope, Send, read_body, send_json
-from gate.services.bridges import response_bridge, translate_request
-from gate.services.events import EventBus
-from gate.services.exchange import (
-    ENDPOINTS,
-    ApiError,
-    Bridge,
-    Endpoint,
-    Exchange,
-    decode_request,
-    nested_too_deep,
-)
-from gate.services.limits import ClientRateLimiter, InFlightLimiter
-from gate.services.metrics import UNKNOWN, Metrics
-from gate.services.p2p import P2PService, PeerState
-from gate.services.peer_proxy import request_over_stream
-from gate.services.providers import Dialect, Provider, ProviderRegistry
-from gate.services.tokens import count_prompt_tokens, prompt_text
-from gate.services.transport import TransportError
-from gate.services.upstream import (
+from gate.services.control.events import EventBus
+from gate.services.engines.client import (
     HOP_BY_HOP,
     StreamedResponse,
     UpstreamClient,
@@ -71,7 +52,26 @@ from gate.services.upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from gate.services.usage import UsageRecord, UsageRecorder
+from gate.services.engines.registry import Dialect, Provider, ProviderRegistry
+from gate.services.engines.tokens import count_prompt_tokens, prompt_text
+from gate.services.gateway.exchange import (
+    ENDPOINTS,
+    ApiError,
+    Bridge,
+    Endpoint,
+    Exchange,
+    decode_request,
+    nested_too_deep,
+)
+from gate.services.gateway.limits import ClientRateLimiter, InFlightLimiter
+from gate.services.gateway.metrics import UNKNOWN, Metrics
+from gate.services.gateway.translated import response_bridge, translate_request
+from gate.services.http.router import BodyError, Receive, Router, Scope, Send, read_body, send_json
+from gate.services.p2p.http_over_stream import request_over_stream
+from gate.services.p2p.service import P2PService, PeerState
+from gate.services.store.apikeys import ApiKeys, extract_key
+from gate.services.store.usage import UsageRecord, UsageRecorder
+from gate.services.transport.quic import TransportError
 
 __all__ = ["MAX_MODEL_NAME", "Gateway"]
 
@@ -504,7 +504,7 @@ class Gateway:
     async def _count_tokens(
         self, provider: Provider, body: bytes, exchange: Exchange, send: Send
     ) -> None:
-        """count_tokens for an engine that is not Anthropic's (see gate.services.tokens)."""
+        """count_tokens for an engine that is not Anthropic's (see gate.services.engines.tokens)."""
         request = decode_request(body)
         if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
             raise ApiError(400, "messages: required, a list of messages")

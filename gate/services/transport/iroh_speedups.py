@@ -15,7 +15,7 @@ makes several such calls per request on each node. Measured on one 300-byte
 The stand-ins do the same work with one allocation call and ``memmove``/``string_at``;
 the buffers Rust sees, and the values Python gets back, are byte for byte the same
 (tests compare them with the generated code). :func:`apply` installs all of them; it is
-idempotent and runs when :mod:`gate.services.iroh_trio` is imported.
+idempotent and runs when :mod:`gate.services.transport.iroh_trio` is imported.
 """
 
 from __future__ import annotations

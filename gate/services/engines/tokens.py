@@ -18,8 +18,8 @@ from typing import Any, Final
 
 import msgspec
 
-from gate.services.providers import Provider
-from gate.services.upstream import UpstreamClient, UpstreamError
+from gate.services.engines.client import UpstreamClient, UpstreamError
+from gate.services.engines.registry import Provider
 
 __all__ = ["count_prompt_tokens", "prompt_text"]
 

@@ -30,7 +30,7 @@ import trio
 
 from gate.config import LOCAL_ENGINE_URLS, ProviderConfig, ProvidersConfig
 from gate.nursery import ServiceContext
-from gate.services.upstream import UpstreamClient, UpstreamError
+from gate.services.engines.client import UpstreamClient, UpstreamError
 
 __all__ = [
     "KINDS",

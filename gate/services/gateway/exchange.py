@@ -16,9 +16,9 @@ import msgspec
 from gate.dialects.errors import anthropic_error, openai_error
 from gate.errors import GateError
 from gate.json_depth import MAX_JSON_DEPTH, nests_deeper_than
-from gate.services.asgi import Send
-from gate.services.providers import Dialect
-from gate.services.upstream import UpstreamResponse
+from gate.services.engines.client import UpstreamResponse
+from gate.services.engines.registry import Dialect
+from gate.services.http.router import Send
 
 __all__ = [
     "ENDPOINTS",

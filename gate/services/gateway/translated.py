@@ -40,10 +40,10 @@ from gate.dialects import (
     openai_error,
     sse_bytes,
 )
-from gate.services.asgi import Send, send_json
-from gate.services.exchange import ApiError, Bridge, Endpoint, Exchange, decode_request
-from gate.services.providers import Dialect, Provider
-from gate.services.upstream import UpstreamError, UpstreamResponse
+from gate.services.engines.client import UpstreamError, UpstreamResponse
+from gate.services.engines.registry import Dialect, Provider
+from gate.services.gateway.exchange import ApiError, Bridge, Endpoint, Exchange, decode_request
+from gate.services.http.router import Send, send_json
 
 __all__ = ["response_bridge", "translate_request"]
 

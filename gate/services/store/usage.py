@@ -41,7 +41,7 @@ import trio
 
 from gate.errors import StoreError
 from gate.nursery import ServiceContext
-from gate.services.store import Store
+from gate.services.store.database import Store
 
 __all__ = [
     "DROP_WARNING_INTERVAL",

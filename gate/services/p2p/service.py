@@ -10,7 +10,7 @@ and does two things at once:
   the responder side of the handshake: the claimed node id must be the authenticated
   one and a trusted peer, else the answer is a refusal with the reason (§5.4).
   HttpProxy streams from a trusted peer run through this node's own API pipeline
-  (gate.services.peer_proxy); from anyone else they get an UNAUTHORIZED error frame and
+  (gate.services.p2p.http_over_stream); from anyone else they get an UNAUTHORIZED error frame and
   are closed, and nothing of them reaches an engine.
 - Dialing. One task per trusted peer keeps one connection to it: connect, handshake
   (learning the peer's capabilities), then a Ping every `heartbeat_interval`; a missing
@@ -24,7 +24,7 @@ and does two things at once:
   Failures retry with jittered exponential backoff. Status follows ConnectionStatus:
   Connecting(attempt) -> Connected(since) -> Disconnected / Failed(reason).
 
-Requests to a peer (gate.services.gateway) open an HttpProxy stream on that peer's
+Requests to a peer (gate.services.gateway.pipeline) open an HttpProxy stream on that peer's
 connection. Requests that arrived from a peer are never sent on to another peer.
 """
 
@@ -81,10 +81,16 @@ from gate.protocol import (
     encode_preamble,
     negotiate_version,
 )
-from gate.services.asgi import ASGIApp
-from gate.services.events import EventBus
-from gate.services.peer_proxy import serve_http_stream
-from gate.services.transport import Connection, Endpoint, QuicStream, TransportError, bind_endpoint
+from gate.services.control.events import EventBus
+from gate.services.http.router import ASGIApp
+from gate.services.p2p.http_over_stream import serve_http_stream
+from gate.services.transport.quic import (
+    Connection,
+    Endpoint,
+    QuicStream,
+    TransportError,
+    bind_endpoint,
+)
 
 __all__ = ["ControlStream", "P2PService", "PeerState", "parse_peer_spec"]
 
