@@ -47,6 +47,7 @@ from gate.services.engines.client import UpstreamClient
 from gate.services.engines.registry import Provider, ProviderRegistry
 from gate.services.gateway.metrics import Metrics
 from gate.services.gateway.pipeline import Gateway
+from gate.services.http.router import Door
 from gate.services.http.server import build_app, serve_http
 from gate.services.p2p.service import P2PService
 from gate.services.store.apikeys import ApiKeys
@@ -93,20 +94,24 @@ class Node:
                 config.p2p,
                 secret_key=identity.secret_key_bytes,
                 data_dir=config.data_dir,
-                app=lambda: self.app,
+                app=lambda: self.peer_app,
                 local_capabilities=self.local_capabilities,
                 events=self.events,
             )
             if config.p2p.enabled
             else None
         )
+        # One router per door. The local door (the HTTP listener) serves everything; the
+        # peer door (trusted peers' HttpProxy streams) only the routes declared for peers:
+        # the API, never the control plane nor the web UI.
         self.app = build_app(
             node_id=str(self.node_id),
             registry=self.registry,
             peers=self._peer_infos if self.p2p else None,
-            # With keys required, only a caller with a key (or a peer) sees the topology.
+            # With keys required, only a caller with a key sees the topology.
             authorized=lambda scope: self.gateway is not None and self.gateway.authorized(scope),
         )
+        self.peer_app = build_app(node_id=str(self.node_id), door=Door.PEER)
         self.metrics.register_counter(
             "gate_usage_dropped_total",
             "Usage records dropped because the writer fell behind.",
@@ -348,6 +353,7 @@ class Node:
             peer_limits=self.config.p2p,
             events=self.events,
         )
+        self.gateway.install(self.peer_app, door=Door.PEER)
         self.gateway.install(app)
         rpc = RpcService(self)
         app.add("POST", "/rpc", rpc)

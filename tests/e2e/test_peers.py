@@ -14,6 +14,12 @@ import anthropic
 import httpx
 import openai
 import pytest
+import trio
+
+from gate.identity import NodeIdentity, load_identity
+from gate.protocol import NodeId
+from gate.services.p2p.http_over_stream import request_over_stream
+from gate.services.transport.quic import bind_endpoint
 
 from .conftest import engine_config
 from .gate_process import GateServe, data_dir, run_gate, wait_for
@@ -211,6 +217,80 @@ def test_untrusted_node_is_refused_and_reaches_no_engine(make_node, llama_engine
     )
     assert response.status_code == 503
     assert usage_rows(a) == []  # nothing of it reached A's pipeline, let alone the engine
+
+
+async def ask_as_peer(
+    identity: NodeIdentity, node: Node, requests: list[tuple[str, str, bytes]]
+) -> list[tuple[int, bytes]]:
+    """Send each (method, target, JSON body) to `node` on an HttpProxy stream of its own,
+    as the peer `identity`; the status and body of each answer (the head only for a
+    200 event stream, which never ends)."""
+    endpoint = await bind_endpoint(identity.secret_key_bytes, host="127.0.0.1")
+    answers = []
+    try:
+        with trio.fail_after(30):
+            conn = await endpoint.connect(
+                NodeId.parse(node.node_id), [f"127.0.0.1:{node.p2p_port}"]
+            )
+            for method, target, body in requests:
+                stream = await conn.open_stream()
+                headers = [(b"content-type", b"application/json")] if body else []
+                response = await request_over_stream(
+                    stream,
+                    method=method,
+                    target=target,
+                    headers=headers,
+                    body=body,
+                    peer=node.name,
+                    response_timeout=10,
+                    read_timeout=10,
+                )
+                async with response:
+                    streaming = response.header(b"content-type") == b"text/event-stream"
+                    answer = b"" if streaming else await response.read()
+                answers.append((response.status, answer))
+            conn.close()
+    finally:
+        with trio.CancelScope(shield=True):
+            await endpoint.aclose()
+    return answers
+
+
+def test_a_peer_reaches_the_api_and_nothing_else(make_node):
+    """A trusted peer's requests come in at the peer door, which serves only the API a
+    peer may use. A stock Gate never forwards `/rpc` or the web UI, but a peer that asks
+    for them anyway gets the plain 404 of a path that does not exist."""
+    a, b = make_node("a"), make_node("b")
+    start(a, trust=[b])
+    # B's key speaks to A directly, as B's own gate would (B never runs: one endpoint
+    # per key).
+    b_key = load_identity(data_dir(b.env), None)
+    rpc_call = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "node_status"}).encode()
+    refused = [
+        ("POST", "/rpc", rpc_call),
+        ("GET", "/rpc/events", b""),
+        ("GET", "/", b""),
+        ("GET", "/ui/", b""),
+        ("GET", "/ui/app.js", b""),
+        ("GET", "/metrics", b""),
+        ("GET", "/no-such-path", b""),
+    ]
+    served = [("GET", "/v1/models", b""), ("GET", "/health", b"")]
+    answers = trio.run(ask_as_peer, b_key, a, refused + served)
+    not_found = {"error": {"message": "not found", "type": "not_found"}}
+    for (method, target, _), (status, body) in zip(refused, answers, strict=False):
+        assert (status, json.loads(body or b"null")) == (404, not_found), (method, target)
+    (models_status, models), (health_status, health) = answers[len(refused) :]
+    assert models_status == 200 and json.loads(models)["data"] == []
+    assert health_status == 200 and json.loads(health) == {"status": "ok"}
+    # The same node's local door still serves all of it.
+    assert httpx.get(f"{a.url}/", timeout=10).status_code == 200
+    assert httpx.get(f"{a.url}/metrics", timeout=10).status_code == 200
+    local = httpx.post(f"{a.url}/rpc", content=rpc_call, timeout=10, headers=_JSON)
+    assert local.status_code == 200 and local.json()["result"]["node_id"] == a.node_id
+
+
+_JSON = {"content-type": "application/json"}
 
 
 def test_peer_killed_mid_stream_ends_the_stream_with_an_error(trio_of_nodes):

@@ -2,7 +2,9 @@
 
 Theory of operation
 -------------------
-`Gateway.install(router)` adds one handler per endpoint. Each request:
+`Gateway.install(router, door=...)` adds one handler per endpoint, at the local door
+and the peer door alike (`Gateway.routes` says which route is served where). Each
+request:
 
 1. is authenticated (API keys, when required) and rate-limited per client;
 2. has its body read up to `server.max_body_bytes` (413 past it) and the two fields the
@@ -66,7 +68,19 @@ from gate.services.gateway.exchange import (
 from gate.services.gateway.limits import ClientRateLimiter, InFlightLimiter
 from gate.services.gateway.metrics import UNKNOWN, Metrics
 from gate.services.gateway.translated import response_bridge, translate_request
-from gate.services.http.router import BodyError, Receive, Router, Scope, Send, read_body, send_json
+from gate.services.http.router import (
+    EVERY_DOOR,
+    LOCAL_ONLY,
+    BodyError,
+    Door,
+    Receive,
+    Route,
+    Router,
+    Scope,
+    Send,
+    read_body,
+    send_json,
+)
 from gate.services.p2p.http_over_stream import request_over_stream
 from gate.services.p2p.service import P2PService, PeerState
 from gate.services.store.apikeys import ApiKeys, extract_key
@@ -151,12 +165,26 @@ class Gateway:
         self.peer_rate = _with_rate(self.peer_rate, peers.peer_rate_per_minute, peers.peer_burst)
         self.peer_max_in_flight = peers.peer_max_in_flight
 
-    def install(self, router: Router) -> None:
-        for endpoint in ENDPOINTS:
-            router.add("POST", endpoint.path, self._handler(endpoint))
-        router.add("GET", "/v1/models", self.list_models)
-        router.add_prefix("GET", "/v1/models/", self.get_model)
-        router.add("GET", "/metrics", self.render_metrics)
+    def routes(self) -> list[Route]:
+        """The API's routes, each with the doors it is served at.
+
+        A trusted peer (the peer door) may use the API: every endpoint, which is what its
+        own gateway forwards (by model or X-Target-Node), and the model listing, which
+        `gate conformance` and a peer's operator ask for. Not /metrics: its counters name
+        this node's engines and measure everyone's traffic, local clients' and other
+        peers', which is this node's operator's business; a peer learns the models from
+        the capabilities its control stream carries.
+        """
+        return [
+            *(Route("POST", e.path, self._handler(e), EVERY_DOOR) for e in ENDPOINTS),
+            Route("GET", "/v1/models", self.list_models, EVERY_DOOR),
+            Route("GET", "/v1/models/", self.get_model, EVERY_DOOR, prefix=True),
+            Route("GET", "/metrics", self.render_metrics, LOCAL_ONLY),
+        ]
+
+    def install(self, router: Router, *, door: Door = Door.LOCAL) -> None:
+        """Add the routes served at `door` (see `routes`) to that door's router."""
+        router.add_routes(self.routes(), door)
 
     def _handler(self, endpoint: Endpoint) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
         async def handle(scope: Scope, receive: Receive, send: Send) -> None:

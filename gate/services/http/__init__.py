@@ -5,9 +5,14 @@
 from __future__ import annotations
 
 from gate.services.http.router import (
+    EVERY_DOOR,
+    LOCAL_ONLY,
+    PEER_ONLY,
     ASGIApp,
     BodyError,
+    Door,
     Handler,
+    Route,
     Router,
     read_body,
     send_json,
@@ -18,9 +23,14 @@ from gate.services.http.server import (
 )
 
 __all__ = [
+    "EVERY_DOOR",
+    "LOCAL_ONLY",
+    "PEER_ONLY",
     "ASGIApp",
     "BodyError",
+    "Door",
     "Handler",
+    "Route",
     "Router",
     "build_app",
     "read_body",

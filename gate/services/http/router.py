@@ -7,18 +7,37 @@ route; importing quart-trio alone takes most of a second of the one-second start
 target). Routes are an exact-match dict, so dispatch is one lookup. The control plane
 and the web UI are served by the same router: a handful of routes each, which a
 framework would not make shorter.
+
+Each door into the node has a router of its own, built where the door is built: the
+HTTP listener's (`Door.LOCAL`) serves everything; the one trusted peers' HttpProxy
+streams reach (`Door.PEER`) holds only the routes declared for peers (`Route.doors`). A
+path missing from a door's router is a plain 404 there, as if it did not exist; no
+check runs per request.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, Final, NamedTuple
 
 import msgspec
 import trio
 
-__all__ = ["ASGIApp", "BodyError", "Handler", "Router", "read_body", "send_json"]
+__all__ = [
+    "EVERY_DOOR",
+    "LOCAL_ONLY",
+    "PEER_ONLY",
+    "ASGIApp",
+    "BodyError",
+    "Door",
+    "Handler",
+    "Route",
+    "Router",
+    "read_body",
+    "send_json",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -94,6 +113,28 @@ async def read_body(
     raise BodyError(408, f"request body not received within {timeout:g}s")
 
 
+class Door(enum.Enum):
+    """Where a request comes in; each door has its own Router."""
+
+    LOCAL = "local"  # the HTTP listener: programs on this machine, holders of an API key
+    PEER = "peer"  # HttpProxy streams from trusted peers (gate.services.p2p)
+
+
+EVERY_DOOR: Final = frozenset(Door)
+LOCAL_ONLY: Final = frozenset({Door.LOCAL})
+PEER_ONLY: Final = frozenset({Door.PEER})
+
+
+class Route(NamedTuple):
+    """A route and the doors it is served at: its declaration, not a check at run time."""
+
+    method: str
+    path: str
+    handler: Handler
+    doors: frozenset[Door]
+    prefix: bool = False  # every path under `path` (e.g. /v1/models/{id}); see add_prefix
+
+
 class Router:
     """Dispatches (method, path) to a handler; answers 404/405 itself."""
 
@@ -111,6 +152,13 @@ class Router:
                 methods[method.upper()] = handler
                 return
         self._prefixes.append((prefix, {method.upper(): handler}))
+
+    def add_routes(self, routes: Iterable[Route], door: Door) -> None:
+        """Add the routes served at `door`; the others are not there at all."""
+        for route in routes:
+            if door in route.doors:
+                add = self.add_prefix if route.prefix else self.add
+                add(route.method, route.path, route.handler)
 
     def route(self, method: str, path: str) -> Callable[[Handler], Handler]:
         def decorator(handler: Handler) -> Handler:

@@ -36,7 +36,18 @@ from gate.errors import ServiceError
 from gate.nursery import ServiceContext
 from gate.protocol import PeerInfo
 from gate.services.engines.registry import ProviderRegistry
-from gate.services.http.router import ASGIApp, Receive, Router, Scope, Send, send_json
+from gate.services.http.router import (
+    LOCAL_ONLY,
+    PEER_ONLY,
+    ASGIApp,
+    Door,
+    Receive,
+    Route,
+    Router,
+    Scope,
+    Send,
+    send_json,
+)
 
 __all__ = ["build_app", "serve_http"]
 
@@ -49,16 +60,20 @@ def build_app(
     registry: ProviderRegistry | None = None,
     peers: Callable[[], list[PeerInfo]] | None = None,
     authorized: Callable[[Scope], bool] | None = None,
+    door: Door = Door.LOCAL,
 ) -> Router:
-    """The API app with /health. Other services add their routes to the same router.
+    """The router of `door`, with /health. Other services add their routes to it: the
+    Gateway its API (Gateway.install), and on the local door the control plane and the
+    web UI.
 
-    `authorized(scope)`: whether the caller may see the node's topology (engine names,
-    peers' ids and addresses); others learn only that the node is alive.
+    On the local door `authorized(scope)` says whether the caller may see the node's
+    topology (engine names, peers' ids and addresses); others learn only that the node
+    is alive. So does every peer: it learns this node's models from its capabilities,
+    and whom else the node trusts is none of its business.
     """
     router = Router()
     started = time.monotonic()
 
-    @router.route("GET", "/health")
     async def health(scope: Scope, receive: Receive, send: Send) -> None:
         body: dict[str, object] = {"status": "ok"}
         if authorized is None or authorized(scope):
@@ -74,7 +89,18 @@ def build_app(
                 body["peers"] = {info.node_id: msgspec.to_builtins(info) for info in peers()}
         await send_json(send, 200, body)
 
+    router.add_routes(
+        [
+            Route("GET", "/health", health, LOCAL_ONLY),
+            Route("GET", "/health", _alive, PEER_ONLY),
+        ],
+        door,
+    )
     return router
+
+
+async def _alive(scope: Scope, receive: Receive, send: Send) -> None:
+    await send_json(send, 200, {"status": "ok"})
 
 
 def hypercorn_config(bind: str, drain_timeout: float, backlog: int) -> HypercornConfig:

@@ -7,9 +7,10 @@ and it fails with the same UpstreamError classes, so the gateway relays a peer's
 with exactly the code that relays an engine's: chunk by chunk, with a well-formed error
 event if the peer dies mid-stream.
 
-Responder (`serve_http_stream`): turns the stream into one ASGI call of this node's own
-app, so a peer's request goes through the very same pipeline as a local one (routing,
-limits, usage). The calling peer is in `scope["extensions"]["gate.peer"]`.
+Responder (`serve_http_stream`): turns the stream into one ASGI call of this node's peer
+door (the API routes a peer may use; see gate.services.http.router.Door), so a peer's
+request goes through the very same pipeline as a local one (routing, limits, usage).
+The calling peer is in `scope["extensions"]["gate.peer"]`.
 
 Cancellation crosses the network both ways: a requester that abandons the response sends
 StreamError(CANCELLED) and resets the stream; the responder then cancels the app, which
