@@ -30,7 +30,8 @@ from gate.config import (
     load_config,
 )
 from gate.errors import ConfigError, GateError
-from gate.identity import NodeIdentity
+from gate.identity import NodeIdentity, export_identity, import_identity
+from gate.logs import LOG_FILENAME
 from gate.nursery import (
     Service,
     ServiceContext,
@@ -41,18 +42,19 @@ from gate.nursery import (
 from gate.protocol import Capabilities, ModelInfo, NodeId, PeerInfo
 from gate.reload import LIVE_KEYS, changed_keys, merge_live
 from gate.services.control.events import EventBus, EventLogHandler
+from gate.services.control.node_api import FoundEngine, NodeStatus, NotStarted
 from gate.services.control.rpc import RpcService
 from gate.services.control.web_ui import StaticFiles, mount_web_ui
 from gate.services.engines.client import UpstreamClient
-from gate.services.engines.registry import Provider, ProviderRegistry
+from gate.services.engines.registry import Provider, ProviderRegistry, discover_engines
 from gate.services.gateway.metrics import Metrics
 from gate.services.gateway.pipeline import Gateway
 from gate.services.http.router import Door
 from gate.services.http.server import build_app, serve_http
 from gate.services.p2p.service import P2PService
-from gate.services.store.apikeys import ApiKeys
+from gate.services.store.apikeys import ApiKeyInfo, ApiKeys
 from gate.services.store.database import Store, open_store
-from gate.services.store.usage import UsageRecorder
+from gate.services.store.usage import UsageRecord, UsageRecorder, query_usage
 
 __all__ = ["Node", "check_exposure"]
 
@@ -60,6 +62,8 @@ log = logging.getLogger("gate.node")
 
 
 class Node:
+    """A node: it implements ControlledNode, the control plane's view of it (RpcService)."""
+
     def __init__(
         self,
         config: Config,
@@ -378,6 +382,104 @@ class Node:
                 nursery.cancel_scope.cancel()
         finally:
             logging.getLogger().removeHandler(log_events)
+
+    # --- what the control plane asks (gate.services.control.node_api.ControlledNode) ---
+
+    @property
+    def log_file(self) -> Path:
+        return self.config.data_dir / "logs" / LOG_FILENAME
+
+    def status(self) -> NodeStatus:
+        return NodeStatus(
+            node_id=str(self.node_id),
+            p2p_address=self.p2p_address,
+            in_flight=self.gateway.in_flight.in_flight if self.gateway else 0,
+            providers={p.name: p.healthy for p in self.registry.providers},
+            peers={
+                str(p.node_id): type(p.status).__name__.lower()
+                for p in (self.p2p.peers.values() if self.p2p else [])
+            },
+            services=self.service_statistics(),
+        )
+
+    def peers(self) -> list[PeerInfo]:
+        return self._peer_infos()
+
+    def peer(self, node_id: NodeId) -> PeerInfo | None:
+        peer = self.p2p.peer(node_id) if self.p2p else None
+        return peer.info() if peer else None
+
+    def providers(self) -> list[dict[str, object]]:
+        return [p.describe() for p in self.registry.providers]
+
+    def provider(self, name: str) -> dict[str, object] | None:
+        provider = self.registry.by_name(name)
+        return provider.describe() if provider else None
+
+    async def test_provider(self, name: str) -> dict[str, object] | None:
+        provider = self.registry.by_name(name)
+        if provider is None:
+            return None
+        await self.registry.check(provider)
+        return provider.describe()
+
+    async def discover_providers(self, urls: Sequence[str]) -> list[FoundEngine]:
+        configured = {p.base_url for p in self.registry.providers}
+        found = await discover_engines(self.client, self.config.providers.probe_urls, urls)
+        return [
+            FoundEngine(
+                kind=p.kind,
+                base_url=p.base_url,
+                found=p.healthy,
+                models=sorted(p.models),
+                configured=p.base_url in configured,
+                error=p.last_error,
+            )
+            for p in found
+        ]
+
+    def metrics_text(self) -> str:
+        return self.metrics.render().decode()
+
+    async def usage_history(
+        self,
+        *,
+        limit: int,
+        offset: int,
+        model: str | None,
+        client: str | None,
+        since: float | None,
+    ) -> list[UsageRecord]:
+        return await query_usage(
+            self.store, limit=limit, offset=offset, model=model, client=client, since=since
+        )
+
+    def _keys(self) -> ApiKeys:
+        if self.api_keys is None:
+            raise NotStarted("the API service has not started yet")
+        return self.api_keys
+
+    async def create_api_key(self, name: str) -> tuple[str, ApiKeyInfo]:
+        return await self._keys().create(name)
+
+    async def list_api_keys(self) -> list[ApiKeyInfo]:
+        return await self._keys().list()
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        return await self._keys().revoke(key_id)
+
+    def export_identity(self, passphrase: str | None) -> bytes:
+        return export_identity(self.identity, passphrase)
+
+    def import_identity(self, pem: bytes, *, source_passphrase: str | None, force: bool) -> NodeId:
+        identity = import_identity(
+            self.config.data_dir,
+            pem,
+            source_passphrase=source_passphrase,
+            passphrase=os.environ.get("GATE_PASSPHRASE") or None,
+            force=force,
+        )
+        return NodeId(identity.public_key_bytes)
 
     async def _end_events_on_shutdown(self, ctx: ServiceContext) -> None:
         """Event streams never end by themselves: close them so the drain need not wait."""

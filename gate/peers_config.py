@@ -1,4 +1,5 @@
-"""Editing the trusted peers in gate.toml: shared by `gate peers` and the RPC.
+"""The trusted peers in gate.toml: the syntax of an entry (`parse_peer_spec`, which the
+P2P service reads them with), and editing them, shared by `gate peers` and the RPC.
 
 Without a daemon, `gate peers` writes the file; a daemon's config watcher applies such a
 change within a second. The RPC applies the same edits through `Node.edit_config`.
@@ -13,7 +14,22 @@ from typing import Any
 from gate.config import edit_config_file
 from gate.protocol import NodeId
 
-__all__ = ["DistrustEdit", "add_trusted_peer", "peer_entry", "remove_trusted_peer", "trust_edit"]
+__all__ = [
+    "DistrustEdit",
+    "add_trusted_peer",
+    "parse_peer_spec",
+    "peer_entry",
+    "remove_trusted_peer",
+    "trust_edit",
+]
+
+
+def parse_peer_spec(text: str) -> tuple[NodeId, list[str]]:
+    """`NODE_ID` or `NODE_ID@host:port[,host:port...]` (base32 or hex node id): a
+    p2p.trusted_peers entry. Raises ValueError for anything else."""
+    node_text, _, addrs = text.strip().partition("@")
+    node_id = NodeId.parse(node_text)
+    return node_id, [a.strip() for a in addrs.split(",") if a.strip()]
 
 
 def peer_entry(text: str) -> str:
@@ -21,8 +37,6 @@ def peer_entry(text: str) -> str:
 
     Raises ValueError for anything else.
     """
-    from gate.services.p2p.service import parse_peer_spec
-
     try:
         node_id, addresses = parse_peer_spec(text)
     except ValueError:
@@ -37,8 +51,6 @@ def peer_entry(text: str) -> str:
 
 
 def _node_of(entry: str) -> str | None:
-    from gate.services.p2p.service import parse_peer_spec
-
     try:
         return str(parse_peer_spec(entry)[0])
     except ValueError:

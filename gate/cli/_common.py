@@ -85,6 +85,22 @@ def load_with_source(
         fail(str(exc), EXIT_BAD_INPUT)
 
 
+def with_bind(config: Config, bind: str | None) -> Config:
+    """`config` with `--bind` applied, checked like the file's own value: what `gate serve`
+    runs with, and where `gate serve --background` looks for a daemon already there."""
+    import msgspec
+
+    from gate.config import parse_bind
+
+    if bind is None:
+        return config
+    try:
+        parse_bind(bind)  # as ServerConfig checks it, which would raise a bare ValueError
+    except ValueError as exc:
+        fail(f"server.bind (--bind): {exc}", EXIT_BAD_INPUT)
+    return msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, bind=bind))
+
+
 def named_config(config_path: Path | None) -> Path | None:
     """The file --config or else $GATE_CONFIG names; None when neither names one."""
     if config_path is not None:

@@ -33,8 +33,8 @@ from gate.cli._common import (
     fail,
     load_with_source,
     running_daemon,
+    with_bind,
 )
-from gate.cli.daemon import with_bind
 from gate.cli.progress import spinner
 
 __all__ = ["OUTPUT_FILENAME", "start_background"]

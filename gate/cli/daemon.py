@@ -30,27 +30,15 @@ from gate.cli._common import (
     no_daemon,
     note,
     passphrase,
+    with_bind,
 )
-from gate.config import Config, parse_bind, remove_stale_temp_files
+from gate.config import remove_stale_temp_files
 from gate.errors import ConfigError, GateError, IdentityError, describe
 
 if TYPE_CHECKING:
     from gate.rpc_client import RpcClient
 
 log = logging.getLogger("gate.cli")
-
-
-def with_bind(config: Config, bind: str | None) -> Config:
-    """`config` with `--bind` applied, checked like the file's own value."""
-    import msgspec
-
-    if bind is None:
-        return config
-    try:
-        parse_bind(bind)  # as ServerConfig checks it, which would raise a bare ValueError
-    except ValueError as exc:
-        fail(f"server.bind (--bind): {exc}", EXIT_BAD_INPUT)
-    return msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, bind=bind))
 
 
 @click.command()

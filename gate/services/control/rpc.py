@@ -10,9 +10,9 @@ talks to /rpc from a browser, a web page from elsewhere must not be able to use 
 browser to drive it: see `_refusal` for the Host, Origin and Content-Type rules
 (HTTP 403/415). Every refusal is logged.
 
-Methods act on the running node: its status, peers, providers, configuration (edits of
-gate.toml, which run before the answer: `Node.edit_config`), metrics, request history and
-API keys.
+Methods act on the running node through `ControlledNode` (node_api), never through its
+services: its status, peers, providers, configuration (edits of gate.toml, which run
+before the answer: `ControlledNode.edit_config`), metrics, request history and API keys.
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ import functools
 import hmac
 import ipaddress
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import parse_qs
 
 import msgspec
@@ -43,19 +42,15 @@ from gate.config import (
     validate_config_text,
 )
 from gate.errors import ConfigError, IdentityError
-from gate.identity import NodeIdentity, export_identity, import_identity
+from gate.identity import NodeIdentity
 from gate.json_depth import MAX_JSON_DEPTH, nests_deeper_than
-from gate.logs import LEVELS, LOG_FILENAME, read_log
+from gate.logs import LEVELS, read_log
 from gate.peers_config import DistrustEdit, trust_edit
 from gate.protocol import NodeId
 from gate.reload import LIVE_KEYS
 from gate.services.control.events import Event
-from gate.services.engines.registry import discover_engines
+from gate.services.control.node_api import ControlledNode, NotStarted
 from gate.services.http.router import BodyError, Receive, Scope, Send, read_body, send_json
-from gate.services.store.usage import query_usage
-
-if TYPE_CHECKING:
-    from gate.node import Node
 
 __all__ = ["RpcError", "RpcService"]
 
@@ -169,7 +164,7 @@ class _Method:
 
 
 class RpcService:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: ControlledNode) -> None:
         self.node = node
         self.started = time.monotonic()
         self.methods: dict[str, _Method] = {
@@ -383,21 +378,17 @@ class RpcService:
     # --- methods ---------------------------------------------------------------
 
     async def node_status(self, _: NoParams) -> dict[str, Any]:
-        node = self.node
-        gateway = node.gateway
+        status = self.node.status()
         return {
-            "node_id": str(node.node_id),
+            "node_id": status.node_id,
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started, 3),
-            "p2p_address": node.p2p_address,
-            "in_flight": gateway.in_flight.in_flight if gateway else 0,
-            "providers": {p.name: p.healthy for p in node.registry.providers},
-            "peers": {
-                str(p.node_id): type(p.status).__name__.lower()
-                for p in (node.p2p.peers.values() if node.p2p else [])
-            },
+            "p2p_address": status.p2p_address,
+            "in_flight": status.in_flight,
+            "providers": status.providers,
+            "peers": status.peers,
             "services": {
-                name: dataclasses.asdict(stats) for name, stats in node.service_statistics().items()
+                name: dataclasses.asdict(stats) for name, stats in status.services.items()
             },
         }
 
@@ -406,13 +397,13 @@ class RpcService:
         return {"stopping": True}
 
     async def list_peers(self, _: NoParams) -> list[Any]:
-        return [p.info() for p in self.node.p2p.peers.values()] if self.node.p2p else []
+        return list(self.node.peers())
 
     async def peer_info(self, params: NodeIdParams) -> Any:
-        peer = self.node.p2p.peer(_node_id(params.node_id)) if self.node.p2p else None
+        peer = self.node.peer(_node_id(params.node_id))
         if peer is None:
             raise RpcError(NOT_FOUND, f"{params.node_id} is not a trusted peer")
-        return peer.info()
+        return peer
 
     async def add_peer(self, params: PeerParams) -> dict[str, str]:
         """Trust a peer: in gate.toml and in the running node before the answer."""
@@ -445,14 +436,13 @@ class RpcService:
         return {"removed": True}
 
     async def list_providers(self, _: NoParams) -> list[dict[str, Any]]:
-        return [p.describe() for p in self.node.registry.providers]
+        return self.node.providers()
 
     async def test_provider(self, params: ProviderParams) -> dict[str, Any]:
-        provider = self.node.registry.by_name(params.name)
-        if provider is None:
+        described = await self.node.test_provider(params.name)
+        if described is None:
             raise RpcError(NOT_FOUND, f"no provider {params.name!r}")
-        await self.node.registry.check(provider)
-        return provider.describe()
+        return described
 
     async def discover_providers(self, params: DiscoverParams) -> list[dict[str, Any]]:
         """Engines answering on this machine (each local kind at its providers.probe_urls
@@ -461,35 +451,22 @@ class RpcService:
         for url in params.urls:
             if not url.startswith(("http://", "https://")):
                 raise RpcError(INVALID_PARAMS, f"{url!r}: give an http:// or https:// URL")
-        configured = {p.base_url for p in self.node.registry.providers}
-        probe_urls = self.node.config.providers.probe_urls
-        found = await discover_engines(self.node.client, probe_urls, params.urls)
-        return [
-            {
-                "kind": p.kind,
-                "base_url": p.base_url,
-                "found": p.healthy,
-                "models": sorted(p.models),
-                "configured": p.base_url in configured,
-                "error": p.last_error,
-            }
-            for p in found
-        ]
+        found = await self.node.discover_providers(params.urls)
+        return [dataclasses.asdict(engine) for engine in found]
 
     async def get_config(self, _: NoParams) -> dict[str, Any]:
         return config_to_dict(self.node.config, mask_secrets=True)
 
     async def validate_config(self, params: ValidateConfigParams) -> dict[str, Any]:
         """The node's config file, or the given TOML text, checked as `gate serve` would."""
-        return await trio.to_thread.run_sync(_validate, self._config_path(), params.toml)
+        return await trio.to_thread.run_sync(_validate, self.node.config_file, params.toml)
 
     async def get_metrics(self, _: NoParams) -> str:
-        return self.node.metrics.render().decode()
+        return self.node.metrics_text()
 
     async def request_history(self, params: HistoryParams) -> list[Any]:
         try:
-            return await query_usage(
-                self.node.store,
+            return await self.node.usage_history(
                 limit=params.limit,
                 offset=params.offset,
                 model=params.model,
@@ -505,7 +482,7 @@ class RpcService:
             raise RpcError(
                 INVALID_PARAMS, f"level is one of {', '.join(LEVELS)}; limit is 1 to 10000"
             )
-        path = self.node.config.data_dir / "logs" / LOG_FILENAME
+        path = self.node.log_file
         try:
             return await trio.to_thread.run_sync(
                 partial(read_log, path, level=params.level, limit=params.limit)
@@ -514,19 +491,26 @@ class RpcService:
             raise RpcError(UNAVAILABLE, f"cannot read {path}: {exc}") from None
 
     async def create_api_key(self, params: KeyNameParams) -> dict[str, Any]:
-        keys = self._keys()
         try:
-            key, info = await keys.create(params.name)
+            key, info = await self.node.create_api_key(params.name)
+        except NotStarted as exc:
+            raise RpcError(UNAVAILABLE, str(exc)) from None
         except ValueError as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
         return {"key": key, "info": info}
 
     async def list_api_keys(self, _: NoParams) -> list[Any]:
-        keys: list[Any] = await self._keys().list()
-        return keys
+        try:
+            return list(await self.node.list_api_keys())
+        except NotStarted as exc:
+            raise RpcError(UNAVAILABLE, str(exc)) from None
 
     async def revoke_api_key(self, params: KeyIdParams) -> dict[str, bool]:
-        if not await self._keys().revoke(params.id):
+        try:
+            revoked = await self.node.revoke_api_key(params.id)
+        except NotStarted as exc:
+            raise RpcError(UNAVAILABLE, str(exc)) from None
+        if not revoked:
             raise RpcError(NOT_FOUND, f"no active key {params.id!r}")
         return {"revoked": True}
 
@@ -564,10 +548,10 @@ class RpcService:
                 raise _overridden("providers.engines")
 
         await self._edit_config(edit, check)
-        provider = self.node.registry.by_name(params.name)
-        if provider is None:  # pragma: no cover - the edit put it there
+        described = self.node.provider(params.name)
+        if described is None:  # pragma: no cover - the edit put it there
             raise RpcError(UNAVAILABLE, f"{params.name!r} is not running")
-        return provider.describe()
+        return described
 
     async def generate_keypair(self, _: NoParams) -> dict[str, str]:
         """A new Ed25519 key (not installed): for a new node, or to import later."""
@@ -578,25 +562,23 @@ class RpcService:
         }
 
     async def export_identity(self, params: ExportIdentityParams) -> dict[str, str]:
-        pem = export_identity(self.node.identity, params.passphrase)
+        pem = self.node.export_identity(params.passphrase)
         return {"node_id": str(self.node.node_id), "pem": pem.decode()}
 
     async def import_identity(self, params: ImportIdentityParams) -> dict[str, Any]:
         """Install a key as this node's identity; it takes effect at the next start."""
         try:
-            identity = await trio.to_thread.run_sync(
+            node_id = await trio.to_thread.run_sync(
                 partial(
-                    import_identity,
-                    self.node.config.data_dir,
+                    self.node.import_identity,
                     params.pem.encode(),
                     source_passphrase=params.source_passphrase,
-                    passphrase=os.environ.get("GATE_PASSPHRASE") or None,
                     force=params.force,
                 )
             )
         except IdentityError as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
-        return {"node_id": str(NodeId(identity.public_key_bytes)), "restart_required": True}
+        return {"node_id": str(node_id), "restart_required": True}
 
     async def node_restart(self, _: NoParams) -> dict[str, bool]:
         self.node.request_restart()
@@ -604,22 +586,14 @@ class RpcService:
 
     # --- helpers ---------------------------------------------------------------
 
-    def _keys(self) -> Any:
-        if self.node.api_keys is None:
-            raise RpcError(UNAVAILABLE, "the API service has not started yet")
-        return self.node.api_keys
-
     async def _edit_config(
         self, edit: Callable[[dict[str, Any]], None], check: Callable[[Config], None]
     ) -> Config:
-        """`Node.edit_config`, its refusals as invalid params."""
+        """`ControlledNode.edit_config`, its refusals as invalid params."""
         try:
             return await self.node.edit_config(edit, check)
         except (ConfigError, ValueError) as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
-
-    def _config_path(self) -> Path:
-        return self.node.config_file
 
 
 def _validate(path: Path, text: str | None) -> dict[str, Any]:

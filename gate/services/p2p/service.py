@@ -47,6 +47,7 @@ from gate import __version__
 from gate.config import P2PConfig
 from gate.identity import write_secret_file_atomic
 from gate.nursery import ServiceContext
+from gate.peers_config import parse_peer_spec
 from gate.protocol import (
     EOF,
     NEED_DATA,
@@ -109,13 +110,6 @@ _BACKOFF_INITIAL, _BACKOFF_MAX = 0.5, 30.0
 _BUSY_PING_INTERVAL: Final = 1.0
 _BUSY_PONG_TIMEOUT: Final = 4.0
 _encode = msgspec.msgpack.Encoder().encode
-
-
-def parse_peer_spec(text: str) -> tuple[NodeId, list[str]]:
-    """`NODE_ID` or `NODE_ID@host:port[,host:port...]` (base32 or hex node id)."""
-    node_text, _, addrs = text.strip().partition("@")
-    node_id = NodeId.parse(node_text)
-    return node_id, [a.strip() for a in addrs.split(",") if a.strip()]
 
 
 @dataclass(eq=False)
