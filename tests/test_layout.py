@@ -17,16 +17,18 @@ def layout_block() -> list[str]:
 
 
 def named_paths() -> set[Path]:
-    """Each path the Layout names; an indented name sits under the last top-level one."""
+    """Each path the Layout names: a name indented by two sits under the last top-level
+    one; a line indented further goes on with the description above it."""
     paths: set[Path] = set()
     parent = Path()
     for line in layout_block():
+        indent = len(line) - len(line.lstrip())
         name = line.split()[0]
-        if line.startswith(" "):
-            paths.add(parent / name)
-        else:
+        if indent == 0:
             parent = Path(name)
             paths.add(parent)
+        elif indent == 2:
+            paths.add(parent / name)
     return paths
 
 
