@@ -233,8 +233,9 @@ def _check_code(code: int) -> int:
 # ---------------------------------------------------------------------------------------
 
 
-class _Half:
-    """Bookkeeping for one direction of a stream: busy, closed, in-flight cancel scope."""
+class _DirectionState:
+    """Our use of one direction (sending or receiving) of a QuicStream: busy, closed,
+    sticky error, in-flight cancel scope."""
 
     __slots__ = ("busy", "closed", "error", "scope")
 
@@ -252,8 +253,8 @@ class QuicStream(trio.abc.HalfCloseableStream):
         self._send_stream = bi.send()
         self._recv_stream = bi.recv()
         self.connection = connection
-        self._send = _Half()
-        self._recv = _Half()
+        self._send = _DirectionState()
+        self._recv = _DirectionState()
         self._finished = False  # we sent FIN (send_eof or graceful aclose)
         self._eof = False  # the peer's FIN was read
 
@@ -345,7 +346,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
 
     # -- internals ------------------------------------------------------------------
 
-    def _enter(self, half: _Half, what: str) -> _Half:
+    def _enter(self, half: _DirectionState, what: str) -> _DirectionState:
         if half.busy:
             raise trio.BusyResourceError(f"another task is already in {what} on this half")
         half.busy = True
@@ -359,7 +360,9 @@ class QuicStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint()
             raise self._send.error
 
-    async def _run(self, half: _Half, call: Callable[[], Awaitable[Any]], doing: str) -> Any:
+    async def _run(
+        self, half: _DirectionState, call: Callable[[], Awaitable[Any]], doing: str
+    ) -> Any:
         """One iroh call on one half, interruptible by our own close, errors sticky."""
         scope = trio.CancelScope()
         half.scope = scope
