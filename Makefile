@@ -32,7 +32,7 @@ typecheck: $(TEST_STAMP)
 
 # Regenerate spec/schema and spec/vectors after changing a wire message.
 spec: $(TEST_STAMP)
-	$(BIN)/python spec/generate.py
+	$(BIN)/python -m spec.generate
 
 # System packages the e2e tests drive (engines, CAs, browsers) — installed when missing.
 system-deps:

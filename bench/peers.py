@@ -209,7 +209,7 @@ def main() -> None:
             **os.environ,
             "GATE_LOG": "warning",
             "GATE_P2P__BIND_HOST": "127.0.0.1",
-            "GATE_P2P__RELAY_MODE": "disabled",
+            "GATE_P2P__IROH_RELAY_MODE": "disabled",
             "GATE_P2P__DISCOVERY": "false",
         }
         env_a = {**base, "XDG_DATA_HOME": str(workdir / "a"), "XDG_CONFIG_HOME": str(workdir / "a")}

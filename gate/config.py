@@ -15,6 +15,11 @@ Resolution order, each layer overriding the one before (defaults < file < env):
    ``DATABASE_URL`` (database.url) are applied first, so the ``GATE_SERVER__...`` form wins
    if both are set. An env var replaces the value at its key; it never merges into it.
 
+A key that was renamed (`_RENAMED`) still loads by its old name, in the file or in the
+environment, with a warning in the log; the same key spelled both ways in the file, or
+both ways in the environment, is an error naming both. Errors about such a key use the
+name it was given by.
+
 The file is decoded strictly (no type coercion, no unknown keys) before the environment is
 applied, so a ``port = "80"`` in a file is an error, and any error found after the overlay
 comes from the environment. Every error is a ``ConfigError`` whose message names the
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import logging
 import os
 import re
 import stat
@@ -51,6 +57,8 @@ import platformdirs
 import tomli_w
 
 from gate.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Config",
@@ -78,7 +86,7 @@ __all__ = [
 ]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-RELAY_MODES = ("default", "disabled", "custom")
+IROH_RELAY_MODES = ("default", "disabled", "custom")
 PROVIDER_KINDS = (
     "ollama",
     "lmstudio",
@@ -161,8 +169,11 @@ class P2PConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     enabled: bool = True
     port: Port = 41145
     bind_host: str = "0.0.0.0"  # iroh's UDP socket; 127.0.0.1 keeps it on this machine
-    relay_mode: str = "default"
-    relay_urls: list[str] = []
+    # iroh's relay servers, which help peers find and reach each other through NATs (not
+    # Gate's own relay, the [relay] section). Formerly relay_mode and relay_urls, names
+    # that still load (_RENAMED).
+    iroh_relay_mode: str = "default"
+    iroh_relay_urls: list[str] = []
     discovery: bool = True
     trusted_peers: list[str] = []  # node ids; their format is checked where they are used
     heartbeat_interval: Seconds = 15.0
@@ -172,9 +183,11 @@ class P2PConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     peer_burst: Annotated[int, msgspec.Meta(ge=1)] = 20
 
     def __post_init__(self) -> None:
-        _one_of("relay_mode", self.relay_mode, RELAY_MODES)
-        if self.relay_mode == "custom" and not self.relay_urls:
-            raise _FieldError("relay_urls", "relay_mode = 'custom' needs at least one URL")
+        _one_of("iroh_relay_mode", self.iroh_relay_mode, IROH_RELAY_MODES)
+        if self.iroh_relay_mode == "custom" and not self.iroh_relay_urls:
+            raise _FieldError(
+                "iroh_relay_urls", "iroh_relay_mode = 'custom' needs at least one URL"
+            )
 
 
 class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -340,19 +353,32 @@ def load_config(
 def _resolve(data: dict[str, Any], env: Mapping[str, str], name: str) -> Config:
     """The file's table (named `name` in errors) decoded strictly on its own, then with the
     environment on top: the config as a node runs with it. `data` is left as it was."""
-    config = _decode(data, strict=True, source=lambda _: name)
-    data = copy.deepcopy(data)  # the overlay writes into nested tables
-    env_sources = _overlay_env(data, env)
+    data = copy.deepcopy(data)  # renaming and the overlay write into nested tables
+    spelled = _rename_file_keys(data, name)
+    config = _decode(data, strict=True, source=lambda _: name, spelled=spelled)
+    env_sources = _overlay_env(data, env, spelled)
     if env_sources:
-        config = _decode(data, strict=False, source=lambda key: _env_source(key, env_sources))
+        config = _decode(
+            data,
+            strict=False,
+            source=lambda key: _env_source(key, env_sources),
+            spelled=spelled,
+        )
     return config
+
+
+def _decode_file(data: dict[str, Any], name: str) -> Config:
+    """A file's table alone, without the environment; `data` is left as it was."""
+    data = copy.deepcopy(data)
+    spelled = _rename_file_keys(data, name)
+    return _decode(data, strict=True, source=lambda _: name, spelled=spelled)
 
 
 def validate_config_file(path: Path) -> Config:
     """Decode one file alone, without the environment (``gate config validate PATH``)."""
     data = _read_toml(path, missing_ok=False)
     assert data is not None  # missing_ok=False raises instead
-    return _decode(data, strict=True, source=lambda _: str(path))
+    return _decode_file(data, str(path))
 
 
 def validate_config_text(text: str, name: str) -> Config:
@@ -362,7 +388,7 @@ def validate_config_text(text: str, name: str) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{name}: invalid TOML: {exc}") from exc
-    return _decode(data, strict=True, source=lambda _: name)
+    return _decode_file(data, name)
 
 
 def _read_toml(path: Path, *, missing_ok: bool) -> dict[str, Any] | None:
@@ -382,16 +408,108 @@ def _read_toml(path: Path, *, missing_ok: bool) -> dict[str, Any] | None:
 
 
 _Key = tuple[str | int | None, ...]  # a key path; None stands for a dict key msgspec hides
+
+# Keys with a new name (old -> new). The old name still loads, in the file and in the
+# environment, and logs a warning saying the new one.
+_RENAMED: Final[Mapping[tuple[str, str], tuple[str, str]]] = {
+    # iroh's relay servers, not Gate's own relay ([relay]).
+    ("p2p", "relay_mode"): ("p2p", "iroh_relay_mode"),
+    ("p2p", "relay_urls"): ("p2p", "iroh_relay_urls"),
+}
+_RENAMED_FROM: Final = {new: old for old, new in _RENAMED.items()}
+_Spelled = dict[tuple[str, str], tuple[str, str]]  # new key -> the old name it was given by
+
+
+def _env_var(key: tuple[str, ...]) -> str:
+    return "GATE_" + "__".join(key).upper()
+
+
+def _rename_file_keys(data: dict[str, Any], name: str) -> _Spelled:
+    """Move every old key in a file's table (named `name`) to its new name, in place;
+    returns the keys the file gave by their old names."""
+    spelled: _Spelled = {}
+    for old, new in _RENAMED.items():
+        table = data.get(old[0])
+        if not isinstance(table, dict) or old[1] not in table:
+            continue
+        if new[1] in table:
+            raise ConfigError(
+                f"{name}: {_dotted(old)} and {_dotted(new)} are both set, and the first is "
+                f"the old name of the second: keep only {_dotted(new)}"
+            )
+        table[new[1]] = table.pop(old[1])
+        spelled[new] = old
+        log.warning(
+            f"{name}: {_dotted(old)} is deprecated; it still works, but the key is now "
+            f"{_dotted(new)}"
+        )
+    return spelled
+
+
+def _rename_env_keys(
+    named: list[tuple[str, tuple[str, ...]]], spelled: _Spelled
+) -> list[tuple[str, tuple[str, ...]]]:
+    """`named` (variable, key) with every old key given its new name; `spelled` is updated
+    with how the environment names each renamed key it sets."""
+    set_by_new_name = {key[:2]: var for var, key in named if key[:2] in _RENAMED.values()}
+    renamed = []
+    for var, key in named:
+        head = (key[0], key[1]) if len(key) >= 2 else None
+        new = _RENAMED.get(head) if head else None
+        if new is None:
+            if head:
+                spelled.pop(head, None)  # given by its new name: errors say that one
+            renamed.append((var, key))
+            continue
+        if new in set_by_new_name:
+            raise ConfigError(
+                f"{var} and {set_by_new_name[new]} are both set, and the first is the old "
+                f"name of the second: keep only {set_by_new_name[new]}"
+            )
+        log.warning(f"{var} is deprecated; it still works, but the name is now {_env_var(new)}")
+        spelled[new] = _RENAMED_FROM[new]
+        renamed.append((var, (*new, *key[2:])))
+    return renamed
+
+
+def _settle_renames(before: dict[str, Any], after: dict[str, Any]) -> None:
+    """After an edit of a file's table: a key the file gives by one name and the edit
+    sets by the other is kept once, under its new name, with the edit's value (so the web
+    UI, which shows new names, can edit a file that still uses old ones)."""
+    for old, new in _RENAMED.items():
+        table = after.get(old[0])
+        if not isinstance(table, dict) or old[1] not in table or new[1] not in table:
+            continue
+        was = before.get(old[0])
+        was = was if isinstance(was, dict) else {}
+        edited_old = old[1] not in was or was[old[1]] != table[old[1]]
+        edited_new = new[1] not in was or was[new[1]] != table[new[1]]
+        # Edited both or neither: the clash is the file's own, an error when it loads.
+        if edited_old and not edited_new:
+            table[new[1]] = table.pop(old[1])
+        elif edited_new and not edited_old:
+            del table[old[1]]
+
+
 _PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\.\.\.\]")
 _FIELD_NAMED = re.compile(r"Object (contains unknown|missing required) field `([^`]*)`")
 
 
-def _decode(data: dict[str, Any], *, strict: bool, source: typing.Callable[[_Key], str]) -> Config:
+def _decode(
+    data: dict[str, Any],
+    *,
+    strict: bool,
+    source: typing.Callable[[_Key], str],
+    spelled: _Spelled | None = None,
+) -> Config:
     try:
         return msgspec.convert(data, Config, strict=strict)
     except msgspec.ValidationError as exc:
         key, problem = _explain(exc)
-        raise ConfigError(f"{source(key)}: {_dotted(key)}: {problem}") from exc
+        shown = key
+        if spelled and len(key) >= 2 and (head := (str(key[0]), str(key[1]))) in spelled:
+            shown = (*spelled[head], *key[2:])  # by the name it was given
+        raise ConfigError(f"{source(key)}: {_dotted(shown)}: {problem}") from exc
 
 
 def _dotted(key: _Key) -> str:
@@ -448,8 +566,11 @@ def _takes_json(key: tuple[str, ...]) -> bool:
     return typing.get_origin(tp) in (list, dict) or _is_struct(tp)
 
 
-def _overlay_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
-    """Apply the environment to ``data`` in place; returns which variable set which key."""
+def _overlay_env(
+    data: dict[str, Any], env: Mapping[str, str], spelled: _Spelled
+) -> dict[tuple[str, ...], str]:
+    """Apply the environment to ``data`` in place; returns which variable set which key.
+    Old names are given their new ones (`spelled` says which)."""
     sources: dict[tuple[str, ...], str] = {}
     sections = _struct_keys(())
     shortcuts = [("GATE_LOG", ("server", "log_level")), ("DATABASE_URL", ("database", "url"))]
@@ -459,6 +580,7 @@ def _overlay_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str
         for var in sorted(env)
         if var.startswith("GATE_") and "__" in var
     ]
+    named = _rename_env_keys(named, spelled)
     for var, key in [(v, k) for v, k in shortcuts if env.get(v)] + named:
         if "" in key:
             raise ConfigError(f"{var}: malformed name; expected GATE_<SECTION>__<KEY>")
@@ -585,7 +707,9 @@ def edit_config_file(
     env = os.environ if env is None else env
     with _EDIT_LOCK:
         data = _read_toml(path, missing_ok=True) or {}
+        before = copy.deepcopy(data)
         edit(data)
+        _settle_renames(before, data)
         config = _resolve(data, env, str(path))
         if check is not None:
             check(config)

@@ -1,8 +1,10 @@
 """Writes spec/schema/*.json and spec/vectors/*.json from the reference implementation.
 
-Run `make spec` after changing a message. The test suite fails when the committed
-schema differs from the structs, and replays every vector, so a change that alters
-the wire shows up as a diff to these files that a reviewer has to accept.
+Run `make spec` (``python -m spec.generate`` from the repository root) after changing a
+message. The test suite fails when the committed schema differs from the structs, and
+replays every vector, so a change that alters the wire shows up as a diff to these
+files that a reviewer has to accept. The messages in the vectors are spec/examples.py's,
+which the protocol tests use too.
 """
 
 from __future__ import annotations
@@ -13,18 +15,13 @@ import sys
 
 import msgspec
 
-SPEC = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(SPEC.parent))
-sys.path.insert(0, str(SPEC.parent / "tests"))
+import gate
 
-from protocol.examples import (  # noqa: E402
-    HTTP_FRAMES,
-    NODE_PAYLOADS,
-    RELAY_PAYLOADS,
-    REPLIES,
-    node_message,
-    relay_message,
-)
+SPEC = pathlib.Path(__file__).resolve().parent
+# Run as a script, `spec` is not importable and the gate imported is whichever is
+# installed, perhaps another checkout's: the vectors must come from the code beside them.
+if not __package__ or pathlib.Path(gate.__file__).resolve().parent.parent != SPEC.parent:
+    sys.exit(f"run `python -m spec.generate` in {SPEC.parent} (or `make spec`)")
 
 from gate.protocol import (  # noqa: E402
     HTTP_PROXY,
@@ -39,6 +36,14 @@ from gate.protocol import (  # noqa: E402
     encode_preamble,
 )
 from gate.protocol.schema import render_schemas  # noqa: E402
+from spec.examples import (  # noqa: E402
+    HTTP_FRAMES,
+    NODE_PAYLOADS,
+    RELAY_PAYLOADS,
+    REPLIES,
+    node_message,
+    relay_message,
+)
 
 _encode = msgspec.msgpack.Encoder().encode
 

@@ -15,11 +15,11 @@ def gate_env(tmp_path, monkeypatch):
     env = {
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
         "XDG_DATA_HOME": str(tmp_path / "data"),
-        # Tests run many nodes at once, on loopback only: no fixed port, no relays,
+        # Tests run many nodes at once, on loopback only: no fixed port, no iroh relays,
         # no discovery (TESTING.md's network rule).
         "GATE_P2P__PORT": "0",
         "GATE_P2P__BIND_HOST": "127.0.0.1",
-        "GATE_P2P__RELAY_MODE": "disabled",
+        "GATE_P2P__IROH_RELAY_MODE": "disabled",
         "GATE_P2P__DISCOVERY": "false",
         # Nor does any look for engines where this machine's own may listen (Ollama,
         # llama.cpp, ... on their default ports): a test that looks for engines points

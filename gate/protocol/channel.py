@@ -183,14 +183,17 @@ RELAY_CONTROL: Final[ChannelSpec[RelayMessage]] = ChannelSpec(
 # --- HttpProxy (spec §7.2) --------------------------------------------------
 
 
-class Half(enum.Enum):
+class HttpProxyHalfState(enum.Enum):
+    """How far one half of an HttpProxy exchange (the request, sent by the initiator, or
+    the response, sent by the responder) has got (spec §7.2)."""
+
     HEAD = "head"  # nothing sent yet on this side
     BODY = "body"  # head sent, body chunks may follow
     DONE = "done"  # End sent
     FAILED = "failed"  # StreamError sent or received
 
 
-_H = Half
+_H = HttpProxyHalfState
 # Each half-table: (half state, event) -> half state, for the side that sends.
 _REQUEST_HALF: Final = {
     (_H.HEAD, "request_head"): _H.BODY,
@@ -206,7 +209,7 @@ _RESPONSE_HALF: Final = {
 
 def _build_http_table() -> Table:
     table: dict[tuple[State, Role, str], State] = {}
-    halves = list(Half)
+    halves = list(HttpProxyHalfState)
     for req, resp in itertools.product(halves, halves):
         if _H.FAILED in (req, resp):
             continue  # an error ends both directions: nothing follows it
@@ -232,8 +235,8 @@ HTTP_PROXY: Final[ChannelSpec[HttpFrame]] = ChannelSpec(
     table=_build_http_table(),
     classify=_tag,
     may_finish=frozenset(
-        {((_H.DONE, resp), I) for resp in Half}
-        | {((req, _H.DONE), R) for req in Half}
+        {((_H.DONE, resp), I) for resp in HttpProxyHalfState}
+        | {((req, _H.DONE), R) for req in HttpProxyHalfState}
         | {((_H.FAILED, _H.FAILED), role) for role in Role}
     ),
     terminal=frozenset({(_H.DONE, _H.DONE), (_H.FAILED, _H.FAILED)}),

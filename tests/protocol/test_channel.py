@@ -23,8 +23,13 @@ from gate.protocol import (
     encode_frame,
     negotiate_version,
 )
-
-from .examples import HTTP_FRAMES, NODE_PAYLOADS, RELAY_PAYLOADS, node_message, relay_message
+from spec.examples import (
+    HTTP_FRAMES,
+    NODE_PAYLOADS,
+    RELAY_PAYLOADS,
+    node_message,
+    relay_message,
+)
 
 SPECS = {
     "node_control": (NODE_CONTROL, {k: node_message(v) for k, v in NODE_PAYLOADS.items()}),

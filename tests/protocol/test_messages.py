@@ -19,8 +19,7 @@ from gate.protocol import (
     messages,
     proxy,
 )
-
-from .examples import (
+from spec.examples import (
     CAPS,
     HTTP_FRAMES,
     NODE_A,

@@ -71,8 +71,8 @@ def full_config() -> Config:
         ),
         p2p=P2PConfig(
             port=0,
-            relay_mode="custom",
-            relay_urls=["https://relay.example"],
+            iroh_relay_mode="custom",
+            iroh_relay_urls=["https://relay.example"],
             discovery=False,
             trusted_peers=["peer-a", "peer-b"],
             heartbeat_interval=3.0,
@@ -260,8 +260,12 @@ FILE_ERRORS = [
     ("server = 5\n", "server", "Expected object, got int"),
     ("[server]\nlog_level = 'loud'\n", "server.log_level", "one of debug, info, warning, error"),
     ("[server]\ndrain_timeout = 0\n", "server.drain_timeout", "Expected float > 0"),
-    ("[p2p]\nrelay_mode = 'on'\n", "p2p.relay_mode", "one of default, disabled, custom; got 'on'"),
-    ("[p2p]\nrelay_mode = 'custom'\n", "p2p.relay_urls", "needs at least one URL"),
+    (
+        "[p2p]\niroh_relay_mode = 'on'\n",
+        "p2p.iroh_relay_mode",
+        "one of default, disabled, custom; got 'on'",
+    ),
+    ("[p2p]\niroh_relay_mode = 'custom'\n", "p2p.iroh_relay_urls", "needs at least one URL"),
     (ENGINE.replace("ollama", "gpt"), "providers.engines[0].kind", "must be one of ollama,"),
     (ENGINE + ENGINE, "providers.engines", "duplicate engine name 'a'"),
     (ENGINE + "max_concurrency = -1\n", "providers.engines[0].max_concurrency", ">= 0"),
@@ -362,8 +366,8 @@ ENV_ERRORS = [
         "GATE_PROVIDERS__ALIASES: providers.aliases: Expected object, got array",
     ),
     (
-        {"GATE_P2P__PORT": "1", "GATE_P2P__RELAY_MODE": "bad"},
-        "GATE_P2P__RELAY_MODE: p2p.relay_mode: must be one of",
+        {"GATE_P2P__PORT": "1", "GATE_P2P__IROH_RELAY_MODE": "bad"},
+        "GATE_P2P__IROH_RELAY_MODE: p2p.iroh_relay_mode: must be one of",
     ),
 ]
 
@@ -579,3 +583,146 @@ def test_edits_from_many_threads_are_all_kept(tmp_path):
         thread.join()
     aliases = load_config(path, env={})[0].providers.aliases
     assert sorted(aliases) == sorted(f"m{n}" for n in range(20))
+
+
+# --- renamed keys: p2p.relay_mode/relay_urls are now p2p.iroh_relay_mode/iroh_relay_urls
+
+
+OLD_RELAY_KEYS = "[p2p]\nrelay_mode = 'custom'\nrelay_urls = ['https://relay.example']\n"
+NEW_RELAY_KEYS = "[p2p]\niroh_relay_mode = 'custom'\niroh_relay_urls = ['https://relay.example']\n"
+
+
+def deprecations(caplog):
+    return [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+
+
+def test_old_relay_keys_in_a_file_still_load_with_a_deprecation_line(tmp_path, caplog):
+    old = write(tmp_path / "old.toml", OLD_RELAY_KEYS)
+    new = write(tmp_path / "new.toml", NEW_RELAY_KEYS)
+    config = load_config(old, env={})[0]
+    assert config == load_config(new, env={})[0]
+    assert (config.p2p.iroh_relay_mode, config.p2p.iroh_relay_urls) == (
+        "custom",
+        ["https://relay.example"],
+    )
+    assert validate_config_file(old) == config
+    assert validate_config_text(OLD_RELAY_KEYS, "gate.toml") == config
+    # Shown by the new names only (gate config show, get_config).
+    shown = config_to_dict(config)["p2p"]
+    assert "iroh_relay_mode" in shown and "relay_mode" not in shown
+    lines = deprecations(caplog)
+    assert any(
+        str(old) in line and "p2p.relay_mode" in line and "p2p.iroh_relay_mode" in line
+        for line in lines
+    ), lines
+    assert all(
+        r.levelname == "WARNING" and r.name == "gate.config"
+        for r in caplog.records
+        if "deprecated" in r.getMessage()
+    )
+
+
+def test_old_relay_env_name_still_works_with_a_deprecation_line(caplog):
+    config = load_config(env={"GATE_P2P__RELAY_MODE": "disabled"})[0]
+    assert config.p2p.iroh_relay_mode == "disabled"
+    urls = load_config(env={"GATE_P2P__RELAY_URLS": '["https://r.example"]'})[0]
+    assert urls.p2p.iroh_relay_urls == ["https://r.example"]
+    lines = deprecations(caplog)
+    assert any(
+        "GATE_P2P__RELAY_MODE" in line and "GATE_P2P__IROH_RELAY_MODE" in line for line in lines
+    ), lines
+
+
+def test_new_relay_names_log_no_deprecation(tmp_path, caplog):
+    path = write(tmp_path / "gate.toml", NEW_RELAY_KEYS)
+    load_config(path, env={"GATE_P2P__IROH_RELAY_MODE": "disabled"})
+    assert not deprecations(caplog)
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        (
+            "[p2p]\nrelay_mode = 'disabled'\niroh_relay_mode = 'default'\n",
+            {},
+            "p2p.relay_mode and p2p.iroh_relay_mode are both set",
+        ),
+        (
+            "[p2p]\nrelay_urls = ['https://a.example']\niroh_relay_urls = []\n",
+            {},
+            "p2p.relay_urls and p2p.iroh_relay_urls are both set",
+        ),
+        (
+            "",
+            {"GATE_P2P__RELAY_MODE": "disabled", "GATE_P2P__IROH_RELAY_MODE": "default"},
+            "GATE_P2P__RELAY_MODE and GATE_P2P__IROH_RELAY_MODE are both set",
+        ),
+    ],
+)
+def test_old_and_new_relay_names_together_are_an_error_naming_both(tmp_path, text, env, expected):
+    path = write(tmp_path / "gate.toml", text)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(path, env=env)
+    if text:
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            validate_config_file(path)
+
+
+def test_environment_overrides_the_file_whichever_name_each_uses(tmp_path):
+    old_file = write(tmp_path / "old.toml", "[p2p]\nrelay_mode = 'default'\n")
+    new_file = write(tmp_path / "new.toml", "[p2p]\niroh_relay_mode = 'default'\n")
+    for path in (old_file, new_file):
+        for var in ("GATE_P2P__RELAY_MODE", "GATE_P2P__IROH_RELAY_MODE"):
+            config = load_config(path, env={var: "disabled"})[0]
+            assert config.p2p.iroh_relay_mode == "disabled", (path, var)
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        ("[p2p]\nrelay_mode = 'on'\n", {}, "p2p.relay_mode: must be one of"),
+        ("[p2p]\nrelay_mode = 'custom'\nrelay_urls = []\n", {}, "p2p.relay_urls: iroh_relay_"),
+        (
+            "",
+            {"GATE_P2P__PORT": "1", "GATE_P2P__RELAY_MODE": "bad"},
+            "GATE_P2P__RELAY_MODE: p2p.relay_mode: must be one of",
+        ),
+        (  # the file's old name, overridden by the new one: the error is the variable's
+            "[p2p]\nrelay_mode = 'default'\n",
+            {"GATE_P2P__IROH_RELAY_MODE": "bad"},
+            "GATE_P2P__IROH_RELAY_MODE: p2p.iroh_relay_mode: must be one of",
+        ),
+    ],
+)
+def test_errors_name_a_renamed_key_as_it_was_given(tmp_path, text, env, expected):
+    path = write(tmp_path / "gate.toml", text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env)
+    assert expected in str(info.value), str(info.value)
+
+
+def test_strict_decoding_still_rejects_unknown_p2p_keys(tmp_path):
+    path = write(tmp_path / "gate.toml", "[p2p]\nrelay = 'disabled'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    message = str(info.value)
+    assert "p2p.relay: unknown key" in message
+    assert "iroh_relay_mode" in message and " relay_mode" not in message
+
+
+def test_an_edit_by_the_new_name_replaces_the_old_name_in_the_file(tmp_path):
+    """The web UI shows the new names: its edit of a file that uses the old ones must not
+    leave both (an error) but the edited value, once, under the new name."""
+    path = write(tmp_path / "gate.toml", "[p2p]\nport = 7\nrelay_mode = 'default'\n")
+    config = edit_config_file(path, lambda d: d["p2p"].update(iroh_relay_mode="disabled"), env={})
+    assert config.p2p.iroh_relay_mode == "disabled"
+    assert path.read_text() == '[p2p]\nport = 7\niroh_relay_mode = "disabled"\n'
+    # An edit by the old name of a file that uses the new one: the edit's value wins too.
+    config = edit_config_file(path, lambda d: d["p2p"].update(relay_mode="default"), env={})
+    assert config.p2p.iroh_relay_mode == "default"
+    assert path.read_text() == '[p2p]\nport = 7\niroh_relay_mode = "default"\n'
+    # An edit elsewhere leaves the old name as the file gives it.
+    write(path, "[p2p]\nrelay_mode = 'disabled'\n")
+    edit_config_file(path, lambda d: d["p2p"].update(port=8), env={})
+    assert load_config(path, env={})[0].p2p.iroh_relay_mode == "disabled"
+    assert 'relay_mode = "disabled"' in path.read_text()

@@ -44,7 +44,8 @@ def file_text(data_dir: Path) -> str:
     return (
         f"[server]\ndata_dir = '{data_dir}'\nmax_body_bytes = 1000\nclient_burst = 7\n"
         "[providers]\nprobe_local = false\n"
-        "[p2p]\nport = 0\nbind_host = '127.0.0.1'\nrelay_mode = 'disabled'\ndiscovery = false\n"
+        "[p2p]\nport = 0\nbind_host = '127.0.0.1'\niroh_relay_mode = 'disabled'\n"
+        "discovery = false\n"
     )
 
 

@@ -130,7 +130,7 @@ async def test_ticket_round_trip_and_dial_by_ticket(endpoints):
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: b.serve(lambda conn: conn.wait_closed()))
-            conn = await a.connect(peer.node_id, peer.addresses, relay_url=peer.relay_url)
+            conn = await a.connect(peer.node_id, peer.addresses, iroh_relay_url=peer.iroh_relay_url)
             assert conn.remote_id == b.node_id
             conn.close()
             nursery.cancel_scope.cancel()
@@ -150,9 +150,9 @@ async def test_bind_rejects_bad_arguments():
     with pytest.raises(ValueError, match="port"):
         await bind_endpoint(key, host="127.0.0.1", port=70000)
     with pytest.raises(ValueError, match="relay"):
-        await bind_endpoint(key, host="127.0.0.1", relay="sometimes")  # type: ignore[arg-type]
+        await bind_endpoint(key, host="127.0.0.1", iroh_relay="sometimes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="relay URL"):
-        await bind_endpoint(key, host="127.0.0.1", relay=["not a url"])
+        await bind_endpoint(key, host="127.0.0.1", iroh_relay=["not a url"])
 
 
 async def test_bind_to_a_port_in_use_is_a_bind_error():

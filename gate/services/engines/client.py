@@ -1,9 +1,9 @@
 """The HTTP/1.1 client Gate uses to reach engines: trio streams, h11, a keep-alive pool.
 
-Why not httpx/httpcore: measured on this project's 2-core machine behind hypercorn,
-httpcore's pool served 363 req/s at 32 connections and added ~0.9 ms per sequential
-request; this client, on the same h11 parser, served ~1,600 req/s and added ~0.3 ms.
-Every proxied request pays this cost, so it is kept small and specialised:
+Why not httpx/httpcore: every proxied request pays its client's cost, and httpcore's
+general-purpose pool, on the same h11 parser, served a fraction of the requests per
+second this client serves and added several times its time to each request (the
+README's Benchmarks has the figures). So it is kept small and specialised:
 
 - one `OriginPool` per scheme://host:port, idle connections reused LIFO (the most
   recently used one is the least likely to have been closed by the server);

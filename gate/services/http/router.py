@@ -1,10 +1,10 @@
 """A minimal ASGI router for the API's hot path.
 
 Why not a framework here: every request to Gate's API passes through this code, and
-the measured budget is tight (on this project's 2-core machine a bare ASGI app on
-hypercorn's trio worker served ~2,100 req/s, quart-trio ~1,300 for a one-line JSON
-route; importing quart-trio alone takes most of a second of the one-second start-up
-target). Routes are an exact-match dict, so dispatch is one lookup. The control plane
+its latency budget is tight. On the same server, a framework's layers cost a large
+share of the requests per second that a bare ASGI app serves, and importing quart-trio
+alone uses up most of the start-up target (the README's Benchmarks has the figures).
+Routes are an exact-match dict, so dispatch is one lookup. The control plane
 and the web UI are served by the same router: a handful of routes each, which a
 framework would not make shorter.
 

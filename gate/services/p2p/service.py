@@ -255,10 +255,11 @@ class P2PService:
     async def run(
         self, ctx: ServiceContext, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        relay = (
+        mode = self.config.iroh_relay_mode
+        iroh_relay = (
             "disabled"
-            if self.config.relay_mode == "disabled"
-            else (self.config.relay_urls if self.config.relay_mode == "custom" else "default")
+            if mode == "disabled"
+            else (self.config.iroh_relay_urls if mode == "custom" else "default")
         )
         endpoint = None
         delay = _BACKOFF_INITIAL
@@ -268,7 +269,7 @@ class P2PService:
                     self._secret_key,
                     port=self.config.port,
                     host=self.config.bind_host,
-                    relay=relay,
+                    iroh_relay=iroh_relay,
                     discovery=self.config.discovery,
                 )
             except TransportError as exc:

@@ -3,14 +3,14 @@
 Every byte Gate sends or receives over iroh crosses ``iroh.iroh_ffi`` as a uniffi
 ``RustBuffer``: a 4-byte big-endian length, then the bytes. The generated helpers that
 build and read those buffers are written for generality, not speed, and a peer hop
-makes several such calls per request on each node. Measured on one 300-byte
-``write_all`` (44 µs in all):
+makes several such calls per request on each node. On a small ``write_all`` they were
+a large share of the call's CPU time (the README's Benchmarks has the figures):
 
-* lowering the bytes took 16 µs: a context manager, a 16-byte allocation, a
-  ``reserve`` call into Rust, the length written one byte at a time and the payload
-  copied one byte at a time (:func:`memmove_write` alone fixed that last part, which
-  capped a stream at ~5 MB/s);
-* each call's status struct took ~1 µs to build, field by field.
+* lowering the bytes took a context manager, a 16-byte allocation, a ``reserve`` call
+  into Rust, the length written one byte at a time and the payload copied one byte at
+  a time (:func:`memmove_write` alone fixed that last part: a Python loop per byte
+  capped how fast one stream could carry data);
+* each call's status struct was built field by field.
 
 The stand-ins do the same work with one allocation call and ``memmove``/``string_at``;
 the buffers Rust sees, and the values Python gets back, are byte for byte the same

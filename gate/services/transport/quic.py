@@ -94,7 +94,8 @@ _MAX_CODE = 2**62 - 1
 # How long the shielded cleanup of aclose/reset may wait for iroh.
 _CLEANUP_TIMEOUT = 5.0
 
-RelaySetting = Literal["disabled", "default"] | Sequence[str]
+# Which iroh relay servers the endpoint uses (iroh's, for NAT traversal; not Gate's relay).
+IrohRelaySetting = Literal["disabled", "default"] | Sequence[str]
 
 
 # ---------------------------------------------------------------------------------------
@@ -232,8 +233,9 @@ def _check_code(code: int) -> int:
 # ---------------------------------------------------------------------------------------
 
 
-class _Half:
-    """Bookkeeping for one direction of a stream: busy, closed, in-flight cancel scope."""
+class _DirectionState:
+    """Our use of one direction (sending or receiving) of a QuicStream: busy, closed,
+    sticky error, in-flight cancel scope."""
 
     __slots__ = ("busy", "closed", "error", "scope")
 
@@ -251,8 +253,8 @@ class QuicStream(trio.abc.HalfCloseableStream):
         self._send_stream = bi.send()
         self._recv_stream = bi.recv()
         self.connection = connection
-        self._send = _Half()
-        self._recv = _Half()
+        self._send = _DirectionState()
+        self._recv = _DirectionState()
         self._finished = False  # we sent FIN (send_eof or graceful aclose)
         self._eof = False  # the peer's FIN was read
 
@@ -344,7 +346,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
 
     # -- internals ------------------------------------------------------------------
 
-    def _enter(self, half: _Half, what: str) -> _Half:
+    def _enter(self, half: _DirectionState, what: str) -> _DirectionState:
         if half.busy:
             raise trio.BusyResourceError(f"another task is already in {what} on this half")
         half.busy = True
@@ -358,7 +360,9 @@ class QuicStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint()
             raise self._send.error
 
-    async def _run(self, half: _Half, call: Callable[[], Awaitable[Any]], doing: str) -> Any:
+    async def _run(
+        self, half: _DirectionState, call: Callable[[], Awaitable[Any]], doing: str
+    ) -> Any:
         """One iroh call on one half, interruptible by our own close, errors sticky."""
         scope = trio.CancelScope()
         half.scope = scope
@@ -536,11 +540,11 @@ class IncomingConnection:
 
 @dataclass(frozen=True, slots=True)
 class PeerAddr:
-    """How to reach a node: its id, direct "ip:port" addresses, its home relay."""
+    """How to reach a node: its id, direct "ip:port" addresses, its home iroh relay."""
 
     node_id: NodeId
     addresses: tuple[str, ...] = ()
-    relay_url: str | None = None
+    iroh_relay_url: str | None = None
 
 
 def parse_ticket(ticket: str) -> PeerAddr:
@@ -618,17 +622,20 @@ def _bind_plan(host: str, port: int) -> tuple[list[str], str | None]:
     return [primary, companion], companion
 
 
-def _relay_mode(relay: RelaySetting) -> Any:
-    if relay == "disabled":
+def _iroh_relay_mode(iroh_relay: IrohRelaySetting) -> Any:
+    if iroh_relay == "disabled":
         return iroh.RelayMode.disabled()
-    if relay == "default":
+    if iroh_relay == "default":
         return iroh.RelayMode.default_mode()
-    if isinstance(relay, str):
-        raise ValueError(f"relay must be 'disabled', 'default' or a list of URLs, not {relay!r}")
+    if isinstance(iroh_relay, str):
+        raise ValueError(
+            f"iroh_relay must be 'disabled', 'default' or a list of URLs, not {iroh_relay!r}"
+        )
     try:
-        return iroh.RelayMode.custom_from_urls(list(relay))
+        return iroh.RelayMode.custom_from_urls(list(iroh_relay))
     except _IROH_ERRORS as exc:
-        raise ValueError(f"invalid relay URL in {list(relay)!r}: {_clean(str(exc))}") from None
+        urls = list(iroh_relay)
+        raise ValueError(f"invalid iroh relay URL in {urls!r}: {_clean(str(exc))}") from None
 
 
 async def bind_endpoint(
@@ -636,13 +643,13 @@ async def bind_endpoint(
     *,
     port: int = 0,
     host: str = "0.0.0.0",
-    relay: RelaySetting = "disabled",
+    iroh_relay: IrohRelaySetting = "disabled",
     discovery: bool = False,
     alpns: Iterable[bytes] = (ALPN,),
 ) -> Endpoint:
     """Bind Gate's iroh endpoint with the node's 32-byte Ed25519 secret key.
 
-    ``relay``: "disabled", "default" (n0's public relays) or a list of relay URLs.
+    ``iroh_relay``: "disabled", "default" (n0's public relays) or a list of relay URLs.
     ``discovery``: publish and look up addresses through n0's DNS/pkarr services.
     Must run inside trio (installs the iroh bridge). Raises BindError.
     """
@@ -650,7 +657,7 @@ async def bind_endpoint(
     if len(secret_key) != 32:
         raise ValueError(f"a node secret key is 32 bytes, got {len(secret_key)}")
     addrs, companion = _bind_plan(host, port)
-    relay_mode = _relay_mode(relay)
+    relay_mode = _iroh_relay_mode(iroh_relay)
     alpn_list = list(alpns)
     while True:
         preset = _BindPreset(discovery, addrs)
@@ -699,27 +706,27 @@ class Endpoint:
         return list(self._raw.addr().direct_addresses())
 
     def peer_addr(self) -> PeerAddr:
-        """How peers can reach this endpoint: id, direct addresses, home relay."""
+        """How peers can reach this endpoint: id, direct addresses, home iroh relay."""
         return _peer_addr(self._raw.addr())
 
     def ticket(self) -> str:
-        """An iroh endpoint ticket (id + addresses + relay) for ``gate peers add``."""
+        """An iroh endpoint ticket (id + addresses + iroh relay) for ``gate peers add``."""
         return str(iroh.EndpointTicket.from_addr(self._raw.addr()))
 
     async def wait_online(self) -> None:
-        """Wait until the endpoint has a home relay (never returns if relays are off)."""
+        """Wait until the endpoint has a home iroh relay (never returns if they are off)."""
         self._check_open()
-        await _call(self._raw.online, "wait for a home relay")
+        await _call(self._raw.online, "wait for a home iroh relay")
 
     async def connect(
         self,
         node_id: NodeId,
         addrs: Iterable[str] = (),
         *,
-        relay_url: str | None = None,
+        iroh_relay_url: str | None = None,
         alpn: bytes | None = None,
     ) -> Connection:
-        """Dial ``node_id`` at ``addrs`` ("ip:port") and/or ``relay_url``.
+        """Dial ``node_id`` at ``addrs`` ("ip:port") and/or ``iroh_relay_url``.
 
         The handshake proves the peer holds ``node_id``'s key, or fails with
         ConnectError. No timeout of its own: an address that never answers waits
@@ -728,7 +735,8 @@ class Endpoint:
         self._check_open()
         direct = [_check_socket_addr(addr) for addr in addrs]
         try:
-            target = iroh.EndpointAddr(iroh.EndpointId.from_bytes(node_id.bytes), relay_url, direct)
+            endpoint_id = iroh.EndpointId.from_bytes(node_id.bytes)
+            target = iroh.EndpointAddr(endpoint_id, iroh_relay_url, direct)
         except _IROH_ERRORS as exc:
             raise ValueError(f"invalid peer address: {_clean(str(exc))}") from None
         conn = await _call(

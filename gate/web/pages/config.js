@@ -10,7 +10,7 @@ import { call, INVALID_PARAMS } from "../lib/rpc.js";
 const MASK = "***"; // get_config's stand-in for a secret that is set
 const CHOICES = {
   "server.log_level": ["debug", "info", "warning", "error"],
-  "p2p.relay_mode": ["default", "disabled", "custom"],
+  "p2p.iroh_relay_mode": ["default", "disabled", "custom"],
 };
 const SECRETS = new Set(["security.control_token"]);
 const PLACEHOLDERS = {
@@ -20,9 +20,9 @@ const PLACEHOLDERS = {
 };
 const ABOUT = {
   server: "The HTTP API: where it listens, its limits and timeouts.",
-  p2p: "Peer-to-peer: the QUIC endpoint, relays and what trusted peers may ask.",
+  p2p: "Peer-to-peer: the QUIC endpoint, iroh's relays and what trusted peers may ask.",
   providers: "Engines are added and tested on the Providers and Setup pages.",
-  relay: "Relay server settings.",
+  relay: "Gate's relay server settings (not iroh's relays, which are under p2p).",
   security: "API keys and the control token.",
   web: "This web UI.",
   database: "Where requests are recorded.",

@@ -1,4 +1,12 @@
-"""One or more example instances of every wire type, shared by the protocol tests."""
+"""One or more example instances of every wire type.
+
+spec/generate.py writes the test vectors in spec/vectors from these, and the protocol
+tests (tests/protocol) check every type against them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
 
 import msgspec
 
@@ -21,24 +29,41 @@ from gate.protocol import (
     Failed,
     Handshake,
     HandshakeResponse,
+    HttpFrame,
     ModelInfo,
     NodeError,
     NodeMessage,
+    NodePayload,
     PeerInfo,
     Ping,
     Pong,
     RelayError,
     RelayMessage,
+    RelayPayload,
     RequestHead,
     ResponseHead,
     StreamError,
     TlsProxyHeader,
 )
 
-NODE_A = "rabdagg7roz4mcxbih6ebefvnbhpykojhb2yqe6wami4df3x6zqa"
-NODE_B = "ejvf3sxll5o7upgf7gmn73vrd67bo5tflf2hz7tv7yv366yscrlq"
+__all__ = [
+    "CAPS",
+    "CAPS_B",
+    "HTTP_FRAMES",
+    "NODE_A",
+    "NODE_B",
+    "NODE_PAYLOADS",
+    "OTHER_VALUES",
+    "RELAY_PAYLOADS",
+    "REPLIES",
+    "node_message",
+    "relay_message",
+]
 
-CAPS = Capabilities(
+NODE_A: Final = "rabdagg7roz4mcxbih6ebefvnbhpykojhb2yqe6wami4df3x6zqa"
+NODE_B: Final = "ejvf3sxll5o7upgf7gmn73vrd67bo5tflf2hz7tv7yv366yscrlq"
+
+CAPS: Final = Capabilities(
     node_id=NODE_A,
     supported_models=[
         ModelInfo(id="llama3.2:1b", provider="ollama", context_length=8192),
@@ -49,9 +74,9 @@ CAPS = Capabilities(
     load_factor=0.25,
 )
 
-CAPS_B = msgspec.structs.replace(CAPS, node_id=NODE_B, load_factor=0.5)
+CAPS_B: Final = msgspec.structs.replace(CAPS, node_id=NODE_B, load_factor=0.5)
 
-NODE_PAYLOADS = {
+NODE_PAYLOADS: Final[dict[str, NodePayload]] = {
     "handshake": Handshake(node_id=NODE_A, versions=[1], agent="gate/0.1.0", capabilities=CAPS),
     "handshake_accepted": HandshakeResponse(
         node_id=NODE_B, accepted=True, version=1, capabilities=CAPS_B
@@ -66,7 +91,7 @@ NODE_PAYLOADS = {
     "error": NodeError(code=ErrorCode.UNAUTHORIZED, message="not trusted"),
 }
 
-RELAY_PAYLOADS = {
+RELAY_PAYLOADS: Final[dict[str, RelayPayload]] = {
     "domain_request": DomainRequest(node_id=NODE_A),
     "domain_response": DomainResponse(domain=f"{NODE_A}.relay.example"),
     "dns_challenge": DnsChallenge(
@@ -78,7 +103,7 @@ RELAY_PAYLOADS = {
     "error": RelayError(code=ErrorCode.UNAUTHORIZED, message="not your name"),
 }
 
-HTTP_FRAMES = {
+HTTP_FRAMES: Final[dict[str, HttpFrame]] = {
     "request_head": RequestHead(
         method="POST",
         target="/v1/chat/completions",
@@ -92,7 +117,7 @@ HTTP_FRAMES = {
 
 
 # Answers name the message they answer.
-REPLIES = {
+REPLIES: Final = {
     "handshake_accepted",
     "handshake_refused",
     "capability_response",
@@ -103,19 +128,19 @@ REPLIES = {
 }
 
 
-def node_message(payload, id=1, reply_to=None):
+def node_message(payload: NodePayload, id: int = 1, reply_to: int | None = None) -> NodeMessage:
     return NodeMessage(
         version=1, id=id, timestamp=1_764_000_000_000, payload=payload, reply_to=reply_to
     )
 
 
-def relay_message(payload, id=1, reply_to=None):
+def relay_message(payload: RelayPayload, id: int = 1, reply_to: int | None = None) -> RelayMessage:
     return RelayMessage(
         version=1, id=id, timestamp=1_764_000_000_000, payload=payload, reply_to=reply_to
     )
 
 
-OTHER_VALUES = [
+OTHER_VALUES: Final[list[object]] = [
     CAPS,
     PeerInfo(node_id=NODE_B),
     PeerInfo(
