@@ -27,6 +27,7 @@ the hot path (UsageRecorder queues; Metrics counts in memory).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import aclosing
@@ -50,23 +51,33 @@ from gate.services.engines.client import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamResponse,
-    UpstreamTimeout,
 )
 from gate.services.engines.registry import Dialect, Provider, ProviderRegistry
 from gate.services.engines.tokens import count_prompt_tokens, prompt_text
 from gate.services.gateway.exchange import (
+    ANSWERABLE,
     ENDPOINTS,
     ApiError,
     Bridge,
     Endpoint,
     Exchange,
+    api_error,
     decode_request,
     nested_too_deep,
 )
-from gate.services.gateway.limits import ClientRateLimiter, InFlightLimiter
+from gate.services.gateway.limits import ClientRateLimiter, InFlightLimiter, LimitExceeded
 from gate.services.gateway.metrics import UNKNOWN, Metrics
 from gate.services.gateway.translated import response_bridge, translate_request
-from gate.services.http.router import BodyError, Receive, Router, Scope, Send, read_body, send_json
+from gate.services.http.router import (
+    BodyError,
+    Receive,
+    Router,
+    Scope,
+    Send,
+    cancel_on_disconnect,
+    read_body,
+    send_json,
+)
 from gate.services.p2p.http_over_stream import request_over_stream
 from gate.services.p2p.service import P2PService, PeerState
 from gate.services.store.apikeys import ApiKeys, extract_key
@@ -176,7 +187,7 @@ class Gateway:
                 self._enter_peer(exchange.client)
                 peer_slot = exchange.client
             else:
-                self._check_rate(exchange.client)
+                _check_rate(self.rate, exchange.client)
             body = await self._read_body(scope, receive)
             fields = self._parse(body)
             exchange.model, exchange.stream = fields.model, fields.stream
@@ -195,8 +206,8 @@ class Gateway:
                     },
                 )
             if not self.in_flight.try_enter():
-                raise ApiError(
-                    429, "Gate is at its limit of concurrent requests; retry shortly", retry_after=1
+                raise LimitExceeded(
+                    "global", 1, "Gate is at its limit of concurrent requests; retry shortly"
                 )
             try:
                 await self._forward(endpoint, scope, receive, body, exchange, responded)
@@ -205,10 +216,11 @@ class Gateway:
                 raise
             finally:
                 self.in_flight.leave()
-        except ApiError as exc:
+        except ANSWERABLE as failure:
+            exc = api_error(failure)
             exchange.status, exchange.error = exc.status, exc.message
             if not responded.started:
-                await send_json(send, exc.status, exc.body(endpoint.dialect), exc.headers())
+                await exc.answer(send, endpoint.dialect)
         except _AbortResponse:
             # Returning without the body's last part makes the server drop the connection:
             # the deliberate end of a response that cannot end well, not an error of ours.
@@ -220,15 +232,13 @@ class Gateway:
 
     def _enter_peer(self, client: str) -> None:
         """A trusted peer's share of this node: its own rate bucket and in-flight cap."""
-        wait = self.peer_rate.check(client, time.monotonic())
-        if wait > 0:
-            raise ApiError(429, f"rate limit for {client} exceeded", retry_after=wait)
+        _check_rate(self.peer_rate, client)
         count = self.peer_in_flight.get(client, 0)
         if self.peer_max_in_flight and count >= self.peer_max_in_flight:
-            raise ApiError(
-                429,
+            raise LimitExceeded(
+                "client",
+                1,
                 f"{client} has {count} requests in flight, the most this node takes from one peer",
-                retry_after=1,
             )
         self.peer_in_flight[client] = count + 1
 
@@ -252,14 +262,13 @@ class Gateway:
         failure: Exception | None = None
         send = response.send
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                _cancel_on_disconnect, receive, nursery.cancel_scope, exchange, response
-            )
+            left = functools.partial(_client_left, exchange, response)
+            nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope, left)
             # Errors are caught inside the nursery so they leave it as themselves, not
             # wrapped in an ExceptionGroup.
             try:
                 await self._route(endpoint, scope, body, exchange, send)
-            except (ApiError, _AbortResponse) as exc:
+            except _ENDINGS as exc:
                 failure = exc
             nursery.cancel_scope.cancel()
         if failure is not None:
@@ -290,11 +299,6 @@ class Gateway:
             return False
         return True
 
-    def _check_rate(self, client: str) -> None:
-        wait = self.rate.check(client, time.monotonic())
-        if wait > 0:
-            raise ApiError(429, f"rate limit for {client} exceeded", retry_after=wait)
-
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         try:
             return await read_body(
@@ -304,7 +308,7 @@ class Gateway:
                 timeout=self.server.body_timeout,
             )
         except BodyError as exc:
-            raise ApiError(exc.status, exc.message) from None
+            raise api_error(exc) from None
 
     @staticmethod
     def _parse(body: bytes) -> _RequestFields:
@@ -406,13 +410,11 @@ class Gateway:
                 provider.healthy, provider.last_error = False, str(exc)
                 failures.append(f"{provider.name}: {exc}")
                 continue
-            except UpstreamTimeout as exc:
-                raise ApiError(504, f"engine {provider.name} did not answer: {exc}") from None
             except UpstreamError as exc:
-                raise ApiError(502, f"engine {provider.name} failed: {exc}") from None
+                raise api_error(exc, f"engine {provider.name}") from None
             return upstream, provider
         if all("concurrency limit" in failure for failure in failures):
-            raise ApiError(429, f"every engine serving {exchange.model!r} is busy", retry_after=1)
+            raise LimitExceeded("provider", 1, f"every engine serving {exchange.model!r} is busy")
         raise ApiError(
             503, f"no engine serving {exchange.model!r} is reachable: " + "; ".join(failures)
         )
@@ -474,11 +476,9 @@ class Gateway:
                     read_timeout=self.server.stream_idle_timeout,
                 )
             except TransportError as exc:
-                raise ApiError(503, f"peer {peer.node_id} is not reachable: {exc}") from None
-            except UpstreamTimeout as exc:
-                raise ApiError(504, str(exc)) from None
-            except UpstreamError as exc:
-                raise ApiError(502, str(exc)) from None
+                raise api_error(exc, f"peer {peer.node_id}") from None
+            except UpstreamError as exc:  # its message names the peer
+                raise api_error(exc) from None
             async with response:
                 exchange.status = response.status
                 await self._pass_through(response, send, exchange, endpoint.dialect)
@@ -633,7 +633,7 @@ class Gateway:
         try:
             self._authenticate(scope)
         except ApiError as exc:
-            await send_json(send, exc.status, exc.body(_dialect_of(scope)), exc.headers())
+            await exc.answer(send, _dialect_of(scope))
             return
         models = self._all_models()
         if _dialect_of(scope) is Dialect.ANTHROPIC:
@@ -663,13 +663,13 @@ class Gateway:
         try:
             self._authenticate(scope)
         except ApiError as exc:
-            await send_json(send, exc.status, exc.body(dialect), exc.headers())
+            await exc.answer(send, dialect)
             return
         model = scope["path"].removeprefix("/v1/models/")
         owners = self._all_models().get(model)
         if owners is None:
             error = ApiError(404, f"model {model!r} is not served here", code="model_not_found")
-            await send_json(send, 404, error.body(dialect))
+            await error.answer(send, dialect)
         elif dialect is Dialect.ANTHROPIC:
             await send_json(send, 200, _anthropic_model(model))
         else:
@@ -679,7 +679,7 @@ class Gateway:
         try:
             self._authenticate(scope)
         except ApiError as exc:
-            await send_json(send, exc.status, exc.body(Dialect.OPENAI), exc.headers())
+            await exc.answer(send, Dialect.OPENAI)
             return
         body = self.metrics.render()
         await send(
@@ -698,6 +698,10 @@ class Gateway:
 class _AbortResponse(Exception):
     """Raised after the response started and cannot end well: the server drops the
     connection, so a client reading a Content-Length body sees it cut off, not complete."""
+
+
+# How `_route` may end other than by success: an answer, or a deliberately cut response.
+_ENDINGS: Final[tuple[type[Exception], ...]] = (*ANSWERABLE, _AbortResponse)
 
 
 class _ResponseTracker:
@@ -750,6 +754,13 @@ async def _end_cut_stream(response: _ResponseTracker, dialect: Dialect, exchange
 _LAST_WORD_TIMEOUT: Final = 1.0
 
 
+def _check_rate(limiter: ClientRateLimiter, client: str) -> None:
+    """Admit one request from `client` or refuse it (LimitExceeded, with the wait)."""
+    wait = limiter.check(client, time.monotonic())
+    if wait > 0:
+        raise LimitExceeded("client", wait, f"rate limit for {client} exceeded")
+
+
 def _with_rate(limiter: ClientRateLimiter, per_minute: float, burst: int) -> ClientRateLimiter:
     """`limiter` itself when its rate is unchanged (its buckets keep their debts)."""
     if (limiter.rate_per_minute, limiter.burst) == (float(per_minute), burst):
@@ -757,22 +768,15 @@ def _with_rate(limiter: ClientRateLimiter, per_minute: float, burst: int) -> Cli
     return ClientRateLimiter(per_minute, burst)
 
 
-async def _cancel_on_disconnect(
-    receive: Receive, scope: trio.CancelScope, exchange: Exchange, response: _ResponseTracker
-) -> None:
-    """After the request body, the next ASGI message is http.disconnect: the client left,
-    unless the response is already complete (then the server sends it as a matter of
-    course)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if response.finished:
-                return
-            exchange.error = "client disconnected"
-            if exchange.status < 400:
-                exchange.status = 499  # nginx's code for "client closed request"
-            scope.cancel()
-            return
+def _client_left(exchange: Exchange, response: _ResponseTracker) -> bool:
+    """Whether an http.disconnect means the client left (the exchange is then cut short):
+    not once the response is complete."""
+    if response.finished:
+        return False
+    exchange.error = "client disconnected"
+    if exchange.status < 400:
+        exchange.status = 499  # nginx's code for "client closed request"
+    return True
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

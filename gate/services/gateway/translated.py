@@ -31,18 +31,23 @@ from gate.dialects import (
     MalformedUpstream,
     MessagesStreamToChatStream,
     SSEDecoder,
-    anthropic_error,
     chat_request_to_messages,
     chat_response_to_message,
     chat_sse_bytes,
     message_to_chat_response,
     messages_to_chat_request,
-    openai_error,
     sse_bytes,
 )
 from gate.services.engines.client import UpstreamError, UpstreamResponse
 from gate.services.engines.registry import Dialect, Provider
-from gate.services.gateway.exchange import ApiError, Bridge, Endpoint, Exchange, decode_request
+from gate.services.gateway.exchange import (
+    ApiError,
+    Bridge,
+    Endpoint,
+    Exchange,
+    api_error,
+    decode_request,
+)
 from gate.services.http.router import Send, send_json
 
 __all__ = ["response_bridge", "translate_request"]
@@ -63,7 +68,7 @@ def translate_request(endpoint: Endpoint, provider: Provider, body: bytes) -> by
         else:
             translated = chat_request_to_messages(request)
     except DialectError as exc:
-        raise ApiError(exc.status, str(exc)) from None
+        raise api_error(exc) from None
     return msgspec.json.encode(translated)
 
 
@@ -202,7 +207,7 @@ async def _read_json(upstream: UpstreamResponse, exchange: Exchange) -> Any:
     try:
         body = await upstream.read(limit=_MAX_BODY)
     except UpstreamError as exc:
-        raise ApiError(502, f"engine failed: {exc}") from None
+        raise api_error(exc, "engine") from None
     exchange.first_byte()
     try:
         return msgspec.json.decode(body)
@@ -216,8 +221,8 @@ def _or_bad_gateway(translate: Any) -> dict[str, Any]:
     try:
         with _engine_output():
             result: dict[str, Any] = translate()
-    except DialectError as exc:
-        raise ApiError(502, f"engine response cannot be translated: {exc}") from None
+    except DialectError as exc:  # a MalformedUpstream: 502
+        raise api_error(exc, "engine response") from None
     return result
 
 
@@ -227,7 +232,7 @@ def _engine_output() -> Iterator[None]:
 
     Whatever the output made that work raise (MalformedUpstream from a translator, a
     DecodeError, or a TypeError on `"choices": 5` that no check foresaw) is the engine
-    sending what cannot be translated: it leaves as a DialectError, which the callers
+    sending what cannot be translated: it leaves as MalformedUpstream, which the callers
     answer with a 502 or the dialect's stream error, never a 500 or a cut connection.
     Logged here, once per exchange (translation stops at the first failure), and
     without a traceback: a broken engine must not flood the log with them.
@@ -240,8 +245,10 @@ def _engine_output() -> Iterator[None]:
         _log.warning(
             "engine output cannot be translated", extra={"error": f"{type(exc).__name__}: {exc}"}
         )
-        if isinstance(exc, DialectError):
+        if isinstance(exc, MalformedUpstream):
             raise
+        if isinstance(exc, DialectError):  # a translator's own complaint: still the output's
+            raise MalformedUpstream(str(exc)) from None
         raise MalformedUpstream(f"{type(exc).__name__}: {exc}") from None
 
 
@@ -252,10 +259,7 @@ async def _translate_error(upstream: UpstreamResponse, send: Send, dialect: Dial
         message = _error_message(msgspec.json.decode(body))
     except (UpstreamError, msgspec.DecodeError, RecursionError):
         message = f"engine answered HTTP {upstream.status}"
-    if dialect is Dialect.ANTHROPIC:
-        await send_json(send, upstream.status, anthropic_error(upstream.status, message))
-    else:
-        await send_json(send, upstream.status, openai_error(upstream.status, message))
+    await ApiError(upstream.status, message).answer(send, dialect)
 
 
 def _error_message(data: Any) -> str:

@@ -18,7 +18,15 @@ from typing import Any
 import msgspec
 import trio
 
-__all__ = ["ASGIApp", "BodyError", "Handler", "Router", "read_body", "send_json"]
+__all__ = [
+    "ASGIApp",
+    "BodyError",
+    "Handler",
+    "Router",
+    "cancel_on_disconnect",
+    "read_body",
+    "send_json",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -92,6 +100,19 @@ async def read_body(
             if not message.get("more_body"):
                 return parts[0] if len(parts) == 1 else b"".join(parts)
     raise BodyError(408, f"request body not received within {timeout:g}s")
+
+
+async def cancel_on_disconnect(
+    receive: Receive, scope: trio.CancelScope, left: Callable[[], bool] | None = None
+) -> None:
+    """Cancel `scope` when the client goes away: after the request body, the next ASGI
+    message is http.disconnect. `left`, if given, is told first and says whether to
+    cancel (False: the response was complete, and the server's disconnect that follows
+    is a matter of course)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    if left is None or left():
+        scope.cancel()
 
 
 class Router:
