@@ -6,12 +6,12 @@ one request is and how it can end (`exchange`), translated exchanges between dia
 from __future__ import annotations
 
 from gate.services.gateway.exchange import (
-    ENDPOINTS,
+    API_ROUTES,
     MAX_JSON_DEPTH,
     ApiError,
-    Bridge,
-    Endpoint,
+    ApiRoute,
     Exchange,
+    Translation,
     decode_request,
     nested_too_deep,
 )
@@ -34,22 +34,21 @@ from gate.services.gateway.pipeline import (
     Gateway,
 )
 from gate.services.gateway.translated import (
-    response_bridge,
     translate_request,
+    translated_response,
 )
 
 __all__ = [
+    "API_ROUTES",
     "BUCKETS",
     "CONTENT_TYPE",
-    "ENDPOINTS",
     "MAX_JSON_DEPTH",
     "MAX_MODEL_NAME",
     "OTHER",
     "UNKNOWN",
     "ApiError",
-    "Bridge",
+    "ApiRoute",
     "ClientRateLimiter",
-    "Endpoint",
     "Exchange",
     "Gateway",
     "InFlightLimiter",
@@ -57,8 +56,9 @@ __all__ = [
     "LimitScope",
     "Metrics",
     "TokenBucket",
+    "Translation",
     "decode_request",
     "nested_too_deep",
-    "response_bridge",
     "translate_request",
+    "translated_response",
 ]

@@ -1,6 +1,6 @@
-"""What one API request is: its endpoint, its outcome, and the errors it can end with.
+"""What one API request is: its route, its outcome, and the errors it can end with.
 
-Shared by the pipeline (gateway) and the translated exchanges (bridges).
+Shared by the pipeline and the translated exchanges.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from gate.services.transport.quic import TransportError
 
 __all__ = [
     "ANSWERABLE",
-    "ENDPOINTS",
+    "API_ROUTES",
     "MAX_JSON_DEPTH",
     "ApiError",
-    "Bridge",
-    "Endpoint",
+    "ApiRoute",
     "Exchange",
+    "Translation",
     "api_error",
     "decode_request",
     "nested_too_deep",
@@ -104,7 +104,9 @@ def api_error(failure: Exception, subject: str | None = None) -> ApiError:
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class ApiRoute:
+    """A path of the API and how it is served (transport's Endpoint is iroh's, not this)."""
+
     path: str
     dialect: Dialect  # the dialect the client speaks on this path
     name: str  # for metrics and usage
@@ -116,19 +118,19 @@ class Endpoint:
         return self.openai_path if dialect is Dialect.OPENAI else self.anthropic_path
 
 
-ENDPOINTS: Final = (
-    Endpoint(
+API_ROUTES: Final = (
+    ApiRoute(
         "/v1/chat/completions",
         Dialect.OPENAI,
         "chat.completions",
         "/v1/chat/completions",
         "/v1/messages",
     ),
-    Endpoint("/v1/completions", Dialect.OPENAI, "completions", "/v1/completions", None),
-    Endpoint("/v1/embeddings", Dialect.OPENAI, "embeddings", "/v1/embeddings", None),
-    Endpoint("/v1/responses", Dialect.OPENAI, "responses", "/v1/responses", None),
-    Endpoint("/v1/messages", Dialect.ANTHROPIC, "messages", "/v1/chat/completions", "/v1/messages"),
-    Endpoint(
+    ApiRoute("/v1/completions", Dialect.OPENAI, "completions", "/v1/completions", None),
+    ApiRoute("/v1/embeddings", Dialect.OPENAI, "embeddings", "/v1/embeddings", None),
+    ApiRoute("/v1/responses", Dialect.OPENAI, "responses", "/v1/responses", None),
+    ApiRoute("/v1/messages", Dialect.ANTHROPIC, "messages", "/v1/chat/completions", "/v1/messages"),
+    ApiRoute(
         "/v1/messages/count_tokens",
         Dialect.ANTHROPIC,
         "messages.count_tokens",
@@ -142,7 +144,7 @@ ENDPOINTS: Final = (
 class Exchange:
     """What one request did; becomes its usage record and metrics."""
 
-    endpoint: Endpoint
+    route: ApiRoute
     started: float  # perf_counter
     client: str = ""
     model: str = ""
@@ -164,7 +166,7 @@ class Exchange:
 
 
 # A translated exchange: gets the engine's response and writes the client's.
-Bridge = Callable[[UpstreamResponse, Send, Exchange], Awaitable[None]]
+Translation = Callable[[UpstreamResponse, Send, Exchange], Awaitable[None]]
 
 
 def decode_request(body: bytes) -> Any:

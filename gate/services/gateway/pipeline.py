@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-`Gateway.install(router)` adds one handler per endpoint. Each request:
+`Gateway.install(router)` adds one handler per route. Each request:
 
 1. is authenticated (API keys, when required) and rate-limited per client;
 2. has its body read up to `server.max_body_bytes` (413 past it) and the two fields the
@@ -56,10 +56,9 @@ from gate.services.engines.registry import Dialect, Provider, ProviderRegistry
 from gate.services.engines.tokens import count_prompt_tokens, prompt_text
 from gate.services.gateway.exchange import (
     ANSWERABLE,
-    ENDPOINTS,
+    API_ROUTES,
     ApiError,
-    Bridge,
-    Endpoint,
+    ApiRoute,
     Exchange,
     api_error,
     decode_request,
@@ -67,7 +66,7 @@ from gate.services.gateway.exchange import (
 )
 from gate.services.gateway.limits import ClientRateLimiter, InFlightLimiter, LimitExceeded
 from gate.services.gateway.metrics import UNKNOWN, Metrics
-from gate.services.gateway.translated import response_bridge, translate_request
+from gate.services.gateway.translated import translate_request, translated_response
 from gate.services.http.router import (
     BodyError,
     Receive,
@@ -163,22 +162,22 @@ class Gateway:
         self.peer_max_in_flight = peers.peer_max_in_flight
 
     def install(self, router: Router) -> None:
-        for endpoint in ENDPOINTS:
-            router.add("POST", endpoint.path, self._handler(endpoint))
+        for route in API_ROUTES:
+            router.add("POST", route.path, self._handler(route))
         router.add("GET", "/v1/models", self.list_models)
         router.add_prefix("GET", "/v1/models/", self.get_model)
         router.add("GET", "/metrics", self.render_metrics)
 
-    def _handler(self, endpoint: Endpoint) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    def _handler(self, route: ApiRoute) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
         async def handle(scope: Scope, receive: Receive, send: Send) -> None:
-            await self.serve(endpoint, scope, receive, send)
+            await self.serve(route, scope, receive, send)
 
         return handle
 
     # --- the pipeline ---------------------------------------------------------
 
-    async def serve(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = Exchange(endpoint, time.perf_counter())
+    async def serve(self, route: ApiRoute, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = Exchange(route, time.perf_counter())
         responded = _ResponseTracker(send)
         peer_slot: str | None = None
         try:
@@ -199,7 +198,7 @@ class Gateway:
                     "request.start",
                     {
                         "id": id(exchange),
-                        "endpoint": endpoint.name,
+                        "endpoint": route.name,
                         "model": exchange.model,
                         "client": exchange.client,
                         "stream": exchange.stream,
@@ -210,9 +209,9 @@ class Gateway:
                     "global", 1, "Gate is at its limit of concurrent requests; retry shortly"
                 )
             try:
-                await self._forward(endpoint, scope, receive, body, exchange, responded)
+                await self._forward(route, scope, receive, body, exchange, responded)
             except* trio.Cancelled:  # grouped: it comes out of _forward's nursery
-                await _end_cut_stream(responded, endpoint.dialect, exchange)
+                await _end_cut_stream(responded, route.dialect, exchange)
                 raise
             finally:
                 self.in_flight.leave()
@@ -220,7 +219,7 @@ class Gateway:
             exc = api_error(failure)
             exchange.status, exchange.error = exc.status, exc.message
             if not responded.started:
-                await exc.answer(send, endpoint.dialect)
+                await exc.answer(send, route.dialect)
         except _AbortResponse:
             # Returning without the body's last part makes the server drop the connection:
             # the deliberate end of a response that cannot end well, not an error of ours.
@@ -251,7 +250,7 @@ class Gateway:
 
     async def _forward(
         self,
-        endpoint: Endpoint,
+        route: ApiRoute,
         scope: Scope,
         receive: Receive,
         body: bytes,
@@ -267,7 +266,7 @@ class Gateway:
             # Errors are caught inside the nursery so they leave it as themselves, not
             # wrapped in an ExceptionGroup.
             try:
-                await self._route(endpoint, scope, body, exchange, send)
+                await self._route(route, scope, body, exchange, send)
             except _ENDINGS as exc:
                 failure = exc
             nursery.cancel_scope.cancel()
@@ -325,7 +324,7 @@ class Gateway:
         return fields
 
     async def _route(
-        self, endpoint: Endpoint, scope: Scope, body: bytes, exchange: Exchange, send: Send
+        self, route: ApiRoute, scope: Scope, body: bytes, exchange: Exchange, send: Send
     ) -> None:
         from_peer = scope.get("extensions", {}).get("gate.peer")
         if from_peer is not None:
@@ -335,13 +334,13 @@ class Gateway:
             if target is not None:
                 peer = self._target_peer(target.decode("latin-1"))
                 if peer is not None:
-                    await self._forward_to_peer(endpoint, scope, body, exchange, send, peer)
+                    await self._forward_to_peer(route, scope, body, exchange, send, peer)
                     return
         candidates = self.registry.serving(exchange.model)
         if not candidates and from_peer is None and self.peers is not None:
             serving = self.peers.peers_serving(exchange.model)
             if serving:
-                await self._forward_to_peer(endpoint, scope, body, exchange, send, serving[0])
+                await self._forward_to_peer(route, scope, body, exchange, send, serving[0])
                 return
         if not candidates:
             known = sorted(self._all_models())
@@ -352,32 +351,32 @@ class Gateway:
                 code="model_not_found",
             )
         exchange.model_label = self.registry.aliases.get(exchange.model, exchange.model)
-        if endpoint.name == "messages.count_tokens" and candidates[0].dialect is Dialect.OPENAI:
+        if route.name == "messages.count_tokens" and candidates[0].dialect is Dialect.OPENAI:
             await self._count_tokens(candidates[0], body, exchange, send)
             return
-        able = [p for p in candidates if endpoint.engine_path(p.dialect) is not None]
+        able = [p for p in candidates if route.engine_path(p.dialect) is not None]
         if not able:
             raise ApiError(
                 400,
-                f"model {exchange.model!r} is served only by engines without {endpoint.path}",
+                f"model {exchange.model!r} is served only by engines without {route.path}",
             )
-        upstream, provider = await self._connect(endpoint, scope, body, able, exchange)
+        upstream, provider = await self._connect(route, scope, body, able, exchange)
         provider.in_flight += 1
         self.metrics.request_started(provider.name, exchange.model_label)
         exchange.metered = True
         try:
             async with upstream:
                 exchange.status = upstream.status
-                if provider.dialect is endpoint.dialect:
-                    await self._pass_through(upstream, send, exchange, endpoint.dialect)
+                if provider.dialect is route.dialect:
+                    await self._pass_through(upstream, send, exchange, route.dialect)
                 else:
-                    await self._bridge(endpoint, provider)(upstream, send, exchange)
+                    await translated_response(route, provider)(upstream, send, exchange)
         finally:
             provider.in_flight -= 1
 
     async def _connect(
         self,
-        endpoint: Endpoint,
+        route: ApiRoute,
         scope: Scope,
         body: bytes,
         candidates: list[Provider],
@@ -390,11 +389,11 @@ class Gateway:
             if provider.full:
                 failures.append(f"{provider.name}: at its concurrency limit")
                 continue
-            path = endpoint.engine_path(provider.dialect)
+            path = route.engine_path(provider.dialect)
             assert path is not None
             payload = body
-            if provider.dialect is not endpoint.dialect:
-                payload = translate_request(endpoint, provider, body)
+            if provider.dialect is not route.dialect:
+                payload = translate_request(route, provider, body)
             headers = _merge_headers(client_headers, provider.auth_headers)
             exchange.provider = provider.name
             try:
@@ -445,7 +444,7 @@ class Gateway:
 
     async def _forward_to_peer(
         self,
-        endpoint: Endpoint,
+        route: ApiRoute,
         scope: Scope,
         body: bytes,
         exchange: Exchange,
@@ -481,7 +480,7 @@ class Gateway:
                 raise api_error(exc) from None
             async with response:
                 exchange.status = response.status
-                await self._pass_through(response, send, exchange, endpoint.dialect)
+                await self._pass_through(response, send, exchange, route.dialect)
 
     def _model_label(self, model: str) -> str:
         """The metrics label for `model`: the model as routed when it exists here or at a
@@ -519,9 +518,6 @@ class Gateway:
         exchange.status, exchange.tokens_in = 200, count
         header = (b"x-gate-token-count", b"engine" if exact else b"estimate")
         await send_json(send, 200, {"input_tokens": count}, [header])
-
-    def _bridge(self, endpoint: Endpoint, provider: Provider) -> Bridge:
-        return response_bridge(endpoint, provider)
 
     async def _pass_through(
         self,
@@ -583,7 +579,7 @@ class Gateway:
         self.metrics.request_finished(
             provider,
             model,
-            exchange.endpoint.name,
+            exchange.route.name,
             exchange.status,
             latency,
             exchange.ttft,
@@ -597,7 +593,7 @@ class Gateway:
                 "request.end",
                 {
                     "id": id(exchange),
-                    "endpoint": exchange.endpoint.name,
+                    "endpoint": exchange.route.name,
                     "model": exchange.model,
                     "client": exchange.client,
                     "provider": exchange.provider,
@@ -623,7 +619,7 @@ class Gateway:
                 tokens_in=exchange.tokens_in,
                 tokens_out=exchange.tokens_out,
                 error=exchange.error,
-                endpoint=exchange.endpoint.name,
+                endpoint=exchange.route.name,
             )
         )
 

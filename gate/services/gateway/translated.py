@@ -42,28 +42,28 @@ from gate.services.engines.client import UpstreamError, UpstreamResponse
 from gate.services.engines.registry import Dialect, Provider
 from gate.services.gateway.exchange import (
     ApiError,
-    Bridge,
-    Endpoint,
+    ApiRoute,
     Exchange,
+    Translation,
     api_error,
     decode_request,
 )
 from gate.services.http.router import Send, send_json
 
-__all__ = ["response_bridge", "translate_request"]
+__all__ = ["translate_request", "translated_response"]
 
 _MAX_BODY = 64 * 1024 * 1024
 _log = logging.getLogger("gate.bridges")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
-def translate_request(endpoint: Endpoint, provider: Provider, body: bytes) -> bytes:
+def translate_request(route: ApiRoute, provider: Provider, body: bytes) -> bytes:
     """The client's request body, rewritten in the engine's dialect."""
     request = decode_request(body)
     if not isinstance(request, dict):
         raise ApiError(400, "request body must be a JSON object")
     try:
-        if endpoint.dialect is Dialect.ANTHROPIC:
+        if route.dialect is Dialect.ANTHROPIC:
             translated = messages_to_chat_request(request)
         else:
             translated = chat_request_to_messages(request)
@@ -72,8 +72,9 @@ def translate_request(endpoint: Endpoint, provider: Provider, body: bytes) -> by
     return msgspec.json.encode(translated)
 
 
-def response_bridge(endpoint: Endpoint, provider: Provider) -> Bridge:
-    if endpoint.dialect is Dialect.ANTHROPIC:
+def translated_response(route: ApiRoute, provider: Provider) -> Translation:
+    """What writes the client's response on `route` from the other dialect's engine."""
+    if route.dialect is Dialect.ANTHROPIC:
         return _openai_engine_to_anthropic_client
     return _anthropic_engine_to_openai_client
 
