@@ -6,12 +6,14 @@ one request is and how it can end (`exchange`), translated exchanges between dia
 from __future__ import annotations
 
 from gate.services.gateway.exchange import (
+    ANSWERABLE,
     API_ROUTES,
     MAX_JSON_DEPTH,
     ApiError,
     ApiRoute,
     Exchange,
     Translation,
+    api_error,
     decode_request,
     nested_too_deep,
 )
@@ -21,6 +23,7 @@ from gate.services.gateway.limits import (
     LimitExceeded,
     LimitScope,
     TokenBucket,
+    retry_after_value,
 )
 from gate.services.gateway.metrics import (
     BUCKETS,
@@ -39,6 +42,7 @@ from gate.services.gateway.translated import (
 )
 
 __all__ = [
+    "ANSWERABLE",
     "API_ROUTES",
     "BUCKETS",
     "CONTENT_TYPE",
@@ -57,8 +61,10 @@ __all__ = [
     "Metrics",
     "TokenBucket",
     "Translation",
+    "api_error",
     "decode_request",
     "nested_too_deep",
+    "retry_after_value",
     "translate_request",
     "translated_response",
 ]

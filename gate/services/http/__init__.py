@@ -9,6 +9,7 @@ from gate.services.http.router import (
     BodyError,
     Handler,
     Router,
+    cancel_on_disconnect,
     read_body,
     send_json,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "Handler",
     "Router",
     "build_app",
+    "cancel_on_disconnect",
     "read_body",
     "send_json",
     "serve_http",
