@@ -27,7 +27,6 @@ from gate.identity import NodeIdentity
 from gate.protocol import (
     EOF,
     HTTP_PROXY,
-    NEED_DATA,
     SUPPORTED_VERSIONS,
     Body,
     CapabilityRequest,
@@ -41,6 +40,7 @@ from gate.protocol import (
     NodeId,
     Ping,
     Pong,
+    ProtocolError,
     RequestHead,
     ResponseHead,
     Role,
@@ -49,6 +49,7 @@ from gate.protocol import (
     encode_preamble,
 )
 from gate.services.p2p.service import ControlStream
+from gate.services.transport.framed import receive_event
 from gate.services.transport.quic import (
     ALPN,
     ConnectError,
@@ -146,16 +147,14 @@ async def _dial(endpoint: Endpoint, target: _Target, alpn: bytes = ALPN) -> Conn
 
 async def _first_frame(stream: QuicStream) -> bytes | None:
     """The first frame the node sends on `stream`, or None if it ends without one."""
-    decoder = FrameDecoder()
     with trio.fail_after(STEP_TIMEOUT):
-        while True:
-            frame = decoder.next_frame()
-            if isinstance(frame, bytes):
-                return frame
-            data = await stream.receive_some(65536)
-            if not data:
-                return None
-            decoder.receive_data(data)
+        try:
+            frame = await receive_event(stream, FrameDecoder())
+        except ProtocolError as exc:
+            if exc.code != ErrorCode.TRUNCATED:
+                raise
+            return None  # it ended inside a frame: without one
+    return frame if isinstance(frame, bytes) else None
 
 
 def _bare_error(frame: bytes | None) -> tuple[int, str]:
@@ -346,10 +345,7 @@ async def _read_response(stream: QuicStream, channel: Channel[Any]) -> tuple[Res
     body = b""
     with trio.fail_after(STEP_TIMEOUT):
         while True:
-            event = channel.next_event()
-            if event is NEED_DATA:
-                channel.receive_data(await stream.receive_some(65536))
-                continue
+            event = await receive_event(stream, channel)
             if event is EOF:
                 raise _Failed("the stream ended before end (§7.3)")
             if isinstance(event, ResponseHead):

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from gate.dialects import SSEDecoder
 from gate.services.engines.client import StreamedResponse
 from gate.services.engines.registry import Provider
-from gate.services.gateway.exchange import ENDPOINTS, ApiError, Endpoint, Exchange
-from gate.services.gateway.translated import response_bridge
+from gate.services.gateway.exchange import API_ROUTES, ApiError, ApiRoute, Exchange
+from gate.services.gateway.translated import translated_response
 from tests.services.gateway_app import (
     CHAT_COMPLETION,
     MESSAGE,
@@ -34,8 +34,8 @@ from tests.services.gateway_app import (
     serve_engine,
 )
 
-MESSAGES_ENDPOINT = next(e for e in ENDPOINTS if e.path == "/v1/messages")
-CHAT_ENDPOINT = next(e for e in ENDPOINTS if e.path == "/v1/chat/completions")
+MESSAGES_ENDPOINT = next(e for e in API_ROUTES if e.path == "/v1/messages")
+CHAT_ENDPOINT = next(e for e in API_ROUTES if e.path == "/v1/chat/completions")
 OPENAI_ENGINE = Provider(name="e", kind="llamacpp", base_url="http://127.0.0.1:9")
 ANTHROPIC_ENGINE = Provider(name="a", kind="anthropic", base_url="http://127.0.0.1:9")
 
@@ -154,7 +154,7 @@ class EngineBody(StreamedResponse):
 
 
 def run_bridge(
-    endpoint: Endpoint, provider: Provider, upstream: EngineBody, *, include_usage: bool = False
+    endpoint: ApiRoute, provider: Provider, upstream: EngineBody, *, include_usage: bool = False
 ) -> list[dict[str, Any]]:
     """The messages the bridge sends to the client."""
     sent: list[dict[str, Any]] = []
@@ -165,7 +165,7 @@ def run_bridge(
 
     async def main() -> None:
         with trio.fail_after(5):
-            await response_bridge(endpoint, provider)(upstream, send, exchange)  # type: ignore[arg-type]
+            await translated_response(endpoint, provider)(upstream, send, exchange)  # type: ignore[arg-type]
 
     trio.run(main)
     return sent
@@ -253,7 +253,7 @@ def test_any_message_event_field_ends_the_openai_stream_well(path, value, includ
     assert_openai_stream_ends_well(events)
 
 
-def assert_answered_or_bad_gateway(endpoint: Endpoint, provider: Provider, body: Any) -> None:
+def assert_answered_or_bad_gateway(endpoint: ApiRoute, provider: Provider, body: Any) -> None:
     upstream = EngineBody(b"application/json", msgspec.json.encode(body))
     try:
         sent = run_bridge(endpoint, provider, upstream)

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from gate.dialects.errors import anthropic_error
-from gate.services.gateway.exchange import ENDPOINTS, MAX_JSON_DEPTH
+from gate.services.gateway.exchange import API_ROUTES, MAX_JSON_DEPTH
 from gate.services.gateway.metrics import UNKNOWN
 from gate.services.gateway.pipeline import MAX_MODEL_NAME
 from tests.services.gateway_app import answering_engine, engine, running_gate, serve_engine
@@ -52,7 +52,7 @@ async def assert_still_serving(http: httpx.AsyncClient) -> None:
 DEEP = b"[" * 100_000 + b"]" * 100_000
 
 
-@pytest.mark.parametrize("path", [endpoint.path for endpoint in ENDPOINTS])
+@pytest.mark.parametrize("path", [endpoint.path for endpoint in API_ROUTES])
 async def test_deeply_nested_json_is_a_400_in_the_clients_dialect(path: str) -> None:
     async with trio.open_nursery() as nursery:
         url = await serve_engine(nursery, answering_engine)

@@ -41,6 +41,7 @@ from gate.config import (
     validate_config_file,
     validate_config_text,
 )
+from gate.dialects import encode_event
 from gate.errors import ConfigError, IdentityError
 from gate.identity import NodeIdentity
 from gate.json_depth import MAX_JSON_DEPTH, nests_deeper_than
@@ -50,7 +51,15 @@ from gate.protocol import NodeId
 from gate.reload import LIVE_KEYS
 from gate.services.control.events import Event
 from gate.services.control.node_api import ControlledNode, NotStarted
-from gate.services.http.router import BodyError, Receive, Scope, Send, read_body, send_json
+from gate.services.http.router import (
+    BodyError,
+    Receive,
+    Scope,
+    Send,
+    cancel_on_disconnect,
+    read_body,
+    send_json,
+)
 
 __all__ = ["RpcError", "RpcService"]
 
@@ -219,7 +228,7 @@ class RpcService:
             }
         )
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_end_on_disconnect, receive, nursery.cancel_scope)
+            nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope)
             async with self.node.events.subscribe() as stream:
                 # Subscribed before `hello`: a client that reads history once it has
                 # `hello` (`gate logs -f`) misses nothing logged in between.
@@ -638,13 +647,7 @@ def _node_id(text: str) -> NodeId:
 
 
 def _sse(kind: str, data: Any) -> bytes:
-    return b"event: " + kind.encode() + b"\ndata: " + msgspec.json.encode(data) + b"\n\n"
-
-
-async def _end_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
+    return encode_event(msgspec.json.encode(data), kind)
 
 
 def _error(ident: Any, code: int, message: str) -> dict[str, Any]:

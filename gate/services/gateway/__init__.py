@@ -6,12 +6,14 @@ one request is and how it can end (`exchange`), translated exchanges between dia
 from __future__ import annotations
 
 from gate.services.gateway.exchange import (
-    ENDPOINTS,
+    ANSWERABLE,
+    API_ROUTES,
     MAX_JSON_DEPTH,
     ApiError,
-    Bridge,
-    Endpoint,
+    ApiRoute,
     Exchange,
+    Translation,
+    api_error,
     decode_request,
     nested_too_deep,
 )
@@ -21,6 +23,7 @@ from gate.services.gateway.limits import (
     LimitExceeded,
     LimitScope,
     TokenBucket,
+    retry_after_value,
 )
 from gate.services.gateway.metrics import (
     BUCKETS,
@@ -34,22 +37,22 @@ from gate.services.gateway.pipeline import (
     Gateway,
 )
 from gate.services.gateway.translated import (
-    response_bridge,
     translate_request,
+    translated_response,
 )
 
 __all__ = [
+    "ANSWERABLE",
+    "API_ROUTES",
     "BUCKETS",
     "CONTENT_TYPE",
-    "ENDPOINTS",
     "MAX_JSON_DEPTH",
     "MAX_MODEL_NAME",
     "OTHER",
     "UNKNOWN",
     "ApiError",
-    "Bridge",
+    "ApiRoute",
     "ClientRateLimiter",
-    "Endpoint",
     "Exchange",
     "Gateway",
     "InFlightLimiter",
@@ -57,8 +60,11 @@ __all__ = [
     "LimitScope",
     "Metrics",
     "TokenBucket",
+    "Translation",
+    "api_error",
     "decode_request",
     "nested_too_deep",
-    "response_bridge",
+    "retry_after_value",
     "translate_request",
+    "translated_response",
 ]

@@ -1,11 +1,10 @@
-"""What one API request is: its endpoint, its outcome, and the errors it can end with.
+"""What one API request is: its route, its outcome, and the errors it can end with.
 
-Shared by the pipeline (gateway) and the translated exchanges (bridges).
+Shared by the pipeline and the translated exchanges.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -13,20 +12,29 @@ from typing import Any, Final
 
 import msgspec
 
-from gate.dialects.errors import anthropic_error, openai_error
+from gate.dialects.errors import DialectError, anthropic_error, openai_error
 from gate.errors import GateError
 from gate.json_depth import MAX_JSON_DEPTH, nests_deeper_than
-from gate.services.engines.client import UpstreamResponse
+from gate.services.engines.client import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 from gate.services.engines.registry import Dialect
-from gate.services.http.router import Send
+from gate.services.gateway.limits import LimitExceeded, retry_after_value
+from gate.services.http.router import BodyError, Send, send_json
+from gate.services.transport.quic import TransportError
 
 __all__ = [
-    "ENDPOINTS",
+    "ANSWERABLE",
+    "API_ROUTES",
     "MAX_JSON_DEPTH",
     "ApiError",
-    "Bridge",
-    "Endpoint",
+    "ApiRoute",
     "Exchange",
+    "Translation",
+    "api_error",
     "decode_request",
     "nested_too_deep",
 ]
@@ -56,11 +64,49 @@ class ApiError(GateError):
     def headers(self) -> list[tuple[bytes, bytes]]:
         if self.retry_after is None:
             return []
-        return [(b"retry-after", str(max(1, math.ceil(self.retry_after))).encode())]
+        return [(b"retry-after", retry_after_value(self.retry_after))]
+
+    async def answer(self, send: Send, dialect: Dialect) -> None:
+        """Send this error as the whole response, in `dialect`."""
+        await send_json(send, self.status, self.body(dialect), self.headers())
+
+
+# How each failure is answered: its status (None: the failure carries its own), and what
+# it says its subject did. The first class in the failure's MRO found here decides.
+_ANSWERS: Final[dict[type[Exception], tuple[int | None, str]]] = {
+    UpstreamTimeout: (504, "did not answer"),
+    UpstreamConnectError: (503, "is not reachable"),
+    TransportError: (503, "is not reachable"),
+    UpstreamError: (502, "failed"),
+    DialectError: (None, "cannot be translated"),
+    BodyError: (None, "cannot be read"),
+    LimitExceeded: (429, "is over its limit"),
+}
+# What `api_error` turns into an answer; handlers catch these (ApiError included).
+ANSWERABLE: Final[tuple[type[Exception], ...]] = (ApiError, *_ANSWERS)
+
+
+def api_error(failure: Exception, subject: str | None = None) -> ApiError:
+    """The answer to `failure`, by the table above: the one place that maps failures to
+    statuses. `subject` names who failed ("engine X", "peer Y"): the message then says
+    what it did ("engine X did not answer: ..."); without one it is the failure's own.
+    A refusal by a limit carries its Retry-After."""
+    if isinstance(failure, ApiError):
+        return failure
+    status, did = next(
+        (_ANSWERS[kind] for kind in type(failure).__mro__ if kind in _ANSWERS), (500, "failed")
+    )
+    if status is None:
+        status = int(getattr(failure, "status", 500))
+    message = f"{subject} {did}: {failure}" if subject else str(failure)
+    retry_after = failure.retry_after if isinstance(failure, LimitExceeded) else None
+    return ApiError(status, message, retry_after=retry_after)
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class ApiRoute:
+    """A path of the API and how it is served (transport's Endpoint is iroh's, not this)."""
+
     path: str
     dialect: Dialect  # the dialect the client speaks on this path
     name: str  # for metrics and usage
@@ -72,19 +118,19 @@ class Endpoint:
         return self.openai_path if dialect is Dialect.OPENAI else self.anthropic_path
 
 
-ENDPOINTS: Final = (
-    Endpoint(
+API_ROUTES: Final = (
+    ApiRoute(
         "/v1/chat/completions",
         Dialect.OPENAI,
         "chat.completions",
         "/v1/chat/completions",
         "/v1/messages",
     ),
-    Endpoint("/v1/completions", Dialect.OPENAI, "completions", "/v1/completions", None),
-    Endpoint("/v1/embeddings", Dialect.OPENAI, "embeddings", "/v1/embeddings", None),
-    Endpoint("/v1/responses", Dialect.OPENAI, "responses", "/v1/responses", None),
-    Endpoint("/v1/messages", Dialect.ANTHROPIC, "messages", "/v1/chat/completions", "/v1/messages"),
-    Endpoint(
+    ApiRoute("/v1/completions", Dialect.OPENAI, "completions", "/v1/completions", None),
+    ApiRoute("/v1/embeddings", Dialect.OPENAI, "embeddings", "/v1/embeddings", None),
+    ApiRoute("/v1/responses", Dialect.OPENAI, "responses", "/v1/responses", None),
+    ApiRoute("/v1/messages", Dialect.ANTHROPIC, "messages", "/v1/chat/completions", "/v1/messages"),
+    ApiRoute(
         "/v1/messages/count_tokens",
         Dialect.ANTHROPIC,
         "messages.count_tokens",
@@ -98,7 +144,7 @@ ENDPOINTS: Final = (
 class Exchange:
     """What one request did; becomes its usage record and metrics."""
 
-    endpoint: Endpoint
+    route: ApiRoute
     started: float  # perf_counter
     client: str = ""
     model: str = ""
@@ -120,7 +166,7 @@ class Exchange:
 
 
 # A translated exchange: gets the engine's response and writes the client's.
-Bridge = Callable[[UpstreamResponse, Send, Exchange], Awaitable[None]]
+Translation = Callable[[UpstreamResponse, Send, Exchange], Awaitable[None]]
 
 
 def decode_request(body: bytes) -> Any:

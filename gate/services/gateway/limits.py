@@ -42,6 +42,7 @@ __all__ = [
     "LimitExceeded",
     "LimitScope",
     "TokenBucket",
+    "retry_after_value",
 ]
 
 LimitScope = Literal["client", "global", "provider"]
@@ -73,14 +74,17 @@ class LimitExceeded(GateError):
 
     @property
     def retry_after_header(self) -> bytes:
-        """``Retry-After`` value: whole seconds, rounded up, at least 1 (RFC 9110 §10.2.3)."""
-        seconds = self.retry_after
-        if not math.isfinite(seconds):
-            seconds = 3600.0  # a request that can never pass: tell the client to back off
-        return str(max(1, math.ceil(seconds))).encode()
+        return retry_after_value(self.retry_after)
 
     def __repr__(self) -> str:
         return f"LimitExceeded(scope={self.scope!r}, retry_after={self.retry_after!r})"
+
+
+def retry_after_value(seconds: float) -> bytes:
+    """``Retry-After`` value: whole seconds, rounded up, at least 1 (RFC 9110 §10.2.3)."""
+    if not math.isfinite(seconds):
+        seconds = 3600.0  # a request that can never pass: tell the client to back off
+    return str(max(1, math.ceil(seconds))).encode()
 
 
 class TokenBucket:

@@ -2,9 +2,8 @@
 
 Theory of operation
 -------------------
-`Gateway.install(router, door=...)` adds one handler per endpoint, at the local door
-and the peer door alike (`Gateway.routes` says which route is served where). Each
-request:
+`Gateway.install(router, door=...)` adds one handler per route, at the local door and
+the peer door alike (`Gateway.routes` says which route is served where). Each request:
 
 1. is authenticated (API keys, when required) and rate-limited per client;
 2. has its body read up to `server.max_body_bytes` (413 past it) and the two fields the
@@ -29,6 +28,7 @@ the hot path (UsageRecorder queues; Metrics counts in memory).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import aclosing
@@ -52,22 +52,22 @@ from gate.services.engines.client import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamResponse,
-    UpstreamTimeout,
 )
 from gate.services.engines.registry import Dialect, Provider, ProviderRegistry
 from gate.services.engines.tokens import count_prompt_tokens, prompt_text
 from gate.services.gateway.exchange import (
-    ENDPOINTS,
+    ANSWERABLE,
+    API_ROUTES,
     ApiError,
-    Bridge,
-    Endpoint,
+    ApiRoute,
     Exchange,
+    api_error,
     decode_request,
     nested_too_deep,
 )
-from gate.services.gateway.limits import ClientRateLimiter, InFlightLimiter
+from gate.services.gateway.limits import ClientRateLimiter, InFlightLimiter, LimitExceeded
 from gate.services.gateway.metrics import UNKNOWN, Metrics
-from gate.services.gateway.translated import response_bridge, translate_request
+from gate.services.gateway.translated import translate_request, translated_response
 from gate.services.http.router import (
     EVERY_DOOR,
     LOCAL_ONLY,
@@ -78,6 +78,7 @@ from gate.services.http.router import (
     Router,
     Scope,
     Send,
+    cancel_on_disconnect,
     read_body,
     send_json,
 )
@@ -168,7 +169,7 @@ class Gateway:
     def routes(self) -> list[Route]:
         """The API's routes, each with the doors it is served at.
 
-        A trusted peer (the peer door) may use the API: every endpoint, which is what its
+        A trusted peer (the peer door) may use the API: every API route, which is what its
         own gateway forwards (by model or X-Target-Node), and the model listing, which
         `gate conformance` and a peer's operator ask for. Not /metrics: its counters name
         this node's engines and measure everyone's traffic, local clients' and other
@@ -176,7 +177,7 @@ class Gateway:
         the capabilities its control stream carries.
         """
         return [
-            *(Route("POST", e.path, self._handler(e), EVERY_DOOR) for e in ENDPOINTS),
+            *(Route("POST", r.path, self._handler(r), EVERY_DOOR) for r in API_ROUTES),
             Route("GET", "/v1/models", self.list_models, EVERY_DOOR),
             Route("GET", "/v1/models/", self.get_model, EVERY_DOOR, prefix=True),
             Route("GET", "/metrics", self.render_metrics, LOCAL_ONLY),
@@ -186,16 +187,16 @@ class Gateway:
         """Add the routes served at `door` (see `routes`) to that door's router."""
         router.add_routes(self.routes(), door)
 
-    def _handler(self, endpoint: Endpoint) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    def _handler(self, route: ApiRoute) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
         async def handle(scope: Scope, receive: Receive, send: Send) -> None:
-            await self.serve(endpoint, scope, receive, send)
+            await self.serve(route, scope, receive, send)
 
         return handle
 
     # --- the pipeline ---------------------------------------------------------
 
-    async def serve(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = Exchange(endpoint, time.perf_counter())
+    async def serve(self, route: ApiRoute, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = Exchange(route, time.perf_counter())
         responded = _ResponseTracker(send)
         peer_slot: str | None = None
         try:
@@ -204,7 +205,7 @@ class Gateway:
                 self._enter_peer(exchange.client)
                 peer_slot = exchange.client
             else:
-                self._check_rate(exchange.client)
+                _check_rate(self.rate, exchange.client)
             body = await self._read_body(scope, receive)
             fields = self._parse(body)
             exchange.model, exchange.stream = fields.model, fields.stream
@@ -216,27 +217,28 @@ class Gateway:
                     "request.start",
                     {
                         "id": id(exchange),
-                        "endpoint": endpoint.name,
+                        "endpoint": route.name,
                         "model": exchange.model,
                         "client": exchange.client,
                         "stream": exchange.stream,
                     },
                 )
             if not self.in_flight.try_enter():
-                raise ApiError(
-                    429, "Gate is at its limit of concurrent requests; retry shortly", retry_after=1
+                raise LimitExceeded(
+                    "global", 1, "Gate is at its limit of concurrent requests; retry shortly"
                 )
             try:
-                await self._forward(endpoint, scope, receive, body, exchange, responded)
+                await self._forward(route, scope, receive, body, exchange, responded)
             except* trio.Cancelled:  # grouped: it comes out of _forward's nursery
-                await _end_cut_stream(responded, endpoint.dialect, exchange)
+                await _end_cut_stream(responded, route.dialect, exchange)
                 raise
             finally:
                 self.in_flight.leave()
-        except ApiError as exc:
+        except ANSWERABLE as failure:
+            exc = api_error(failure)
             exchange.status, exchange.error = exc.status, exc.message
             if not responded.started:
-                await send_json(send, exc.status, exc.body(endpoint.dialect), exc.headers())
+                await exc.answer(send, route.dialect)
         except _AbortResponse:
             # Returning without the body's last part makes the server drop the connection:
             # the deliberate end of a response that cannot end well, not an error of ours.
@@ -248,15 +250,13 @@ class Gateway:
 
     def _enter_peer(self, client: str) -> None:
         """A trusted peer's share of this node: its own rate bucket and in-flight cap."""
-        wait = self.peer_rate.check(client, time.monotonic())
-        if wait > 0:
-            raise ApiError(429, f"rate limit for {client} exceeded", retry_after=wait)
+        _check_rate(self.peer_rate, client)
         count = self.peer_in_flight.get(client, 0)
         if self.peer_max_in_flight and count >= self.peer_max_in_flight:
-            raise ApiError(
-                429,
+            raise LimitExceeded(
+                "client",
+                1,
                 f"{client} has {count} requests in flight, the most this node takes from one peer",
-                retry_after=1,
             )
         self.peer_in_flight[client] = count + 1
 
@@ -269,7 +269,7 @@ class Gateway:
 
     async def _forward(
         self,
-        endpoint: Endpoint,
+        route: ApiRoute,
         scope: Scope,
         receive: Receive,
         body: bytes,
@@ -280,14 +280,13 @@ class Gateway:
         failure: Exception | None = None
         send = response.send
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                _cancel_on_disconnect, receive, nursery.cancel_scope, exchange, response
-            )
+            left = functools.partial(_client_left, exchange, response)
+            nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope, left)
             # Errors are caught inside the nursery so they leave it as themselves, not
             # wrapped in an ExceptionGroup.
             try:
-                await self._route(endpoint, scope, body, exchange, send)
-            except (ApiError, _AbortResponse) as exc:
+                await self._route(route, scope, body, exchange, send)
+            except _ENDINGS as exc:
                 failure = exc
             nursery.cancel_scope.cancel()
         if failure is not None:
@@ -318,11 +317,6 @@ class Gateway:
             return False
         return True
 
-    def _check_rate(self, client: str) -> None:
-        wait = self.rate.check(client, time.monotonic())
-        if wait > 0:
-            raise ApiError(429, f"rate limit for {client} exceeded", retry_after=wait)
-
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         try:
             return await read_body(
@@ -332,7 +326,7 @@ class Gateway:
                 timeout=self.server.body_timeout,
             )
         except BodyError as exc:
-            raise ApiError(exc.status, exc.message) from None
+            raise api_error(exc) from None
 
     @staticmethod
     def _parse(body: bytes) -> _RequestFields:
@@ -349,7 +343,7 @@ class Gateway:
         return fields
 
     async def _route(
-        self, endpoint: Endpoint, scope: Scope, body: bytes, exchange: Exchange, send: Send
+        self, route: ApiRoute, scope: Scope, body: bytes, exchange: Exchange, send: Send
     ) -> None:
         from_peer = scope.get("extensions", {}).get("gate.peer")
         if from_peer is not None:
@@ -359,13 +353,13 @@ class Gateway:
             if target is not None:
                 peer = self._target_peer(target.decode("latin-1"))
                 if peer is not None:
-                    await self._forward_to_peer(endpoint, scope, body, exchange, send, peer)
+                    await self._forward_to_peer(route, scope, body, exchange, send, peer)
                     return
         candidates = self.registry.serving(exchange.model)
         if not candidates and from_peer is None and self.peers is not None:
             serving = self.peers.peers_serving(exchange.model)
             if serving:
-                await self._forward_to_peer(endpoint, scope, body, exchange, send, serving[0])
+                await self._forward_to_peer(route, scope, body, exchange, send, serving[0])
                 return
         if not candidates:
             known = sorted(self._all_models())
@@ -376,32 +370,32 @@ class Gateway:
                 code="model_not_found",
             )
         exchange.model_label = self.registry.aliases.get(exchange.model, exchange.model)
-        if endpoint.name == "messages.count_tokens" and candidates[0].dialect is Dialect.OPENAI:
+        if route.name == "messages.count_tokens" and candidates[0].dialect is Dialect.OPENAI:
             await self._count_tokens(candidates[0], body, exchange, send)
             return
-        able = [p for p in candidates if endpoint.engine_path(p.dialect) is not None]
+        able = [p for p in candidates if route.engine_path(p.dialect) is not None]
         if not able:
             raise ApiError(
                 400,
-                f"model {exchange.model!r} is served only by engines without {endpoint.path}",
+                f"model {exchange.model!r} is served only by engines without {route.path}",
             )
-        upstream, provider = await self._connect(endpoint, scope, body, able, exchange)
+        upstream, provider = await self._connect(route, scope, body, able, exchange)
         provider.in_flight += 1
         self.metrics.request_started(provider.name, exchange.model_label)
         exchange.metered = True
         try:
             async with upstream:
                 exchange.status = upstream.status
-                if provider.dialect is endpoint.dialect:
-                    await self._pass_through(upstream, send, exchange, endpoint.dialect)
+                if provider.dialect is route.dialect:
+                    await self._pass_through(upstream, send, exchange, route.dialect)
                 else:
-                    await self._bridge(endpoint, provider)(upstream, send, exchange)
+                    await translated_response(route, provider)(upstream, send, exchange)
         finally:
             provider.in_flight -= 1
 
     async def _connect(
         self,
-        endpoint: Endpoint,
+        route: ApiRoute,
         scope: Scope,
         body: bytes,
         candidates: list[Provider],
@@ -414,11 +408,11 @@ class Gateway:
             if provider.full:
                 failures.append(f"{provider.name}: at its concurrency limit")
                 continue
-            path = endpoint.engine_path(provider.dialect)
+            path = route.engine_path(provider.dialect)
             assert path is not None
             payload = body
-            if provider.dialect is not endpoint.dialect:
-                payload = translate_request(endpoint, provider, body)
+            if provider.dialect is not route.dialect:
+                payload = translate_request(route, provider, body)
             headers = _merge_headers(client_headers, provider.auth_headers)
             exchange.provider = provider.name
             try:
@@ -434,13 +428,11 @@ class Gateway:
                 provider.healthy, provider.last_error = False, str(exc)
                 failures.append(f"{provider.name}: {exc}")
                 continue
-            except UpstreamTimeout as exc:
-                raise ApiError(504, f"engine {provider.name} did not answer: {exc}") from None
             except UpstreamError as exc:
-                raise ApiError(502, f"engine {provider.name} failed: {exc}") from None
+                raise api_error(exc, f"engine {provider.name}") from None
             return upstream, provider
         if all("concurrency limit" in failure for failure in failures):
-            raise ApiError(429, f"every engine serving {exchange.model!r} is busy", retry_after=1)
+            raise LimitExceeded("provider", 1, f"every engine serving {exchange.model!r} is busy")
         raise ApiError(
             503, f"no engine serving {exchange.model!r} is reachable: " + "; ".join(failures)
         )
@@ -471,7 +463,7 @@ class Gateway:
 
     async def _forward_to_peer(
         self,
-        endpoint: Endpoint,
+        route: ApiRoute,
         scope: Scope,
         body: bytes,
         exchange: Exchange,
@@ -502,14 +494,12 @@ class Gateway:
                     read_timeout=self.server.stream_idle_timeout,
                 )
             except TransportError as exc:
-                raise ApiError(503, f"peer {peer.node_id} is not reachable: {exc}") from None
-            except UpstreamTimeout as exc:
-                raise ApiError(504, str(exc)) from None
-            except UpstreamError as exc:
-                raise ApiError(502, str(exc)) from None
+                raise api_error(exc, f"peer {peer.node_id}") from None
+            except UpstreamError as exc:  # its message names the peer
+                raise api_error(exc) from None
             async with response:
                 exchange.status = response.status
-                await self._pass_through(response, send, exchange, endpoint.dialect)
+                await self._pass_through(response, send, exchange, route.dialect)
 
     def _model_label(self, model: str) -> str:
         """The metrics label for `model`: the model as routed when it exists here or at a
@@ -547,9 +537,6 @@ class Gateway:
         exchange.status, exchange.tokens_in = 200, count
         header = (b"x-gate-token-count", b"engine" if exact else b"estimate")
         await send_json(send, 200, {"input_tokens": count}, [header])
-
-    def _bridge(self, endpoint: Endpoint, provider: Provider) -> Bridge:
-        return response_bridge(endpoint, provider)
 
     async def _pass_through(
         self,
@@ -611,7 +598,7 @@ class Gateway:
         self.metrics.request_finished(
             provider,
             model,
-            exchange.endpoint.name,
+            exchange.route.name,
             exchange.status,
             latency,
             exchange.ttft,
@@ -625,7 +612,7 @@ class Gateway:
                 "request.end",
                 {
                     "id": id(exchange),
-                    "endpoint": exchange.endpoint.name,
+                    "endpoint": exchange.route.name,
                     "model": exchange.model,
                     "client": exchange.client,
                     "provider": exchange.provider,
@@ -651,7 +638,7 @@ class Gateway:
                 tokens_in=exchange.tokens_in,
                 tokens_out=exchange.tokens_out,
                 error=exchange.error,
-                endpoint=exchange.endpoint.name,
+                endpoint=exchange.route.name,
             )
         )
 
@@ -661,7 +648,7 @@ class Gateway:
         try:
             self._authenticate(scope)
         except ApiError as exc:
-            await send_json(send, exc.status, exc.body(_dialect_of(scope)), exc.headers())
+            await exc.answer(send, _dialect_of(scope))
             return
         models = self._all_models()
         if _dialect_of(scope) is Dialect.ANTHROPIC:
@@ -691,13 +678,13 @@ class Gateway:
         try:
             self._authenticate(scope)
         except ApiError as exc:
-            await send_json(send, exc.status, exc.body(dialect), exc.headers())
+            await exc.answer(send, dialect)
             return
         model = scope["path"].removeprefix("/v1/models/")
         owners = self._all_models().get(model)
         if owners is None:
             error = ApiError(404, f"model {model!r} is not served here", code="model_not_found")
-            await send_json(send, 404, error.body(dialect))
+            await error.answer(send, dialect)
         elif dialect is Dialect.ANTHROPIC:
             await send_json(send, 200, _anthropic_model(model))
         else:
@@ -707,7 +694,7 @@ class Gateway:
         try:
             self._authenticate(scope)
         except ApiError as exc:
-            await send_json(send, exc.status, exc.body(Dialect.OPENAI), exc.headers())
+            await exc.answer(send, Dialect.OPENAI)
             return
         body = self.metrics.render()
         await send(
@@ -726,6 +713,10 @@ class Gateway:
 class _AbortResponse(Exception):
     """Raised after the response started and cannot end well: the server drops the
     connection, so a client reading a Content-Length body sees it cut off, not complete."""
+
+
+# How `_route` may end other than by success: an answer, or a deliberately cut response.
+_ENDINGS: Final[tuple[type[Exception], ...]] = (*ANSWERABLE, _AbortResponse)
 
 
 class _ResponseTracker:
@@ -778,6 +769,13 @@ async def _end_cut_stream(response: _ResponseTracker, dialect: Dialect, exchange
 _LAST_WORD_TIMEOUT: Final = 1.0
 
 
+def _check_rate(limiter: ClientRateLimiter, client: str) -> None:
+    """Admit one request from `client` or refuse it (LimitExceeded, with the wait)."""
+    wait = limiter.check(client, time.monotonic())
+    if wait > 0:
+        raise LimitExceeded("client", wait, f"rate limit for {client} exceeded")
+
+
 def _with_rate(limiter: ClientRateLimiter, per_minute: float, burst: int) -> ClientRateLimiter:
     """`limiter` itself when its rate is unchanged (its buckets keep their debts)."""
     if (limiter.rate_per_minute, limiter.burst) == (float(per_minute), burst):
@@ -785,22 +783,15 @@ def _with_rate(limiter: ClientRateLimiter, per_minute: float, burst: int) -> Cli
     return ClientRateLimiter(per_minute, burst)
 
 
-async def _cancel_on_disconnect(
-    receive: Receive, scope: trio.CancelScope, exchange: Exchange, response: _ResponseTracker
-) -> None:
-    """After the request body, the next ASGI message is http.disconnect: the client left,
-    unless the response is already complete (then the server sends it as a matter of
-    course)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if response.finished:
-                return
-            exchange.error = "client disconnected"
-            if exchange.status < 400:
-                exchange.status = 499  # nginx's code for "client closed request"
-            scope.cancel()
-            return
+def _client_left(exchange: Exchange, response: _ResponseTracker) -> bool:
+    """Whether an http.disconnect means the client left (the exchange is then cut short):
+    not once the response is complete."""
+    if response.finished:
+        return False
+    exchange.error = "client disconnected"
+    if exchange.status < 400:
+        exchange.status = 499  # nginx's code for "client closed request"
+    return True
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

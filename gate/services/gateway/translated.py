@@ -31,44 +31,50 @@ from gate.dialects import (
     MalformedUpstream,
     MessagesStreamToChatStream,
     SSEDecoder,
-    anthropic_error,
     chat_request_to_messages,
     chat_response_to_message,
     chat_sse_bytes,
     message_to_chat_response,
     messages_to_chat_request,
-    openai_error,
     sse_bytes,
 )
 from gate.services.engines.client import UpstreamError, UpstreamResponse
 from gate.services.engines.registry import Dialect, Provider
-from gate.services.gateway.exchange import ApiError, Bridge, Endpoint, Exchange, decode_request
+from gate.services.gateway.exchange import (
+    ApiError,
+    ApiRoute,
+    Exchange,
+    Translation,
+    api_error,
+    decode_request,
+)
 from gate.services.http.router import Send, send_json
 
-__all__ = ["response_bridge", "translate_request"]
+__all__ = ["translate_request", "translated_response"]
 
 _MAX_BODY = 64 * 1024 * 1024
 _log = logging.getLogger("gate.bridges")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
-def translate_request(endpoint: Endpoint, provider: Provider, body: bytes) -> bytes:
+def translate_request(route: ApiRoute, provider: Provider, body: bytes) -> bytes:
     """The client's request body, rewritten in the engine's dialect."""
     request = decode_request(body)
     if not isinstance(request, dict):
         raise ApiError(400, "request body must be a JSON object")
     try:
-        if endpoint.dialect is Dialect.ANTHROPIC:
+        if route.dialect is Dialect.ANTHROPIC:
             translated = messages_to_chat_request(request)
         else:
             translated = chat_request_to_messages(request)
     except DialectError as exc:
-        raise ApiError(exc.status, str(exc)) from None
+        raise api_error(exc) from None
     return msgspec.json.encode(translated)
 
 
-def response_bridge(endpoint: Endpoint, provider: Provider) -> Bridge:
-    if endpoint.dialect is Dialect.ANTHROPIC:
+def translated_response(route: ApiRoute, provider: Provider) -> Translation:
+    """What writes the client's response on `route` from the other dialect's engine."""
+    if route.dialect is Dialect.ANTHROPIC:
         return _openai_engine_to_anthropic_client
     return _anthropic_engine_to_openai_client
 
@@ -202,7 +208,7 @@ async def _read_json(upstream: UpstreamResponse, exchange: Exchange) -> Any:
     try:
         body = await upstream.read(limit=_MAX_BODY)
     except UpstreamError as exc:
-        raise ApiError(502, f"engine failed: {exc}") from None
+        raise api_error(exc, "engine") from None
     exchange.first_byte()
     try:
         return msgspec.json.decode(body)
@@ -216,8 +222,8 @@ def _or_bad_gateway(translate: Any) -> dict[str, Any]:
     try:
         with _engine_output():
             result: dict[str, Any] = translate()
-    except DialectError as exc:
-        raise ApiError(502, f"engine response cannot be translated: {exc}") from None
+    except DialectError as exc:  # a MalformedUpstream: 502
+        raise api_error(exc, "engine response") from None
     return result
 
 
@@ -227,7 +233,7 @@ def _engine_output() -> Iterator[None]:
 
     Whatever the output made that work raise (MalformedUpstream from a translator, a
     DecodeError, or a TypeError on `"choices": 5` that no check foresaw) is the engine
-    sending what cannot be translated: it leaves as a DialectError, which the callers
+    sending what cannot be translated: it leaves as MalformedUpstream, which the callers
     answer with a 502 or the dialect's stream error, never a 500 or a cut connection.
     Logged here, once per exchange (translation stops at the first failure), and
     without a traceback: a broken engine must not flood the log with them.
@@ -240,8 +246,10 @@ def _engine_output() -> Iterator[None]:
         _log.warning(
             "engine output cannot be translated", extra={"error": f"{type(exc).__name__}: {exc}"}
         )
-        if isinstance(exc, DialectError):
+        if isinstance(exc, MalformedUpstream):
             raise
+        if isinstance(exc, DialectError):  # a translator's own complaint: still the output's
+            raise MalformedUpstream(str(exc)) from None
         raise MalformedUpstream(f"{type(exc).__name__}: {exc}") from None
 
 
@@ -252,10 +260,7 @@ async def _translate_error(upstream: UpstreamResponse, send: Send, dialect: Dial
         message = _error_message(msgspec.json.decode(body))
     except (UpstreamError, msgspec.DecodeError, RecursionError):
         message = f"engine answered HTTP {upstream.status}"
-    if dialect is Dialect.ANTHROPIC:
-        await send_json(send, upstream.status, anthropic_error(upstream.status, message))
-    else:
-        await send_json(send, upstream.status, openai_error(upstream.status, message))
+    await ApiError(upstream.status, message).answer(send, dialect)
 
 
 def _error_message(data: Any) -> str:

@@ -14,6 +14,7 @@ from gate.services.http.router import (
     Handler,
     Route,
     Router,
+    cancel_on_disconnect,
     read_body,
     send_json,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "Route",
     "Router",
     "build_app",
+    "cancel_on_disconnect",
     "read_body",
     "send_json",
     "serve_http",

@@ -35,6 +35,7 @@ __all__ = [
     "Handler",
     "Route",
     "Router",
+    "cancel_on_disconnect",
     "read_body",
     "send_json",
 ]
@@ -133,6 +134,19 @@ class Route(NamedTuple):
     handler: Handler
     doors: frozenset[Door]
     prefix: bool = False  # every path under `path` (e.g. /v1/models/{id}); see add_prefix
+
+
+async def cancel_on_disconnect(
+    receive: Receive, scope: trio.CancelScope, left: Callable[[], bool] | None = None
+) -> None:
+    """Cancel `scope` when the client goes away: after the request body, the next ASGI
+    message is http.disconnect. `left`, if given, is told first and says whether to
+    cancel (False: the response was complete, and the server's disconnect that follows
+    is a matter of course)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    if left is None or left():
+        scope.cancel()
 
 
 class Router:

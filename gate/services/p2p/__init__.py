@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from gate.services.p2p.http_over_stream import (
     PeerResponse,
-    PeerStream,
     request_over_stream,
     serve_http_stream,
 )
@@ -22,7 +21,6 @@ __all__ = [
     "P2PService",
     "PeerResponse",
     "PeerState",
-    "PeerStream",
     "parse_peer_spec",
     "request_over_stream",
     "serve_http_stream",

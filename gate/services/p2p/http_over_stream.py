@@ -24,7 +24,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, MutableMapping
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import trio
 
@@ -36,6 +36,7 @@ from gate.protocol import (
     Channel,
     End,
     ErrorCode,
+    HttpFrame,
     ProtocolError,
     RequestHead,
     ResponseHead,
@@ -52,53 +53,14 @@ from gate.services.engines.client import (
     UpstreamTimeout,
 )
 from gate.services.http.router import ASGIApp
+from gate.services.transport.framed import ByteStream, FramedStream, close_quietly
 
-__all__ = ["PeerResponse", "PeerStream", "request_over_stream", "serve_http_stream"]
+__all__ = ["PeerResponse", "request_over_stream", "serve_http_stream"]
 
 log = logging.getLogger("gate.p2p.http")
 
 # Body frames stay well under the 1 MiB frame limit: msgpack adds a few bytes per frame.
 CHUNK: Final = 256 * 1024
-_READ: Final = 65536
-
-
-class PeerStream(Protocol):
-    """What this module needs of a bidirectional stream (a QUIC stream in production)."""
-
-    async def send_all(self, data: bytes) -> None: ...
-    async def receive_some(self, max_bytes: int | None = None) -> bytes: ...
-    async def send_eof(self) -> None: ...
-    async def aclose(self) -> None: ...
-
-
-class _Frames:
-    """A Channel plus the stream it reads from: `next()` returns the next message."""
-
-    def __init__(self, stream: PeerStream, role: Role) -> None:
-        self.stream = stream
-        self.channel = Channel(HTTP_PROXY, role)
-
-    async def next(self, idle_limit: float | None = None) -> Any:
-        """The next message; with `idle_limit`, TooSlowError if no data comes for that long.
-
-        (Not trio.fail_after around the call: the limit covers only the waits for data,
-        so a message already buffered, the usual case when a head, body and end arrive
-        together, costs no cancel scope.)"""
-        while True:
-            event = self.channel.next_event()
-            if event is not NEED_DATA:
-                return event
-            if idle_limit is None:
-                data = await self.stream.receive_some(_READ)
-            else:
-                with trio.CancelScope(deadline=trio.current_time() + idle_limit) as waiting:
-                    data = await self.stream.receive_some(_READ)
-                if waiting.cancelled_caught:
-                    raise trio.TooSlowError
-            self.channel.receive_data(data)
-
-    async def send(self, message: Any) -> None:
-        await self.stream.send_all(self.channel.send(message))
 
 
 # --- requester ---------------------------------------------------------------------
@@ -107,7 +69,9 @@ class _Frames:
 class PeerResponse(StreamedResponse):
     """A peer's response, read as it arrives."""
 
-    def __init__(self, frames: _Frames, head: ResponseHead, peer: str, read_timeout: float):
+    def __init__(
+        self, frames: FramedStream[HttpFrame], head: ResponseHead, peer: str, read_timeout: float
+    ):
         self._frames = frames
         self.status = head.status
         self.headers: list[tuple[bytes, bytes]] = [
@@ -121,7 +85,7 @@ class PeerResponse(StreamedResponse):
     async def aiter_body(self) -> AsyncGenerator[bytes, None]:
         while not self._complete:
             try:
-                event = await self._frames.next(self._read_timeout)
+                event = await self._frames.receive(self._read_timeout)
             except trio.TooSlowError:
                 raise UpstreamTimeout(
                     f"peer {self._peer}: no data for {self._read_timeout:g}s"
@@ -155,11 +119,11 @@ class PeerResponse(StreamedResponse):
                 await self._frames.send(
                     StreamError(code=ErrorCode.CANCELLED, message="requester cancelled")
                 )
-        await _close_quietly(self._frames.stream)
+        await close_quietly(self._frames.stream)
 
 
 async def request_over_stream(
-    stream: PeerStream,
+    stream: ByteStream,
     *,
     method: str,
     target: str,
@@ -170,7 +134,7 @@ async def request_over_stream(
     read_timeout: float,
 ) -> PeerResponse:
     """Send one request on a fresh stream; return once the peer's response head arrived."""
-    frames = _Frames(stream, Role.INITIATOR)
+    frames = FramedStream(stream, Channel(HTTP_PROXY, Role.INITIATOR))
     try:
         head = RequestHead(
             method=method,
@@ -186,23 +150,23 @@ async def request_over_stream(
         await stream.send_all(data)
         with trio.fail_after(response_timeout):
             while True:
-                event = await frames.next()
+                event = await frames.receive()
                 if isinstance(event, ResponseHead):
                     return PeerResponse(frames, event, peer, read_timeout)
                 if isinstance(event, StreamError):
                     raise UpstreamDisconnected(f"peer {peer} refused: {event.message}")
                 raise UpstreamDisconnected(f"peer {peer}: stream ended before a response")
     except trio.TooSlowError:
-        await _close_quietly(stream)
+        await close_quietly(stream)
         raise UpstreamTimeout(f"peer {peer}: no response within {response_timeout:g}s") from None
     except ProtocolError as exc:
-        await _close_quietly(stream)
+        await close_quietly(stream)
         raise UpstreamProtocolError(f"peer {peer}: {exc}") from None
     except UpstreamError:
-        await _close_quietly(stream)
+        await close_quietly(stream)
         raise
     except BaseException as exc:
-        await _close_quietly(stream)
+        await close_quietly(stream)
         if isinstance(exc, Exception):  # the transport's errors: reset, connection lost
             raise UpstreamDisconnected(f"peer {peer}: {exc}") from None
         raise
@@ -212,18 +176,18 @@ async def request_over_stream(
 
 
 async def serve_http_stream(
-    stream: PeerStream, app: ASGIApp, *, peer: str, trailing: bytes = b""
+    stream: ByteStream, app: ASGIApp, *, peer: str, trailing: bytes = b""
 ) -> None:
     """Run one request from `peer` (its preamble already read) through `app`.
 
     `trailing`: bytes that arrived after the preamble. Returns when the exchange is
     over; a protocol error from the peer ends it with StreamError and a reset.
     """
-    frames = _Frames(stream, Role.RESPONDER)
+    frames = FramedStream(stream, Channel(HTTP_PROXY, Role.RESPONDER))
     if trailing:
         frames.channel.receive_data(trailing)
     try:
-        head = await frames.next()
+        head = await frames.receive()
         if not isinstance(head, RequestHead):
             raise _StreamGone()  # EOF, or an error frame: nothing to serve
         exchange = _ExchangeOverStream(frames, head, peer)
@@ -240,10 +204,10 @@ async def serve_http_stream(
     except Exception as exc:
         log.debug("peer stream failed", extra={"peer": peer, "error": repr(exc)})
     finally:
-        await _close_quietly(stream)
+        await close_quietly(stream)
 
 
-def encode_error(code: int, message: str, frames: _Frames) -> bytes:
+def encode_error(code: int, message: str, frames: FramedStream[HttpFrame]) -> bytes:
     try:
         return frames.channel.send(StreamError(code=code, message=message[:500]))
     except ProtocolError:
@@ -268,7 +232,7 @@ class _ExchangeOverStream:
     straight at watching, without the channel and its task switches.
     """
 
-    def __init__(self, frames: _Frames, head: RequestHead, peer: str) -> None:
+    def __init__(self, frames: FramedStream[HttpFrame], head: RequestHead, peer: str) -> None:
         self.frames = frames
         self.head = head
         self.peer = peer
@@ -347,7 +311,7 @@ class _ExchangeOverStream:
             if self._body_send is not None:
                 async with self._body_send:
                     while True:
-                        event = await self.frames.next()
+                        event = await self.frames.receive()
                         if isinstance(event, Body):
                             await self._body_send.send(event.data)
                         elif isinstance(event, End):
@@ -356,7 +320,7 @@ class _ExchangeOverStream:
                         else:  # StreamError (cancel) or the stream ended mid-request
                             return
             while True:  # the request is in: from now on only a cancel can arrive
-                event = await self.frames.next()
+                event = await self.frames.receive()
                 if event is EOF:
                     # The requester finished its side after the response: nothing more.
                     await trio.sleep_forever()
@@ -434,10 +398,3 @@ class _ExchangeOverStream:
         except Exception:  # the requester is gone: stop the app
             self.cancelled.set()
             raise _StreamGone() from None
-
-
-async def _close_quietly(stream: PeerStream) -> None:
-    """Close, raising no error. A trio stream's aclose closes even when cancelled, and
-    QuicStream's is bounded in time, so no shielded scope of our own is needed here."""
-    with contextlib.suppress(Exception):
-        await stream.aclose()

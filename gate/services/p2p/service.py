@@ -85,6 +85,7 @@ from gate.protocol import (
 from gate.services.control.events import EventBus
 from gate.services.http.router import ASGIApp
 from gate.services.p2p.http_over_stream import serve_http_stream
+from gate.services.transport.framed import close_quietly, receive_event
 from gate.services.transport.quic import (
     Connection,
     Endpoint,
@@ -168,14 +169,11 @@ class ControlStream:
 
     async def receive(self) -> NodeMessage | None:
         """The next message, or None at a clean end of the stream."""
-        while True:
-            event = self.channel.next_event()
-            if event is EOF:
-                return None
-            if event is not NEED_DATA:
-                assert isinstance(event, NodeMessage)
-                return event
-            self.channel.receive_data(await self.stream.receive_some(65536))
+        event = await receive_event(self.stream, self.channel)
+        if event is EOF:
+            return None
+        assert isinstance(event, NodeMessage)
+        return event
 
 
 class P2PService:
@@ -332,7 +330,7 @@ class P2PService:
             await _reject(stream, exc.code, str(exc))
             return
         except (trio.TooSlowError, TransportError, trio.BrokenResourceError):
-            await _close(stream)
+            await close_quietly(stream)
             return
         assert isinstance(preamble, Preamble)
         kind = preamble.stream_type
@@ -416,7 +414,7 @@ class P2PService:
         except (trio.TooSlowError, TransportError, trio.BrokenResourceError):
             pass
         finally:
-            await _close(stream)
+            await close_quietly(stream)
 
     async def _watch_models(self) -> None:
         """Notice when this node's models change (an engine came, went or was added)."""
@@ -637,15 +635,7 @@ async def _reject(stream: QuicStream, code: int, message: str) -> None:
             await stream.send_eof()
         except (TransportError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-    await _close(stream)
-
-
-async def _close(stream: QuicStream) -> None:
-    with trio.move_on_after(1, shield=True):
-        with contextlib.suppress(
-            TransportError, trio.BrokenResourceError, trio.ClosedResourceError
-        ):
-            await stream.aclose()
+    await close_quietly(stream)
 
 
 def _describe(exc: BaseException) -> str:
