@@ -2,6 +2,12 @@
 LiteLLM's proxy (when it is installed), side by side in one run.
 
     .venv/bin/python bench/gateway.py [--litellm PATH_TO_litellm_EXECUTABLE]
+                                      [--against TREE] [--rounds N]
+
+`--against TREE` also measures the Gate of another checkout (e.g. a `git worktree` of
+the commit before a change), in turn with this one, so both rows come from one sitting
+of this noisy machine; `--rounds N` measures each proxy N times in turn and prints the
+median of each column.
 
 The upstream is nginx answering a static chat completion (one port) or a static SSE stream
 (another port), so it is never the bottleneck (nginx alone served ~49,000 req/s here). Load:
@@ -22,6 +28,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -180,7 +187,11 @@ def children(pid: int) -> list[int]:
     return kids + [g for k in kids for g in children(k)]
 
 
-def start_gate(upstream: Upstream, workdir: Path) -> Proxy:
+def start_gate(
+    upstream: Upstream, workdir: Path, tree: Path | None = None, name: str = "Gate"
+) -> Proxy:
+    """`gate serve` of this checkout, or of `tree` (`python -m gate` run there imports
+    that tree's package first)."""
     port = free_port()
     config = workdir / "gate.toml"
     config.write_text(f"""
@@ -207,11 +218,12 @@ base_url = "http://127.0.0.1:{upstream.sse_port}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gate", "serve", "--config", str(config)],
         env=env,
+        cwd=tree or Path(__file__).resolve().parents[1],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     wait_http(port, "/health", deadline=began + 30)
-    return Proxy("Gate", port, proc, time.monotonic() - began)
+    return Proxy(name, port, proc, time.monotonic() - began)
 
 
 def start_litellm(executable: str, upstream: Upstream, workdir: Path) -> Proxy:
@@ -337,6 +349,8 @@ def main() -> None:
             else None
         ),
     )
+    parser.add_argument("--against", type=Path, help="another checkout's Gate to measure too")
+    parser.add_argument("--rounds", type=int, default=1, help="measure each proxy N times")
     args = parser.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -348,9 +362,12 @@ def main() -> None:
         try:
             # Each proxy runs alone while it is measured: an idle LiteLLM still uses CPU.
             starters = [lambda: start_gate(upstream, workdir)]
+            if args.against:
+                against = args.against.resolve()
+                starters.append(lambda: start_gate(upstream, workdir, against, "Gate (against)"))
             if args.litellm:
                 starters.append(lambda: start_litellm(args.litellm, upstream, workdir))
-            run(upstream, starters, workdir)
+            run(upstream, starters, workdir, max(1, args.rounds))
         finally:
             upstream.proc.terminate()
             upstream.proc.wait(timeout=10)
@@ -371,7 +388,7 @@ def measure(proxy: Proxy, workdir: Path) -> tuple[float, ...]:
     )
 
 
-def run(upstream: Upstream, starters: list, workdir: Path) -> None:
+def run(upstream: Upstream, starters: list, workdir: Path, rounds: int = 1) -> None:
     path = "/v1/chat/completions"
     direct = sequential_latency(upstream.json_port, path, REQUEST, SEQUENTIAL)
     direct_ttfb = first_byte(upstream.sse_port, path, STREAM_REQUEST, STREAMS)
@@ -386,12 +403,16 @@ def run(upstream: Upstream, starters: list, workdir: Path) -> None:
             None,
         )
     }
-    for start in starters:
-        proxy = start()
-        try:
-            rows[proxy.name] = measure(proxy, workdir)
-        finally:
-            proxy.stop()
+    measured: dict[str, list[tuple[float, ...]]] = {}
+    for _ in range(rounds):
+        for start in starters:
+            proxy = start()
+            try:
+                measured.setdefault(proxy.name, []).append(measure(proxy, workdir))
+            finally:
+                proxy.stop()
+    for name, runs in measured.items():
+        rows[name] = tuple(statistics.median(column) for column in zip(*runs, strict=True))
 
     base_p50, base_p99 = rows["direct (nginx)"][0], rows["direct (nginx)"][1]
     print(
@@ -402,6 +423,8 @@ def run(upstream: Upstream, starters: list, workdir: Path) -> None:
         f"{'':16}{'p50 ms':>8}{'p99 ms':>8}{'+p50 ms':>9}{'+p99 ms':>9}"
         f"{'req/s':>9}{'TTFB ms':>9}{'RSS MB':>8}{'ready s':>9}"
     )
+    if rounds > 1:
+        print(f"(each figure the median of {rounds} rounds, the proxies taking turns)")
     print(head)
     for name, (p50, p99, rps, ttfb, rss, ready) in rows.items():
         added = name != "direct (nginx)"
@@ -423,6 +446,13 @@ def run(upstream: Upstream, starters: list, workdir: Path) -> None:
     else:
         print("  >= 10x LiteLLM's req/s: LiteLLM not installed (pass --litellm PATH)")
     print(f"  RSS <= 80 MB: {gate[4]:.1f} MB   ready <= 1 s: {gate[5]:.2f} s")
+    if "Gate (against)" in rows:
+        other = rows["Gate (against)"]
+        print(
+            f"\nThis tree against the other: added p50 {gate[0] - base_p50:.3f} vs "
+            f"{other[0] - base_p50:.3f} ms, added p99 {gate[1] - base_p99:.3f} vs "
+            f"{other[1] - base_p99:.3f} ms, req/s ratio {gate[2] / other[2]:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """Peer hop benchmark: the same requests through one Gate (local path) and through a second
 Gate that reaches the first over iroh (one peer hop), side by side in one run.
 
-    .venv/bin/python bench/peers.py
+    .venv/bin/python bench/peers.py [--against TREE]
+
+`--against TREE` runs a second pair of nodes from another checkout (e.g. a `git
+worktree` of the commit before a change); all four paths take turns in the same blocks,
+so the two trees' figures come from one sitting of this noisy machine.
 
 Upstream: nginx answering a static chat completion, and a static SSE stream of many small
 events. Prints added latency p50/p99 of the hop for sequential requests, and streamed
@@ -15,6 +19,7 @@ Loopback only, relays and discovery off; every loop bounded in count and time.
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import os
@@ -112,10 +117,14 @@ http {{ access_log off; client_body_temp_path {workdir};
     return proc, json_port, sse_port
 
 
-def identity(env: dict[str, str]) -> str:
+HERE = Path(__file__).resolve().parents[1]
+
+
+def identity(env: dict[str, str], tree: Path = HERE) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "gate", "identity", "show", "--json"],
         env=env,
+        cwd=tree,
         capture_output=True,
         text=True,
         check=True,
@@ -123,13 +132,16 @@ def identity(env: dict[str, str]) -> str:
     return json.loads(out)["node_id"]
 
 
-def start_gate(env: dict[str, str], config: str, workdir: Path) -> tuple[subprocess.Popen, int]:
+def start_gate(
+    env: dict[str, str], config: str, workdir: Path, tree: Path = HERE
+) -> tuple[subprocess.Popen, int]:
     port = free_port()
     path = workdir / f"gate-{port}.toml"
     path.write_text(f'[server]\nbind = "127.0.0.1:{port}"\n{config}')
     proc = subprocess.Popen(
         [sys.executable, "-m", "gate", "serve", "--config", str(path)],
         env=env,
+        cwd=tree,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -201,53 +213,68 @@ def stream_rate(port: int, rounds: int = 20) -> float:
     return events / seconds
 
 
+def start_pair(
+    tree: Path, workdir: Path, engines: str, procs: list[subprocess.Popen]
+) -> tuple[int, int]:
+    """Node A (the engines) and node B (trusts A, no engines) of `tree`, connected; returns
+    their HTTP ports. Their processes go into `procs`."""
+    # iroh's relay setting had another name before the relay subsystem: use the tree's.
+    new_name = "iroh_relay_mode" in (tree / "gate" / "config.py").read_text()
+    base = {
+        **os.environ,
+        "GATE_LOG": "warning",
+        "GATE_P2P__BIND_HOST": "127.0.0.1",
+        f"GATE_P2P__{'IROH_RELAY_MODE' if new_name else 'RELAY_MODE'}": "disabled",
+        "GATE_P2P__DISCOVERY": "false",
+    }
+    home = workdir / f"nodes-{len(procs)}"
+    env_a = {**base, "XDG_DATA_HOME": str(home / "a"), "XDG_CONFIG_HOME": str(home / "a")}
+    env_b = {**base, "XDG_DATA_HOME": str(home / "b"), "XDG_CONFIG_HOME": str(home / "b")}
+    id_a, id_b = identity(env_a, tree), identity(env_b, tree)
+    port_a, port_b = free_udp_port(), free_udp_port()
+    trust_b = json.dumps([id_b])
+    gate_a, http_a = start_gate(
+        {**env_a, "GATE_P2P__PORT": str(port_a), "GATE_P2P__TRUSTED_PEERS": trust_b},
+        engines,
+        workdir,
+        tree,
+    )
+    procs.append(gate_a)
+    trust_a = json.dumps([f"{id_a}@127.0.0.1:{port_a}"])
+    gate_b, http_b = start_gate(
+        {**env_b, "GATE_P2P__PORT": str(port_b), "GATE_P2P__TRUSTED_PEERS": trust_a},
+        "",
+        workdir,
+        tree,
+    )
+    procs.append(gate_b)
+    wait_connected(http_b, id_a)
+    return http_a, http_b
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--against", type=Path, help="another checkout's Gate to measure too")
+    args = parser.parse_args()
+    trees = {"": HERE}
+    if args.against:
+        trees[" (against)"] = args.against.resolve()
     with tempfile.TemporaryDirectory(prefix="gate-bench-peers-") as tmp:
         workdir = Path(tmp)
         nginx, json_port, sse_port = start_nginx(workdir)
-        base = {
-            **os.environ,
-            "GATE_LOG": "warning",
-            "GATE_P2P__BIND_HOST": "127.0.0.1",
-            "GATE_P2P__IROH_RELAY_MODE": "disabled",
-            "GATE_P2P__DISCOVERY": "false",
-        }
-        env_a = {**base, "XDG_DATA_HOME": str(workdir / "a"), "XDG_CONFIG_HOME": str(workdir / "a")}
-        env_b = {**base, "XDG_DATA_HOME": str(workdir / "b"), "XDG_CONFIG_HOME": str(workdir / "b")}
-        id_a, id_b = identity(env_a), identity(env_b)
-        port_a, port_b = free_udp_port(), free_udp_port()
         engines = (
             f"[[providers.engines]]\nname = 'json'\nkind = 'openai_compatible'\n"
             f"base_url = 'http://127.0.0.1:{json_port}'\n"
             f"[[providers.engines]]\nname = 'sse'\nkind = 'openai_compatible'\n"
             f"base_url = 'http://127.0.0.1:{sse_port}'\n"
         )
-        procs = []
+        procs: list[subprocess.Popen] = []
         try:
-            gate_a, http_a = start_gate(
-                {
-                    **env_a,
-                    "GATE_P2P__PORT": str(port_a),
-                    "GATE_P2P__TRUSTED_PEERS": json.dumps([id_b]),
-                },
-                engines,
-                workdir,
-            )
-            procs.append(gate_a)
-            gate_b, http_b = start_gate(
-                {
-                    **env_b,
-                    "GATE_P2P__PORT": str(port_b),
-                    "GATE_P2P__TRUSTED_PEERS": json.dumps([f"{id_a}@127.0.0.1:{port_a}"]),
-                },
-                "",
-                workdir,
-            )
-            procs.append(gate_b)
-            wait_connected(http_b, id_a)
-            latency = interleaved_latency({"local": http_a, "hop": http_b}, SEQUENTIAL)
-            local, hop = latency["local"], latency["hop"]
-            local_rate, hop_rate = stream_rate(http_a), stream_rate(http_b)
+            ports: dict[str, int] = {}
+            for tag, tree in trees.items():
+                ports[f"local{tag}"], ports[f"hop{tag}"] = start_pair(tree, workdir, engines, procs)
+            latency = interleaved_latency(ports, SEQUENTIAL)
+            rates = {name: stream_rate(port) for name, port in ports.items()}
         finally:
             for proc in procs:
                 proc.terminate()
@@ -256,22 +283,29 @@ def main() -> None:
             nginx.wait(timeout=10)
 
     print(
-        f"Peer hop benchmark: {len(local)} + {len(hop)} sequential requests, alternating in "
-        f"blocks of {BLOCK}; streams of {EVENTS} events\n"
+        f"Peer hop benchmark: {SEQUENTIAL} sequential requests per path, the paths taking "
+        f"turns in blocks of {BLOCK}; streams of {EVENTS} events\n"
     )
-    print(f"{'':28}{'p50 ms':>9}{'p99 ms':>9}{'events/s':>11}")
-    print(
-        f"{'local (client -> A)':28}{pct(local, 0.5):9.3f}{pct(local, 0.99):9.3f}{local_rate:11.0f}"
-    )
-    print(
-        f"{'one hop (client -> B -> A)':28}{pct(hop, 0.5):9.3f}{pct(hop, 0.99):9.3f}"
-        f"{hop_rate:11.0f}"
-    )
-    added50, added99 = pct(hop, 0.5) - pct(local, 0.5), pct(hop, 0.99) - pct(local, 0.99)
-    print(
-        f"\nadded by the hop: p50 {added50:.3f} ms, p99 {added99:.3f} ms "
-        f"(target: p50 <= 2 ms); streamed events/s ratio {hop_rate / local_rate:.2f}"
-    )
+    print(f"{'':40}{'p50 ms':>9}{'p99 ms':>9}{'events/s':>11}")
+    for tag in trees:
+        for name, label in (
+            ("local", "local (client -> A)"),
+            ("hop", "one hop (client -> B -> A)"),
+        ):
+            samples = latency[name + tag]
+            print(
+                f"{label + tag:40}{pct(samples, 0.5):9.3f}{pct(samples, 0.99):9.3f}"
+                f"{rates[name + tag]:11.0f}"
+            )
+    print()
+    for tag in trees:
+        local, hop = latency["local" + tag], latency["hop" + tag]
+        added50, added99 = pct(hop, 0.5) - pct(local, 0.5), pct(hop, 0.99) - pct(local, 0.99)
+        ratio = rates["hop" + tag] / rates["local" + tag]
+        print(
+            f"added by the hop{tag}: p50 {added50:.3f} ms, p99 {added99:.3f} ms "
+            f"(target: p50 <= 2 ms); streamed events/s ratio {ratio:.2f}"
+        )
 
 
 if __name__ == "__main__":
