@@ -20,14 +20,7 @@ import msgspec
 
 from gate.identity import write_secret_file_atomic
 from gate.peers_config import parse_peer_spec
-from gate.protocol import (
-    Capabilities,
-    Connected,
-    ConnectionStatus,
-    Disconnected,
-    NodeId,
-    PeerInfo,
-)
+from gate.protocol import Capabilities, Connected, ConnectionStatus, Disconnected, NodeId, PeerInfo
 from gate.services.transport.quic import Connection
 
 __all__ = ["PEERS_CACHE", "PeerState", "PeersCache", "TrustedPeers"]

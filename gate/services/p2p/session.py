@@ -57,8 +57,6 @@ from gate.services.transport.quic import Connection, QuicStream, TransportError
 
 __all__ = ["ControlStream", "NodeControl", "Refused"]
 
-log = logging.getLogger("gate.p2p")
-
 _HANDSHAKE_TIMEOUT: Final = 10.0  # for the responder, from the stream's preamble on
 _MODELS_POLL_INTERVAL: Final = 0.5  # how soon a change of this node's models reaches peers
 # While requests to a peer are in flight: a Ping every _BUSY_PING_INTERVAL, and a peer
@@ -68,6 +66,8 @@ _MODELS_POLL_INTERVAL: Final = 0.5  # how soon a change of this node's models re
 # for a lost packet to be sent again on a slow path. Idle peers keep the configured pace.
 _BUSY_PING_INTERVAL: Final = 1.0
 _BUSY_PONG_TIMEOUT: Final = 4.0
+
+log = logging.getLogger("gate.p2p")
 
 
 class ControlStream:
