@@ -1,6 +1,9 @@
 """The API pipeline: authenticate, limit, route and relay each request (`pipeline`), what
-one request is and how it can end (`exchange`), translated exchanges between dialects
-(`translated`), limits (`limits`) and Prometheus metrics (`metrics`).
+one request is and how it can end (`exchange`), relaying a response and ending it when it
+cannot end well (`relay`), token usage read off a relayed response (`usage_tap`),
+translated exchanges between dialects (`translated`), count_tokens for engines without it
+(`count_tokens`), forwarding to peers (`peers`), the model listing and /metrics
+(`listing`), limits (`limits`) and Prometheus metrics (`metrics`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from gate.services.gateway.limits import (
     InFlightLimiter,
     LimitExceeded,
     LimitScope,
+    PeerLimiter,
     TokenBucket,
     retry_after_value,
 )
@@ -59,6 +63,7 @@ __all__ = [
     "LimitExceeded",
     "LimitScope",
     "Metrics",
+    "PeerLimiter",
     "TokenBucket",
     "Translation",
     "api_error",

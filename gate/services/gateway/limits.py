@@ -25,6 +25,10 @@ by ``max_clients`` whatever clients send.
 
 `InFlightLimiter` counts requests between `InFlightLimiter.try_enter` and
 `InFlightLimiter.leave`; a streamed response holds its place until its last byte.
+
+`PeerLimiter` is what one trusted peer may ask of this node: a rate bucket of its own
+and a cap on its requests in flight, counted between `PeerLimiter.enter` and
+`PeerLimiter.leave`.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ __all__ = [
     "InFlightLimiter",
     "LimitExceeded",
     "LimitScope",
+    "PeerLimiter",
     "TokenBucket",
     "retry_after_value",
 ]
@@ -177,6 +182,19 @@ class ClientRateLimiter:
             buckets.move_to_end(client)
         return bucket.try_acquire(now)
 
+    def admit(self, client: str, now: float) -> None:
+        """Admit one request from ``client`` or refuse it (LimitExceeded, with the wait)."""
+        wait = self.check(client, now)
+        if wait > 0:
+            raise LimitExceeded("client", wait, f"rate limit for {client} exceeded")
+
+    def with_rate(self, rate_per_minute: float, burst: int) -> ClientRateLimiter:
+        """This limiter when its rate is unchanged (its buckets keep their debts), else a
+        new one, every bucket full."""
+        if (self.rate_per_minute, self.burst) == (float(rate_per_minute), burst):
+            return self
+        return ClientRateLimiter(rate_per_minute, burst)
+
     def _new_bucket(self, client: str, now: float) -> TokenBucket:
         buckets = self._buckets
         for _ in range(_SWEEP):
@@ -243,3 +261,45 @@ class InFlightLimiter:
 
     def __repr__(self) -> str:
         return f"<InFlightLimiter {self._in_flight}/{self.limit or 'unlimited'}>"
+
+
+class PeerLimiter:
+    """What one trusted peer may ask of this node: its own rate (``rate_per_minute <= 0``
+    means unlimited) and at most ``max_in_flight`` requests at once (0: unlimited).
+
+    Each successful `enter` must be matched by exactly one `leave` (put it in a
+    ``finally``).
+    """
+
+    __slots__ = ("_in_flight", "max_in_flight", "rate")
+
+    def __init__(self, rate_per_minute: float, burst: int, max_in_flight: int) -> None:
+        self.rate = ClientRateLimiter(rate_per_minute, burst)
+        self.max_in_flight = max_in_flight
+        self._in_flight: dict[str, int] = {}
+
+    def reconfigure(self, rate_per_minute: float, burst: int, max_in_flight: int) -> None:
+        """New limits; requests in flight keep counting, and the rate buckets restart full
+        only when the rate changes."""
+        self.rate = self.rate.with_rate(rate_per_minute, burst)
+        self.max_in_flight = max_in_flight
+
+    def enter(self, peer: str, now: float) -> None:
+        """Admit one request from ``peer`` or refuse it (LimitExceeded)."""
+        self.rate.admit(peer, now)
+        count = self._in_flight.get(peer, 0)
+        if self.max_in_flight and count >= self.max_in_flight:
+            raise LimitExceeded(
+                "client",
+                1,
+                f"{peer} has {count} requests in flight, the most this node takes from one peer",
+            )
+        self._in_flight[peer] = count + 1
+
+    def leave(self, peer: str) -> None:
+        """Give back the place a successful `enter` took."""
+        count = self._in_flight.get(peer, 1) - 1
+        if count:
+            self._in_flight[peer] = count
+        else:
+            self._in_flight.pop(peer, None)
