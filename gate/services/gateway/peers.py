@@ -14,7 +14,7 @@ from gate.protocol import NodeId
 from gate.services.engines.client import HOP_BY_HOP, UpstreamError
 from gate.services.gateway.exchange import ApiError, ApiRoute, Exchange, api_error
 from gate.services.gateway.metrics import Metrics
-from gate.services.gateway.relay import pass_through
+from gate.services.gateway.response import pass_through
 from gate.services.http.router import Scope, Send
 from gate.services.p2p.http_over_stream import request_over_stream
 from gate.services.p2p.service import P2PService, PeerState

@@ -69,7 +69,7 @@ from gate.services.gateway.limits import (
 from gate.services.gateway.listing import Listing
 from gate.services.gateway.metrics import UNKNOWN, Metrics
 from gate.services.gateway.peers import PeerForwarding
-from gate.services.gateway.relay import (
+from gate.services.gateway.response import (
     AbortResponse,
     ResponseTracker,
     end_cut_stream,

@@ -19,7 +19,7 @@ and does two things at once:
   follows ConnectionStatus: Connecting(attempt) -> Connected(since) -> Disconnected /
   Failed(reason).
 
-Requests to a peer (gate.services.gateway.pipeline) open an HttpProxy stream on that peer's
+Requests to a peer (gate.services.gateway.peers) open an HttpProxy stream on that peer's
 connection. Requests that arrived from a peer are never sent on to another peer.
 """
 
