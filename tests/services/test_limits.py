@@ -15,6 +15,7 @@ from gate.services.gateway.limits import (
     ClientRateLimiter,
     InFlightLimiter,
     LimitExceeded,
+    PeerLimiter,
     TokenBucket,
 )
 
@@ -256,3 +257,29 @@ def test_retry_after_header_is_whole_seconds_rounded_up(retry_after: float, head
 def test_limit_exceeded_scope_is_checked() -> None:
     with pytest.raises(ValueError):
         LimitExceeded("planet", 1.0)  # type: ignore[arg-type]
+
+
+def test_a_peer_gets_its_own_in_flight_cap_and_gives_places_back():
+    limiter = PeerLimiter(rate_per_minute=0, burst=1, max_in_flight=2)
+    limiter.enter("peer:a", 0.0)
+    limiter.enter("peer:a", 0.0)
+    with pytest.raises(LimitExceeded) as refused:
+        limiter.enter("peer:a", 0.0)
+    assert refused.value.retry_after == 1 and "2 requests in flight" in str(refused.value)
+    limiter.enter("peer:b", 0.0)  # another peer has its own count
+    limiter.leave("peer:a")
+    limiter.enter("peer:a", 0.0)  # the place given back is taken again
+
+
+def test_a_peer_rate_refuses_with_the_wait_and_survives_an_unchanged_reconfigure():
+    limiter = PeerLimiter(rate_per_minute=60, burst=1, max_in_flight=0)
+    limiter.enter("peer:a", 0.0)
+    limiter.leave("peer:a")
+    with pytest.raises(LimitExceeded) as refused:
+        limiter.enter("peer:a", 0.0)
+    assert refused.value.retry_after == pytest.approx(1.0)
+    limiter.reconfigure(60, 1, 0)  # same rate: the debt stays
+    with pytest.raises(LimitExceeded):
+        limiter.enter("peer:a", 0.5)
+    limiter.reconfigure(120, 1, 0)  # a new rate starts every bucket full
+    limiter.enter("peer:a", 0.5)
