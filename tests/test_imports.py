@@ -53,16 +53,19 @@ def imported_names(path: Path, name: str, is_package: bool) -> Iterator[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the Gate modules its imports run (the module itself and its own
-    packages left out)."""
+    """Module -> the Gate modules its imports run. The packages an import runs on the
+    way are left out when they are the module's own (they always run first), but a
+    module that names its own package (`from its.package import sibling`) depends on
+    that package's `__init__`, which imports the module back."""
     modules = module_names()
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         own = {name, *ancestors(name)}
         edges: set[str] = set()
         for target in imported_names(path, name, path.name == "__init__.py"):
-            for candidate in [*ancestors(target), target]:
-                if candidate in modules and candidate not in own:
+            passed = [c for c in ancestors(target) if c not in own]
+            for candidate in [*passed, target]:
+                if candidate in modules and candidate != name:
                     edges.add(candidate)
         graph[name] = edges
     return graph

@@ -93,7 +93,7 @@ import outcome
 import trio
 from iroh import iroh_ffi as _ffi
 
-from gate.services.transport import iroh_speedups
+import gate.services.transport.iroh_speedups as iroh_speedups
 
 __all__ = [
     "BridgeError",

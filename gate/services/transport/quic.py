@@ -62,9 +62,9 @@ from typing import Any, Literal, NoReturn, Self
 import iroh
 import trio
 
+import gate.services.transport.iroh_trio as iroh_trio
 from gate.errors import ServiceError
 from gate.protocol.node_id import NodeId
-from gate.services.transport import iroh_trio
 
 __all__ = [
     "ALPN",
