@@ -423,6 +423,34 @@ def test_engine_killed_mid_anthropic_stream_sends_an_error_event(
                 engine.kill()
 
 
+def test_translated_anthropic_stream_reports_real_token_usage(
+    start_gate, make_llama_engine, tmp_path
+):
+    """Claude Code tracks its context window with the stream's usage: message_start's
+    input_tokens is the count count_tokens gives for the same request, and
+    message_delta's output_tokens the tokens generated, not the chunks sent."""
+    from tests.engine.tiny_model import write_tiny_gguf
+
+    # Anthropic's API has no logit_bias: a model that cannot stop makes exactly max_tokens.
+    engine = make_llama_engine(write_tiny_gguf(tmp_path / "endless.gguf", can_stop=False))
+    gate = start_gate(engine_config(engine))
+    request = {
+        "model": MODEL,
+        "system": "be brief",
+        "messages": [{"role": "user", "content": "how many tokens is this?"}],
+    }
+    with ant(gate) as client:
+        counted = client.messages.count_tokens(**request).input_tokens
+        with client.messages.stream(max_tokens=64, **request) as stream:
+            events = list(stream)
+    start = next(e for e in events if e.type == "message_start")
+    delta = next(e for e in events if e.type == "message_delta")
+    assert delta.delta.stop_reason == "max_tokens"
+    assert delta.usage.output_tokens == 64
+    assert start.message.usage.input_tokens == counted > 0
+    assert delta.usage.input_tokens == counted
+
+
 @pytest.mark.parametrize("dialect", ["openai", "anthropic"])
 def test_stream_cut_by_the_shutdown_drain_ends_with_an_error_event(
     start_gate, make_llama_engine, tmp_path, dialect

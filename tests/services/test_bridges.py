@@ -287,6 +287,42 @@ def test_the_well_formed_streams_translate_to_a_finished_stream() -> None:
     assert sse_events(run_bridge(CHAT_ENDPOINT, ANTHROPIC_ENGINE, upstream))[-1][1] == "[DONE]"
 
 
+@pytest.mark.parametrize("exact", [True, False])
+@pytest.mark.parametrize("engine_usage", [False, True])
+def test_a_translated_stream_reports_the_counted_prompt_and_the_engines_usage(
+    exact: bool, engine_usage: bool
+) -> None:
+    """message_start carries the prompt counted before the request (marked `engine` or
+    `estimate`); message_delta the engine's usage when it sends it (include_usage), which
+    is no content, else the count and one output token per delta; the record agrees."""
+    chunks: list[Any] = [chunk({"role": "assistant", "content": ""})]
+    chunks += [chunk({"content": "Hi"}), chunk({"content": " there"}), chunk({}, "length")]
+    if engine_usage:
+        chunks.append({"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 3}})
+    exchange = Exchange(MESSAGES_ENDPOINT, time.perf_counter(), model="m", stream=True)
+    exchange.prompt_count = (7, exact)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def main() -> None:
+        upstream = EngineBody(b"text/event-stream", chat_sse(chunks))
+        await translated_response(MESSAGES_ENDPOINT, OPENAI_ENGINE)(upstream, send, exchange)  # type: ignore[arg-type]
+
+    trio.run(main)
+    headers = dict(sent[0]["headers"])
+    assert headers[b"x-gate-token-count"] == (b"engine" if exact else b"estimate")
+    events = [(name, msgspec.json.decode(data)) for name, data in sse_events(sent)]
+    start, delta = events[0][1], next(d for n, d in events if n == "message_delta")
+    assert start["message"]["usage"] == {"input_tokens": 7, "output_tokens": 0}
+    texts = [d["delta"]["text"] for n, d in events if n == "content_block_delta"]
+    assert texts == ["Hi", " there"]
+    expected = (12, 3) if engine_usage else (7, 2)
+    assert (delta["usage"]["input_tokens"], delta["usage"]["output_tokens"]) == expected
+    assert (exchange.tokens_in, exchange.tokens_out) == expected
+
+
 # --- the issue's shapes, through the whole app -------------------------------------------
 #
 # The engine is a stand-in: no real engine emits malformed chunks on demand, and these

@@ -158,6 +158,9 @@ class Exchange:
     tokens_out: int | None = None
     error: str | None = None
     include_usage: bool = False  # an OpenAI client asked for stream_options.include_usage
+    # A translated Anthropic stream's prompt, counted before it goes to the engine (for
+    # message_start, which precedes every token): (count, by the engine's tokenizer?)
+    prompt_count: tuple[int, bool] | None = None
     metered: bool = False  # counted in the in-flight gauge (once a provider was chosen)
 
     def first_byte(self) -> None:

@@ -75,7 +75,11 @@ from gate.services.gateway.response import (
     end_cut_stream,
     pass_through,
 )
-from gate.services.gateway.translated import translate_request, translated_response
+from gate.services.gateway.translated import (
+    count_translated_prompt,
+    translate_request,
+    translated_response,
+)
 from gate.services.http.router import (
     EVERY_DOOR,
     LOCAL_ONLY,
@@ -408,6 +412,9 @@ class Gateway:
             payload = body
             if provider.dialect is not route.dialect:
                 payload = translate_request(route, provider, body)
+                await count_translated_prompt(
+                    self.client, route, provider, body, exchange, self.server.response_timeout
+                )
             headers = _merge_headers(client_headers, provider.auth_headers)
             exchange.provider = provider.name
             try:

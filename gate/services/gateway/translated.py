@@ -38,8 +38,9 @@ from gate.dialects import (
     messages_to_chat_request,
     sse_bytes,
 )
-from gate.services.engines.client import UpstreamError, UpstreamResponse
+from gate.services.engines.client import UpstreamClient, UpstreamError, UpstreamResponse
 from gate.services.engines.registry import Dialect, Provider
+from gate.services.engines.tokens import count_prompt_tokens, prompt_text
 from gate.services.gateway.exchange import (
     ApiError,
     ApiRoute,
@@ -50,11 +51,12 @@ from gate.services.gateway.exchange import (
 )
 from gate.services.http.router import Send, send_json
 
-__all__ = ["translate_request", "translated_response"]
+__all__ = ["count_translated_prompt", "translate_request", "translated_response"]
 
 _MAX_BODY = 64 * 1024 * 1024
 _log = logging.getLogger("gate.bridges")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+_ANTHROPIC_USAGE = ("input_tokens", "output_tokens")
 
 
 def translate_request(route: ApiRoute, provider: Provider, body: bytes) -> bytes:
@@ -70,6 +72,33 @@ def translate_request(route: ApiRoute, provider: Provider, body: bytes) -> bytes
     except DialectError as exc:
         raise api_error(exc) from None
     return msgspec.json.encode(translated)
+
+
+async def count_translated_prompt(
+    client: UpstreamClient,
+    route: ApiRoute,
+    provider: Provider,
+    body: bytes,
+    exchange: Exchange,
+    response_timeout: float,
+) -> None:
+    """Count an Anthropic stream's prompt before it goes to an OpenAI engine.
+
+    Anthropic's stream opens with `message_start`, whose usage has the input tokens,
+    before the first generated token; an OpenAI engine tells its usage at the end if
+    at all (with `include_usage`; llama-cpp-python never does). So the prompt is
+    counted first, exactly as count_tokens counts it: the engine's tokenizer, else an
+    estimate (`x-gate-token-count: estimate` on the response). Before the request and
+    not beside it: llama-cpp-python ends a running stream when another request comes.
+    """
+    if route.dialect is not Dialect.ANTHROPIC or not exchange.stream:
+        return
+    request = decode_request(body)
+    if not isinstance(request, dict):
+        return  # translate_request answers it with a 400
+    exchange.prompt_count = await count_prompt_tokens(
+        client, provider, exchange.model, prompt_text(request), response_timeout
+    )
 
 
 def translated_response(route: ApiRoute, provider: Provider) -> Translation:
@@ -94,8 +123,13 @@ async def _openai_engine_to_anthropic_client(
         _take_usage(exchange, message.get("usage"), "input_tokens", "output_tokens")
         await send_json(send, 200, message)
         return
-    translator = ChatStreamToMessagesStream(exchange.model, message_id)
-    await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+    headers = _SSE_HEADERS
+    input_tokens = 0
+    if exchange.prompt_count is not None:
+        input_tokens, exact = exchange.prompt_count
+        headers = [*headers, (b"x-gate-token-count", b"engine" if exact else b"estimate")]
+    translator = ChatStreamToMessagesStream(exchange.model, message_id, input_tokens)
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     decoder = SSEDecoder()
     finished = False
     try:
@@ -108,8 +142,13 @@ async def _openai_engine_to_anthropic_client(
                         if finished:
                             break  # nothing follows [DONE]
                         if event.data == "[DONE]":
-                            out += translator.finish()
+                            closing = translator.finish()
+                            out += closing
                             finished = True
+                            # The usage told the client: the engine's, else Gate's count.
+                            for name, data in closing:
+                                if name == "message_delta":
+                                    _take_usage(exchange, data["usage"], *_ANTHROPIC_USAGE)
                         elif event.data:
                             data = msgspec.json.decode(event.data)
                             if isinstance(data, Mapping) and "error" in data:
