@@ -206,6 +206,30 @@ def test_anthropic_messages_with_system_and_turns(gate):
         assert message.usage.output_tokens == 4
 
 
+def test_anthropic_system_message_among_the_turns(gate):
+    """Claude Code sends `role: "system"` at messages[1]; the Anthropic API takes it."""
+    with ant(gate) as client:
+        message = client.messages.create(
+            model=MODEL,
+            max_tokens=4,
+            system="Answer briefly.",
+            messages=[
+                {"role": "user", "content": "hi"},
+                {"role": "system", "content": "The user works in /tmp."},
+                {"role": "assistant", "content": "hello"},
+                {
+                    "role": "system",
+                    "content": [
+                        {"type": "text", "text": "Be kind.", "cache_control": {"type": "ephemeral"}}
+                    ],
+                },
+                {"role": "user", "content": "and?"},
+            ],
+        )
+    assert message.type == "message" and message.content[0].type == "text"
+    assert 1 <= message.usage.output_tokens <= 4
+
+
 def test_anthropic_stream_has_the_exact_event_grammar(gate):
     lines = sse_lines(
         f"{gate.url}/v1/messages",
