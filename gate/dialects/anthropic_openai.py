@@ -295,8 +295,9 @@ def chat_response_to_message(
 
     `model` is the name the client asked for. The id is `message_id`, else "msg_" +
     the completion's id. Content: one text block if the text is non-empty (a refusal
-    counts as text), then one tool_use block per tool call, its `input` parsed from
-    the arguments (see `RAW_ARGUMENTS_KEY` for arguments that are not a JSON object).
+    counts as text), then one tool_use block per tool call (the legacy `function_call`
+    only when there are no `tool_calls`), its `input` parsed from the arguments (see
+    `RAW_ARGUMENTS_KEY` for arguments that are not a JSON object).
     Raises MalformedUpstream if the engine's response has no choice to translate.
     """
     choices = resp.get("choices") if isinstance(resp, Mapping) else None
@@ -314,7 +315,9 @@ def chat_response_to_message(
     if text:
         content.append({"type": "text", "text": text})
     calls = [c for c in message.get("tool_calls") or [] if isinstance(c, Mapping)]
-    if isinstance(message.get("function_call"), Mapping):  # the deprecated single call
+    # The deprecated single call, only when there are no tool_calls: llama.cpp's servers
+    # send both for one call, and translating both would have the client run it twice.
+    if not calls and isinstance(message.get("function_call"), Mapping):
         calls.append({"function": message["function_call"]})
     msg_id = message_id or _message_id(resp.get("id"))
     for n, call in enumerate(calls):

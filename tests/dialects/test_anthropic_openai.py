@@ -523,6 +523,26 @@ RESPONSES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         message([tool_use("c", "f", {})], "tool_use"),
     ),
     (
+        "legacy function_call beside tool_calls (llama.cpp): one call",
+        completion(
+            {
+                "content": None,
+                "tool_calls": [call("call_1", "get_weather", '{"city": "Paris"}')],
+                "function_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            },
+            "tool_calls",
+        ),
+        message([tool_use("call_1", "get_weather", {"city": "Paris"})], "tool_use"),
+    ),
+    (
+        "legacy function_call alone",
+        completion(
+            {"content": None, "function_call": {"name": "f", "arguments": "{}"}},
+            "function_call",
+        ),
+        message([tool_use("toolu_msg_abc_0", "f", {})], "tool_use"),
+    ),
+    (
         "invalid arguments kept raw",
         completion({"content": None, "tool_calls": [call("c", "f", '{"a": ')]}, "tool_calls"),
         message([tool_use("c", "f", {RAW_ARGUMENTS_KEY: '{"a": '})], "tool_use"),

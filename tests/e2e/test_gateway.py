@@ -300,6 +300,26 @@ def test_anthropic_tool_use_translated_both_ways(gate):
     assert follow_up.type == "message"
 
 
+def test_anthropic_forced_tool_use_is_one_block_not_streamed(gate):
+    """llama.cpp answers one call as both `tool_calls` and the legacy `function_call`."""
+    tool = {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "input_schema": WEATHER_TOOL["function"]["parameters"],
+    }
+    with ant(gate) as client:
+        message = client.messages.create(
+            model=MODEL,
+            max_tokens=64,
+            messages=HI,
+            tools=[tool],
+            tool_choice={"type": "tool", "name": "get_weather"},
+        )
+    uses = [b for b in message.content if b.type == "tool_use"]
+    assert len(uses) == 1, message.content
+    assert message.stop_reason == "tool_use" and uses[0].name == "get_weather"
+
+
 # --- errors in the client's dialect --------------------------------------------------
 
 
