@@ -320,6 +320,22 @@ def test_anthropic_forced_tool_use_is_one_block_not_streamed(gate):
     assert message.stop_reason == "tool_use" and uses[0].name == "get_weather"
 
 
+def test_max_completion_tokens_caps_a_llama_cpp_reply(gate):
+    """langchain-openai sends `max_completion_tokens`, which llama.cpp ignores."""
+    with oai(gate) as client:
+        response = client.chat.completions.create(
+            model=MODEL,
+            messages=HI,
+            max_completion_tokens=5,
+            seed=0,  # uncapped, this seed writes 31 tokens before the stop (seed 4 only 5)
+            temperature=0.8,
+            stop=["~"],  # bounds the uncapped run: one printable byte in 95 at each token
+            extra_body={"logit_bias": NO_EOS},
+        )
+    assert response.usage is not None and response.usage.completion_tokens == 5
+    assert response.choices[0].finish_reason == "length"
+
+
 # --- errors in the client's dialect --------------------------------------------------
 
 
