@@ -7,7 +7,9 @@ JSON and does all IO.
 
 Request mapping (Anthropic "Messages" API reference -> OpenAI "Chat Completions")
 ---------------------------------------------------------------------------------
-* `system` (string or text blocks) -> one leading `system` message.
+* `system` (string or text blocks) -> one leading `system` message. `role: "system"`
+  messages among the turns (Claude Code sends them) join it, after it, in order,
+  separated by a blank line: see `messages_to_chat_request` for why not in place.
 * Content that is only text becomes a string (text blocks joined with "\\n"), since
   every engine's chat template accepts a string; content with images or documents
   becomes a list of OpenAI content parts.
@@ -78,10 +80,21 @@ def messages_to_chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidRequest("must be a list of messages", param="messages")
     out: list[dict[str, Any]] = []
     system = body.get("system")
-    if system:
-        out.append({"role": "system", "content": _system_text(system)})
+    instructions = [_system_text(system, "system")] if system else []
     for i, message in enumerate(messages):
-        out.extend(_message(message, f"messages.{i}"))
+        if isinstance(message, Mapping) and message.get("role") == "system":
+            instructions.append(_system_text(message.get("content"), f"messages.{i}.content"))
+        else:
+            out.extend(_message(message, f"messages.{i}"))
+    # Claude Code puts `role: "system"` messages among the turns (the Anthropic API takes
+    # them). They join the leading system message instead of staying where they are:
+    # many engines' chat templates (Gemma's, Mistral's, some Qwen ones) raise on a system
+    # message after the first, or on turns that do not alternate, while every template
+    # that takes a system prompt takes it first. The text stays an instruction from the
+    # system, in the order given; only its place among the turns is lost.
+    instructions = [text for text in instructions if text]
+    if instructions:
+        out.insert(0, {"role": "system", "content": "\n\n".join(instructions)})
     request: dict[str, Any] = {"model": model, "messages": out}
     for key in ("max_tokens", "temperature", "top_p", "top_k"):
         if body.get(key) is not None:
@@ -104,12 +117,13 @@ def messages_to_chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
     return request
 
 
-def _system_text(system: Any) -> str:
+def _system_text(system: Any, where: str) -> str:
+    """A system prompt's text: a string, or text blocks joined (cache_control dropped)."""
     if isinstance(system, str):
         return system
     if isinstance(system, list):
-        return "\n".join(_text_of(block, f"system.{i}") for i, block in enumerate(system))
-    raise InvalidRequest("must be a string or a list of text blocks", param="system")
+        return "\n".join(_text_of(block, f"{where}.{i}") for i, block in enumerate(system))
+    raise InvalidRequest("must be a string or a list of text blocks", param=where)
 
 
 def _text_of(block: Any, where: str) -> str:
@@ -126,7 +140,9 @@ def _message(message: Any, where: str) -> list[dict[str, Any]]:
         raise InvalidRequest("a message must be an object", param=where)
     role, content = message.get("role"), message.get("content")
     if role not in ("user", "assistant"):
-        raise InvalidRequest(f"role {role!r} is not 'user' or 'assistant'", param=f"{where}.role")
+        raise InvalidRequest(
+            f"role {role!r} is not 'user', 'assistant' or 'system'", param=f"{where}.role"
+        )
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
@@ -279,8 +295,9 @@ def chat_response_to_message(
 
     `model` is the name the client asked for. The id is `message_id`, else "msg_" +
     the completion's id. Content: one text block if the text is non-empty (a refusal
-    counts as text), then one tool_use block per tool call, its `input` parsed from
-    the arguments (see `RAW_ARGUMENTS_KEY` for arguments that are not a JSON object).
+    counts as text), then one tool_use block per tool call (the legacy `function_call`
+    only when there are no `tool_calls`), its `input` parsed from the arguments (see
+    `RAW_ARGUMENTS_KEY` for arguments that are not a JSON object).
     Raises MalformedUpstream if the engine's response has no choice to translate.
     """
     choices = resp.get("choices") if isinstance(resp, Mapping) else None
@@ -298,7 +315,9 @@ def chat_response_to_message(
     if text:
         content.append({"type": "text", "text": text})
     calls = [c for c in message.get("tool_calls") or [] if isinstance(c, Mapping)]
-    if isinstance(message.get("function_call"), Mapping):  # the deprecated single call
+    # The deprecated single call, only when there are no tool_calls: llama.cpp's servers
+    # send both for one call, and translating both would have the client run it twice.
+    if not calls and isinstance(message.get("function_call"), Mapping):
         calls.append({"function": message["function_call"]})
     msg_id = message_id or _message_id(resp.get("id"))
     for n, call in enumerate(calls):

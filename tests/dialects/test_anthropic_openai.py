@@ -332,11 +332,73 @@ def test_request_translation(body: dict[str, Any], expected: dict[str, Any]) -> 
     )
 
 
+# `role: "system"` among the turns: not in the SDK's types (so not in the table, whose
+# cases the SDK validates), but sent by Claude Code and taken by the Anthropic API.
+SYSTEM_MESSAGES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    (
+        "system message after the first turn",
+        req([USER_HI, {"role": "system", "content": "Mind the cwd."}]),
+        chat([{"role": "system", "content": "Mind the cwd."}, USER_HI]),
+    ),
+    (
+        "system messages join the system prompt, in order, cache_control dropped",
+        req(
+            [
+                USER_HI,
+                {"role": "system", "content": "Mid."},
+                {"role": "assistant", "content": "hello"},
+                {
+                    "role": "system",
+                    "content": [
+                        {"type": "text", "text": "A", "cache_control": {"type": "ephemeral"}},
+                        {"type": "text", "text": "B"},
+                    ],
+                },
+                {"role": "user", "content": "and?"},
+            ],
+            system="Top.",
+        ),
+        chat(
+            [
+                {"role": "system", "content": "Top.\n\nMid.\n\nA\nB"},
+                USER_HI,
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "and?"},
+            ]
+        ),
+    ),
+    (
+        "an empty system message adds nothing",
+        req([USER_HI, {"role": "system", "content": ""}]),
+        chat([USER_HI]),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [c[1:] for c in SYSTEM_MESSAGES],
+    ids=[c[0] for c in SYSTEM_MESSAGES],
+)
+def test_system_messages_among_the_turns(body: dict[str, Any], expected: dict[str, Any]) -> None:
+    openai_params = pytest.importorskip("openai.types.chat.completion_create_params")
+    translated = messages_to_chat_request(body)
+    assert translated == expected
+    validate_params(
+        openai_params.CompletionCreateParamsNonStreaming, {**translated, "stream": False}
+    )
+
+
 BAD_REQUESTS: list[tuple[str, Any, str | None]] = [
     ("not an object", [], None),
     ("no model", {"messages": [USER_HI]}, "model"),
     ("messages not a list", {"model": "m", "messages": "hi"}, "messages"),
-    ("system role in messages", req([{"role": "system", "content": "x"}]), "messages.0.role"),
+    ("unknown role in messages", req([{"role": "developer", "content": "x"}]), "messages.0.role"),
+    (
+        "system message not text",
+        req([USER_HI, {"role": "system", "content": [{"type": "image", "source": PNG}]}]),
+        "messages.1.content.0",
+    ),
     ("content not text or list", req([{"role": "user", "content": 3}]), "messages.0.content"),
     (
         "file image source",
@@ -459,6 +521,26 @@ RESPONSES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         "tool calls reported as stop (Ollama)",
         completion({"content": None, "tool_calls": [call("c", "f", "{}")]}, "stop"),
         message([tool_use("c", "f", {})], "tool_use"),
+    ),
+    (
+        "legacy function_call beside tool_calls (llama.cpp): one call",
+        completion(
+            {
+                "content": None,
+                "tool_calls": [call("call_1", "get_weather", '{"city": "Paris"}')],
+                "function_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            },
+            "tool_calls",
+        ),
+        message([tool_use("call_1", "get_weather", {"city": "Paris"})], "tool_use"),
+    ),
+    (
+        "legacy function_call alone",
+        completion(
+            {"content": None, "function_call": {"name": "f", "arguments": "{}"}},
+            "function_call",
+        ),
+        message([tool_use("toolu_msg_abc_0", "f", {})], "tool_use"),
     ),
     (
         "invalid arguments kept raw",

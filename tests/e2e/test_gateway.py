@@ -206,6 +206,30 @@ def test_anthropic_messages_with_system_and_turns(gate):
         assert message.usage.output_tokens == 4
 
 
+def test_anthropic_system_message_among_the_turns(gate):
+    """Claude Code sends `role: "system"` at messages[1]; the Anthropic API takes it."""
+    with ant(gate) as client:
+        message = client.messages.create(
+            model=MODEL,
+            max_tokens=4,
+            system="Answer briefly.",
+            messages=[
+                {"role": "user", "content": "hi"},
+                {"role": "system", "content": "The user works in /tmp."},
+                {"role": "assistant", "content": "hello"},
+                {
+                    "role": "system",
+                    "content": [
+                        {"type": "text", "text": "Be kind.", "cache_control": {"type": "ephemeral"}}
+                    ],
+                },
+                {"role": "user", "content": "and?"},
+            ],
+        )
+    assert message.type == "message" and message.content[0].type == "text"
+    assert 1 <= message.usage.output_tokens <= 4
+
+
 def test_anthropic_stream_has_the_exact_event_grammar(gate):
     lines = sse_lines(
         f"{gate.url}/v1/messages",
@@ -274,6 +298,42 @@ def test_anthropic_tool_use_translated_both_ways(gate):
     assert streamed_use.name == "get_weather"
     assert streamed_use.input["city"] in ("Paris", "Oslo", "Lima")
     assert follow_up.type == "message"
+
+
+def test_anthropic_forced_tool_use_is_one_block_not_streamed(gate):
+    """llama.cpp answers one call as both `tool_calls` and the legacy `function_call`."""
+    tool = {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "input_schema": WEATHER_TOOL["function"]["parameters"],
+    }
+    with ant(gate) as client:
+        message = client.messages.create(
+            model=MODEL,
+            max_tokens=64,
+            messages=HI,
+            tools=[tool],
+            tool_choice={"type": "tool", "name": "get_weather"},
+        )
+    uses = [b for b in message.content if b.type == "tool_use"]
+    assert len(uses) == 1, message.content
+    assert message.stop_reason == "tool_use" and uses[0].name == "get_weather"
+
+
+def test_max_completion_tokens_caps_a_llama_cpp_reply(gate):
+    """langchain-openai sends `max_completion_tokens`, which llama.cpp ignores."""
+    with oai(gate) as client:
+        response = client.chat.completions.create(
+            model=MODEL,
+            messages=HI,
+            max_completion_tokens=5,
+            seed=0,  # uncapped, this seed writes 31 tokens before the stop (seed 4 only 5)
+            temperature=0.8,
+            stop=["~"],  # bounds the uncapped run: one printable byte in 95 at each token
+            extra_body={"logit_bias": NO_EOS},
+        )
+    assert response.usage is not None and response.usage.completion_tokens == 5
+    assert response.choices[0].finish_reason == "length"
 
 
 # --- errors in the client's dialect --------------------------------------------------

@@ -213,3 +213,65 @@ async def test_unknown_model_names_share_one_metrics_series_and_memory_stays_bou
                 assert len(metrics) < 20_000
                 await assert_still_serving(http)
         nursery.cancel_scope.cancel()
+
+
+# --- bodies as the engine gets them --------------------------------------------------------
+
+
+async def engine_request(kind: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The body an engine of `kind` receives for `body` posted to Gate's `path`."""
+    received: list[dict[str, Any]] = []
+
+    async def recording(engine_path: str, request: dict[str, Any]) -> tuple[int, str, bytes]:
+        received.append(request)
+        return await answering_engine(engine_path, request)
+
+    async with trio.open_nursery() as nursery:
+        url = await serve_engine(nursery, recording)
+        async with (
+            running_gate([engine("e", url, "m", kind=kind)]) as gate,
+            httpx.AsyncClient(base_url=gate.url, timeout=10) as http,
+        ):
+            with trio.fail_after(30):
+                response = await http.post(path, json=body, headers=ANTHROPIC)
+                assert response.status_code == 200, response.text
+        nursery.cancel_scope.cancel()
+    (request,) = received
+    return request
+
+
+@pytest.mark.parametrize(
+    ("kind", "sent", "expected"),
+    [
+        ("llamacpp", {"max_completion_tokens": 5}, {"max_completion_tokens": 5, "max_tokens": 5}),
+        ("ollama", {"max_completion_tokens": 5}, {"max_completion_tokens": 5, "max_tokens": 5}),
+        ("vllm", {"max_completion_tokens": 5}, {"max_completion_tokens": 5, "max_tokens": 5}),
+        ("lmstudio", {"max_completion_tokens": 5}, {"max_completion_tokens": 5, "max_tokens": 5}),
+        # Both given: the client's own choice stands.
+        (
+            "llamacpp",
+            {"max_completion_tokens": 5, "max_tokens": 7},
+            {"max_completion_tokens": 5, "max_tokens": 7},
+        ),
+        ("llamacpp", {}, {}),
+        # The OpenAI API (its reasoning models refuse `max_tokens`) and unknown servers.
+        ("openai", {"max_completion_tokens": 5}, {"max_completion_tokens": 5}),
+        ("openai_compatible", {"max_completion_tokens": 5}, {"max_completion_tokens": 5}),
+    ],
+)
+async def test_max_completion_tokens_reaches_local_engines_as_max_tokens(
+    kind: str, sent: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    request = await engine_request(kind, "/v1/chat/completions", {**CHAT, **sent})
+    assert request == {**CHAT, **expected}
+
+
+async def test_system_messages_among_the_turns_reach_the_anthropic_api_as_sent() -> None:
+    body = {
+        **MESSAGES,
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": [{"type": "text", "text": "cwd: /tmp"}]},
+        ],
+    }
+    assert await engine_request("anthropic", "/v1/messages", body) == body

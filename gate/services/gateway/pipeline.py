@@ -58,6 +58,7 @@ from gate.services.gateway.exchange import (
     ApiRoute,
     Exchange,
     api_error,
+    decode_request,
     nested_too_deep,
 )
 from gate.services.gateway.limits import (
@@ -116,6 +117,30 @@ _FORWARD_REQUEST_HEADERS: Final = frozenset(
         b"x-request-id",
     }
 )
+
+
+# Local engine kinds told the reply's cap as `max_tokens` as well as by the newer
+# `max_completion_tokens` (what OpenAI's SDK documents, and what langchain-openai sends
+# for `max_tokens`): llama.cpp's servers ignore the newer name, and an uncapped reply
+# runs to the context's end. The OpenAI API itself is not among them (its reasoning
+# models refuse `max_tokens`), nor `openai_compatible`, which may be any server.
+_MAX_TOKENS_ONLY_KINDS: Final = frozenset({"llamacpp", "ollama", "lmstudio", "vllm"})
+
+
+def _with_max_tokens(body: bytes) -> bytes:
+    """A chat request with `max_completion_tokens` and no `max_tokens`, given `max_tokens`
+    the same value; any other body as it came, byte for byte."""
+    if b'"max_completion_tokens"' not in body:  # the common case: nothing decoded
+        return body
+    request = decode_request(body)
+    if (
+        not isinstance(request, dict)
+        or request.get("max_completion_tokens") is None
+        or request.get("max_tokens") is not None
+    ):
+        return body
+    request["max_tokens"] = request["max_completion_tokens"]
+    return msgspec.json.encode(request)
 
 
 class _StreamOptions(msgspec.Struct):
@@ -415,6 +440,8 @@ class Gateway:
                 await count_translated_prompt(
                     self.client, route, provider, body, exchange, self.server.response_timeout
                 )
+            elif route.name == "chat.completions" and provider.kind in _MAX_TOKENS_ONLY_KINDS:
+                payload = _with_max_tokens(body)
             headers = _merge_headers(client_headers, provider.auth_headers)
             exchange.provider = provider.name
             try:
