@@ -379,7 +379,12 @@ def test_engine_killed_mid_stream_ends_the_stream_with_an_error(start_gate, make
         "logit_bias": NO_EOS,
     }
     lines = []
-    with httpx.stream("POST", f"{gate.url}/v1/chat/completions", json=body, timeout=60) as response:
+    url = f"{gate.url}/v1/chat/completions"
+    # The framing tells the failure too: no terminating chunk after the error event.
+    with (
+        httpx.stream("POST", url, json=body, timeout=60) as response,
+        pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"),
+    ):
         for line in response.iter_lines():
             if line:
                 lines.append(line)
@@ -428,7 +433,8 @@ def test_stream_cut_by_the_shutdown_drain_ends_with_an_error_event(
     start_gate, make_llama_engine, tmp_path, dialect
 ):
     """SIGTERM, and a stream still running when the drain time runs out: the client gets
-    a well-formed error event and a properly ended response, not a cut connection."""
+    a well-formed error event (what an SDK reports), then the connection is dropped
+    without the terminating chunk, as for any stream that failed."""
     from tests.engine.tiny_model import write_tiny_gguf
 
     # A model that cannot stop and room for 60,000 tokens: the stream outlasts the drain.
@@ -441,8 +447,11 @@ def test_stream_cut_by_the_shutdown_drain_ends_with_an_error_event(
         url, headers = f"{gate.url}/v1/messages", {"anthropic-version": "2023-06-01"}
     body = {"model": MODEL, "messages": HI, "max_tokens": 60000, "stream": True}
     lines = []
-    with httpx.stream("POST", url, json=body, headers=headers, timeout=60) as response:
-        for line in response.iter_lines():  # raises if the response is cut, not ended
+    with (
+        httpx.stream("POST", url, json=body, headers=headers, timeout=60) as response,
+        pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"),
+    ):
+        for line in response.iter_lines():
             if line:
                 lines.append(line)
             if len(lines) == 10:
