@@ -27,9 +27,10 @@ closes the engine connection: the engine stops generating at once. Errors are an
 in the client's dialect (`ApiError`); an engine that fails after the response started
 gets a well-formed error event and then an aborted connection on a stream (no
 terminating chunk), or an aborted connection on a plain body: never a completed success.
-An engine's error status is answered with that status in the client's dialect. Usage and metrics are recorded when the exchange ends, off
-the hot path (UsageRecorder queues; Metrics counts in memory). The GET routes, the
-model listing and /metrics, are `listing.Listing`'s.
+An engine's error status is answered with that status in the client's dialect. Usage
+and metrics are recorded when the exchange ends, off the hot path (UsageRecorder
+queues; Metrics counts in memory). The GET routes, the model listing and /metrics, are
+`listing.Listing`'s.
 """
 
 from __future__ import annotations
