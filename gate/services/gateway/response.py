@@ -66,10 +66,12 @@ async def pass_through(
     await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
     tap = UsageTap(dialect, streaming) if upstream.status < 400 else None
     remaining = length
+    last = b""  # the last part relayed
     try:
         async with aclosing(upstream.aiter_body()) as body_chunks:
             async for chunk in body_chunks:
                 exchange.first_byte()
+                last = chunk or last
                 if tap is not None:
                     tap.feed(chunk)
                 if remaining is not None:
@@ -85,7 +87,9 @@ async def pass_through(
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except UpstreamError as exc:
         exchange.status, exchange.error = 502, f"engine failed mid-response: {exc}"
-        if streaming:  # the error event for SDKs, then the abort (`AbortResponse`)
+        # The error event for SDKs (unless the stream relayed one already: a peer whose
+        # engine failed sends its own, then aborts), then the abort (`AbortResponse`).
+        if streaming and not _ends_with_error_event(last):
             await send(
                 {
                     "type": "http.response.body",
@@ -217,6 +221,15 @@ async def end_cut_stream(response: ResponseTracker, dialect: Dialect, exchange: 
                 "more_body": True,
             }
         )
+
+
+def _ends_with_error_event(chunk: bytes) -> bool:
+    """Whether `chunk` ends with a whole error event, in either dialect's form."""
+    chunk = chunk.replace(b"\r\n", b"\n")
+    if not chunk.endswith(b"\n\n"):
+        return False
+    event = chunk.rstrip(b"\n").rpartition(b"\n\n")[2]
+    return event.startswith((b"event: error\n", b'data: {"error":'))
 
 
 def _stream_error(dialect: Dialect, failure: Exception | str) -> bytes:
