@@ -25,7 +25,9 @@ Anthropic sends `event: error` with the same body as an HTTP error (docs
 "Streaming messages", "Error events"); the SDK raises on it. OpenAI sends a plain
 `data: {"error": {...}}` line; the SDK raises APIError on any chunk carrying an
 `error` key (openai/_streaming.py). Either way nothing follows it: never a fake
-`message_stop` or `[DONE]` that would turn a failure into a short success.
+`message_stop` or `[DONE]` that would turn a failure into a short success; the gateway
+then aborts the response, without the terminating chunk, so that a client that checks
+only the HTTP framing sees the failure too (gate.services.gateway.response).
 """
 
 from __future__ import annotations

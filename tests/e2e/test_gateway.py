@@ -439,7 +439,12 @@ def test_engine_killed_mid_stream_ends_the_stream_with_an_error(start_gate, make
         "logit_bias": NO_EOS,
     }
     lines = []
-    with httpx.stream("POST", f"{gate.url}/v1/chat/completions", json=body, timeout=60) as response:
+    url = f"{gate.url}/v1/chat/completions"
+    # The framing tells the failure too: no terminating chunk after the error event.
+    with (
+        httpx.stream("POST", url, json=body, timeout=60) as response,
+        pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"),
+    ):
         for line in response.iter_lines():
             if line:
                 lines.append(line)
@@ -516,7 +521,8 @@ def test_stream_cut_by_the_shutdown_drain_ends_with_an_error_event(
     start_gate, make_llama_engine, tmp_path, dialect
 ):
     """SIGTERM, and a stream still running when the drain time runs out: the client gets
-    a well-formed error event and a properly ended response, not a cut connection."""
+    a well-formed error event (what an SDK reports), then the connection is dropped
+    without the terminating chunk, as for any stream that failed."""
     from tests.engine.tiny_model import write_tiny_gguf
 
     # A model that cannot stop and room for 60,000 tokens: the stream outlasts the drain.
@@ -529,8 +535,11 @@ def test_stream_cut_by_the_shutdown_drain_ends_with_an_error_event(
         url, headers = f"{gate.url}/v1/messages", {"anthropic-version": "2023-06-01"}
     body = {"model": MODEL, "messages": HI, "max_tokens": 60000, "stream": True}
     lines = []
-    with httpx.stream("POST", url, json=body, headers=headers, timeout=60) as response:
-        for line in response.iter_lines():  # raises if the response is cut, not ended
+    with (
+        httpx.stream("POST", url, json=body, headers=headers, timeout=60) as response,
+        pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"),
+    ):
+        for line in response.iter_lines():
             if line:
                 lines.append(line)
             if len(lines) == 10:
@@ -613,11 +622,73 @@ def scripted_engine(answer: bytes) -> Iterator[int]:
         server.close()
 
 
-def scripted_config(port: int, model: str) -> str:
+def scripted_config(port: int, model: str, kind: str = "openai_compatible") -> str:
     return (
-        "[[providers.engines]]\nname = 'scripted'\nkind = 'openai_compatible'\n"
+        f"[[providers.engines]]\nname = 'scripted'\nkind = '{kind}'\n"
         f"base_url = 'http://127.0.0.1:{port}'\nmodels = ['{model}']\n"
     )
+
+
+def test_engine_error_in_its_own_shape_reaches_the_client_in_its_dialect(gate):
+    """llama.cpp's server has no /v1/responses: its 404 is `{"detail": "Not Found"}`, which
+    the openai SDK reads as a 404 without a body. Gate tells it in OpenAI's shape."""
+    response = httpx.post(
+        f"{gate.url}/v1/responses", json={"model": MODEL, "input": "hi"}, timeout=30
+    )
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["message"] == "engine llama: Not Found"
+    assert error["type"] == "not_found_error"
+    with oai(gate) as client, pytest.raises(openai.NotFoundError, match="engine llama: Not Found"):
+        client.responses.create(model=MODEL, input="hi")
+
+
+def _http_answer(status: bytes, content_type: bytes, body: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 "
+        + status
+        + b"\r\ncontent-type: "
+        + content_type
+        + b"\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\nconnection: close\r\n\r\n"
+        + body
+    )
+
+
+# (engine kind, client path): pass-through both ways, and translated both ways.
+_CLIENTS = [
+    ("openai_compatible", "/v1/chat/completions"),
+    ("anthropic", "/v1/messages"),
+    ("openai_compatible", "/v1/messages"),
+    ("anthropic", "/v1/chat/completions"),
+]
+
+
+@pytest.mark.parametrize(("kind", "path"), _CLIENTS)
+def test_engine_error_as_plain_text_is_told_in_the_clients_dialect(start_gate, kind, path):
+    answer = _http_answer(b"500 Internal Server Error", b"text/plain", b"oops")
+    with scripted_engine(answer) as port:
+        gate = start_gate(scripted_config(port, "oops", kind))
+        body = {"model": "oops", "max_tokens": 5, "messages": HI}
+        response = httpx.post(f"{gate.url}{path}", json=body, timeout=30)
+    assert response.status_code == 500
+    data = response.json()
+    if path == "/v1/messages":
+        assert data["type"] == "error" and data["error"]["type"] == "api_error"
+    else:
+        assert data["error"]["type"] == "server_error"
+    assert data["error"]["message"] == "engine scripted: oops"
+
+
+def test_engine_error_already_in_the_clients_dialect_passes_unchanged(start_gate):
+    error = {"error": {"message": "slow down", "type": "tokens", "param": None, "code": "x"}}
+    answer = _http_answer(b"429 Too Many Requests", b"application/json", json.dumps(error).encode())
+    with scripted_engine(answer) as port:
+        gate = start_gate(scripted_config(port, "busy"))
+        body = {"model": "busy", "messages": HI}
+        response = httpx.post(f"{gate.url}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 429 and response.json() == error
 
 
 def test_engine_answering_garbage_is_502(start_gate):

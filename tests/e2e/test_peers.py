@@ -296,7 +296,13 @@ _JSON = {"content-type": "application/json"}
 def test_peer_killed_mid_stream_ends_the_stream_with_an_error(trio_of_nodes):
     a, b, _ = trio_of_nodes
     lines = []
-    with httpx.stream("POST", f"{b.url}/v1/chat/completions", json=LONG_STREAM, timeout=60) as r:
+    url = f"{b.url}/v1/chat/completions"
+    # Spec §7.3: B aborts the client's response; after the error event (for SDKs) the
+    # framing shows the failure too (no terminating chunk), not a completed response.
+    with (
+        httpx.stream("POST", url, json=LONG_STREAM, timeout=60) as r,
+        pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"),
+    ):
         for line in r.iter_lines():
             if line:
                 lines.append(line)
@@ -460,21 +466,27 @@ def test_a_change_of_models_reaches_peers_without_waiting_for_a_heartbeat(make_n
 def stream_until(url: str, body: dict, *, after_lines: int, then, timeout: float):
     """Stream a chat completion; after `after_lines` SSE lines call `then()`.
 
-    Returns the data lines and how long the stream took to end after `then()` ran. An
-    httpx read timeout of `timeout` bounds every wait, so a stream that hangs fails.
+    Returns the data lines, how long the stream took to end after `then()` ran, and
+    whether it ended aborted (no terminating chunk: a failed stream) rather than complete.
+    An httpx read timeout of `timeout` bounds every wait, so a stream that hangs fails.
     """
     lines: list[str] = []
     acted_at = None
+    aborted = False
     with httpx.stream("POST", url, json=body, timeout=timeout) as response:
         assert response.status_code == 200
-        for line in response.iter_lines():
-            if line:
-                lines.append(line)
-            if len(lines) == after_lines and acted_at is None:
-                then()
-                acted_at = time.monotonic()
+        try:
+            for line in response.iter_lines():
+                if line:
+                    lines.append(line)
+                if len(lines) == after_lines and acted_at is None:
+                    then()
+                    acted_at = time.monotonic()
+        except httpx.RemoteProtocolError as exc:
+            assert "incomplete chunked read" in str(exc), exc
+            aborted = True
     assert acted_at is not None, lines
-    return lines, time.monotonic() - acted_at
+    return lines, time.monotonic() - acted_at, aborted
 
 
 def test_peer_killed_mid_stream_is_noticed_within_seconds(make_node, llama_engine):
@@ -484,14 +496,14 @@ def test_peer_killed_mid_stream_is_noticed_within_seconds(make_node, llama_engin
     start(a, trust=[b], engine=llama_engine, heartbeat=15)
     start(b, trust=[a], heartbeat=15)
     wait_for(lambda: b.peer_status(a) == "connected", "B -> A")
-    lines, took = stream_until(
+    lines, took, aborted = stream_until(
         f"{b.url}/v1/chat/completions",
         LONG_STREAM,
         after_lines=5,
         then=a.gate.proc.kill,
         timeout=10,
     )
-    assert took < 10
+    assert took < 10 and aborted
     assert lines[-1] != "data: [DONE]"
     error = json.loads(lines[-1].removeprefix("data: "))["error"]
     assert a.node_id in error["message"]
@@ -518,8 +530,8 @@ def test_a_live_peer_whose_engine_pauses_keeps_its_stream(make_node, make_llama_
         finally:
             engine.proc.send_signal(signal.SIGCONT)
 
-    lines, _ = stream_until(
+    lines, _, aborted = stream_until(
         f"{b.url}/v1/chat/completions", LONG_STREAM, after_lines=5, then=pause_engine, timeout=30
     )
-    assert lines[-1] == "data: [DONE]"
+    assert lines[-1] == "data: [DONE]" and not aborted
     assert b.peer_status(a) == "connected"

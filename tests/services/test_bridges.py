@@ -25,6 +25,7 @@ from gate.dialects import SSEDecoder
 from gate.services.engines.client import StreamedResponse
 from gate.services.engines.registry import Provider
 from gate.services.gateway.exchange import API_ROUTES, ApiError, ApiRoute, Exchange
+from gate.services.gateway.response import AbortResponse
 from gate.services.gateway.translated import translated_response
 from tests.services.gateway_app import (
     CHAT_COMPLETION,
@@ -136,6 +137,9 @@ CHAT_STREAM_PATHS = paths(CHAT_STREAM)[1:]  # every chunk and every field of eac
 MESSAGE_STREAM_PATHS = paths(MESSAGE_STREAM)[1:]
 
 
+ABORTED = "test.aborted"  # run_bridge's mark for a response the server drops
+
+
 class EngineBody(StreamedResponse):
     """An engine's response with a given body, read in two pieces."""
 
@@ -165,21 +169,30 @@ def run_bridge(
 
     async def main() -> None:
         with trio.fail_after(5):
-            await translated_response(endpoint, provider)(upstream, send, exchange)  # type: ignore[arg-type]
+            try:
+                await translated_response(endpoint, provider)(upstream, send, exchange)  # type: ignore[arg-type]
+            except AbortResponse:  # the server drops the connection: no last body part
+                sent.append({"type": ABORTED})
 
     trio.run(main)
     return sent
 
 
 def sse_events(sent: list[dict[str, Any]]) -> list[tuple[str | None, str]]:
-    """The client's view of a streamed answer: it started once, ended once, and parses."""
+    """The client's view of a streamed answer: it started once, ended once (completed, or
+    aborted right after an error event), and parses."""
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
-    bodies = sent[1:]
+    aborted = sent[-1]["type"] == ABORTED
+    bodies = sent[1:-1] if aborted else sent[1:]
     assert all(m["type"] == "http.response.body" for m in bodies)
-    assert [m.get("more_body", False) for m in bodies][-1] is False
-    assert all(m.get("more_body", False) for m in bodies[:-1])
+    if not aborted:
+        assert [m.get("more_body", False) for m in bodies][-1] is False
+        bodies = bodies[:-1]
+    assert all(m.get("more_body", False) for m in bodies)
     decoder = SSEDecoder()
-    events = decoder.feed(b"".join(m["body"] for m in bodies)) + decoder.finish()
+    events = decoder.feed(b"".join(m["body"] for m in sent[1:] if "body" in m)) + decoder.finish()
+    # A failed stream is never completed: its error event is followed by the abort.
+    assert aborted == (bool(events) and '"error"' in events[-1].data), events[-1:]
     return [(event.event, event.data) for event in events]
 
 
@@ -349,6 +362,18 @@ async def stream_engine(path: str, body: dict[str, Any]) -> tuple[int, str, byte
     return 200, "text/event-stream", chat_sse([CHAT_STREAM[0], BAD_CHAT_CHUNKS[bad]])
 
 
+async def read_aborted_stream(http: httpx.AsyncClient, path: str, body: Any) -> bytes:
+    """A 200 stream that failed: its bytes, up to the connection Gate drops without the
+    terminating chunk (the error event comes first, so SDKs read the failure)."""
+    content = b""
+    async with http.stream("POST", path, json=body) as response:
+        assert response.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+            async for part in response.aiter_bytes():
+                content += part
+    return content
+
+
 @pytest.mark.parametrize("bad", sorted(BAD_CHAT_CHUNKS))
 async def test_a_malformed_chat_chunk_ends_the_anthropic_stream_with_an_error_event(
     bad: str, caplog: pytest.LogCaptureFixture
@@ -362,10 +387,9 @@ async def test_a_malformed_chat_chunk_ends_the_anthropic_stream_with_an_error_ev
             with trio.fail_after(10):
                 body = {"model": bad, "max_tokens": 5, "stream": True, "messages": []}
                 body["messages"] = [{"role": "user", "content": "hi"}]
-                response = await http.post("/v1/messages", json=body)
-                assert response.status_code == 200
+                content = await read_aborted_stream(http, "/v1/messages", body)
                 decoder = SSEDecoder()
-                events = decoder.feed(response.content) + decoder.finish()
+                events = decoder.feed(content) + decoder.finish()
                 assert_anthropic_stream_ends_well([(e.event, e.data) for e in events])
                 assert events[-1].event == "error"
         nursery.cancel_scope.cancel()
@@ -387,10 +411,9 @@ async def test_a_malformed_message_event_ends_the_openai_stream_with_an_error(
                     "stream": True,
                     "messages": [{"role": "user", "content": "hi"}],
                 }
-                response = await http.post("/v1/chat/completions", json=body)
-                assert response.status_code == 200
+                content = await read_aborted_stream(http, "/v1/chat/completions", body)
                 decoder = SSEDecoder()
-                events = decoder.feed(response.content) + decoder.finish()
+                events = decoder.feed(content) + decoder.finish()
                 assert_openai_stream_ends_well([(e.event, e.data) for e in events])
                 assert "error" in msgspec.json.decode(events[-1].data)
         nursery.cancel_scope.cancel()

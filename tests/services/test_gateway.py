@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 import tracemalloc
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -16,9 +18,12 @@ import pytest
 import trio
 
 from gate.dialects.errors import anthropic_error
-from gate.services.gateway.exchange import API_ROUTES, MAX_JSON_DEPTH
+from gate.services.engines.client import StreamedResponse, UpstreamDisconnected
+from gate.services.engines.registry import Dialect
+from gate.services.gateway.exchange import API_ROUTES, MAX_JSON_DEPTH, Exchange
 from gate.services.gateway.metrics import UNKNOWN
 from gate.services.gateway.pipeline import MAX_MODEL_NAME
+from gate.services.gateway.response import AbortResponse, pass_through
 from tests.services.gateway_app import answering_engine, engine, running_gate, serve_engine
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -275,3 +280,50 @@ async def test_system_messages_among_the_turns_reach_the_anthropic_api_as_sent()
         ],
     }
     assert await engine_request("anthropic", "/v1/messages", body) == body
+
+
+# --- a stream relayed as it arrives, failing mid-way -----------------------------------
+
+
+class _FailingStream(StreamedResponse):
+    """An engine's or a peer's stream: `parts`, then the connection lost."""
+
+    def __init__(self, *parts: bytes) -> None:
+        self.status = 200
+        self.headers = [(b"content-type", b"text/event-stream")]
+        self.parts = parts
+
+    async def aiter_body(self) -> AsyncGenerator[bytes, None]:
+        for part in self.parts:
+            yield part
+        raise UpstreamDisconnected("peer p: connection lost")
+
+    async def aclose(self) -> None:
+        pass
+
+
+_CHUNK = b'data: {"choices": []}\n\n'
+_PEERS_ERROR = b'data: {"error":{"message":"engine x failed","type":"server_error"}}\n\n'
+
+
+@pytest.mark.parametrize(
+    ("parts", "relayed"),
+    [
+        ((_CHUNK,), [_CHUNK]),  # Gate adds the error event
+        ((_CHUNK, _PEERS_ERROR), [_CHUNK, _PEERS_ERROR]),  # the peer sent one: not twice
+    ],
+)
+async def test_a_relayed_stream_cut_off_gets_one_error_event_and_is_aborted(parts, relayed):
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    exchange = Exchange(API_ROUTES[0], time.perf_counter())
+    with pytest.raises(AbortResponse):
+        await pass_through(_FailingStream(*parts), send, exchange, Dialect.OPENAI, "peer p")
+    bodies = [m["body"] for m in sent[1:]]
+    assert all(m["more_body"] for m in sent[1:])  # never the last part: the server aborts
+    assert bodies[: len(relayed)] == relayed
+    errors = [b for b in bodies if b.startswith(b'data: {"error"')]
+    assert len(errors) == 1 and exchange.status == 502

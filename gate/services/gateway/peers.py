@@ -103,4 +103,4 @@ class PeerForwarding:
                 raise api_error(exc) from None
             async with response:
                 exchange.status = response.status
-                await pass_through(response, send, exchange, route.dialect)
+                await pass_through(response, send, exchange, route.dialect, f"peer {peer.node_id}")

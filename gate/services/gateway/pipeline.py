@@ -25,10 +25,12 @@ the peer door alike (`Gateway.routes` says which route is served where). Each re
 A task per request watches for the client going away and cancels the exchange, which
 closes the engine connection: the engine stops generating at once. Errors are answered
 in the client's dialect (`ApiError`); an engine that fails after the response started
-gets a well-formed error event on a stream, or an aborted connection on a plain body,
-never a truncated success. Usage and metrics are recorded when the exchange ends, off
-the hot path (UsageRecorder queues; Metrics counts in memory). The GET routes, the
-model listing and /metrics, are `listing.Listing`'s.
+gets a well-formed error event and then an aborted connection on a stream (no
+terminating chunk), or an aborted connection on a plain body: never a completed success.
+An engine's error status is answered with that status in the client's dialect. Usage
+and metrics are recorded when the exchange ends, off the hot path (UsageRecorder
+queues; Metrics counts in memory). The GET routes, the model listing and /metrics, are
+`listing.Listing`'s.
 """
 
 from __future__ import annotations
@@ -411,7 +413,9 @@ class Gateway:
             async with upstream:
                 exchange.status = upstream.status
                 if provider.dialect is route.dialect:
-                    await pass_through(upstream, send, exchange, route.dialect)
+                    await pass_through(
+                        upstream, send, exchange, route.dialect, f"engine {provider.name}"
+                    )
                 else:
                     await translated_response(route, provider)(upstream, send, exchange)
         finally:

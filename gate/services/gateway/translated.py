@@ -7,8 +7,10 @@
 The pure translation lives in gate.dialects; this module does the IO around it: it
 decodes the engine's body or SSE stream as it arrives, feeds the translator, and writes
 what comes out to the client at once, so a translated stream is still token by token.
-An engine error status is answered with the same status in the client's dialect; an
-engine that fails mid-stream ends the stream with the dialect's error event. Engine
+An engine error status is answered with the same status in the client's dialect, as on
+the pass-through path (`response.answer_engine_error`); an engine that fails mid-stream
+gets the dialect's error event and then the aborted response (`response.AbortResponse`),
+never a completed one. Engine
 output the translators cannot take, whatever its shape, is the engine failing too: a
 502 before the response started, the error event after (see `_engine_output`).
 """
@@ -49,6 +51,7 @@ from gate.services.gateway.exchange import (
     api_error,
     decode_request,
 )
+from gate.services.gateway.response import AbortResponse, answer_engine_error, error_message
 from gate.services.http.router import Send, send_json
 
 __all__ = ["count_translated_prompt", "translate_request", "translated_response"]
@@ -112,7 +115,9 @@ async def _openai_engine_to_anthropic_client(
     upstream: UpstreamResponse, send: Send, exchange: Exchange
 ) -> None:
     if upstream.status >= 400:
-        await _translate_error(upstream, send, Dialect.ANTHROPIC)
+        await answer_engine_error(
+            upstream, send, exchange, Dialect.ANTHROPIC, f"engine {exchange.provider}"
+        )
         return
     message_id = "msg_" + uuid.uuid4().hex[:24]
     if not _is_sse(upstream):
@@ -152,7 +157,7 @@ async def _openai_engine_to_anthropic_client(
                         elif event.data:
                             data = msgspec.json.decode(event.data)
                             if isinstance(data, Mapping) and "error" in data:
-                                raise UpstreamError(_error_message(data))
+                                raise UpstreamError(error_message(data))
                             out += translator.feed(data)
                             _take_usage(
                                 exchange, data.get("usage"), "prompt_tokens", "completion_tokens"
@@ -163,18 +168,21 @@ async def _openai_engine_to_anthropic_client(
                     )
         if not finished:  # OpenAI streams end with [DONE]; anything else was cut off
             raise UpstreamError("the stream ended before [DONE]")
-        tail: list[tuple[str, dict[str, Any]]] = []
     except (UpstreamError, DialectError) as exc:
         exchange.status, exchange.error = 502, f"engine failed mid-stream: {exc}"
         tail = translator.fail(f"the engine failed mid-stream: {exc}")
-    await send({"type": "http.response.body", "body": sse_bytes(tail), "more_body": False})
+        await send({"type": "http.response.body", "body": sse_bytes(tail), "more_body": True})
+        raise AbortResponse from None
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _anthropic_engine_to_openai_client(
     upstream: UpstreamResponse, send: Send, exchange: Exchange
 ) -> None:
     if upstream.status >= 400:
-        await _translate_error(upstream, send, Dialect.OPENAI)
+        await answer_engine_error(
+            upstream, send, exchange, Dialect.OPENAI, f"engine {exchange.provider}"
+        )
         return
     completion_id = "chatcmpl-" + uuid.uuid4().hex[:24]
     if not _is_sse(upstream):
@@ -234,9 +242,10 @@ async def _anthropic_engine_to_openai_client(
                     "more_body": True,
                 }
             )
-    # OpenAI ends a good stream with [DONE]; a failed one ends after its error payload.
-    tail = b"" if failed else SSE_DONE
-    await send({"type": "http.response.body", "body": tail, "more_body": False})
+    # OpenAI ends a good stream with [DONE]; a failed one is aborted after its error payload.
+    if failed:
+        raise AbortResponse
+    await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})
 
 
 def _is_sse(upstream: UpstreamResponse) -> bool:
@@ -290,29 +299,6 @@ def _engine_output() -> Iterator[None]:
         if isinstance(exc, DialectError):  # a translator's own complaint: still the output's
             raise MalformedUpstream(str(exc)) from None
         raise MalformedUpstream(f"{type(exc).__name__}: {exc}") from None
-
-
-async def _translate_error(upstream: UpstreamResponse, send: Send, dialect: Dialect) -> None:
-    """An engine's error status, told in the client's dialect with the same status."""
-    try:
-        body = await upstream.read(limit=1024 * 1024)
-        message = _error_message(msgspec.json.decode(body))
-    except (UpstreamError, msgspec.DecodeError, RecursionError):
-        message = f"engine answered HTTP {upstream.status}"
-    await ApiError(upstream.status, message).answer(send, dialect)
-
-
-def _error_message(data: Any) -> str:
-    """The message inside either dialect's error body (or llama.cpp's variants)."""
-    if isinstance(data, Mapping):
-        error = data.get("error", data)
-        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
-            return str(error["message"])
-        if isinstance(error, str):
-            return error
-        if isinstance(data.get("detail"), str):
-            return str(data["detail"])
-    return "the engine reported an error"
 
 
 def _take_usage(exchange: Exchange, usage: Any, key_in: str, key_out: str) -> None:

@@ -4,8 +4,9 @@ Requester (`request_over_stream`): writes the preamble, RequestHead, the body as
 frames and End, then returns a `PeerResponse` as soon as the ResponseHead arrives. Its
 interface is that of `UpstreamResponse` (status, headers, `aiter_body()`, `aclose()`),
 and it fails with the same UpstreamError classes, so the gateway relays a peer's answer
-with exactly the code that relays an engine's: chunk by chunk, with a well-formed error
-event if the peer dies mid-stream.
+with exactly the code that relays an engine's: chunk by chunk; if the peer dies
+mid-stream, an error event in the client's dialect and then the client's response
+aborted, without its terminating chunk (spec §7.3).
 
 Responder (`serve_http_stream`): turns the stream into one ASGI call of this node's peer
 door (the API routes a peer may use; see gate.services.http.router.Door), so a peer's
