@@ -41,6 +41,11 @@ WEATHER_TOOL = {
     },
 }
 HI = [{"role": "user", "content": "hi"}]
+ANTHROPIC_WEATHER_TOOL = {  # the same tool in Anthropic's shape
+    "name": "get_weather",
+    "description": "Current weather for a city",
+    "input_schema": WEATHER_TOOL["function"]["parameters"],
+}
 
 
 @pytest.fixture
@@ -256,24 +261,19 @@ def test_anthropic_stream_has_the_exact_event_grammar(gate):
 
 
 def test_anthropic_tool_use_translated_both_ways(gate):
-    tool = {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "input_schema": WEATHER_TOOL["function"]["parameters"],
-    }
     with ant(gate) as client:
         message = client.messages.create(
             model=MODEL,
             max_tokens=64,
             messages=HI,
-            tools=[tool],
+            tools=[ANTHROPIC_WEATHER_TOOL],
             tool_choice={"type": "tool", "name": "get_weather"},
         )
         with client.messages.stream(
             model=MODEL,
             max_tokens=64,
             messages=HI,
-            tools=[tool],
+            tools=[ANTHROPIC_WEATHER_TOOL],
             tool_choice={"type": "tool", "name": "get_weather"},
         ) as stream:
             streamed = stream.get_final_message()
@@ -282,7 +282,7 @@ def test_anthropic_tool_use_translated_both_ways(gate):
         follow_up = client.messages.create(
             model=MODEL,
             max_tokens=3,
-            tools=[tool],
+            tools=[ANTHROPIC_WEATHER_TOOL],
             messages=[
                 {"role": "user", "content": "weather?"},
                 {"role": "assistant", "content": [use.model_dump()]},
@@ -302,17 +302,12 @@ def test_anthropic_tool_use_translated_both_ways(gate):
 
 def test_anthropic_forced_tool_use_is_one_block_not_streamed(gate):
     """llama.cpp answers one call as both `tool_calls` and the legacy `function_call`."""
-    tool = {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "input_schema": WEATHER_TOOL["function"]["parameters"],
-    }
     with ant(gate) as client:
         message = client.messages.create(
             model=MODEL,
             max_tokens=64,
             messages=HI,
-            tools=[tool],
+            tools=[ANTHROPIC_WEATHER_TOOL],
             tool_choice={"type": "tool", "name": "get_weather"},
         )
     uses = [b for b in message.content if b.type == "tool_use"]
