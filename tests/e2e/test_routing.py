@@ -114,12 +114,14 @@ def test_failover_when_an_engine_cannot_be_reached(start_gate, make_llama_engine
 
 
 def test_responses_endpoint_is_passed_through(gate):
-    # llama.cpp's server has no /v1/responses: its own answer comes back unchanged.
+    # llama.cpp's server has no /v1/responses: the request reaches it (Gate does not
+    # translate the Responses API yet), and its 404 `{"detail": "Not Found"}` comes back
+    # with its status and message, in OpenAI's error shape (what the SDKs can read).
     response = httpx.post(
         f"{gate.url}/v1/responses", json={"model": MODEL, "input": "hi"}, timeout=30
     )
     assert response.status_code == 404
-    assert response.headers["server"] == "uvicorn"
+    assert response.json()["error"]["message"] == "engine llama: Not Found"
 
 
 def test_local_engines_are_found_without_configuration(gate_env, make_llama_engine):
