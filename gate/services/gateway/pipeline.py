@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 import trio
@@ -80,6 +80,7 @@ from gate.services.gateway.response import (
 )
 from gate.services.gateway.translated import (
     count_translated_prompt,
+    decode_object,
     translate_request,
     translated_response,
 )
@@ -432,6 +433,7 @@ class Gateway:
         """Send the request to the first provider that takes it; fail over on connect errors."""
         client_headers = [(k, v) for k, v in scope["headers"] if k in _FORWARD_REQUEST_HEADERS]
         failures: list[str] = []
+        request: dict[str, Any] | None = None  # decoded once, for the engines that translate
         for provider in candidates:
             if provider.full:
                 failures.append(f"{provider.name}: at its concurrency limit")
@@ -440,9 +442,10 @@ class Gateway:
             assert path is not None
             payload = body
             if provider.dialect is not route.dialect:
-                payload = translate_request(route, provider, body)
+                request = request if request is not None else decode_object(body)
+                payload = translate_request(route, request)
                 await count_translated_prompt(
-                    self.client, route, provider, body, exchange, self.server.response_timeout
+                    self.client, route, provider, request, exchange, self.server.response_timeout
                 )
             elif route.name == "chat.completions" and provider.kind in _MAX_TOKENS_ONLY_KINDS:
                 payload = _with_max_tokens(body)

@@ -54,7 +54,7 @@ from gate.services.gateway.exchange import (
 from gate.services.gateway.response import AbortResponse, answer_engine_error, error_message
 from gate.services.http.router import Send, send_json
 
-__all__ = ["count_translated_prompt", "translate_request", "translated_response"]
+__all__ = ["count_translated_prompt", "decode_object", "translate_request", "translated_response"]
 
 _MAX_BODY = 64 * 1024 * 1024
 _log = logging.getLogger("gate.bridges")
@@ -62,11 +62,16 @@ _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no
 _ANTHROPIC_USAGE = ("input_tokens", "output_tokens")
 
 
-def translate_request(route: ApiRoute, provider: Provider, body: bytes) -> bytes:
-    """The client's request body, rewritten in the engine's dialect."""
+def decode_object(body: bytes) -> dict[str, Any]:
+    """A request body that is to be translated: a JSON object, else 400."""
     request = decode_request(body)
     if not isinstance(request, dict):
         raise ApiError(400, "request body must be a JSON object")
+    return request
+
+
+def translate_request(route: ApiRoute, request: dict[str, Any]) -> bytes:
+    """The client's request (`decode_object`), rewritten in the engine's dialect."""
     try:
         if route.dialect is Dialect.ANTHROPIC:
             translated = messages_to_chat_request(request)
@@ -81,7 +86,7 @@ async def count_translated_prompt(
     client: UpstreamClient,
     route: ApiRoute,
     provider: Provider,
-    body: bytes,
+    request: dict[str, Any],
     exchange: Exchange,
     response_timeout: float,
 ) -> None:
@@ -96,9 +101,6 @@ async def count_translated_prompt(
     """
     if route.dialect is not Dialect.ANTHROPIC or not exchange.stream:
         return
-    request = decode_request(body)
-    if not isinstance(request, dict):
-        return  # translate_request answers it with a 400
     exchange.prompt_count = await count_prompt_tokens(
         client, provider, exchange.model, prompt_text(request), response_timeout
     )
