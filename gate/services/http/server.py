@@ -103,11 +103,11 @@ async def _alive(scope: Scope, receive: Receive, send: Send) -> None:
     await send_json(send, 200, {"status": "ok"})
 
 
-def hypercorn_config(bind: str, drain_timeout: float, backlog: int) -> HypercornConfig:
+def hypercorn_config(bind: str, backlog: int) -> HypercornConfig:
+    """What hypercorn's connection code reads (the drain is `serve_http`'s own)."""
     config = HypercornConfig()
     config.bind = [bind]
     config.backlog = backlog
-    config.graceful_timeout = drain_timeout
     config.keep_alive_timeout = 75.0  # longer than common client pools keep idle connections
     config.accesslog = None  # requests are recorded by Gate itself, off the hot path
     # Relayed responses carry the engine's own Server header; a second one from us would
@@ -180,7 +180,7 @@ async def serve_http(
     backlog: int = 4096,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    config = hypercorn_config(bind, drain_timeout, backlog)
+    config = hypercorn_config(bind, backlog)
     # Bind here so that a busy port is a clear error at this boundary.
     try:
         sockets = config.create_sockets()
