@@ -209,16 +209,5 @@ class Router:
                 )
                 return
             await handler(scope, receive, send)
-        elif kind == "lifespan":
-            await _lifespan(receive, send)
-        # websocket and other scope types: not served; the server closes them.
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+        # websocket and other scope types: not served; the server closes them. (No
+        # lifespan either: Gate's accept loop, gate.services.http.server, sends none.)
