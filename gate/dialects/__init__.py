@@ -9,6 +9,8 @@ service layer decodes bodies and SSE, calls these, and writes what comes back.
   OpenAI Chat Completions engine (llama.cpp, vLLM, Ollama...).
 * `openai_anthropic` (+ `_stream`): an OpenAI Chat Completions client in front of the
   Anthropic Messages API.
+* `responses_chat` (+ `_stream`): an OpenAI Responses API client in front of a Chat
+  Completions engine (one without /v1/responses, such as llama-cpp-python's server).
 * `errors`: error bodies and mid-stream error events in each dialect, and the
   errors the translators raise (each carrying its HTTP status).
 
@@ -41,6 +43,13 @@ from gate.dialects.openai_anthropic import (
     chat_sse_bytes,
     message_to_chat_response,
 )
+from gate.dialects.responses_chat import (
+    ChatStreamToResponsesStream,
+    assistant_turn,
+    chat_response_to_response,
+    new_response_id,
+    responses_to_chat_request,
+)
 from gate.dialects.sse import DEFAULT_MAX_EVENT_SIZE, SSEDecoder, SSEEvent, encode_event
 
 __all__ = [
@@ -49,6 +58,7 @@ __all__ = [
     "RAW_ARGUMENTS_KEY",
     "SSE_DONE",
     "ChatStreamToMessagesStream",
+    "ChatStreamToResponsesStream",
     "DialectError",
     "InvalidRequest",
     "MalformedUpstream",
@@ -58,14 +68,18 @@ __all__ = [
     "TranslatorClosed",
     "anthropic_error",
     "anthropic_stream_error",
+    "assistant_turn",
     "chat_request_to_messages",
     "chat_response_to_message",
+    "chat_response_to_response",
     "chat_sse_bytes",
     "encode_event",
     "message_to_chat_response",
     "messages_to_chat_request",
+    "new_response_id",
     "openai_error",
     "openai_model_not_found",
     "openai_stream_error",
+    "responses_to_chat_request",
     "sse_bytes",
 ]

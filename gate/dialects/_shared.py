@@ -67,6 +67,32 @@ def parse_tool_arguments(arguments: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {RAW_ARGUMENTS_KEY: arguments}
 
 
+def with_system_first(
+    instructions: list[str], messages: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """`messages` led by one system message holding every non-empty instruction text, in
+    order, separated by a blank line (or `messages` alone when there is none).
+
+    System (and developer) turns a client puts among the others end up there too: many
+    engines' chat templates (Gemma's, Mistral's, some Qwen ones) raise on a system message
+    after the first, while every template that takes a system prompt takes it first. The
+    text stays an instruction from the system, in the order given; only its place among
+    the turns is lost.
+    """
+    texts = [text for text in instructions if text]
+    if not texts:
+        return messages
+    return [{"role": "system", "content": "\n\n".join(texts)}, *messages]
+
+
+def collapse_parts(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """Chat content parts as one string when they are all text (joined with "\\n"), since
+    every engine's chat template accepts a string; any other mix stays a list of parts."""
+    if all(part["type"] == "text" for part in parts):
+        return "\n".join(part["text"] for part in parts)
+    return parts
+
+
 def is_json_object(text: str) -> bool:
     """Whether `text` is already a complete JSON object (so a stream of it has ended)."""
     try:

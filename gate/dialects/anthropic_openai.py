@@ -47,9 +47,11 @@ from typing import Any, Final
 
 from gate.dialects._shared import (
     anthropic_usage,
+    collapse_parts,
     dumps,
     parse_tool_arguments,
     stop_reason_from_finish,
+    with_system_first,
 )
 from gate.dialects.anthropic_openai_stream import ChatStreamToMessagesStream, sse_bytes
 from gate.dialects.errors import InvalidRequest, MalformedUpstream
@@ -87,15 +89,8 @@ def messages_to_chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out.extend(_message(message, f"messages.{i}"))
     # Claude Code puts `role: "system"` messages among the turns (the Anthropic API takes
-    # them). They join the leading system message instead of staying where they are:
-    # many engines' chat templates (Gemma's, Mistral's, some Qwen ones) raise on a system
-    # message after the first, or on turns that do not alternate, while every template
-    # that takes a system prompt takes it first. The text stays an instruction from the
-    # system, in the order given; only its place among the turns is lost.
-    instructions = [text for text in instructions if text]
-    if instructions:
-        out.insert(0, {"role": "system", "content": "\n\n".join(instructions)})
-    request: dict[str, Any] = {"model": model, "messages": out}
+    # them): they join the leading system message (see `with_system_first` for why).
+    request: dict[str, Any] = {"model": model, "messages": with_system_first(instructions, out)}
     for key in ("max_tokens", "temperature", "top_p", "top_k"):
         if body.get(key) is not None:
             request[key] = body[key]
@@ -193,15 +188,8 @@ def _user(blocks: list[Any], where: str) -> list[dict[str, Any]]:
         elif kind not in _DROPPED_BLOCKS:
             raise InvalidRequest(f"block type {kind!r} cannot be sent", param=f"{at}.type")
     if parts:
-        tool_messages.append({"role": "user", "content": _collapse(parts)})
+        tool_messages.append({"role": "user", "content": collapse_parts(parts)})
     return tool_messages
-
-
-def _collapse(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
-    """Text-only content as one string; anything else stays a list of parts."""
-    if all(part["type"] == "text" for part in parts):
-        return "\n".join(part["text"] for part in parts)
-    return parts
 
 
 def _tool_result(block: Mapping[str, Any], where: str) -> tuple[str, list[dict[str, Any]]]:

@@ -6,22 +6,19 @@ re-exports these names); a module of its own because it is the one state machine
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gate.dialects._shared import (
     anthropic_usage,
-    dumps_bytes,
     is_json_object,
     stop_reason_from_finish,
 )
 from gate.dialects.errors import MalformedUpstream, TranslatorClosed, anthropic_stream_error
+from gate.dialects.sse import Event, sse_bytes
 
 __all__ = ["ChatStreamToMessagesStream", "Event", "sse_bytes"]
-
-#: An Anthropic stream event: (event name, data); the name repeats data["type"].
-Event = tuple[str, dict[str, Any]]
 
 
 @dataclass(slots=True)
@@ -247,13 +244,3 @@ class ChatStreamToMessagesStream:
 
 def _delta(index: int, delta: dict[str, Any]) -> Event:
     return "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
-
-
-def sse_bytes(events: Iterable[Event]) -> bytes:
-    """Anthropic's wire form of events: `event: <name>\\ndata: <compact JSON>\\n\\n` each."""
-    return b"".join(
-        [
-            b"event: " + name.encode() + b"\ndata: " + dumps_bytes(data) + b"\n\n"
-            for name, data in events
-        ]
-    )

@@ -35,13 +35,19 @@ first, and decodes each event's data once at dispatch.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Iterable
+from typing import Any, Final
 
 import msgspec
 
+from gate.dialects._shared import dumps_bytes
 from gate.dialects.errors import MalformedUpstream
 
-__all__ = ["DEFAULT_MAX_EVENT_SIZE", "SSEDecoder", "SSEEvent", "encode_event"]
+__all__ = ["DEFAULT_MAX_EVENT_SIZE", "Event", "SSEDecoder", "SSEEvent", "encode_event", "sse_bytes"]
+
+#: A named stream event, as Anthropic and the Responses API send them: (event name,
+#: data), the name repeating data["type"].
+Event = tuple[str, dict[str, Any]]
 
 #: 16 MiB: far above any chunk an engine streams, low enough that an upstream that never
 #: ends a line or an event cannot make us buffer without bound.
@@ -218,3 +224,15 @@ def encode_event(data: str | bytes, event: str | None = None) -> bytes:
     if "\n" in event or "\r" in event:
         raise ValueError(f"an SSE event name cannot contain a line break: {event!r}")
     return b"event: " + event.encode() + b"\n" + body
+
+
+def sse_bytes(events: Iterable[Event]) -> bytes:
+    """Named events on the wire, `event: <name>\\ndata: <compact JSON>\\n\\n` each: the
+    form of Anthropic's streams and of the Responses API's (compact JSON has no line
+    break, so one `data:` line each). The hot path of both translated streams."""
+    return b"".join(
+        [
+            b"event: " + name.encode() + b"\ndata: " + dumps_bytes(data) + b"\n\n"
+            for name, data in events
+        ]
+    )

@@ -19,8 +19,9 @@ the peer door alike (`Gateway.routes` says which route is served where). Each re
    that exist;
 5. is forwarded. When the engine speaks the client's dialect the bytes pass through
    untouched, chunk by chunk as the engine writes them (SSE included; `relay`).
-   Otherwise `gate.services.gateway.translated` translates (Anthropic <-> OpenAI), and
-   an Anthropic count_tokens for an OpenAI engine is answered here (`count_tokens`).
+   Otherwise `gate.services.gateway.translated` translates (Anthropic <-> OpenAI, and
+   the Responses API for engines without it: `responses_api` decides), and an Anthropic
+   count_tokens for an OpenAI engine is answered here (`count_tokens`).
 
 A task per request watches for the client going away and cancels the exchange, which
 closes the engine connection: the engine stops generating at once. Errors are answered
@@ -35,6 +36,7 @@ queues; Metrics counts in memory). The GET routes, the model listing and /metric
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -59,6 +61,7 @@ from gate.services.gateway.exchange import (
     ApiError,
     ApiRoute,
     Exchange,
+    Translation,
     api_error,
     decode_request,
     nested_too_deep,
@@ -78,6 +81,7 @@ from gate.services.gateway.response import (
     end_cut_stream,
     pass_through,
 )
+from gate.services.gateway.responses_api import CHAT_PATH, ResponsesBridge
 from gate.services.gateway.translated import (
     count_translated_prompt,
     decode_object,
@@ -190,6 +194,7 @@ class Gateway:
             PeerForwarding(peers, metrics, self._model_label) if peers is not None else None
         )
         self.listing = Listing(registry, peers, metrics, self._authenticate)
+        self.responses = ResponsesBridge()
         self.reconfigure(server, security, peer_limits)
 
     def reconfigure(self, server: ServerConfig, security: SecurityConfig, peers: P2PConfig) -> None:
@@ -406,19 +411,19 @@ class Gateway:
                 400,
                 f"model {exchange.model!r} is served only by engines without {route.path}",
             )
-        upstream, provider = await self._connect(route, scope, body, able, exchange)
+        upstream, provider, translation = await self._connect(route, scope, body, able, exchange)
         provider.in_flight += 1
         self.metrics.request_started(provider.name, exchange.model_label)
         exchange.metered = True
         try:
             async with upstream:
                 exchange.status = upstream.status
-                if provider.dialect is route.dialect:
+                if translation is None:
                     await pass_through(
                         upstream, send, exchange, route.dialect, f"engine {provider.name}"
                     )
                 else:
-                    await translated_response(route, provider)(upstream, send, exchange)
+                    await translation(upstream, send, exchange)
         finally:
             provider.in_flight -= 1
 
@@ -429,8 +434,9 @@ class Gateway:
         body: bytes,
         candidates: list[Provider],
         exchange: Exchange,
-    ) -> tuple[UpstreamResponse, Provider]:
-        """Send the request to the first provider that takes it; fail over on connect errors."""
+    ) -> tuple[UpstreamResponse, Provider, Translation | None]:
+        """Send the request to the first provider that takes it; fail over on connect errors.
+        Also returns what writes the client's response when translated (None: relayed)."""
         client_headers = [(k, v) for k, v in scope["headers"] if k in _FORWARD_REQUEST_HEADERS]
         failures: list[str] = []
         request: dict[str, Any] | None = None  # decoded once, for the engines that translate
@@ -441,36 +447,58 @@ class Gateway:
             path = route.engine_path(provider.dialect)
             assert path is not None
             payload = body
+            translation: Translation | None = None
+            responses = route.name == "responses"
             if provider.dialect is not route.dialect:
                 request = request if request is not None else decode_object(body)
                 payload = translate_request(route, request)
+                translation = translated_response(route, provider)
                 await count_translated_prompt(
                     self.client, route, provider, request, exchange, self.server.response_timeout
                 )
+            elif responses and self.responses.translates(provider, body):
+                path = CHAT_PATH
+                payload, translation = self.responses.prepare(body, exchange.client)
             elif route.name == "chat.completions" and provider.kind in _MAX_TOKENS_ONLY_KINDS:
                 payload = _with_max_tokens(body)
             headers = _merge_headers(client_headers, provider.auth_headers)
             exchange.provider = provider.name
             try:
-                upstream = await self.client.request(
-                    "POST",
-                    provider.url(path),
-                    headers=headers,
-                    body=payload,
-                    response_timeout=self.server.response_timeout,
-                    read_timeout=self.server.stream_idle_timeout,
-                )
+                upstream = await self._send(provider, path, headers, payload)
+                if (
+                    responses
+                    and translation is None
+                    and self.responses.missing_endpoint(upstream.status)
+                ):
+                    # Perhaps an engine without /v1/responses: the same request again,
+                    # translated, before the client saw anything (gateway.responses_api).
+                    await _discard(upstream)
+                    payload, translation = self.responses.prepare(body, exchange.client)
+                    upstream = await self._send(provider, CHAT_PATH, headers, payload)
+                    self.responses.learn(provider, upstream.status)
             except UpstreamConnectError as exc:
                 provider.healthy, provider.last_error = False, str(exc)
                 failures.append(f"{provider.name}: {exc}")
                 continue
             except UpstreamError as exc:
                 raise api_error(exc, f"engine {provider.name}") from None
-            return upstream, provider
+            return upstream, provider, translation
         if all("concurrency limit" in failure for failure in failures):
             raise LimitExceeded("provider", 1, f"every engine serving {exchange.model!r} is busy")
         raise ApiError(
             503, f"no engine serving {exchange.model!r} is reachable: " + "; ".join(failures)
+        )
+
+    async def _send(
+        self, provider: Provider, path: str, headers: list[tuple[bytes, bytes]], payload: bytes
+    ) -> UpstreamResponse:
+        return await self.client.request(
+            "POST",
+            provider.url(path),
+            headers=headers,
+            body=payload,
+            response_timeout=self.server.response_timeout,
+            read_timeout=self.server.stream_idle_timeout,
         )
 
     def _model_label(self, model: str) -> str:
@@ -551,6 +579,13 @@ def _client_left(exchange: Exchange, response: ResponseTracker) -> bool:
     if exchange.status < 400:
         exchange.status = 499  # nginx's code for "client closed request"
     return True
+
+
+async def _discard(upstream: UpstreamResponse) -> None:
+    """Read a small answer to its end (so its connection goes back to the pool) and close it."""
+    with contextlib.suppress(UpstreamError):  # closing it is all that is left to do then
+        await upstream.read(limit=64 * 1024)
+    await upstream.aclose()
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

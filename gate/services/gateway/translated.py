@@ -3,6 +3,8 @@
 - Anthropic client (/v1/messages) -> OpenAI-only engine (/v1/chat/completions): the
   case of llama.cpp, Ollama's OpenAI API, vLLM, LM Studio.
 - OpenAI client (/v1/chat/completions) -> the Anthropic API (/v1/messages).
+- OpenAI Responses client (/v1/responses) -> an OpenAI engine without that endpoint
+  (/v1/chat/completions); `gateway.responses_api` decides when, and keeps the state.
 
 The pure translation lives in gate.dialects; this module does the IO around it: it
 decodes the engine's body or SSE stream as it arrives, feeds the translator, and writes
@@ -20,26 +22,30 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import aclosing, contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from gate.dialects import (
     SSE_DONE,
     ChatStreamToMessagesStream,
+    ChatStreamToResponsesStream,
     DialectError,
     MalformedUpstream,
     MessagesStreamToChatStream,
     SSEDecoder,
     chat_request_to_messages,
     chat_response_to_message,
+    chat_response_to_response,
     chat_sse_bytes,
     message_to_chat_response,
     messages_to_chat_request,
+    new_response_id,
     sse_bytes,
 )
+from gate.dialects.sse import Event
 from gate.services.engines.client import UpstreamClient, UpstreamError, UpstreamResponse
 from gate.services.engines.registry import Dialect, Provider
 from gate.services.engines.tokens import count_prompt_tokens, prompt_text
@@ -54,12 +60,19 @@ from gate.services.gateway.exchange import (
 from gate.services.gateway.response import AbortResponse, answer_engine_error, error_message
 from gate.services.http.router import Send, send_json
 
-__all__ = ["count_translated_prompt", "decode_object", "translate_request", "translated_response"]
+__all__ = [
+    "chat_engine_to_responses_client",
+    "count_translated_prompt",
+    "decode_object",
+    "translate_request",
+    "translated_response",
+]
 
 _MAX_BODY = 64 * 1024 * 1024
 _log = logging.getLogger("gate.bridges")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _ANTHROPIC_USAGE = ("input_tokens", "output_tokens")
+_RESPONSES_USAGE = _ANTHROPIC_USAGE  # the Responses API names its usage as Anthropic does
 
 
 def decode_object(body: bytes) -> dict[str, Any]:
@@ -136,26 +149,96 @@ async def _openai_engine_to_anthropic_client(
         input_tokens, exact = exchange.prompt_count
         headers = [*headers, (b"x-gate-token-count", b"engine" if exact else b"estimate")]
     translator = ChatStreamToMessagesStream(exchange.model, message_id, input_tokens)
+
+    def finished(closing: list[Event]) -> None:
+        # The usage told the client: the engine's, else Gate's count.
+        for name, data in closing:
+            if name == "message_delta":
+                _take_usage(exchange, data["usage"], *_ANTHROPIC_USAGE)
+
+    await _relay_chat_stream(upstream, send, exchange, translator, headers, finished)
+
+
+def chat_engine_to_responses_client(
+    request: Mapping[str, Any], keep: Callable[[dict[str, Any]], None]
+) -> Translation:
+    """What writes a Responses client's response from a Chat Completions engine's answer
+    to `request` (translated by `responses_to_chat_request`). `keep` gets the finished
+    response object (completed or incomplete, never failed), for the conversation state."""
+
+    async def respond(upstream: UpstreamResponse, send: Send, exchange: Exchange) -> None:
+        if upstream.status >= 400:
+            await answer_engine_error(
+                upstream, send, exchange, Dialect.OPENAI, f"engine {exchange.provider}"
+            )
+            return
+        response_id, created_at = new_response_id(), int(time.time())
+        if not _is_sse(upstream):
+            answer = await _read_json(upstream, exchange)
+            response = _or_bad_gateway(
+                lambda: chat_response_to_response(
+                    answer,
+                    request,
+                    response_id=response_id,
+                    model=exchange.model,
+                    created_at=created_at,
+                )
+            )
+            _take_usage(exchange, response.get("usage"), *_RESPONSES_USAGE)
+            keep(response)
+            await send_json(send, 200, response)
+            return
+        translator = ChatStreamToResponsesStream(
+            request, response_id=response_id, model=exchange.model, created_at=created_at
+        )
+
+        def finished(_: list[Event]) -> None:
+            assert translator.response is not None
+            _take_usage(exchange, translator.response.get("usage"), *_RESPONSES_USAGE)
+            keep(translator.response)
+
+        await _relay_chat_stream(upstream, send, exchange, translator, _SSE_HEADERS, finished)
+
+    return respond
+
+
+class _ChatStreamTranslator(Protocol):
+    """A translator from an OpenAI engine's chat chunks to a client's named events."""
+
+    def feed(self, chunk: Mapping[str, Any]) -> list[Event]: ...
+    def finish(self) -> list[Event]: ...
+    def fail(self, message: str) -> list[Event]: ...
+
+
+async def _relay_chat_stream(
+    upstream: UpstreamResponse,
+    send: Send,
+    exchange: Exchange,
+    translator: _ChatStreamTranslator,
+    headers: list[tuple[bytes, bytes]],
+    finished: Callable[[list[Event]], None],
+) -> None:
+    """An OpenAI engine's chat stream, translated event by event as it arrives into the
+    client's named events (Anthropic's, or the Responses API's); `finished` sees the
+    closing events once the engine's [DONE] came. A failure mid-way: the translator's
+    error event, then the aborted response."""
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     decoder = SSEDecoder()
-    finished = False
+    done = False
     try:
         async with aclosing(upstream.aiter_body()) as body_chunks:
             async for chunk in body_chunks:
                 exchange.first_byte()
-                out: list[tuple[str, dict[str, Any]]] = []
+                out: list[Event] = []
                 with _engine_output():
                     for event in decoder.feed(chunk):
-                        if finished:
+                        if done:
                             break  # nothing follows [DONE]
                         if event.data == "[DONE]":
                             closing = translator.finish()
                             out += closing
-                            finished = True
-                            # The usage told the client: the engine's, else Gate's count.
-                            for name, data in closing:
-                                if name == "message_delta":
-                                    _take_usage(exchange, data["usage"], *_ANTHROPIC_USAGE)
+                            done = True
+                            finished(closing)
                         elif event.data:
                             data = msgspec.json.decode(event.data)
                             if isinstance(data, Mapping) and "error" in data:
@@ -168,7 +251,7 @@ async def _openai_engine_to_anthropic_client(
                     await send(
                         {"type": "http.response.body", "body": sse_bytes(out), "more_body": True}
                     )
-        if not finished:  # OpenAI streams end with [DONE]; anything else was cut off
+        if not done:  # OpenAI streams end with [DONE]; anything else was cut off
             raise UpstreamError("the stream ended before [DONE]")
     except (UpstreamError, DialectError) as exc:
         exchange.status, exchange.error = 502, f"engine failed mid-stream: {exc}"
