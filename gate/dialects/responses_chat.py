@@ -33,8 +33,10 @@ Request mapping (OpenAI "Responses" API reference -> "Chat Completions")
   `{type: "allowed_tools", mode, tools}` keeps only those function tools, with `mode` as
   the choice. Forcing a dropped tool type: 400. Without tools no `tool_choice` is sent.
 * `max_output_tokens` -> `max_tokens`; `temperature`, `top_p`, `parallel_tool_calls`
-  carry over; `text.format` json_schema/json_object -> `response_format`; `stream` ->
-  `stream` + `stream_options.include_usage`.
+  carry over, and so do the Chat settings a client of a local engine may add although
+  the Responses API has none of them (`seed`, `stop`, `logit_bias`, `top_k`, and the
+  frequency and presence penalties); `text.format` json_schema/json_object ->
+  `response_format`; `stream` -> `stream` + `stream_options.include_usage`.
 * `conversation` (OpenAI's server-side Conversations): 400, Gate keeps none.
 * Ignored: `include`, `store`, `reasoning`, `prompt_cache_key`, `service_tier`,
   `metadata`, `truncation`, `background`, `text.verbosity`, `user`, `safety_identifier`
@@ -79,6 +81,16 @@ __all__ = [
 _ROLES: Final = frozenset({"user", "assistant", "system", "developer"})
 _TOOL_CHOICES: Final = frozenset({"auto", "none", "required"})
 _TEXT_PARTS: Final = frozenset({"input_text", "output_text", "text"})
+#: Chat sampling settings the Responses API lacks, which clients of local engines add
+#: to a request (the SDKs' `extra_body`) and every such engine takes: carried over.
+_CHAT_EXTRAS: Final = (
+    "seed",
+    "stop",
+    "logit_bias",
+    "top_k",
+    "frequency_penalty",
+    "presence_penalty",
+)
 
 
 def new_response_id() -> str:
@@ -121,7 +133,7 @@ def responses_to_chat_request(
     request: dict[str, Any] = {"model": model, "messages": with_system_first(system, messages)}
     if body.get("max_output_tokens") is not None:
         request["max_tokens"] = body["max_output_tokens"]
-    for key in ("temperature", "top_p"):
+    for key in ("temperature", "top_p", *_CHAT_EXTRAS):
         if body.get(key) is not None:
             request[key] = body[key]
     if body.get("stream"):

@@ -624,18 +624,27 @@ def scripted_config(port: int, model: str, kind: str = "openai_compatible") -> s
     )
 
 
-def test_engine_error_in_its_own_shape_reaches_the_client_in_its_dialect(gate):
-    """llama.cpp's server has no /v1/responses: its 404 is `{"detail": "Not Found"}`, which
-    the openai SDK reads as a 404 without a body. Gate tells it in OpenAI's shape."""
+def test_engine_error_in_its_own_shape_reaches_the_client_in_its_dialect(
+    start_gate, make_llama_engine
+):
+    """llama.cpp's server refuses a wrong key with `{"detail": "Invalid API key"}` (FastAPI's
+    shape), which the openai SDK reads as an error without a body. Gate tells it in
+    OpenAI's shape. (The engine's key is not in Gate's config; the model is named there,
+    since the engine's listing is refused too.)"""
+    engine = make_llama_engine(api_key="engine-secret")
+    gate = start_gate(engine_config(engine, extra=f"models = ['{MODEL}']\n"))
     response = httpx.post(
-        f"{gate.url}/v1/responses", json={"model": MODEL, "input": "hi"}, timeout=30
+        f"{gate.url}/v1/chat/completions", json={"model": MODEL, "messages": HI}, timeout=30
     )
-    assert response.status_code == 404
+    assert response.status_code == 401
     error = response.json()["error"]
-    assert error["message"] == "engine llama: Not Found"
-    assert error["type"] == "not_found_error"
-    with oai(gate) as client, pytest.raises(openai.NotFoundError, match="engine llama: Not Found"):
-        client.responses.create(model=MODEL, input="hi")
+    assert error["message"] == "engine llama: Invalid API key"
+    assert error["type"] == "authentication_error"
+    with (
+        oai(gate) as client,
+        pytest.raises(openai.AuthenticationError, match="engine llama: Invalid API key"),
+    ):
+        client.chat.completions.create(model=MODEL, messages=HI)
 
 
 def _http_answer(status: bytes, content_type: bytes, body: bytes) -> bytes:

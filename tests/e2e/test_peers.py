@@ -535,3 +535,44 @@ def test_a_live_peer_whose_engine_pauses_keeps_its_stream(make_node, make_llama_
     )
     assert lines[-1] == "data: [DONE]" and not aborted
     assert b.peer_status(a) == "connected"
+
+
+def test_responses_api_through_a_peer(make_node, make_llama_engine):
+    """A has llama.cpp, which lacks /v1/responses: A's gateway translates, keeps the
+    conversation, and B relays. When A's engine dies mid-stream, A's `response.failed`
+    reaches the client through B as the stream's last event, not followed by another."""
+    a, b = make_node("a"), make_node("b")
+    engine = make_llama_engine()
+    start(a, trust=[b], engine=engine)
+    start(b, trust=[a])
+    wait_for(lambda: b.peer_status(a) == "connected", "b -> a")
+    with openai.OpenAI(base_url=f"{b.url}/v1", api_key="x", max_retries=0, timeout=60) as client:
+        first = client.responses.create(model=MODEL, input="hi", max_output_tokens=3)
+        events = list(
+            client.responses.create(
+                model=MODEL,
+                input="again",
+                previous_response_id=first.id,
+                max_output_tokens=3,
+                stream=True,
+            )
+        )
+    assert first.object == "response" and first.output_text
+    final = events[-1].response
+    assert final.previous_response_id == first.id and final.status in ("completed", "incomplete")
+    body = {"model": MODEL, "input": "hi", "max_output_tokens": 1900, "stream": True}
+    lines: list[str] = []
+    with (
+        httpx.stream(
+            "POST", f"{b.url}/v1/responses", json={**body, "logit_bias": NO_EOS}, timeout=60
+        ) as r,
+        pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"),
+    ):
+        for line in r.iter_lines():
+            if line:
+                lines.append(line)
+            if len(lines) == 12:
+                engine.kill()
+    assert lines[-2] == "event: response.failed"
+    failed = json.loads(lines[-1].removeprefix("data: "))["response"]
+    assert failed["status"] == "failed" and "mid-stream" in failed["error"]["message"]

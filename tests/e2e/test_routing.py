@@ -113,15 +113,16 @@ def test_failover_when_an_engine_cannot_be_reached(start_gate, make_llama_engine
     assert providers_used(gate_env) == ["two", "two"]
 
 
-def test_responses_endpoint_is_passed_through(gate):
-    # llama.cpp's server has no /v1/responses: the request reaches it (Gate does not
-    # translate the Responses API yet), and its 404 `{"detail": "Not Found"}` comes back
-    # with its status and message, in OpenAI's error shape (what the SDKs can read).
+def test_responses_endpoint_reaches_an_engine_without_it(gate):
+    # llama.cpp's server has no /v1/responses: the request reaches it, its 404 makes Gate
+    # ask again translated to chat completions, and the client gets a response.
     response = httpx.post(
-        f"{gate.url}/v1/responses", json={"model": MODEL, "input": "hi"}, timeout=30
+        f"{gate.url}/v1/responses",
+        json={"model": MODEL, "input": "hi", "max_output_tokens": 1},
+        timeout=30,
     )
-    assert response.status_code == 404
-    assert response.json()["error"]["message"] == "engine llama: Not Found"
+    assert response.status_code == 200
+    assert response.json()["object"] == "response"
 
 
 def test_local_engines_are_found_without_configuration(gate_env, make_llama_engine):

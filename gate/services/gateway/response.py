@@ -224,12 +224,13 @@ async def end_cut_stream(response: ResponseTracker, dialect: Dialect, exchange: 
 
 
 def _ends_with_error_event(chunk: bytes) -> bool:
-    """Whether `chunk` ends with a whole error event, in either dialect's form."""
+    """Whether `chunk` ends with a whole error event, in either dialect's form or the
+    Responses API's (`response.failed`, what Gate's translation of it ends a failure with)."""
     chunk = chunk.replace(b"\r\n", b"\n")
     if not chunk.endswith(b"\n\n"):
         return False
     event = chunk.rstrip(b"\n").rpartition(b"\n\n")[2]
-    return event.startswith((b"event: error\n", b'data: {"error":'))
+    return event.startswith((b"event: error\n", b'data: {"error":', b"event: response.failed\n"))
 
 
 def _stream_error(dialect: Dialect, failure: Exception | str) -> bytes:
