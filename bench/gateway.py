@@ -73,6 +73,10 @@ REQUEST = json.dumps({"model": "bench-json", "messages": [{"role": "user", "cont
 STREAM_REQUEST = json.dumps(
     {"model": "bench-sse", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
 )
+# The Responses API, translated: engines that answer 404 to /v1/responses (as
+# llama-cpp-python's server does) and a chat completion or stream to anything else.
+RESPONSES_REQUEST = json.dumps({"model": "bench-resp-json", "input": "Hi"})
+RESPONSES_STREAM_REQUEST = json.dumps({"model": "bench-resp-sse", "input": "Hi", "stream": True})
 SEQUENTIAL = 2000
 STREAMS = 300
 WRK_SECONDS = 5
@@ -100,18 +104,23 @@ class Upstream:
     json_port: int
     sse_port: int
     proc: subprocess.Popen[bytes]
+    resp_json_port: int = 0
+    resp_sse_port: int = 0
 
 
 def start_nginx(workdir: Path) -> Upstream:
     json_port, sse_port = free_port(), free_port()
+    resp_json_port, resp_sse_port = free_port(), free_port()
     conf = workdir / "nginx.conf"
 
-    def server(port: int, model: str, body: str, ctype: str) -> str:
+    def server(port: int, model: str, body: str, ctype: str, responses: bool = True) -> str:
         models = json.dumps({"object": "list", "data": [{"id": model, "object": "model"}]})
+        lacking = "" if responses else "location = /v1/responses { return 404; }"
         return f"""
   server {{
     listen 127.0.0.1:{port};
     location = /v1/models {{ default_type application/json; return 200 '{models}'; }}
+    {lacking}
     location / {{ default_type {ctype}; return 200 '{nginx_escape(body)}'; }}
   }}"""
 
@@ -126,13 +135,15 @@ http {{
   client_body_temp_path {workdir};
   {server(json_port, "bench-json", COMPLETION, "application/json")}
   {server(sse_port, "bench-sse", STREAM, "text/event-stream")}
+  {server(resp_json_port, "bench-resp-json", COMPLETION, "application/json", False)}
+  {server(resp_sse_port, "bench-resp-sse", STREAM, "text/event-stream", False)}
 }}
 """)
     proc = subprocess.Popen(
         ["nginx", "-c", str(conf), "-p", str(workdir)], stderr=subprocess.DEVNULL
     )
     wait_http(json_port, "/v1/models", deadline=time.monotonic() + 10)
-    return Upstream(json_port, sse_port, proc)
+    return Upstream(json_port, sse_port, proc, resp_json_port, resp_sse_port)
 
 
 def wait_http(port: int, path: str, deadline: float) -> None:
@@ -207,6 +218,14 @@ base_url = "http://127.0.0.1:{upstream.json_port}"
 name = "sse"
 kind = "openai_compatible"
 base_url = "http://127.0.0.1:{upstream.sse_port}"
+[[providers.engines]]
+name = "resp-json"
+kind = "openai_compatible"
+base_url = "http://127.0.0.1:{upstream.resp_json_port}"
+[[providers.engines]]
+name = "resp-sse"
+kind = "openai_compatible"
+base_url = "http://127.0.0.1:{upstream.resp_sse_port}"
 """)
     env = {
         **os.environ,
@@ -388,6 +407,14 @@ def measure(proxy: Proxy, workdir: Path) -> tuple[float, ...]:
     )
 
 
+def measure_responses(proxy: Proxy) -> tuple[float, ...]:
+    """The Responses API through Gate to an engine without it (translated to chat
+    completions; the first request learns that, in the warm-up): p50, p99, stream TTFB."""
+    latency = sequential_latency(proxy.port, "/v1/responses", RESPONSES_REQUEST, SEQUENTIAL)
+    ttfb = first_byte(proxy.port, "/v1/responses", RESPONSES_STREAM_REQUEST, STREAMS)
+    return pct(latency, 0.5), pct(latency, 0.99), pct(ttfb, 0.5)
+
+
 def run(upstream: Upstream, starters: list, workdir: Path, rounds: int = 1) -> None:
     path = "/v1/chat/completions"
     direct = sequential_latency(upstream.json_port, path, REQUEST, SEQUENTIAL)
@@ -404,11 +431,14 @@ def run(upstream: Upstream, starters: list, workdir: Path, rounds: int = 1) -> N
         )
     }
     measured: dict[str, list[tuple[float, ...]]] = {}
+    translated: dict[str, list[tuple[float, ...]]] = {}
     for _ in range(rounds):
         for start in starters:
             proxy = start()
             try:
                 measured.setdefault(proxy.name, []).append(measure(proxy, workdir))
+                if proxy.name.startswith("Gate"):
+                    translated.setdefault(proxy.name, []).append(measure_responses(proxy))
             finally:
                 proxy.stop()
     for name, runs in measured.items():
@@ -446,6 +476,15 @@ def run(upstream: Upstream, starters: list, workdir: Path, rounds: int = 1) -> N
     else:
         print("  >= 10x LiteLLM's req/s: LiteLLM not installed (pass --litellm PATH)")
     print(f"  RSS <= 80 MB: {gate[4]:.1f} MB   ready <= 1 s: {gate[5]:.2f} s")
+    for name, runs in translated.items():
+        p50, p99, ttfb = (statistics.median(column) for column in zip(*runs, strict=True))
+        chat = rows[name]
+        print(
+            f"\n{name}, /v1/responses translated to chat completions (an engine without it): "
+            f"p50 {p50:.3f} ms, p99 {p99:.3f} ms, stream TTFB {ttfb:.3f} ms; "
+            f"over the same engine's chat completions through Gate: p50 {p50 - chat[0]:+.3f} "
+            f"ms ({p50 / chat[0]:.2f}x), TTFB {ttfb - chat[3]:+.3f} ms"
+        )
     if "Gate (against)" in rows:
         other = rows["Gate (against)"]
         print(
