@@ -364,6 +364,21 @@ def test_peers_add_and_remove_edit_gate_toml_when_no_daemon_runs(gate_env, tmp_p
     assert again.returncode == EXIT_BAD_INPUT and "is not a trusted peer" in err(again)
 
 
+def test_peers_add_keeps_the_comments_and_engine_blocks_of_gate_toml(gate_env, tmp_path):
+    written = (
+        "# my laptop\n[providers]\nhealth_interval = 30.0  # seconds\n\n"
+        '[[providers.engines]]\nname = "claude"\nkind = "anthropic"\n'
+        'api_key_env = "ANTHROPIC_API_KEY" # the key stays out of the file\n'
+    )
+    config = tmp_path / "gate.toml"
+    config.write_text(written)
+    offline = {**gate_env, "GATE_SERVER__BIND": NOWHERE}
+    added = run_gate("peers", "add", OTHER_NODE, "--config", str(config), env=offline)
+    assert added.returncode == 0, err(added)
+    # The file as it was, and the new section after it.
+    assert config.read_text() == f'{written}\n[p2p]\ntrusted_peers = ["{OTHER_NODE}"]\n'
+
+
 def test_gate_config_naming_a_file_not_written_yet_works_like_config(gate_env, tmp_path):
     config = tmp_path / "later" / "gate.toml"
     env = {**gate_env, "GATE_CONFIG": str(config), "GATE_SERVER__BIND": NOWHERE}
