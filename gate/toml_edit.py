@@ -78,7 +78,9 @@ def _merge_list(old: AoT | Array, new: list[Any], depth: int) -> bool:
         if index not in kept:
             del old[index]
     for value in new[len(kept) :]:
-        old.append(_new_table(old, value) if isinstance(old, AoT) else _new_item(value, depth, None))
+        old.append(
+            _new_table(old, value) if isinstance(old, AoT) else _new_item(value, depth, None)
+        )
     return True
 
 

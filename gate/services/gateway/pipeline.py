@@ -78,6 +78,7 @@ from gate.services.gateway.response import (
     end_cut_stream,
     pass_through,
 )
+from gate.services.gateway.stream_usage import ask_for_usage, count_unreported
 from gate.services.gateway.translated import (
     count_translated_prompt,
     decode_object,
@@ -417,6 +418,10 @@ class Gateway:
                     await pass_through(
                         upstream, send, exchange, route.dialect, f"engine {provider.name}"
                     )
+                    if exchange.stream and exchange.tokens_in is None and exchange.status < 400:
+                        await count_unreported(
+                            self.client, provider, body, exchange, self.server.response_timeout
+                        )
                 else:
                     await translated_response(route, provider)(upstream, send, exchange)
         finally:
@@ -449,6 +454,9 @@ class Gateway:
                 )
             elif route.name == "chat.completions" and provider.kind in _MAX_TOKENS_ONLY_KINDS:
                 payload = _with_max_tokens(body)
+            if _asks_for_usage(route, provider, exchange):
+                asked = ask_for_usage(payload)
+                payload, exchange.usage_asked = asked or payload, asked is not None
             headers = _merge_headers(client_headers, provider.auth_headers)
             exchange.provider = provider.name
             try:
@@ -534,8 +542,23 @@ class Gateway:
                 tokens_out=exchange.tokens_out,
                 error=exchange.error,
                 endpoint=exchange.route.name,
+                tokens_source=exchange.tokens_source
+                or (
+                    "engine" if (exchange.tokens_in, exchange.tokens_out) != (None, None) else None
+                ),
             )
         )
+
+
+def _asks_for_usage(route: ApiRoute, provider: Provider, exchange: Exchange) -> bool:
+    """Whether Gate asks an OpenAI engine for a stream's usage the client did not ask
+    for (`stream_usage`): it is kept from the client, and goes into the usage record."""
+    return (
+        exchange.stream
+        and not exchange.include_usage
+        and provider.dialect is Dialect.OPENAI
+        and route.name in ("chat.completions", "completions")
+    )
 
 
 # How `_route` may end other than by success: an answer, or a deliberately cut response.

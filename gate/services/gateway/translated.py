@@ -139,6 +139,7 @@ async def _openai_engine_to_anthropic_client(
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     decoder = SSEDecoder()
     finished = False
+    reported = False  # the engine told its usage
     try:
         async with aclosing(upstream.aiter_body()) as body_chunks:
             async for chunk in body_chunks:
@@ -156,11 +157,18 @@ async def _openai_engine_to_anthropic_client(
                             for name, data in closing:
                                 if name == "message_delta":
                                     _take_usage(exchange, data["usage"], *_ANTHROPIC_USAGE)
+                            if not reported:  # the counts are Gate's: which kind
+                                estimated = (
+                                    exchange.prompt_count is not None
+                                    and not (exchange.prompt_count[1])
+                                )
+                                exchange.tokens_source = "estimate" if estimated else "counted"
                         elif event.data:
                             data = msgspec.json.decode(event.data)
                             if isinstance(data, Mapping) and "error" in data:
                                 raise UpstreamError(error_message(data))
                             out += translator.feed(data)
+                            reported = reported or isinstance(data.get("usage"), Mapping)
                             _take_usage(
                                 exchange, data.get("usage"), "prompt_tokens", "completion_tokens"
                             )
