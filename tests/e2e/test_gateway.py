@@ -92,6 +92,21 @@ def test_models_are_listed_in_both_dialects(gate):
         assert [m.id for m in client.models.list()] == [MODEL]
 
 
+def test_models_lists_only_what_can_be_served_and_unknown_ids_name_them(start_gate, llama_engine):
+    # A second engine that never answers (port 9 of loopback: nothing listens there).
+    down = "[[providers.engines]]\nname = 'down'\nkind = 'vllm'\n"
+    down += "base_url = 'http://127.0.0.1:9'\nmodels = ['ghost']\n"
+    gate = start_gate(engine_config(llama_engine, extra=down))
+    with oai(gate) as client:
+        assert [m.id for m in client.models.list()] == [MODEL]
+        with pytest.raises(openai.NotFoundError) as by_id:
+            client.models.retrieve("nope")
+        with pytest.raises(openai.NotFoundError) as by_chat:
+            client.chat.completions.create(model="nope", messages=HI)
+    assert by_id.value.message == by_chat.value.message
+    assert f"available models: {MODEL}" in by_id.value.message
+
+
 def test_chat_completion(gate):
     with oai(gate) as client:
         reply = client.chat.completions.create(

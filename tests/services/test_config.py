@@ -627,9 +627,9 @@ def test_an_edit_keeps_the_files_comments_and_layout(tmp_path):
     # Only the edited lines changed: every comment and engine block is where it was.
     assert text == COMMENTED.replace(
         "loopback only\n", 'loopback only\nlog_level = "debug"\n'
-    ).replace(
-        "health checks\n", 'health checks\naliases = {gpt-4o = "llama3.2:1b"}\n'
-    ).replace('  "aaaa", # alice\n', "").replace('  "bbbb", # bob\n', '  "bbbb", # bob\n  "cccc",\n')
+    ).replace("health checks\n", 'health checks\naliases = {gpt-4o = "llama3.2:1b"}\n').replace(
+        '  "aaaa", # alice\n', ""
+    ).replace('  "bbbb", # bob\n', '  "bbbb", # bob\n  "cccc",\n')
 
     # An engine added and one removed: the others' blocks stay as they were written.
     def add_engine(data):

@@ -19,10 +19,7 @@ ASKED = (
     "data: [DONE]\n\n"
 ).encode()
 PLAIN = CHUNK.replace(',"usage":null', "")
-UNASKED = (
-    "".join(f"data: {PLAIN % (DELTA % c)}\n\n" for c in "abc")
-    + "data: [DONE]\n\n"
-).encode()
+UNASKED = ("".join(f"data: {PLAIN % (DELTA % c)}\n\n" for c in "abc") + "data: [DONE]\n\n").encode()
 
 
 def test_the_client_gets_the_stream_it_would_have_got_without_the_question():

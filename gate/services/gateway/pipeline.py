@@ -388,13 +388,7 @@ class Gateway:
                 await self.to_peers.forward(route, scope, body, exchange, send, peer, self.server)
                 return
         if not candidates:
-            known = sorted(self.listing.all_models())
-            listing = ", ".join(known) if known else "none (no engine is reachable)"
-            raise ApiError(
-                404,
-                f"model {exchange.model!r} is not served here; available models: {listing}",
-                code="model_not_found",
-            )
+            raise self.listing.unknown_model(exchange.model)
         exchange.model_label = self.registry.aliases.get(exchange.model, exchange.model)
         if route.name == "messages.count_tokens" and candidates[0].dialect is Dialect.OPENAI:
             await count_tokens(
