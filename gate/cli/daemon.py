@@ -144,7 +144,7 @@ def _serve_foreground(config_path: Path | None, bind: str | None, *, detached: b
         log.info("restarting")
         logging.shutdown()
         os.execv(sys.executable, [sys.executable, "-m", "gate", *sys.argv[1:]])
-    log.info("stopped")
+    log.info("stopped", extra={"console": True})
 
 
 class _OnStarted:

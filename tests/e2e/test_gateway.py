@@ -887,9 +887,11 @@ def test_streamed_requests_are_recorded_with_their_tokens(start_gate, llama_engi
         )
     assert all(chunk.usage is None for chunk in chunks)
     assert all(chunk.choices for chunk in chunks)  # no usage-only chunk added
-    with ant(gate) as client:
-        with client.messages.stream(model=MODEL, max_tokens=3, messages=HI) as stream:
-            message = stream.get_final_message()
+    with (
+        ant(gate) as client,
+        client.messages.stream(model=MODEL, max_tokens=3, messages=HI) as stream,
+    ):
+        message = stream.get_final_message()
     gate.signal(signal.SIGTERM)
     assert gate.wait() == 0
     with sqlite3.connect(data_dir(gate_env) / "gate.db") as db:
