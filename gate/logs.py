@@ -21,7 +21,7 @@ from typing import Any, Final, TextIO
 
 import msgspec
 
-__all__ = ["LOG_FILENAME", "setup_logging", "timestamp"]
+__all__ = ["LOG_FILENAME", "plain_line", "setup_logging", "timestamp"]
 
 LOG_FILENAME: Final = "gate.log"
 _STANDARD_ATTRS: Final = frozenset(
@@ -152,6 +152,19 @@ def setup_logging(
     for noisy in ("hypercorn.access", "gate.http.server"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return path
+
+
+def plain_line(record: dict[str, Any]) -> str:
+    """A log record (as the file or `get_logs` has it) as one line for a person: time,
+    level, logger, message, then every other field (the keys, the reason, the peer)."""
+    stamp = f"{record['ts']} " if "ts" in record else ""
+    line = (
+        f"{stamp}{record.get('level', '?'):7} {record.get('logger', '?')}: {record.get('msg', '')}"
+    )
+    rest = {k: v for k, v in record.items() if k not in ("ts", "level", "logger", "msg")}
+    if rest:
+        line += "  " + " ".join(f"{k}={_logfmt_value(v)}" for k, v in rest.items())
+    return line
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -322,6 +322,12 @@ def test_peers_through_the_running_daemon(gate):
     assert row["status"]["type"] in ("connecting", "disconnected", "failed")
     assert row["models"] == []
     assert out(cli(gate, "peers", "list")).startswith(OTHER_NODE)
+    # Once its dial failed, the plain list says why, as the JSON does.
+    failed = wait_for(
+        lambda: [r for r in listed() if r["status"]["type"] == "failed"], "the dial to fail", 30
+    )
+    plain = out(cli(gate, "peers", "list"))
+    assert plain.startswith(f"{OTHER_NODE}  failed") and failed[0]["status"]["reason"] in plain
     info = cli(gate, "peers", "info", OTHER_NODE, "--json")
     assert info.returncode == 0 and json.loads(out(info))["node_id"] == OTHER_NODE
     human = out(cli(gate, "peers", "info", OTHER_NODE))
@@ -362,6 +368,27 @@ def test_peers_add_and_remove_edit_gate_toml_when_no_daemon_runs(gate_env, tmp_p
     assert tomllib.loads(config.read_text())["p2p"]["trusted_peers"] == []
     again = run_gate("peers", "remove", OTHER_NODE, "--config", str(config), env=offline)
     assert again.returncode == EXIT_BAD_INPUT and "is not a trusted peer" in err(again)
+
+
+def test_logs_in_plain_form_show_every_field(gate_env):
+    """`gate logs` without --json shows what --json shows: the keys of a config change,
+    the reason of a refusal, the peer (read here from the file of a stopped daemon)."""
+    logs = data_dir(gate_env) / "logs"
+    logs.mkdir(parents=True)
+    record = {
+        "ts": "2026-12-06T10:00:00.000+00:00",
+        "level": "warning",
+        "logger": "gate.node",
+        "msg": "config changed; restart gate serve to apply it",
+        "keys": "p2p.port,server.bind",
+    }
+    (logs / "gate.log").write_text(json.dumps(record) + "\n")
+    shown = run_gate("logs", env={**gate_env, "GATE_SERVER__BIND": NOWHERE})
+    assert shown.returncode == 0, err(shown)
+    assert out(shown) == (
+        "2026-12-06T10:00:00.000+00:00 warning gate.node: config changed; restart gate serve"
+        " to apply it  keys=p2p.port,server.bind\n"
+    )
 
 
 def test_peers_add_keeps_the_comments_and_engine_blocks_of_gate_toml(gate_env, tmp_path):

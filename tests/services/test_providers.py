@@ -179,3 +179,16 @@ def test_a_missing_key_is_said_once_and_configured_engines_end_discovery(caplog)
             None,
         ),
     ]
+
+
+async def test_looking_for_engines_again_logs_nothing_new(caplog):
+    """The web UI's Setup page looks at every visit: that is no news for the log."""
+    caplog.set_level("DEBUG", logger="gate.providers")
+    async with trio.open_nursery() as nursery:
+        vllm = await serve_json(nursery, {"/v1/models": (200, {"data": [{"id": "q"}]})}, [])
+        with trio.fail_after(10):
+            for _ in range(3):
+                (found,) = await discover_engines(UpstreamClient(), {"vllm": vllm})
+                assert found.healthy
+        nursery.cancel_scope.cancel()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 20] == []

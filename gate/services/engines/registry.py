@@ -259,7 +259,9 @@ class ProviderRegistry:
     async def check(self, provider: Provider, *, probing: bool = False) -> None:
         """Ask the engine for its models; record health. Never raises for engine faults.
 
-        `probing`: a look for an engine that may well not exist; its absence is no news.
+        `probing`: a look for an engine that may well not exist: neither its absence nor
+        its presence is news here (the Setup page looks at every visit; `probe_local` logs
+        what it adds).
         """
         kind = KINDS[provider.kind]
         try:
@@ -287,7 +289,7 @@ class ProviderRegistry:
             models = frozenset(m.id for m in listing.data) | frozenset(
                 m.name for m in listing.models
             )
-            if not provider.healthy:
+            if not provider.healthy and not probing:
                 log.info(
                     "provider available",
                     extra={"provider": provider.name, "models": len(models)},
