@@ -91,6 +91,19 @@ class TerminalFormatter(logging.Formatter):
         return f"{line}\n{exc}" if exc and self.tracebacks else line
 
 
+class _WithTraceback(logging.Filter):
+    """At debug level: a warning or error logged while an exception is being handled
+    carries that exception's traceback, though the call did not ask for it (Gate logs
+    engine, peer and request failures as one line; debugging them needs where they rose)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is None and record.levelno >= logging.WARNING:
+            current = sys.exc_info()
+            if current[0] is not None:
+                record.exc_info = current
+        return True
+
+
 class _TerminalFloor(logging.Filter):
     """Lets through what is at `level` or above, and what is marked for the console."""
 
@@ -129,6 +142,8 @@ def setup_logging(
     stream = stream or sys.stderr
     console = logging.StreamHandler(stream)
     debug = root.level <= logging.DEBUG
+    if debug:
+        console.addFilter(_WithTraceback())
     if _is_terminal(stream):
         console.setFormatter(TerminalFormatter(tracebacks=debug))
         floor = logging.DEBUG if debug else logging.WARNING
@@ -147,6 +162,8 @@ def setup_logging(
         path, maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8"
     )
     file_handler.setFormatter(JsonFormatter())
+    if debug:
+        file_handler.addFilter(_WithTraceback())
     root.addHandler(file_handler)
     # Libraries that are chatty at INFO would drown Gate's own lines.
     for noisy in ("hypercorn.access", "gate.http.server"):

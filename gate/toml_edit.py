@@ -115,7 +115,8 @@ def _new_item(value: Any, depth: int, like: Item | None) -> Item:
         inline = tomlkit.inline_table()
         inline.update(value)
         return inline
-    return tomlkit.item(value)
+    item: Item = tomlkit.item(value)
+    return item
 
 
 def _new_table(tables: AoT, value: dict[str, Any]) -> Table:
