@@ -56,6 +56,7 @@ import msgspec
 import platformdirs
 import tomli_w
 
+from gate import toml_edit
 from gate.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -703,7 +704,7 @@ def edit_config_file(
     resolves it; `check` sees that config first and may refuse it by raising.
 
     An exception leaves the file as it was. Edits within this process are serialized.
-    Comments in the file are not kept (TOML writers do not round-trip them)."""
+    The file is changed in place: its comments and layout stay (`gate.toml_edit`)."""
     env = os.environ if env is None else env
     with _EDIT_LOCK:
         data = _read_toml(path, missing_ok=True) or {}
@@ -713,8 +714,20 @@ def edit_config_file(
         config = _resolve(data, env, str(path))
         if check is not None:
             check(config)
-        write_config_atomic(path, tomli_w.dumps(data))
+        document = toml_edit.parse(_read_text(path))
+        toml_edit.apply_changes(document, data)
+        write_config_atomic(path, toml_edit.render(document))
     return config
+
+
+def _read_text(path: Path) -> str:
+    """The file's text as `_read_toml` just read it ("" when there is none)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
 
 
 def check_exposure(config: Config) -> None:

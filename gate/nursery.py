@@ -27,7 +27,10 @@ failure) stops any startup still in progress, then sets each service's ``shutdow
 once every service that depends on it has returned: dependents drain before their
 dependencies, independent services drain concurrently. Everything left when
 ``drain_timeout`` runs out, or when `Supervisor.cancel` is called, is cancelled and named
-in the log. All tasks live in nurseries under ``run``, so none outlives it; no threads.
+in the log, in the same order (dependents first; a dependency not yet told to stop is told
+and given a second), so what a cancelled service leaves for the ones below it, such as the
+usage records of cut requests, is still taken care of. All tasks live in nurseries under
+``run``, so none outlives it; no threads.
 
 Errors: ``run`` either returns (a clean stop) or raises one plain `ServiceError`, never an
 ExceptionGroup, because callers handle one error tree (`GateError` and its subclasses) and
@@ -153,6 +156,7 @@ class _Slot:
     started: bool = False  # has called task_status.started at least once
     launched: bool = False  # its supervising task was spawned
     done: trio.Event = field(default_factory=trio.Event)  # will never run again
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # its hard stop
     state: ServiceState = "pending"
     restarts: int = 0
     last_error: str | None = None
@@ -184,6 +188,12 @@ def _start_order(services: Sequence[Service]) -> list[Service]:
     return order
 
 
+# After the drain: how long a service told to stop may take before it is cancelled, and
+# the bound of that whole ordered stop (`Supervisor._stop_in_order`).
+_LAST_GRACE = 1.0
+_STOP_BOUND = 3.0
+
+
 class Supervisor:
     """Runs a set of services; see the module docstring. One `run` per instance.
 
@@ -210,6 +220,8 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._failure: tuple[str, BaseException] | None = None
         self._ran = False
+        self._drain_scope: trio.CancelScope | None = None
+        self._skip_drain = False
 
     @property
     def shutdown_requested(self) -> bool:
@@ -231,16 +243,26 @@ class Supervisor:
         """Begin a graceful stop (see the module docstring). Idempotent; call from trio."""
         if self._stop_requested.is_set():
             return
-        self._log.info("shutting down: %s", reason)
+        # Said on the console as well (`console`): a person who pressed Ctrl-C sees at once
+        # that Gate heard it and how long it may take.
+        self._log.info(
+            "shutting down: %s; what is in flight has up to %gs to finish (a second signal"
+            " stops at once)",
+            reason,
+            self._drain_timeout,
+            extra={"console": True},
+        )
         self._stop_requested.set()
         self._startup_scope.cancel()
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Stop now: like `request_shutdown`, but cancel every service without a drain."""
         self.request_shutdown(reason)
-        if self._nursery is not None and not self._nursery.cancel_scope.cancel_called:
+        if self._nursery is not None and not self._skip_drain:
             self._log.warning("skipping the drain (%s); cancelling %s", reason, self._running())
-            self._nursery.cancel_scope.cancel()
+            self._skip_drain = True
+            if self._drain_scope is not None:
+                self._drain_scope.cancel()
 
     async def run(
         self, *, task_status: trio.TaskStatus[dict[str, object]] = trio.TASK_STATUS_IGNORED
@@ -272,6 +294,7 @@ class Supervisor:
                     task_status.started(self.started_info)
             await self._stop_requested.wait()
             await self._drain()
+            await self._stop_in_order()
             nursery.cancel_scope.cancel()
         if self._failure is not None:
             message, cause = self._failure
@@ -283,15 +306,35 @@ class Supervisor:
             if not slot.launched:
                 slot.done.set()
         with trio.move_on_after(self._drain_timeout) as deadline:
+            self._drain_scope = deadline
+            if self._skip_drain:
+                deadline.cancel()
             async with trio.open_nursery() as tellers:
                 for slot in reversed(slots):
                     tellers.start_soon(self._tell_after_dependents, slot)
             for slot in slots:
                 await slot.done.wait()
-        if deadline.cancelled_caught:
+        if deadline.cancelled_caught and not self._skip_drain:
             self._log.warning(
                 "drain deadline of %gs passed; cancelling %s", self._drain_timeout, self._running()
             )
+
+    async def _stop_in_order(self) -> None:
+        """What the drain left running is cancelled dependents first, as it would have
+        stopped: a service is cancelled only once those that use it are gone, and one that
+        was not yet told to stop (its dependents were still running) is told first and
+        given `_LAST_GRACE` to stop by itself. So what the cancelled ones leave behind
+        still reaches the services below them (the usage of cut requests reaches the
+        usage writer, which writes it before it stops). Bounded by `_STOP_BOUND` in all."""
+        with trio.move_on_after(_STOP_BOUND):
+            for slot in reversed(self._slots.values()):
+                for dependent in slot.dependents:
+                    await dependent.done.wait()
+                if slot.ctx is not None and not slot.ctx.shutdown.is_set():
+                    slot.ctx.shutdown.set()
+                    with trio.move_on_after(_LAST_GRACE):
+                        await slot.done.wait()
+                slot.scope.cancel()
 
     @staticmethod
     async def _tell_after_dependents(slot: _Slot) -> None:
@@ -313,48 +356,53 @@ class Supervisor:
 
     async def _supervise(self, slot: _Slot, *, task_status: trio.TaskStatus[object]) -> None:
         """One task per service: runs attempts until shutdown or a critical failure."""
-        name = slot.service.name
         try:
-            while True:
-                error, ran_for = await self._attempt(slot, task_status)
-                if error is None and self.shutdown_requested:
-                    return
-                if error is None:
-                    error = ServiceError(f"service {name!r} returned before shutdown")
-                slot.last_error = describe(error)
-                if slot.service.critical and not slot.started:
-                    slot.state = "failed"
-                    raise error  # out of nursery.start in run(), which fails the node
-                if slot.service.critical:
-                    self._fail(slot, error, "crashed")
-                    return
-                if self.shutdown_requested:
-                    slot.state = "failed"
-                    self._log.warning("service %r failed while stopping: %s", name, describe(error))
-                    return
-                delay = slot.backoff.next_delay(ran_for)
-                slot.restarts += 1
-                slot.state = "backoff"
-                self._log.warning(
-                    "service %r crashed after running %.1fs: %s; restart #%d in %.2fs",
-                    name,
-                    ran_for,
-                    describe(error),
-                    slot.restarts,
-                    delay,
-                    exc_info=error,
-                )
-                with trio.move_on_after(delay):
-                    await self._stop_requested.wait()
-                if self.shutdown_requested:
-                    # Not started yet? Then run()'s startup scope, which request_shutdown
-                    # cancelled, must end nursery.start: returning would make it raise.
-                    await trio.lowlevel.checkpoint()
-                    return
+            with slot.scope:
+                await self._attempts(slot, task_status)
         finally:
             slot.done.set()
             if slot.state != "failed":
                 slot.state = "stopped"
+
+    async def _attempts(self, slot: _Slot, task_status: trio.TaskStatus[object]) -> None:
+        """Attempts until shutdown or a critical failure (`_supervise` holds its scope)."""
+        name = slot.service.name
+        while True:
+            error, ran_for = await self._attempt(slot, task_status)
+            if error is None and self.shutdown_requested:
+                return
+            if error is None:
+                error = ServiceError(f"service {name!r} returned before shutdown")
+            slot.last_error = describe(error)
+            if slot.service.critical and not slot.started:
+                slot.state = "failed"
+                raise error  # out of nursery.start in run(), which fails the node
+            if slot.service.critical:
+                self._fail(slot, error, "crashed")
+                return
+            if self.shutdown_requested:
+                slot.state = "failed"
+                self._log.warning("service %r failed while stopping: %s", name, describe(error))
+                return
+            delay = slot.backoff.next_delay(ran_for)
+            slot.restarts += 1
+            slot.state = "backoff"
+            self._log.warning(
+                "service %r crashed after running %.1fs: %s; restart #%d in %.2fs",
+                name,
+                ran_for,
+                describe(error),
+                slot.restarts,
+                delay,
+                exc_info=error,
+            )
+            with trio.move_on_after(delay):
+                await self._stop_requested.wait()
+            if self.shutdown_requested:
+                # Not started yet? Then run()'s startup scope, which request_shutdown
+                # cancelled, must end nursery.start: returning would make it raise.
+                await trio.lowlevel.checkpoint()
+                return
 
     async def _attempt(
         self, slot: _Slot, task_status: trio.TaskStatus[object]

@@ -144,7 +144,7 @@ def _serve_foreground(config_path: Path | None, bind: str | None, *, detached: b
         log.info("restarting")
         logging.shutdown()
         os.execv(sys.executable, [sys.executable, "-m", "gate", *sys.argv[1:]])
-    log.info("stopped")
+    log.info("stopped", extra={"console": True})
 
 
 class _OnStarted:
@@ -214,15 +214,14 @@ def logs(config_path: Path | None, follow: bool, level: str, lines: int, as_json
     Asks the running daemon (RPC get_logs); with none running, reads its log file, so
     the last words of a daemon that stopped can still be read. --follow ends when the
     daemon stops (exit 3 if it went away without a word)."""
-    from gate.logs import LOG_FILENAME, read_log
+    from gate.logs import LOG_FILENAME, plain_line, read_log
     from gate.rpc_client import DaemonNotRunning, RpcCallError
 
     def show(record: dict[str, Any]) -> None:
         if as_json:  # one object per line, so a script can read it as it comes
             click.echo(json.dumps(record))
         else:
-            stamp = f"{record['ts']} " if "ts" in record else ""
-            click.echo(f"{stamp}{record['level']:7} {record['logger']}: {record['msg']}")
+            click.echo(plain_line(record))
 
     limit = min(max(lines, 1), 10_000)
     rpc = client(config_path)

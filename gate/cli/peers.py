@@ -93,7 +93,8 @@ def peers_list(config_path: Path | None, as_json: bool) -> None:
         click.echo("no trusted peers (gate peers add NODE_ID)")
     for row in rows:
         status = row["status"].get("type", "unknown")
-        click.echo(f"{row['node_id']}  {status:12}  {', '.join(row['models']) or '-'}")
+        line = f"{row['node_id']}  {status:12}  {', '.join(row['models']) or '-'}"
+        click.echo(line + _why(row["status"]))
 
 
 @peers_group.command("info")
@@ -138,6 +139,16 @@ def _row(info: dict[str, Any]) -> dict[str, Any]:
         "last_seen_ms": info.get("last_seen_ms"),
         "capabilities": capabilities or None,
     }
+
+
+def _why(status: dict[str, Any]) -> str:
+    """What a person needs beside a status that is not `connected`: the reason it failed,
+    or which attempt it is connecting at."""
+    if status.get("reason"):
+        return f"  ({status['reason']})"
+    if status.get("type") == "connecting":
+        return f"  (attempt {status.get('attempt', 1)})"
+    return ""
 
 
 def _ago(ms: int) -> str:

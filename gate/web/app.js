@@ -21,6 +21,7 @@ const CONNECTION_TEXT = {
   live: "Live",
   reconnecting: "Reconnecting…",
   offline: "Offline",
+  token: "Waiting for the control token",
   stopping: "Node stopping",
 };
 

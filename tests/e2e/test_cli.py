@@ -322,6 +322,15 @@ def test_peers_through_the_running_daemon(gate):
     assert row["status"]["type"] in ("connecting", "disconnected", "failed")
     assert row["models"] == []
     assert out(cli(gate, "peers", "list")).startswith(OTHER_NODE)
+
+    # Once its dial failed, the plain list says why, as the JSON does (read in one go:
+    # the next attempt turns it back to connecting).
+    def failed_line():
+        plain = out(cli(gate, "peers", "list"))
+        return plain if plain.startswith(f"{OTHER_NODE}  failed") else None
+
+    plain = wait_for(failed_line, "the dial to fail", 30)
+    assert re.fullmatch(rf"{OTHER_NODE}  failed +-  \(.+\)\n", plain), plain
     info = cli(gate, "peers", "info", OTHER_NODE, "--json")
     assert info.returncode == 0 and json.loads(out(info))["node_id"] == OTHER_NODE
     human = out(cli(gate, "peers", "info", OTHER_NODE))
@@ -362,6 +371,42 @@ def test_peers_add_and_remove_edit_gate_toml_when_no_daemon_runs(gate_env, tmp_p
     assert tomllib.loads(config.read_text())["p2p"]["trusted_peers"] == []
     again = run_gate("peers", "remove", OTHER_NODE, "--config", str(config), env=offline)
     assert again.returncode == EXIT_BAD_INPUT and "is not a trusted peer" in err(again)
+
+
+def test_logs_in_plain_form_show_every_field(gate_env):
+    """`gate logs` without --json shows what --json shows: the keys of a config change,
+    the reason of a refusal, the peer (read here from the file of a stopped daemon)."""
+    logs = data_dir(gate_env) / "logs"
+    logs.mkdir(parents=True)
+    record = {
+        "ts": "2026-12-06T10:00:00.000+00:00",
+        "level": "warning",
+        "logger": "gate.node",
+        "msg": "config changed; restart gate serve to apply it",
+        "keys": "p2p.port,server.bind",
+    }
+    (logs / "gate.log").write_text(json.dumps(record) + "\n")
+    shown = run_gate("logs", env={**gate_env, "GATE_SERVER__BIND": NOWHERE})
+    assert shown.returncode == 0, err(shown)
+    assert out(shown) == (
+        "2026-12-06T10:00:00.000+00:00 warning gate.node: config changed; restart gate serve"
+        " to apply it  keys=p2p.port,server.bind\n"
+    )
+
+
+def test_peers_add_keeps_the_comments_and_engine_blocks_of_gate_toml(gate_env, tmp_path):
+    written = (
+        "# my laptop\n[providers]\nhealth_interval = 30.0  # seconds\n\n"
+        '[[providers.engines]]\nname = "claude"\nkind = "anthropic"\n'
+        'api_key_env = "ANTHROPIC_API_KEY" # the key stays out of the file\n'
+    )
+    config = tmp_path / "gate.toml"
+    config.write_text(written)
+    offline = {**gate_env, "GATE_SERVER__BIND": NOWHERE}
+    added = run_gate("peers", "add", OTHER_NODE, "--config", str(config), env=offline)
+    assert added.returncode == 0, err(added)
+    # The file as it was, and the new section after it.
+    assert config.read_text() == f'{written}\n[p2p]\ntrusted_peers = ["{OTHER_NODE}"]\n'
 
 
 def test_gate_config_naming_a_file_not_written_yet_works_like_config(gate_env, tmp_path):

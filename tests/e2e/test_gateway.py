@@ -92,6 +92,21 @@ def test_models_are_listed_in_both_dialects(gate):
         assert [m.id for m in client.models.list()] == [MODEL]
 
 
+def test_models_lists_only_what_can_be_served_and_unknown_ids_name_them(start_gate, llama_engine):
+    # A second engine that never answers (port 9 of loopback: nothing listens there).
+    down = "[[providers.engines]]\nname = 'down'\nkind = 'vllm'\n"
+    down += "base_url = 'http://127.0.0.1:9'\nmodels = ['ghost']\n"
+    gate = start_gate(engine_config(llama_engine, extra=down))
+    with oai(gate) as client:
+        assert [m.id for m in client.models.list()] == [MODEL]
+        with pytest.raises(openai.NotFoundError) as by_id:
+            client.models.retrieve("nope")
+        with pytest.raises(openai.NotFoundError) as by_chat:
+            client.chat.completions.create(model="nope", messages=HI)
+    assert by_id.value.message == by_chat.value.message
+    assert f"available models: {MODEL}" in by_id.value.message
+
+
 def test_chat_completion(gate):
     with oai(gate) as client:
         reply = client.chat.completions.create(
@@ -859,6 +874,53 @@ def test_usage_is_recorded_and_metrics_exposed(start_gate, llama_engine, gate_en
     assert requests_line in metrics
     assert "gate_time_to_first_token_seconds_bucket" in metrics
     assert 'gate_tokens_total{provider="llama",model="tiny-llama",direction="out"}' in metrics
+
+
+def test_streamed_requests_are_recorded_with_their_tokens(start_gate, llama_engine, gate_env):
+    """llama-cpp-python reports no usage on a stream (it ignores include_usage): Gate
+    counts the prompt with the engine's tokenizer and the reply's tokens itself; what the
+    client receives is the engine's stream as it was (no usage chunk it did not ask for)."""
+    gate = start_gate(engine_config(llama_engine))
+    with oai(gate) as client:
+        plain = client.chat.completions.create(
+            model=MODEL, messages=HI, max_tokens=3, extra_body={"logit_bias": NO_EOS}
+        )
+        chunks = list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=HI,
+                max_tokens=3,
+                stream=True,
+                extra_body={"temperature": 1.0, "seed": 7},
+            )
+        )
+    assert all(chunk.usage is None for chunk in chunks)
+    assert all(chunk.choices for chunk in chunks)  # no usage-only chunk added
+    with (
+        ant(gate) as client,
+        client.messages.stream(model=MODEL, max_tokens=3, messages=HI) as stream,
+    ):
+        message = stream.get_final_message()
+    gate.signal(signal.SIGTERM)
+    assert gate.wait() == 0
+    with sqlite3.connect(data_dir(gate_env) / "gate.db") as db:
+        rows = db.execute(
+            "SELECT endpoint, status, tokens_in, tokens_out FROM usage ORDER BY id"
+        ).fetchall()
+        sources = [r[0] for r in db.execute("SELECT tokens_source FROM usage ORDER BY id")]
+    assert sources == ["engine", "counted", "counted"]
+    prompt = plain.usage.prompt_tokens
+    assert rows[0] == ("chat.completions", 200, prompt, 3)
+    # The stream's prompt counted by the tokenizer: the text, without the chat template.
+    assert rows[1][:2] == ("chat.completions", 200)
+    assert rows[1][2] is not None and 0 < rows[1][2] <= prompt and rows[1][3] == 3
+    assert rows[2] == (
+        "messages",
+        200,
+        message.usage.input_tokens,
+        message.usage.output_tokens,
+    )
+    assert rows[2][2] > 0 and rows[2][3] == 3
 
 
 def test_count_tokens_uses_the_engines_tokenizer(gate, llama_engine):

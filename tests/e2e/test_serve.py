@@ -1,5 +1,6 @@
 """`gate serve` and the local CLI commands, as separate processes on loopback."""
 
+import contextlib
 import json
 import os
 import signal
@@ -155,3 +156,75 @@ def test_config_show_masks_secrets_and_validate_reports(gate_env, tmp_path):
     config.write_text("[p2p]\nport = 70000\n")
     bad = run_gate("config", "validate", str(config), env=gate_env)
     assert bad.returncode == 2 and "p2p.port" in bad.stderr.decode()
+
+
+def test_on_a_terminal_the_banner_comes_first_and_ctrl_c_says_it_drains_and_records_all(
+    gate_env, make_llama_engine, tmp_path
+):
+    """A person at a terminal: `gate serve` shows its banner alone (the log lines go to
+    the file), Ctrl-C says at once that Gate is draining and for how long, and the
+    stream the drain had to cut is in the usage table with its outcome."""
+    import re
+    import threading
+    import time
+
+    import pexpect
+
+    from tests.engine.tiny_model import write_tiny_gguf
+
+    from .conftest import engine_config
+    from .gate_process import GATE
+    from .test_gateway import HI, MODEL
+
+    model = write_tiny_gguf(tmp_path / "endless.gguf", can_stop=False)
+    engine = make_llama_engine(model, n_ctx=65536)
+    config = tmp_path / "gate.toml"
+    config.write_text(engine_config(engine, extra="[server]\ndrain_timeout = 2.0\n"))
+    env = {**os.environ, **gate_env, "GATE_SERVER__BIND": "127.0.0.1:0"}
+    child = pexpect.spawn(
+        GATE[0],
+        [*GATE[1:], "serve", "--config", str(config)],
+        env=env,
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(40, 200),
+    )
+    streamed = threading.Event()
+    try:
+        child.expect(r"data \S+  log \S+\r\n")
+        screen = (child.before + child.after).splitlines()
+        assert [line.split()[0] for line in screen] == ["Gate", "API", "P2P", "data"], screen
+        url = re.search(r"API listening on (\S+)", child.before).group(1)
+
+        def stream() -> None:
+            body = {"model": MODEL, "messages": HI, "max_tokens": 60000, "stream": True}
+            with (
+                contextlib.suppress(httpx.HTTPError),
+                httpx.stream(
+                    "POST", f"{url}/v1/chat/completions", json=body, timeout=60
+                ) as response,
+            ):
+                for _ in response.iter_lines():
+                    streamed.set()
+
+        reader = threading.Thread(target=stream, daemon=True)
+        reader.start()
+        assert streamed.wait(30)
+        pressed = time.monotonic()
+        child.sendintr()
+        child.expect(r"shutting down: signal SIGINT; what is in flight has up to 2s to finish")
+        assert time.monotonic() - pressed < 1.5  # said at once, not after the drain
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+        reader.join(30)
+    finally:
+        child.close(force=True)
+    with sqlite3.connect(data_dir(gate_env) / "gate.db") as db:
+        rows = db.execute("SELECT endpoint, model, status, error FROM usage").fetchall()
+    assert rows == [
+        ("chat.completions", MODEL, 503, "cut short: Gate is shutting down"),
+    ]
+    # The log file kept what the terminal did not show.
+    log = (data_dir(gate_env) / "logs" / "gate.log").read_text()
+    assert "service 'http' started" in log

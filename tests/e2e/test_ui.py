@@ -442,6 +442,8 @@ def test_the_control_token_is_asked_for_and_used(browser, start_gate, llama_engi
     with open_ui(browser, gate) as (page, _):
         dialog = page.locator("#token-dialog")
         expect(dialog).to_be_visible()
+        # The node answers: it waits for the token, it is not offline.
+        expect(page.locator("#connection")).to_have_text("Waiting for the control token")
         page.keyboard.press("Escape")  # nothing works without it: the prompt stays
         expect(dialog).to_be_visible()
         token = page.get_by_role("textbox", name="Control token")

@@ -140,3 +140,55 @@ async def test_probing_nowhere_finds_nothing():
     with trio.fail_after(10):
         assert await registry.probe_local() == []
         assert await discover_engines(UpstreamClient(), {}) == []
+
+
+async def test_only_engines_that_answer_have_their_models_listed():
+    async with trio.open_nursery() as nursery:
+        up = await serve_json(nursery, {"/v1/models": (200, {"data": [{"id": "up"}]})}, [])
+        config = ProvidersConfig(
+            engines=[
+                ProviderConfig(name="up", kind="vllm", base_url=up),
+                # Nothing listens on port 9 of loopback (discard): down, with its model named.
+                ProviderConfig(
+                    name="down", kind="vllm", base_url="http://127.0.0.1:9", models=["named"]
+                ),
+            ],
+            aliases={"a-up": "up", "a-down": "named"},
+        )
+        registry = ProviderRegistry(config, UpstreamClient())
+        with trio.fail_after(10):
+            await registry.check_all()
+        nursery.cancel_scope.cancel()
+    assert registry.model_ids() == {"up": ["up"], "a-up": ["up"]}
+
+
+def test_a_missing_key_is_said_once_and_configured_engines_end_discovery(caplog):
+    caplog.set_level("INFO", logger="gate.providers")
+    claude = ProviderConfig(name="claude", kind="anthropic", api_key_env="NO_SUCH_KEY_VAR")
+    registry = ProviderRegistry(ProvidersConfig(), UpstreamClient(), env={})
+    assert registry.probing and not caplog.records
+    registry.reconfigure(ProvidersConfig(engines=[claude]))
+    registry.reconfigure(ProvidersConfig(engines=[claude], health_interval=5.0))  # kept
+    lines = [(r.levelname, r.getMessage(), getattr(r, "variable", None)) for r in caplog.records]
+    assert lines == [
+        ("WARNING", "provider has no API key: its variable is not set", "NO_SUCH_KEY_VAR"),
+        (
+            "INFO",
+            "engines are configured; local engines are no longer looked for"
+            " (providers.probe_local applies only without [[providers.engines]])",
+            None,
+        ),
+    ]
+
+
+async def test_looking_for_engines_again_logs_nothing_new(caplog):
+    """The web UI's Setup page looks at every visit: that is no news for the log."""
+    caplog.set_level("DEBUG", logger="gate.providers")
+    async with trio.open_nursery() as nursery:
+        vllm = await serve_json(nursery, {"/v1/models": (200, {"data": [{"id": "q"}]})}, [])
+        with trio.fail_after(10):
+            for _ in range(3):
+                (found,) = await discover_engines(UpstreamClient(), {"vllm": vllm})
+                assert found.healthy
+        nursery.cancel_scope.cancel()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 20] == []

@@ -67,6 +67,7 @@ async def test_fresh_database_is_created_and_migrated(tmp_path: Path) -> None:
                 "tokens_out",
                 "error",
                 "endpoint",
+                "tokens_source",
             ]
     assert raw_user_version(path) == len(MIGRATIONS)
 

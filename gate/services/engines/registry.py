@@ -106,6 +106,7 @@ class Provider:
     in_flight: int = 0
     auth_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     config: ProviderConfig | None = None  # the entry it came from; None when probed
+    missing_key_env: str = ""  # the variable its key should come from, which is unset
 
     def __post_init__(self) -> None:
         self.base_url = strip_v1(self.base_url)
@@ -121,6 +122,7 @@ class Provider:
         key_env = config.api_key_env or _DEFAULT_KEY_ENV.get(config.kind, "")
         api_key = config.api_key or (env.get(key_env, "") if key_env else "")
         return cls(
+            missing_key_env=key_env if key_env and not api_key else "",
             name=config.name,
             kind=config.kind,
             base_url=base_url,
@@ -195,6 +197,9 @@ class ProviderRegistry:
             Provider.from_config(engine, env) for engine in config.engines
         ]
         self.aliases: dict[str, str] = dict(config.aliases)
+        _warn_missing_keys(self.providers)
+        if config.engines and config.probe_local:
+            _log_discovery_off()
 
     def reconfigure(self, config: ProvidersConfig) -> list[Provider]:
         """Take a new [providers] section; return the providers that are new (unchecked).
@@ -212,8 +217,12 @@ class ProviderRegistry:
                 kept = Provider.from_config(engine)
                 new.append(kept)
             providers.append(kept)
+        was_probing = self.probing
         self.config = config
         self.aliases = dict(config.aliases)
+        _warn_missing_keys(new)
+        if was_probing and config.engines and config.probe_local:
+            _log_discovery_off()
         if self.probing:
             still = {(kind, strip_v1(url)) for kind, url in config.probe_urls.items()}
             providers.extend(
@@ -233,9 +242,13 @@ class ProviderRegistry:
         return found
 
     def model_ids(self) -> dict[str, list[str]]:
-        """Every model a client may name (aliases included) -> the providers serving it."""
+        """Every model a client may name now (aliases included) -> the healthy providers
+        serving it. An engine that failed its last check is left out until it answers
+        again: a request for its models would only get a 503."""
         models: dict[str, list[str]] = {}
         for provider in self.providers:
+            if not provider.healthy:
+                continue
             for model in provider.models:
                 models.setdefault(model, []).append(provider.name)
         for alias, target in self.aliases.items():
@@ -246,7 +259,9 @@ class ProviderRegistry:
     async def check(self, provider: Provider, *, probing: bool = False) -> None:
         """Ask the engine for its models; record health. Never raises for engine faults.
 
-        `probing`: a look for an engine that may well not exist; its absence is no news.
+        `probing`: a look for an engine that may well not exist: neither its absence nor
+        its presence is news here (the Setup page looks at every visit; `probe_local` logs
+        what it adds).
         """
         kind = KINDS[provider.kind]
         try:
@@ -274,7 +289,7 @@ class ProviderRegistry:
             models = frozenset(m.id for m in listing.data) | frozenset(
                 m.name for m in listing.models
             )
-            if not provider.healthy:
+            if not provider.healthy and not probing:
                 log.info(
                     "provider available",
                     extra={"provider": provider.name, "models": len(models)},
@@ -329,6 +344,25 @@ class ProviderRegistry:
             nursery.start_soon(self.check_all)
             if self.probing:
                 nursery.start_soon(self.probe_local)
+
+
+def _warn_missing_keys(providers: Iterable[Provider]) -> None:
+    """Once per configured engine: its key's variable is unset, so the engine will refuse
+    Gate (or, without network, fail to resolve); said plainly rather than left to those
+    errors."""
+    for provider in providers:
+        if provider.missing_key_env:
+            log.warning(
+                "provider has no API key: its variable is not set",
+                extra={"provider": provider.name, "variable": provider.missing_key_env},
+            )
+
+
+def _log_discovery_off() -> None:
+    log.info(
+        "engines are configured; local engines are no longer looked for"
+        " (providers.probe_local applies only without [[providers.engines]])"
+    )
 
 
 def _probe_candidates(probe_urls: dict[str, str]) -> list[Provider]:

@@ -21,7 +21,7 @@ import msgspec
 from gate.services.engines.client import UpstreamClient, UpstreamError
 from gate.services.engines.registry import Provider
 
-__all__ = ["count_prompt_tokens", "prompt_text"]
+__all__ = ["count_prompt_tokens", "estimate_tokens", "prompt_text"]
 
 _TOKENIZE: Final = {
     # kind: (path, field that carries the text, field of the answer)
@@ -80,4 +80,9 @@ async def count_prompt_tokens(
                 return int(data[answer]), True
         except (UpstreamError, msgspec.DecodeError, AttributeError, RecursionError):
             pass  # the engine's tokenizer is unavailable: estimate instead
-    return max(1, round(len(text.encode()) / 4)), False
+    return estimate_tokens(text), False
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens in `text` without a tokenizer: UTF-8 bytes / 4."""
+    return max(1, round(len(text.encode()) / 4))

@@ -158,6 +158,10 @@ class Exchange:
     tokens_out: int | None = None
     error: str | None = None
     include_usage: bool = False  # an OpenAI client asked for stream_options.include_usage
+    usage_asked: bool = False  # Gate asked the engine for it instead (`stream_usage`)
+    # How the token counts were obtained when the engine did not report them: "counted"
+    # or "estimate" (None: as the engine reported them).
+    tokens_source: str | None = None
     # A translated Anthropic stream's prompt, counted before it goes to the engine (for
     # message_start, which precedes every token): (count, by the engine's tokenizer?)
     prompt_count: tuple[int, bool] | None = None

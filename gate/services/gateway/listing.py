@@ -40,6 +40,17 @@ class Listing:
                 models.setdefault(model, []).extend(owners)
         return models
 
+    def unknown_model(self, model: str) -> ApiError:
+        """The 404 for a model nobody serves, naming those that are: the same for
+        `GET /v1/models/{id}` and a request that names it."""
+        known = sorted(self.all_models())
+        listing = ", ".join(known) if known else "none (no engine is reachable)"
+        return ApiError(
+            404,
+            f"model {model!r} is not served here; available models: {listing}",
+            code="model_not_found",
+        )
+
     async def list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             self.authenticate(scope)
@@ -79,8 +90,7 @@ class Listing:
         model = scope["path"].removeprefix("/v1/models/")
         owners = self.all_models().get(model)
         if owners is None:
-            error = ApiError(404, f"model {model!r} is not served here", code="model_not_found")
-            await error.answer(send, dialect)
+            await self.unknown_model(model).answer(send, dialect)
         elif dialect is Dialect.ANTHROPIC:
             await send_json(send, 200, _anthropic_model(model))
         else:

@@ -82,6 +82,7 @@ from gate.services.gateway.response import (
     pass_through,
 )
 from gate.services.gateway.responses_api import CHAT_PATH, ResponsesBridge
+from gate.services.gateway.stream_usage import ask_for_usage, count_unreported
 from gate.services.gateway.translated import (
     count_translated_prompt,
     decode_object,
@@ -392,13 +393,7 @@ class Gateway:
                 await self.to_peers.forward(route, scope, body, exchange, send, peer, self.server)
                 return
         if not candidates:
-            known = sorted(self.listing.all_models())
-            listing = ", ".join(known) if known else "none (no engine is reachable)"
-            raise ApiError(
-                404,
-                f"model {exchange.model!r} is not served here; available models: {listing}",
-                code="model_not_found",
-            )
+            raise self.listing.unknown_model(exchange.model)
         exchange.model_label = self.registry.aliases.get(exchange.model, exchange.model)
         if route.name == "messages.count_tokens" and candidates[0].dialect is Dialect.OPENAI:
             await count_tokens(
@@ -422,6 +417,10 @@ class Gateway:
                     await pass_through(
                         upstream, send, exchange, route.dialect, f"engine {provider.name}"
                     )
+                    if exchange.stream and exchange.tokens_in is None and exchange.status < 400:
+                        await count_unreported(
+                            self.client, provider, body, exchange, self.server.response_timeout
+                        )
                 else:
                     await translation(upstream, send, exchange)
         finally:
@@ -461,6 +460,9 @@ class Gateway:
                 payload, translation = self.responses.prepare(body, exchange.client)
             elif route.name == "chat.completions" and provider.kind in _MAX_TOKENS_ONLY_KINDS:
                 payload = _with_max_tokens(body)
+            if _asks_for_usage(route, provider, exchange):
+                asked = ask_for_usage(payload)
+                payload, exchange.usage_asked = asked or payload, asked is not None
             headers = _merge_headers(client_headers, provider.auth_headers)
             exchange.provider = provider.name
             try:
@@ -562,8 +564,23 @@ class Gateway:
                 tokens_out=exchange.tokens_out,
                 error=exchange.error,
                 endpoint=exchange.route.name,
+                tokens_source=exchange.tokens_source
+                or (
+                    "engine" if (exchange.tokens_in, exchange.tokens_out) != (None, None) else None
+                ),
             )
         )
+
+
+def _asks_for_usage(route: ApiRoute, provider: Provider, exchange: Exchange) -> bool:
+    """Whether Gate asks an OpenAI engine for a stream's usage the client did not ask
+    for (`stream_usage`): it is kept from the client, and goes into the usage record."""
+    return (
+        exchange.stream
+        and not exchange.include_usage
+        and provider.dialect is Dialect.OPENAI
+        and route.name in ("chat.completions", "completions")
+    )
 
 
 # How `_route` may end other than by success: an answer, or a deliberately cut response.

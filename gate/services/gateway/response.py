@@ -23,6 +23,7 @@ from gate.dialects.errors import anthropic_stream_error, openai_stream_error
 from gate.services.engines.client import HOP_BY_HOP, StreamedResponse, UpstreamError
 from gate.services.engines.registry import Dialect
 from gate.services.gateway.exchange import ApiError, Exchange
+from gate.services.gateway.stream_usage import UsageStrip
 from gate.services.gateway.usage_tap import UsageTap
 from gate.services.http.router import Send, send_json
 
@@ -65,6 +66,7 @@ async def pass_through(
         headers.append((b"content-length", str(length).encode()))
     await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
     tap = UsageTap(dialect, streaming) if upstream.status < 400 else None
+    strip = UsageStrip() if streaming and exchange.usage_asked else None
     remaining = length
     last = b""  # the last part relayed
     try:
@@ -74,6 +76,10 @@ async def pass_through(
                 last = chunk or last
                 if tap is not None:
                     tap.feed(chunk)
+                if strip is not None:  # not for the client: usage it did not ask for
+                    chunk = strip.feed(chunk)
+                    if not chunk:
+                        continue
                 if remaining is not None:
                     remaining -= len(chunk)
                     await send(
@@ -98,10 +104,13 @@ async def pass_through(
                 }
             )
         raise AbortResponse from None  # the client sees a broken body, not a short one
+    final = strip.rest() if strip is not None else b""
     if remaining is None or remaining > 0 or length == 0:
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.body", "body": final, "more_body": False})
     if tap is not None:
         exchange.tokens_in, exchange.tokens_out = tap.result()
+        if not tap.reported and exchange.tokens_out is not None:
+            exchange.tokens_source = "counted"  # one per streamed token
 
 
 async def answer_engine_error(

@@ -225,6 +225,7 @@ async def _relay_chat_stream(
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     decoder = SSEDecoder()
     done = False
+    reported = False  # the engine told its usage
     try:
         async with aclosing(upstream.aiter_body()) as body_chunks:
             async for chunk in body_chunks:
@@ -239,11 +240,16 @@ async def _relay_chat_stream(
                             out += closing
                             done = True
                             finished(closing)
+                            if not reported:  # the counts are Gate's: which kind
+                                counted = exchange.prompt_count
+                                estimated = counted is None or not counted[1]
+                                exchange.tokens_source = "estimate" if estimated else "counted"
                         elif event.data:
                             data = msgspec.json.decode(event.data)
                             if isinstance(data, Mapping) and "error" in data:
                                 raise UpstreamError(error_message(data))
                             out += translator.feed(data)
+                            reported = reported or isinstance(data.get("usage"), Mapping)
                             _take_usage(
                                 exchange, data.get("usage"), "prompt_tokens", "completion_tokens"
                             )

@@ -51,7 +51,15 @@ class UsageTap:
     Gate fronts.
     """
 
-    __slots__ = ("_body", "_decoder", "_size", "_tokens_seen", "tokens_in", "tokens_out")
+    __slots__ = (
+        "_body",
+        "_decoder",
+        "_size",
+        "_tokens_seen",
+        "reported",
+        "tokens_in",
+        "tokens_out",
+    )
 
     def __init__(self, dialect: Dialect, streaming: bool) -> None:
         self._decoder = SSEDecoder() if streaming else None
@@ -60,6 +68,7 @@ class UsageTap:
         self._tokens_seen = 0
         self.tokens_in: int | None = None
         self.tokens_out: int | None = None
+        self.reported = False  # the engine reported usage (else the counts are Gate's)
 
     def feed(self, chunk: bytes) -> None:
         if self._decoder is None:
@@ -83,6 +92,7 @@ class UsageTap:
         usage = parsed.usage or (parsed.message.usage if parsed.message else None)
         if usage is None:
             return
+        self.reported = True
         tokens_in = usage.prompt_tokens if usage.prompt_tokens is not None else usage.input_tokens
         tokens_out = (
             usage.completion_tokens if usage.completion_tokens is not None else usage.output_tokens

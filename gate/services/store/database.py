@@ -73,6 +73,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE usage ADD COLUMN endpoint TEXT;
     """,
+    # 3: how tokens_in/tokens_out were obtained: engine, counted or estimate.
+    """
+    ALTER TABLE usage ADD COLUMN tokens_source TEXT;
+    """,
 )
 
 

@@ -25,7 +25,7 @@ stop it after, every service that records (``after=("usage",)`` on those).
 A store error is logged and the batch retried once; a second failure drops the batch
 (counted in ``dropped`` and logged). Usage accounting never takes the node down.
 
-The ``endpoint`` column is added by schema migration 2.
+The ``endpoint`` column is added by schema migration 2, ``tokens_source`` by 3.
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     tokens_out: int | None
     error: str | None
     endpoint: str
+    # Where the token counts come from: "engine" (its usage report), "counted" (Gate,
+    # with the engine's tokenizer or one per streamed token), "estimate" (UTF-8 bytes / 4).
+    tokens_source: str | None = None
 
 
 _COLUMNS: Final = UsageRecord.__struct_fields__
@@ -279,7 +282,21 @@ async def query_usage(
 def _from_row(row: tuple[Any, ...]) -> UsageRecord:
     # The schema allows NULL where the record does not (rows written by other code, or
     # before migration 2 added endpoint): those read as empty values.
-    ts, client, model, provider, peer, status, latency, ttft, t_in, t_out, error, endpoint = row
+    (
+        ts,
+        client,
+        model,
+        provider,
+        peer,
+        status,
+        latency,
+        ttft,
+        t_in,
+        t_out,
+        error,
+        endpoint,
+        source,
+    ) = row
     return UsageRecord(
         ts=float(ts),
         client=client or "",
@@ -293,4 +310,5 @@ def _from_row(row: tuple[Any, ...]) -> UsageRecord:
         tokens_out=t_out,
         error=error,
         endpoint=endpoint or "",
+        tokens_source=source,
     )

@@ -3,7 +3,7 @@
 // Besides the node's kinds there is "connection" ({state}) for the status badge.
 
 import { call } from "./rpc.js";
-import { getToken } from "./token.js";
+import { getToken, onTokenWanted, tokenPending } from "./token.js";
 
 const KINDS = ["hello", "node", "request.start", "request.end", "peer", "log", "dropped"];
 const listeners = new Map();
@@ -33,6 +33,9 @@ function setState(next) {
   emit("connection", { state });
 }
 
+// A node that refuses us for want of the token is not offline: it waits for the token.
+onTokenWanted(() => setState("token"));
+
 export function connect() {
   // EventSource cannot send headers: the token goes in the query, and the node takes
   // it there for this one path only.
@@ -56,7 +59,7 @@ export function connect() {
     // Refused (e.g. 401) or unreachable: the browser gave up, so retry here, after an
     // RPC call that asks for the token if that was the reason.
     source = null;
-    setState("offline");
+    setState(tokenPending() ? "token" : "offline");
     setTimeout(reconnect, retryMs);
     retryMs = Math.min(retryMs * 2, 15000);
   });

@@ -10,6 +10,17 @@ export function getToken() {
 
 let pending = null; // one prompt for every call that was refused at the same time
 let answer = null;
+const watchers = [];
+
+/** Whether the prompt is open, waiting for the token. */
+export function tokenPending() {
+  return pending !== null;
+}
+
+/** Call fn() whenever the prompt opens: the node is up, it waits for the token. */
+export function onTokenWanted(fn) {
+  watchers.push(fn);
+}
 
 function wire(dialog, form, input) {
   // Without a token nothing works, so Escape does not close the prompt.
@@ -33,6 +44,7 @@ export function askToken(problem = "") {
       dialog.dataset.wired = "yes";
     }
     answer = resolve;
+    for (const fn of watchers) fn();
     error.textContent = problem;
     error.hidden = !problem;
     input.value = "";
