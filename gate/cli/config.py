@@ -190,7 +190,8 @@ def _tell_running_daemon(
     """Which changed keys a running daemon takes now and which wait for a restart."""
     from gate.reload import LIVE_KEYS, changed_keys
 
-    if running_daemon(running) is None:
+    daemon = running_daemon(running)
+    if daemon is None or not daemon.ours:
         note("no daemon running; the change applies at the next start")
         return
     if old is None:  # the old file was broken: the daemon ran on what it had before
