@@ -161,11 +161,10 @@ def _load(config_path: Path | None) -> Config | None:
 def _check(path: Path, text: str) -> tuple[Config | None, str]:
     """(the config, "") if `text` would load as gate.toml, else (None, the error), checked
     as `gate serve` checks a file; messages name `path`."""
-    from gate.config import check_exposure, validate_config_text
+    from gate.config import validate_config_text
 
     try:
         config = validate_config_text(text, str(path))
-        check_exposure(config)
     except ConfigError as exc:
         return None, str(exc)
     return config, ""
