@@ -155,7 +155,6 @@ def test_status_providers_logs_and_stop_through_the_daemon(gate):
         ("providers", "test", "llama"),
         ("peers", "list"),
         ("peers", "info", OTHER_NODE, "--json"),
-        ("logs", "--follow"),
     ],
 )
 def test_commands_that_need_the_daemon_say_so_when_none_runs(gate_env, args):
