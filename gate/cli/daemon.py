@@ -99,7 +99,6 @@ def _serve_foreground(config_path: Path | None, bind: str | None, *, detached: b
 
     config, source = load_with_source(config_path)
     config = with_bind(config, bind)
-    lock = _lock_data_dir(config_path, config.data_dir)
     try:
         log_file = setup_logging(
             config.server.log_level,
@@ -108,6 +107,8 @@ def _serve_foreground(config_path: Path | None, bind: str | None, *, detached: b
         )
     except OSError as exc:  # the data dir is unusable: not a directory, read-only, full
         fail(f"cannot open the log file in {config.data_dir / 'logs'}: {exc}")
+    # Before the key is read or made: one daemon per data dir (gate.daemon_lock).
+    lock = _lock_data_dir(config_path, config.data_dir)
 
     # A kill during an atomic write of gate.toml leaves its temp file behind.
     for stale in remove_stale_temp_files(config_file(config_path)):
