@@ -109,7 +109,7 @@ class NodeId:
 # that a node could hold, and any signature "verifies" under some of them, so trusting
 # one trusts nobody in particular, or anybody. Decoding the point, rather than comparing
 # with a list of 8 encodings, also refuses non-canonical encodings and bytes that are not
-# a point at all. Pure integer arithmetic: a handful of modular powers, ~0.9 ms
+# a point at all. Pure integer arithmetic: a handful of modular powers, ~0.9 ms.
 
 _P: Final = 2**255 - 19
 _D: Final = -121665 * pow(121666, _P - 2, _P) % _P
