@@ -365,6 +365,8 @@ def _resolve(data: dict[str, Any], env: Mapping[str, str], name: str) -> Config:
             source=lambda key: _env_source(key, env_sources),
             spelled=spelled,
         )
+    exposure_keys = [("server", "bind"), ("security", "require_api_keys")]
+    _check_whole(config, next((env_sources[k] for k in exposure_keys if k in env_sources), name))
     return config
 
 
@@ -372,7 +374,19 @@ def _decode_file(data: dict[str, Any], name: str) -> Config:
     """A file's table alone, without the environment; `data` is left as it was."""
     data = copy.deepcopy(data)
     spelled = _rename_file_keys(data, name)
-    return _decode(data, strict=True, source=lambda _: name, spelled=spelled)
+    config = _decode(data, strict=True, source=lambda _: name, spelled=spelled)
+    _check_whole(config, name)
+    return config
+
+
+def _check_whole(config: Config, source: str) -> None:
+    """The rules that span sections, checked wherever a file is decoded (serve, reload,
+    `config validate`, `config edit`, setup, the RPC and so the web UI), so that what
+    one accepts the others accept too; messages name `source`."""
+    try:
+        check_exposure(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def validate_config_file(path: Path) -> Config:

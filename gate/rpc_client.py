@@ -18,9 +18,18 @@ import msgspec
 from gate.config import Config
 from gate.errors import GateError
 
-__all__ = ["NOT_GATE", "DaemonNotRunning", "DaemonStopped", "RpcCallError", "RpcClient"]
+__all__ = [
+    "NOT_GATE",
+    "WRONG_NODE",
+    "DaemonNotRunning",
+    "DaemonStopped",
+    "RpcCallError",
+    "RpcClient",
+    "WrongNode",
+]
 
 NOT_GATE = -32099  # RpcCallError.code when whatever answers is not a Gate daemon
+WRONG_NODE = -32098  # RpcCallError.code when the daemon is not the node the caller expects
 
 # What a connection that fails or breaks raises (http.client's own, and the socket's).
 _IO_ERRORS = (OSError, http.client.HTTPException)
@@ -40,10 +49,27 @@ class RpcCallError(GateError):
         self.code = code
 
 
+class WrongNode(RpcCallError):
+    """The daemon that answers is another node than the one expected: nothing was asked."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(WRONG_NODE, message)
+
+
 class RpcClient:
-    def __init__(self, config: Config, timeout: float = 30.0, *, base: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        timeout: float = 30.0,
+        *,
+        base: str | None = None,
+        expect_node: str | None = None,
+    ) -> None:
         """`base`: the daemon's URL when it is not where `server.bind` says (a daemon
-        started on port 0 prints where it listens)."""
+        started on port 0 prints where it listens). `expect_node`: the node id the
+        daemon must have (checked with `node_status` before the first other call, so a
+        daemon of another node is never asked to act); "" when `config`'s data dir has
+        no node yet, so no daemon can be its; None: any daemon."""
         host, port = config.bind_host_port
         if host in ("0.0.0.0", "::"):  # the daemon listens everywhere: use loopback
             host = "127.0.0.1"
@@ -56,6 +82,30 @@ class RpcClient:
             self.headers["authorization"] = f"Bearer {config.security.control_token}"
         self.timeout = timeout
         self._ids = itertools.count(1)
+        self.expect_node = expect_node
+        self._data_dir = config.data_dir
+        self._checked = expect_node is None
+
+    def _check_node(self, status: Any = None) -> None:
+        """WrongNode unless the daemon is the expected node (`status`: its node_status
+        answer, when already asked)."""
+        if self._checked:
+            return
+        if status is None:
+            status = self._call("node_status", None)
+        actual = status.get("node_id") if isinstance(status, dict) else None
+        if actual != self.expect_node:
+            if not self.expect_node:
+                raise WrongNode(
+                    f"the daemon at {self.base} is node {actual}, but this config's data dir "
+                    f"{self._data_dir} has no node key: it is another node's daemon; "
+                    "nothing done"
+                )
+            raise WrongNode(
+                f"the daemon at {self.base} is node {actual}, not this config's node "
+                f"{self.expect_node} (data dir {self._data_dir}); nothing done"
+            )
+        self._checked = True
 
     def _connect(self, timeout: float) -> http.client.HTTPConnection:
         """An open connection; DaemonNotRunning when nothing listens there."""
@@ -75,6 +125,16 @@ class RpcClient:
         )
 
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """The method's result; WrongNode (before it is called) when the daemon is not
+        the expected node."""
+        if method == "node_status":  # read-only: ask, then check the answer
+            status = self._call(method, params)
+            self._check_node(status)
+            return status
+        self._check_node()
+        return self._call(method, params)
+
+    def _call(self, method: str, params: dict[str, Any] | None) -> Any:
         body = {"jsonrpc": "2.0", "method": method, "id": next(self._ids), "params": params or {}}
         connection = self._connect(self.timeout)
         try:
@@ -109,6 +169,7 @@ class RpcClient:
 
         DaemonNotRunning when no daemon answers; DaemonStopped when the stream breaks
         off after it began (a daemon that stops cleanly just ends it)."""
+        self._check_node()
         kind = "message"
         started = False
         connection = self._connect(self.timeout)

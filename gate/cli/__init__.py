@@ -9,8 +9,9 @@ remarks, spinners and errors go to stderr.
 Exit codes: 0 success; 1 the operation failed (a service crashed, an engine is down, a
 file could not be written); 2 bad input (invalid config, bad arguments, a peer, key or
 engine that does not exist); 3 the command needs the running daemon and none answers;
-130 interrupted (Ctrl-C). Errors are one readable line on stderr, never a traceback;
-GATE_LOG=debug adds the traceback where the daemon logs one.
+4 the daemon that answers is another node's (not the one of this config and data dir:
+the command did nothing); 130 interrupted (Ctrl-C). Errors are one readable line on
+stderr, never a traceback; GATE_LOG=debug adds the traceback where the daemon logs one.
 
 One module per command group; this one only assembles them.
 """
@@ -28,10 +29,19 @@ from gate.cli._common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_NO_DAEMON,
+    EXIT_WRONG_NODE,
     fail,
 )
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_NO_DAEMON", "fail", "main"]
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_NO_DAEMON",
+    "EXIT_WRONG_NODE",
+    "fail",
+    "main",
+]
 
 
 class _Main(click.Group):
@@ -54,7 +64,7 @@ def _register() -> None:
     from gate.cli import config, conformance, daemon, identity, keys, peers, providers, wizard
 
     main.add_command(daemon.serve)
-    main.add_command(daemon.serve, name="daemon")
+    main.add_command(daemon.serve_alias, name="daemon")
     main.add_command(daemon.status)
     main.add_command(daemon.stop)
     main.add_command(daemon.logs)

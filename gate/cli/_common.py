@@ -14,16 +14,26 @@ from gate.errors import ConfigError, IdentityError, IdentityStorageError
 
 if TYPE_CHECKING:
     from gate.config import Config
-    from gate.rpc_client import RpcClient
+    from gate.rpc_client import RpcCallError, RpcClient
 
 EXIT_FAILURE = 1  # the operation failed: a service crashed, a file could not be written
 EXIT_BAD_INPUT = 2  # invalid config, bad arguments, a name that does not exist
 EXIT_NO_DAEMON = 3  # the command needs the running daemon and none answers
+EXIT_WRONG_NODE = 4  # the daemon that answers is another node's (another config or data dir)
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 PASSPHRASE_ENV = "GATE_PASSPHRASE"
 
 # JSON-RPC error codes (gate.services.control.rpc) that mean the caller asked for something wrong.
 _RPC_BAD_INPUT = (-32602, -32004)  # invalid params, not found
+
+
+def rpc_failure(exc: RpcCallError) -> NoReturn:
+    """Exit for an RPC error: 4 another node's daemon, 2 bad input, else 1."""
+    from gate.rpc_client import WRONG_NODE
+
+    if exc.code == WRONG_NODE:
+        fail(str(exc), EXIT_WRONG_NODE)
+    fail(str(exc), EXIT_BAD_INPUT if exc.code in _RPC_BAD_INPUT else EXIT_FAILURE)
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -131,9 +141,37 @@ def command_hint(command: str, config_path: Path | None, bind: str | None = None
 
 
 def client(config_path: Path | None) -> RpcClient:
+    return daemon_client(load(config_path))
+
+
+def daemon_client(config: Config, *, timeout: float = 30.0) -> RpcClient:
+    """The RPC client for the daemon of `config`'s data dir: where that daemon's lock
+    says it listens (gate.daemon_lock; `server.bind` may have moved since it started),
+    else at `server.bind`; and it checks that the daemon is this data dir's node before
+    it asks anything else of it."""
+    from gate.daemon_lock import lock_holder
     from gate.rpc_client import RpcClient
 
-    return RpcClient(load(config_path))
+    holder = lock_holder(config.data_dir)
+    base = holder.url if holder is not None and holder.url else None
+    expected = holder.node_id if holder is not None and holder.node_id else None
+    return RpcClient(
+        config, timeout, base=base, expect_node=expected or data_dir_node(config.data_dir)
+    )
+
+
+def data_dir_node(data_dir: Path) -> str | None:
+    """The node id of the key in `data_dir`; "" when it has none (no daemon ever ran
+    there); None when it cannot be read (encrypted, no GATE_PASSPHRASE), so unknown."""
+    from gate.identity import KEY_FILENAME, load_identity
+    from gate.protocol import NodeId
+
+    if not (data_dir / KEY_FILENAME).exists():
+        return ""
+    try:
+        return str(NodeId(load_identity(data_dir, passphrase()).public_key_bytes))
+    except IdentityError:
+        return None
 
 
 def start_hint(config_path: Path | None) -> str:
@@ -141,16 +179,23 @@ def start_hint(config_path: Path | None) -> str:
 
 
 class RunningDaemon(NamedTuple):
-    base: str  # its URL
+    base: str  # its URL ("" while it starts)
     node: str  # its node id, or "unknown: why" when it would not say
+    pid: int | None = None  # known when it holds this config's data dir
+    ours: bool = True  # whether it is the node of this config's data dir
 
 
 def running_daemon(config: Config, *, timeout: float = 5.0) -> RunningDaemon | None:
-    """The Gate daemon answering where `config` puts one, or None: nothing answers there,
-    something that is not Gate does, or server.bind has port 0 (every start picks a
-    fresh port, so no daemon can be found by it)."""
+    """The Gate daemon of `config`: the one holding its data dir's lock (wherever it
+    listens), else whatever Gate daemon answers at `server.bind` (`ours` says whether it
+    is this data dir's node); None when there is neither, or server.bind has port 0
+    (every start picks a fresh port, so no daemon can be found by it)."""
+    from gate.daemon_lock import lock_holder
     from gate.rpc_client import NOT_GATE, DaemonNotRunning, RpcCallError, RpcClient
 
+    holder = lock_holder(config.data_dir)
+    if holder is not None:
+        return RunningDaemon(holder.url, holder.node_id or "starting", holder.pid)
     if config.bind_host_port[1] == 0:
         return None
     rpc = RpcClient(config, timeout=timeout)
@@ -162,7 +207,8 @@ def running_daemon(config: Config, *, timeout: float = 5.0) -> RunningDaemon | N
         if exc.code == NOT_GATE:
             return None
         return RunningDaemon(rpc.base, f"unknown: {exc}")  # a refused token: still a daemon
-    return RunningDaemon(rpc.base, str(status["node_id"]))
+    node = str(status["node_id"])
+    return RunningDaemon(rpc.base, node, ours=node == data_dir_node(config.data_dir))
 
 
 def no_daemon(config_path: Path | None, base: str) -> NoReturn:
@@ -190,7 +236,7 @@ def call(
     except DaemonNotRunning:
         no_daemon(config_path, rpc.base)
     except RpcCallError as exc:
-        fail(str(exc), EXIT_BAD_INPUT if exc.code in _RPC_BAD_INPUT else EXIT_FAILURE)
+        rpc_failure(exc)
 
 
 def try_call(
@@ -215,4 +261,4 @@ def try_call(
     except DaemonNotRunning:
         return False, None
     except RpcCallError as exc:
-        fail(str(exc), EXIT_BAD_INPUT if exc.code in _RPC_BAD_INPUT else EXIT_FAILURE)
+        rpc_failure(exc)

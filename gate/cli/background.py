@@ -54,6 +54,19 @@ def start_background(
     configured, source = load_with_source(config_path)
     config = with_bind(configured, bind)
     if running := running_daemon(config):
+        if running.pid is not None:  # it holds this data dir, wherever it listens
+            fail(
+                f"a Gate daemon already answers at {running.base or '(starting)'} "
+                f"(node {running.node}) and holds the data dir {config.data_dir} "
+                f"(pid {running.pid}); stop it first with "
+                f"`{command_hint('stop', config_path, bind)}`"
+            )
+        if not running.ours:
+            fail(
+                f"another node's Gate daemon (node {running.node}) already answers at "
+                f"{running.base}; stop it with its own config, or give this one another "
+                "server.bind"
+            )
         stop = command_hint("stop", config_path, bind)
         fail(
             f"a Gate daemon already answers at {running.base} (node {running.node}); "

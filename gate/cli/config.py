@@ -161,11 +161,10 @@ def _load(config_path: Path | None) -> Config | None:
 def _check(path: Path, text: str) -> tuple[Config | None, str]:
     """(the config, "") if `text` would load as gate.toml, else (None, the error), checked
     as `gate serve` checks a file; messages name `path`."""
-    from gate.config import check_exposure, validate_config_text
+    from gate.config import validate_config_text
 
     try:
         config = validate_config_text(text, str(path))
-        check_exposure(config)
     except ConfigError as exc:
         return None, str(exc)
     return config, ""
@@ -190,7 +189,8 @@ def _tell_running_daemon(
     """Which changed keys a running daemon takes now and which wait for a restart."""
     from gate.reload import LIVE_KEYS, changed_keys
 
-    if running_daemon(running) is None:
+    daemon = running_daemon(running)
+    if daemon is None or not daemon.ours:
         note("no daemon running; the change applies at the next start")
         return
     if old is None:  # the old file was broken: the daemon ran on what it had before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from gate.cli._common import (
     EXIT_NO_DAEMON,
     call,
     client,
+    command_hint,
     config_file,
     config_option,
     emit_json,
@@ -27,15 +29,16 @@ from gate.cli._common import (
     json_option,
     load,
     load_with_source,
-    no_daemon,
     note,
     passphrase,
+    rpc_failure,
     with_bind,
 )
 from gate.config import remove_stale_temp_files
 from gate.errors import ConfigError, GateError, IdentityError, describe
 
 if TYPE_CHECKING:
+    from gate.daemon_lock import DataDirLock
     from gate.rpc_client import RpcClient
 
 log = logging.getLogger("gate.cli")
@@ -65,7 +68,7 @@ def serve(
     as_json: bool,
     detached: bool,
 ) -> None:
-    """Run the Gate daemon (alias: gate daemon).
+    """Run the Gate daemon (also `gate daemon`).
 
     In the foreground Ctrl-C stops it gracefully; with --background it runs detached
     until `gate stop`.
@@ -78,6 +81,13 @@ def serve(
         start_background(config_path, bind, timeout=timeout, as_json=as_json)
         return
     _serve_foreground(config_path, bind, detached=detached)
+
+
+# `gate daemon`: the same command by another name, with help of its own (serve's own
+# help names this alias, which under that name would call it an alias of itself).
+serve_alias = copy.copy(serve)
+serve_alias.help = "The same as `gate serve`: run the Gate daemon."
+serve_alias.short_help = "The same as `gate serve`."
 
 
 def _serve_foreground(config_path: Path | None, bind: str | None, *, detached: bool) -> None:
@@ -97,6 +107,8 @@ def _serve_foreground(config_path: Path | None, bind: str | None, *, detached: b
         )
     except OSError as exc:  # the data dir is unusable: not a directory, read-only, full
         fail(f"cannot open the log file in {config.data_dir / 'logs'}: {exc}")
+    # Before the key is read or made: one daemon per data dir (gate.daemon_lock).
+    lock = _lock_data_dir(config_path, config.data_dir)
 
     # A kill during an atomic write of gate.toml leaves its temp file behind.
     for stale in remove_stale_temp_files(config_file(config_path)):
@@ -120,9 +132,13 @@ def _serve_foreground(config_path: Path | None, bind: str | None, *, detached: b
         urls = (info or {}).get("http")
         for url in urls if isinstance(urls, list) else []:
             click.echo(f"API listening on {url}")
+        if isinstance(urls, list) and urls:
+            lock.ready(str(urls[0]), str(node.node_id))  # how `gate stop` etc. find us
         p2p = (info or {}).get("p2p")
         if isinstance(p2p, str):
-            click.echo(f"P2P address {p2p}" if p2p else "P2P not started (see the log)")
+            # One node_id@ip:port, the form a peer pastes; `gate status` lists them all.
+            first = p2p.split(",")[0]
+            click.echo(f"P2P address {first}" if p2p else "P2P not started (see the log)")
         click.echo(f"data {config.data_dir}  log {log_file}")
 
     async def main_task() -> None:
@@ -145,6 +161,18 @@ def _serve_foreground(config_path: Path | None, bind: str | None, *, detached: b
         logging.shutdown()
         os.execv(sys.executable, [sys.executable, "-m", "gate", *sys.argv[1:]])
     log.info("stopped", extra={"console": True})
+
+
+def _lock_data_dir(config_path: Path | None, data_dir: Path) -> DataDirLock:
+    """This process's lock on the data dir, or exit 1 naming the daemon that holds it."""
+    from gate.daemon_lock import DataDirLock, DataDirLocked
+
+    try:
+        return DataDirLock.acquire(data_dir)
+    except DataDirLocked as exc:
+        fail(f"{exc}; stop it first with `{command_hint('stop', config_path)}`")
+    except OSError as exc:
+        fail(f"cannot use the data dir {data_dir}: {exc.strerror or exc}")
 
 
 class _OnStarted:
@@ -185,12 +213,16 @@ def stop(config_path: Path | None, timeout: float) -> None:
     import time
 
     from gate.cli.progress import spinner
+    from gate.daemon_lock import lock_holder
 
+    config = load(config_path)
     rpc = client(config_path)
     call(config_path, "node_shutdown")
     deadline = time.monotonic() + timeout
     with spinner("stopping the daemon (in-flight requests finish first)"):
-        while rpc.alive():
+        # Until it no longer answers and its process has ended (the kernel releases its
+        # lock on the data dir then), so a `gate serve` right after finds the dir free.
+        while rpc.alive() or lock_holder(config.data_dir) is not None:
             if time.monotonic() > deadline:
                 fail(f"the daemon is still running after {timeout:g}s")
             time.sleep(0.1)
@@ -212,10 +244,11 @@ def logs(config_path: Path | None, follow: bool, level: str, lines: int, as_json
     """The daemon's log: its last lines, then live ones with --follow.
 
     Asks the running daemon (RPC get_logs); with none running, reads its log file, so
-    the last words of a daemon that stopped can still be read. --follow ends when the
-    daemon stops (exit 3 if it went away without a word)."""
+    the last words of a daemon that stopped can still be read (and --follow, with
+    nothing to follow, ends there). --follow ends when the daemon stops (exit 3 if it
+    went away without a word)."""
     from gate.logs import LOG_FILENAME, plain_line, read_log
-    from gate.rpc_client import DaemonNotRunning, RpcCallError
+    from gate.rpc_client import DaemonNotRunning, DaemonStopped, RpcCallError
 
     def show(record: dict[str, Any]) -> None:
         if as_json:  # one object per line, so a script can read it as it comes
@@ -225,59 +258,49 @@ def logs(config_path: Path | None, follow: bool, level: str, lines: int, as_json
 
     limit = min(max(lines, 1), 10_000)
     rpc = client(config_path)
-    if follow:
-        _follow(config_path, rpc, level, limit, show)
-        return
     try:
+        if follow:
+            _follow(rpc, level, limit, show)
+            return
         past = rpc.call("get_logs", {"level": level, "limit": limit})
+    except DaemonStopped as exc:
+        fail(str(exc), EXIT_NO_DAEMON)
     except DaemonNotRunning:
+        # The last words of a daemon that stopped are in its file; with --follow there
+        # is nothing more to wait for.
         path = load(config_path).data_dir / "logs" / LOG_FILENAME
-        click.echo(f"no daemon running; reading {path}", err=True)
+        note(f"no daemon running; reading {path}" + (" (nothing to follow)" if follow else ""))
         try:
             past = read_log(path, level=level, limit=limit)
         except OSError:
             fail(f"no log at {path}")
     except RpcCallError as exc:
-        fail(str(exc))
+        rpc_failure(exc)
     for record in past:
         show(record)
 
 
-def _follow(
-    config_path: Path | None,
-    rpc: RpcClient,
-    level: str,
-    limit: int,
-    show: Callable[[dict[str, Any]], None],
-) -> None:
+def _follow(rpc: RpcClient, level: str, limit: int, show: Callable[[dict[str, Any]], None]) -> None:
     """`logs -f`: the event stream is open before the history is read, so a line logged
     in between is not lost; one that lands in both is shown once."""
     from contextlib import closing
 
     from gate.logs import LEVELS
-    from gate.rpc_client import DaemonNotRunning, DaemonStopped, RpcCallError
 
     floor = LEVELS.index(level)
     with closing(rpc.events()) as stream:
-        try:
-            next(stream, None)  # `hello`: the daemon sends it once it has subscribed us
-            past = rpc.call("get_logs", {"level": level, "limit": limit})
-            for record in past:
-                show(record)
-            shown = {_log_key(record) for record in past}
-            for kind, data in stream:
-                if kind != "log" or LEVELS.index(data.get("level", "info")) < floor:
-                    continue
-                if shown and _log_key(data) in shown:
-                    continue
-                shown = set()  # a new line: every later one is new too
-                show(data)
-        except DaemonStopped as exc:
-            fail(str(exc), EXIT_NO_DAEMON)
-        except DaemonNotRunning:
-            no_daemon(config_path, rpc.base)
-        except RpcCallError as exc:
-            fail(str(exc))
+        next(stream, None)  # `hello`: the daemon sends it once it has subscribed us
+        past = rpc.call("get_logs", {"level": level, "limit": limit})
+        for record in past:
+            show(record)
+        shown = {_log_key(record) for record in past}
+        for kind, data in stream:
+            if kind != "log" or LEVELS.index(data.get("level", "info")) < floor:
+                continue
+            if shown and _log_key(data) in shown:
+                continue
+            shown = set()  # a new line: every later one is new too
+            show(data)
     note("the daemon stopped")
 
 

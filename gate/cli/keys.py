@@ -55,6 +55,18 @@ def keys_create(config_path: Path | None, name: str, as_json: bool) -> None:
             f"id {info['id']}  name {info['name']}  (store the key now: Gate keeps only a hash)",
             err=True,
         )
+        note(_what_keys_imply(load(config_path, missing_ok=True).security.require_api_keys))
+
+
+def _what_keys_imply(required: bool) -> str:
+    """What a key changes for the API's clients, as the node is configured."""
+    if required:
+        return "every API request needs a valid key (security.require_api_keys is on)"
+    return (
+        "security.require_api_keys is off: requests without a key are still served (this "
+        "machine only); one that presents a Gate key (gk_...) must present a valid one, "
+        "else 401"
+    )
 
 
 @keys_group.command("list")

@@ -18,9 +18,11 @@ from gate.cli._common import (
     call,
     config_file,
     config_option,
+    data_dir_node,
     emit_json,
     fail,
     json_option,
+    load,
     note,
     try_call,
 )
@@ -43,10 +45,12 @@ def peers_add(config_path: Path | None, peer: str, as_json: bool) -> None:
         entry = result["trusted"]
     else:
         from gate.peers_config import add_trusted_peer
+        from gate.protocol import NodeId
 
         path = config_file(config_path)
+        own = data_dir_node(load(config_path, missing_ok=True).data_dir)  # "" none, None unknown
         try:
-            entry = add_trusted_peer(path, peer)
+            entry = add_trusted_peer(path, peer, NodeId.parse(own) if own else None)
         except (ValueError, ConfigError) as exc:
             fail(str(exc), EXIT_BAD_INPUT)
         note(f"no daemon running; wrote {path} (it applies at the next start)")

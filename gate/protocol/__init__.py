@@ -64,7 +64,7 @@ from gate.protocol.messages import (
     RelayPayload,
     StreamType,
 )
-from gate.protocol.node_id import NodeId, NodeIdStr
+from gate.protocol.node_id import NodeId, NodeIdStr, key_problem
 from gate.protocol.proxy import (
     Body,
     End,
@@ -135,5 +135,6 @@ __all__ = [
     "TlsProxyHeader",
     "encode_frame",
     "encode_preamble",
+    "key_problem",
     "negotiate_version",
 ]

@@ -16,7 +16,7 @@ from typing import Annotated, Final
 
 import msgspec
 
-__all__ = ["NODE_ID_PATTERN", "NodeId", "NodeIdStr"]
+__all__ = ["NODE_ID_PATTERN", "NodeId", "NodeIdStr", "key_problem"]
 
 _KEY_BYTES: Final = 32
 _BASE32_LEN: Final = 52
@@ -72,6 +72,11 @@ class NodeId:
         raise AttributeError("NodeId is immutable")
 
     @property
+    def usable(self) -> bool:
+        """Whether some node can hold this key: see `key_problem`."""
+        return key_problem(self._key) is None
+
+    @property
     def bytes(self) -> bytes:
         return self._key
 
@@ -94,3 +99,53 @@ class NodeId:
 
     def __hash__(self) -> int:
         return hash(self._key)
+
+
+# --- whether 32 bytes are a public key some node can hold -------------------------------
+#
+# Any 32 bytes spell a node id, but not every node id names a node: the bytes must decode
+# to a point of the Ed25519 curve (RFC 8032 §5.1.3), and that point must not be of small
+# order. The 8 small-order points (the all-zero id, "a" * 52, is one) have no secret key
+# that a node could hold, and any signature "verifies" under some of them, so trusting
+# one trusts nobody in particular, or anybody. Decoding the point, rather than comparing
+# with a list of 8 encodings, also refuses non-canonical encodings and bytes that are not
+# a point at all. Pure integer arithmetic: a handful of modular powers, ~0.9 ms.
+
+_P: Final = 2**255 - 19
+_D: Final = -121665 * pow(121666, _P - 2, _P) % _P
+_SQRT_M1: Final = pow(2, (_P - 1) // 4, _P)
+
+
+def key_problem(key: bytes) -> str | None:
+    """Why `key` cannot be a node's Ed25519 public key, or None when it can."""
+    if len(key) != _KEY_BYTES:
+        return f"a public key is {_KEY_BYTES} bytes"
+    y = int.from_bytes(key, "little") & ((1 << 255) - 1)
+    sign = key[31] >> 7
+    if y >= _P:
+        return "not a canonical encoding of a curve point"
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x = u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P) % _P
+    if (v * x * x - u) % _P != 0:
+        x = x * _SQRT_M1 % _P
+        if (v * x * x - u) % _P != 0:
+            return "not a point of the Ed25519 curve"
+    if x == 0 and sign:
+        return "not a canonical encoding of a curve point"
+    if x % 2 != sign:
+        x = _P - x
+    for _ in range(3):  # [8]P: the identity exactly for the 8 points of small order
+        x, y = _double(x, y)
+    if x == 0 and y == 1:
+        return "a point of small order, which no node's key can be"
+    return None
+
+
+def _double(x: int, y: int) -> tuple[int, int]:
+    """P + P with the complete addition law of -x^2 + y^2 = 1 + d x^2 y^2 (no exceptions:
+    the denominators never vanish on the curve)."""
+    xy = x * y % _P
+    dxy = _D * xy * xy % _P
+    x2 = 2 * xy * pow(1 + dxy, _P - 2, _P) % _P
+    y2 = (y * y + x * x) * pow(1 - dxy, _P - 2, _P) % _P
+    return x2, y2

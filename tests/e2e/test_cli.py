@@ -25,6 +25,9 @@ import httpx
 import pexpect
 import pytest
 
+from gate.identity import load_or_create_identity
+from gate.protocol import NodeId
+
 from .conftest import engine_config
 from .gate_process import GATE, GateServe, data_dir, run_gate, wait_for
 from .test_gateway import HI, MODEL
@@ -155,7 +158,6 @@ def test_status_providers_logs_and_stop_through_the_daemon(gate):
         ("providers", "test", "llama"),
         ("peers", "list"),
         ("peers", "info", OTHER_NODE, "--json"),
-        ("logs", "--follow"),
     ],
 )
 def test_commands_that_need_the_daemon_say_so_when_none_runs(gate_env, args):
@@ -219,6 +221,7 @@ class FakeDaemon(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), FakeDaemonHandler)
         self.subscribers: list[queue.Queue[dict[str, str]]] = []
         self.lock = threading.Lock()
+        self.node_id = ""  # set by the fixture
         self.cut = cut
 
     def publish(self, record: dict[str, str]) -> None:
@@ -260,21 +263,29 @@ class FakeDaemonHandler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if body["method"] == "node_status":  # the CLI checks which node it talks to
+            self.answer(body, {"node_id": self.server.node_id})
+            return
         assert body["method"] == "get_logs"
         self.server.publish(log_record("during"))  # logged before the history is read
-        history = [log_record("before"), log_record("during")]
-        answer = json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": history}).encode()
+        self.answer(body, [log_record("before"), log_record("during")])
+        self.server.publish(log_record("after"))  # logged after it was read
+
+    def answer(self, body, result) -> None:
+        answer = json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": result}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
-        self.server.publish(log_record("after"))  # logged after it was read
 
 
 @pytest.fixture
-def fake_daemon(request):
+def fake_daemon(request, gate_env):
     server = FakeDaemon(cut=getattr(request, "param", False))
+    # It plays this data dir's node: the CLI acts only on the daemon of its own key.
+    key = load_or_create_identity(data_dir(gate_env), None)[0].public_key_bytes
+    server.node_id = str(NodeId(key))
     thread = threading.Thread(target=server.serve_forever)
     thread.start()
     yield server

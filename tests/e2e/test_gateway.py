@@ -464,6 +464,7 @@ def test_engine_killed_mid_stream_ends_the_stream_with_an_error(start_gate, make
     error = json.loads(lines[-1].removeprefix("data: "))
     assert "engine" in error["error"]["message"]
     # The SDK turns that into an exception, not a short success.
+    gate.close()  # one daemon per data dir: the next one has it to itself
     engine2 = make_llama_engine()
     gate2 = start_gate(engine_config(engine2))
     with oai(gate2) as client, pytest.raises(openai.APIError):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .gate_process import GateServe
+from .gate_process import GateServe, data_dir
 
 REPO = Path(__file__).resolve().parents[2]
 NOWHERE = "127.0.0.1:9"  # the discard port: no daemon answers there
@@ -145,11 +145,13 @@ def test_commands_without_a_daemon(plain_gate, gate_env):
         ("stop",),
         ("providers", "list"),
         ("peers", "list"),
-        ("logs", "--follow"),
     ]:
         stderr = check_clean(run_plain(plain_gate, *args, env=env), EXIT_NO_DAEMON)
         assert stderr.startswith(f"gate: error: no Gate daemon answers at http://{NOWHERE}")
         assert stderr.count("\n") == 1, args
+    # `logs -f` reads the log file when no daemon runs; before any start there is none.
+    follow = check_clean(run_plain(plain_gate, "logs", "--follow", env=env), 1)
+    assert follow.endswith(f"gate: error: no log at {data_dir(env) / 'logs' / 'gate.log'}\n")
     # The documented paths that need no daemon: they use gate.toml and gate.db directly.
     created = run_plain(plain_gate, "keys", "create", "first", env=env)
     assert "no daemon running; wrote" in check_clean(created, 0)

@@ -219,7 +219,7 @@ def test_env_forms(env, get, expected):
 def test_env_overrides_file_key_by_key(tmp_path):
     path = write(
         tmp_path / "gate.toml",
-        "[server]\nlog_level = 'warning'\nbind = '0.0.0.0:1'\n"
+        "[server]\nlog_level = 'warning'\nbind = '127.0.0.2:1'\n"
         "[p2p]\nport = 5000\n[providers.aliases]\nkeep = 'x'\n",
     )
     env = {
@@ -232,7 +232,7 @@ def test_env_overrides_file_key_by_key(tmp_path):
     assert used == path
     assert config.p2p.port == 6000
     assert config.server.log_level == "debug"
-    assert config.server.bind == "0.0.0.0:1"  # untouched by env
+    assert config.server.bind == "127.0.0.2:1"  # untouched by env
     assert config.providers.aliases == {"keep": "x", "new": "y"}
     # A whole value set by env replaces the file's, it does not merge.
     config, _ = load_config(path, env={"GATE_PROVIDERS__ALIASES": '{"only": "z"}'})
@@ -319,6 +319,39 @@ def test_text_is_checked_as_the_file_would_be(tmp_path):
     path = write(tmp_path / "gate.toml", text)
     assert validate_config_text(text, "x") == validate_config_file(path)
     assert validate_config_text("", "x") == Config()
+
+
+EXPOSED = "[server]\nbind = '0.0.0.0:31145'\n"
+EXPOSED_PROBLEM = "server.bind: 0.0.0.0:31145 is reachable from other machines; set "
+
+
+def test_every_reading_refuses_the_api_beyond_loopback_without_keys(tmp_path):
+    """What `gate serve` refuses, `config validate`, `config edit` (the text), `gate
+    setup` and the RPC (file edits) refuse too: one check, in decoding."""
+    path = write(tmp_path / "gate.toml", EXPOSED)
+    readings = [
+        lambda: validate_config_file(path),
+        lambda: validate_config_text(EXPOSED, str(path)),
+        lambda: load_config(path, env={}),
+        lambda: edit_config_file(
+            tmp_path / "new.toml", lambda d: d.update(server={"bind": "0.0.0.0:31145"}), env={}
+        ),
+    ]
+    for read in readings:
+        with pytest.raises(ConfigError) as info:
+            read()
+        assert str(info.value).startswith(f"{tmp_path}/")
+        assert EXPOSED_PROBLEM in str(info.value)
+    assert not (tmp_path / "new.toml").exists()
+    # The environment is a layer too: the variable that exposes it is named.
+    with pytest.raises(ConfigError, match=f"^GATE_SERVER__BIND: {EXPOSED_PROBLEM}"):
+        load_config(
+            tmp_path / "none.toml", env={"GATE_SERVER__BIND": "0.0.0.0:31145"}, missing_ok=True
+        )
+    keys = {"GATE_SECURITY__REQUIRE_API_KEYS": "true"}
+    assert load_config(path, env=keys)[0].security.require_api_keys
+    text = EXPOSED + "[security]\nrequire_api_keys = true\n"
+    assert validate_config_text(text, "x").server.bind == "0.0.0.0:31145"
 
 
 def test_bad_toml_syntax_names_file_and_line(tmp_path):

@@ -22,10 +22,12 @@ from gate.node import Node
 from gate.nursery import ServiceContext
 from gate.protocol import NodeId
 from gate.services.control.rpc import (
+    INVALID_PARAMS,
     AddProviderParams,
     NodeIdParams,
     NoParams,
     PeerParams,
+    RpcError,
     RpcService,
     UpdateConfigParams,
 )
@@ -195,3 +197,28 @@ async def test_concurrent_update_config_last_acknowledged_wins_and_the_watcher_k
             assert node.config.server.client_burst == last
             ctx.shutdown.set()
     assert len(acknowledged) == 20
+
+
+@pytest.mark.parametrize("whose", ["own", "all-a", "own-hex@address"])
+async def test_add_peer_refuses_this_node_and_ids_no_node_can_have(rpc, node, path, whose):
+    own = str(node.node_id)
+    peer = {"own": own, "all-a": "a" * 52, "own-hex@address": f"{node.node_id.hex()}@1.2.3.4:5"}
+    before = path.read_text()
+    with pytest.raises(RpcError) as info:
+        await rpc.add_peer(PeerParams(peer=peer[whose]))
+    assert info.value.code == INVALID_PARAMS
+    expected = (
+        "a point of small order, which no node's key can be"
+        if whose == "all-a"
+        else f"{own} is this node's own id: a node does not trust itself"
+    )
+    assert info.value.message.endswith(expected)
+    assert path.read_text() == before and await rpc.list_peers(NoParams()) == []
+
+
+async def test_a_hand_edited_entry_naming_this_node_is_ignored(node, path):
+    bad = ["a" * 52, str(node.node_id), PEER]
+    await node.edit_config(lambda data: data["p2p"].update(trusted_peers=bad))
+    assert node.config.p2p.trusted_peers == bad  # the file says what it says...
+    assert node.p2p is not None
+    assert [str(n) for n in node.p2p.peers] == [PEER]  # ...the node trusts only a node

@@ -36,7 +36,6 @@ import trio
 from gate import __version__
 from gate.config import (
     Config,
-    check_exposure,
     config_to_dict,
     validate_config_file,
     validate_config_text,
@@ -417,7 +416,7 @@ class RpcService:
     async def add_peer(self, params: PeerParams) -> dict[str, str]:
         """Trust a peer: in gate.toml and in the running node before the answer."""
         try:
-            entry, edit = trust_edit(params.peer)
+            entry, edit = trust_edit(params.peer, own=self.node.node_id)
         except ValueError as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
 
@@ -536,8 +535,9 @@ class RpcService:
                 section, name = key.split(".")
                 data.setdefault(section, {})[name] = value
 
-        # As it will run after a restart; the node checks it as it runs from now.
-        config = await self._edit_config(edit, check_exposure)
+        # As it will run after a restart (decoding it checks it whole, API keys beyond
+        # loopback included); the node checks it as it runs from now.
+        config = await self._edit_config(edit)
         return {
             "config": config_to_dict(config, mask_secrets=True),
             "restart_required": sorted(set(params.set) - LIVE_KEYS),
@@ -596,7 +596,7 @@ class RpcService:
     # --- helpers ---------------------------------------------------------------
 
     async def _edit_config(
-        self, edit: Callable[[dict[str, Any]], None], check: Callable[[Config], None]
+        self, edit: Callable[[dict[str, Any]], None], check: Callable[[Config], None] | None = None
     ) -> Config:
         """`ControlledNode.edit_config`, its refusals as invalid params."""
         try:

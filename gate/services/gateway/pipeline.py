@@ -103,7 +103,7 @@ from gate.services.http.router import (
     read_body,
 )
 from gate.services.p2p.service import P2PService
-from gate.services.store.apikeys import ApiKeys, extract_key
+from gate.services.store.apikeys import KEY_PREFIX, ApiKeys, extract_key
 from gate.services.store.usage import UsageRecord, UsageRecorder
 
 __all__ = ["MAX_MODEL_NAME", "Gateway"]
@@ -325,6 +325,9 @@ class Gateway:
         """The client's identity: its API key id, or its address when keys are optional.
 
         A request from a trusted peer (its stream was authorized by node id) is that peer.
+        A Gate key (`gk_...`) that is wrong or revoked is refused (401) even when keys
+        are optional: its sender means to be that key's client and should hear that it
+        is not. Any other value (the "unused" an SDK needs) is no key at all.
         """
         peer = scope.get("extensions", {}).get("gate.peer")
         if peer is not None:
@@ -333,7 +336,7 @@ class Gateway:
         info = self.api_keys.verify(key) if key and self.api_keys else None
         if info is not None:
             return info.id
-        if self.security.require_api_keys:
+        if self.security.require_api_keys or (key and key.startswith(KEY_PREFIX)):
             raise ApiError(401, "invalid or missing API key (Authorization: Bearer or x-api-key)")
         client = scope.get("client")
         return str(client[0]) if client else "local"

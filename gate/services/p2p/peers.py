@@ -90,19 +90,32 @@ class TrustedPeers:
     """The trusted peers by NodeId (`by_id`, one dict for the node's lifetime), built from
     `p2p.trusted_peers` entries with what peers.json remembers."""
 
-    def __init__(self, specs: Iterable[str], cache: PeersCache) -> None:
+    def __init__(self, specs: Iterable[str], cache: PeersCache, own: NodeId | None = None) -> None:
+        """`own`: this node's id, which an entry may name (a hand edit) but never trusts."""
         self.cache = cache
+        self.own = own
         self.by_id: dict[NodeId, PeerState] = {}
         remembered = cache.load()
         for spec in specs:
             self._trust(spec, remembered)
 
-    def _trust(self, spec: str, remembered: dict[str, Any] | None = None) -> PeerState | None:
+    def _parse(self, spec: str) -> tuple[NodeId, list[str]] | None:
+        """The entry's node and addresses; None (logged) for one that cannot be trusted."""
         try:
             node_id, addrs = parse_peer_spec(spec)
         except ValueError as exc:
             log.warning("ignoring trusted peer entry", extra={"entry": spec, "error": str(exc)})
             return None
+        if node_id == self.own:  # it would dial itself every few seconds, in vain
+            log.warning("ignoring trusted peer entry: it is this node", extra={"entry": spec})
+            return None
+        return node_id, addrs
+
+    def _trust(self, spec: str, remembered: dict[str, Any] | None = None) -> PeerState | None:
+        parsed = self._parse(spec)
+        if parsed is None:
+            return None
+        node_id, addrs = parsed
         peer = self.by_id.get(node_id) or PeerState(node_id)
         cached = (remembered or {}).get(str(node_id), {})
         peer.addresses = addrs or list(cached.get("addresses", [])) or peer.addresses
@@ -121,10 +134,8 @@ class TrustedPeers:
         trusted ones). Peers still trusted take the entry's addresses, if it has any."""
         wanted: dict[NodeId, str] = {}
         for spec in specs:
-            try:
-                wanted[parse_peer_spec(spec)[0]] = spec
-            except ValueError:
-                log.warning("ignoring trusted peer entry", extra={"entry": spec})
+            if (parsed := self._parse(spec)) is not None:
+                wanted[parsed[0]] = spec
         dropped = [node_id for node_id in self.by_id if node_id not in wanted]
         for node_id in dropped:
             log.info("peer no longer trusted", extra={"peer": str(node_id)})

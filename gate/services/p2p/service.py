@@ -87,7 +87,7 @@ class P2PService:
         self.node_id = NodeId(_public_key(secret_key))
         self.endpoint: Endpoint | None = None
         self.address = ""  # node_id@ip:port once bound
-        self._trust = TrustedPeers(config.trusted_peers, PeersCache(data_dir))
+        self._trust = TrustedPeers(config.trusted_peers, PeersCache(data_dir), own=self.node_id)
         self.peers: dict[NodeId, PeerState] = self._trust.by_id
         self._control = NodeControl(
             self.node_id,
