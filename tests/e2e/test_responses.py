@@ -102,6 +102,8 @@ def test_a_streamed_response_event_by_event(gate):
     assert final.output_text == deltas == events[-4].text
     assert final.incomplete_details.reason == "max_output_tokens"
     assert final.usage.output_tokens == 6 and final.id == events[0].response.id
+    # llama-cpp-python tells no usage on a stream: Gate counted the prompt with its tokenizer.
+    assert final.usage.input_tokens >= len("hi")
 
 
 def test_the_sdk_stream_helper_with_a_forced_tool_and_the_second_turn(gate):
@@ -153,8 +155,11 @@ def test_previous_response_id_carries_the_conversation(gate):
         )
         final = [event for event in third][-1].response
     assert second.usage.input_tokens > alone.usage.input_tokens + first.usage.input_tokens // 2
-    # Streamed usage from llama-cpp-python has no prompt count; the chain still resolved.
     assert final.previous_response_id == second.id and final.status in ("completed", "incomplete")
+    # A stream from llama-cpp-python tells no usage: Gate counted the whole chain's prompt
+    # with the engine's tokenizer (one token per byte of text, at least).
+    asked = ("My name is Ada.", "What is my name?", "Again?")
+    assert final.usage.input_tokens > sum(map(len, asked))
 
 
 def test_an_unknown_or_unstored_previous_response_is_not_found(gate):

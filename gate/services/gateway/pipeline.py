@@ -455,12 +455,13 @@ class Gateway:
                 request = request if request is not None else decode_object(body)
                 payload = translate_request(route, request)
                 translation = translated_response(route, provider)
-                await count_translated_prompt(
-                    self.client, route, provider, request, exchange, self.server.response_timeout
-                )
+                if route.dialect is Dialect.ANTHROPIC:  # the Anthropic API reports usage
+                    await count_translated_prompt(
+                        self.client, provider, request, exchange, self.server.response_timeout
+                    )
             elif responses and self.responses.translates(provider, body):
                 path = CHAT_PATH
-                payload, translation = self.responses.prepare(body, exchange.client)
+                payload, translation = await self._responses_as_chat(provider, body, exchange)
             elif route.name == "chat.completions" and provider.kind in _MAX_TOKENS_ONLY_KINDS:
                 payload = _with_max_tokens(body)
             if _asks_for_usage(route, provider, exchange):
@@ -478,7 +479,7 @@ class Gateway:
                     # Perhaps an engine without /v1/responses: the same request again,
                     # translated, before the client saw anything (gateway.responses_api).
                     await _discard(upstream)
-                    payload, translation = self.responses.prepare(body, exchange.client)
+                    payload, translation = await self._responses_as_chat(provider, body, exchange)
                     upstream = await self._send(provider, CHAT_PATH, headers, payload)
                     self.responses.learn(provider, upstream.status)
             except UpstreamConnectError as exc:
@@ -493,6 +494,17 @@ class Gateway:
         raise ApiError(
             503, f"no engine serving {exchange.model!r} is reachable: " + "; ".join(failures)
         )
+
+    async def _responses_as_chat(
+        self, provider: Provider, body: bytes, exchange: Exchange
+    ) -> tuple[bytes, Translation]:
+        """/v1/responses for an engine without it: the chat request, its prompt counted
+        for the usage the Responses stream ends with (the engine may not tell it)."""
+        chat, translation = self.responses.prepare(body, exchange.client)
+        await count_translated_prompt(
+            self.client, provider, chat, exchange, self.server.response_timeout
+        )
+        return msgspec.json.encode(chat), translation
 
     async def _send(
         self, provider: Provider, path: str, headers: list[tuple[bytes, bytes]], payload: bytes

@@ -90,7 +90,7 @@ class ResponsesBridge:
             extra={"provider": provider.name},
         )
 
-    def prepare(self, body: bytes, client: str) -> tuple[bytes, Translation]:
+    def prepare(self, body: bytes, client: str) -> tuple[dict[str, Any], Translation]:
         """The request translated for a Chat Completions engine, and what writes the
         client's response. 404 for a previous_response_id Gate does not have."""
         request = decode_object(body)
@@ -114,7 +114,7 @@ class ResponsesBridge:
         except DialectError as exc:
             raise api_error(exc) from None
         keep = self._keeper(request, client, previous, turns[len(history) :])
-        return msgspec.json.encode(chat), chat_engine_to_responses_client(request, keep)
+        return chat, chat_engine_to_responses_client(request, keep)
 
     def _keeper(
         self,

@@ -97,26 +97,38 @@ def translate_request(route: ApiRoute, request: dict[str, Any]) -> bytes:
 
 async def count_translated_prompt(
     client: UpstreamClient,
-    route: ApiRoute,
     provider: Provider,
-    request: dict[str, Any],
+    prompt: Mapping[str, Any],
     exchange: Exchange,
     response_timeout: float,
 ) -> None:
-    """Count an Anthropic stream's prompt before it goes to an OpenAI engine.
+    """Count a translated stream's prompt before it goes to an OpenAI engine.
 
     Anthropic's stream opens with `message_start`, whose usage has the input tokens,
-    before the first generated token; an OpenAI engine tells its usage at the end if
-    at all (with `include_usage`; llama-cpp-python never does). So the prompt is
-    counted first, exactly as count_tokens counts it: the engine's tokenizer, else an
-    estimate (`x-gate-token-count: estimate` on the response). Before the request and
-    not beside it: llama-cpp-python ends a running stream when another request comes.
+    before the first generated token; the Responses API's ends with the usage. An
+    OpenAI engine tells its usage at the end if at all (with `include_usage`;
+    llama-cpp-python never does). So the prompt (`prompt`: Anthropic's request, or the
+    translated chat request, whose messages have the same text parts) is counted first,
+    exactly as count_tokens counts it: the engine's tokenizer, else an estimate
+    (`x-gate-token-count: estimate` on the response). Before the request and not beside
+    it: llama-cpp-python ends a running stream when another request comes.
     """
-    if route.dialect is not Dialect.ANTHROPIC or not exchange.stream:
+    if not exchange.stream:
         return
     exchange.prompt_count = await count_prompt_tokens(
-        client, provider, exchange.model, prompt_text(request), response_timeout
+        client, provider, exchange.model, prompt_text(prompt), response_timeout
     )
+
+
+def _counted_headers(exchange: Exchange) -> tuple[int, list[tuple[bytes, bytes]]]:
+    """A translated stream's headers, and its prompt's tokens as counted (0 if not)."""
+    if exchange.prompt_count is None:
+        return 0, _SSE_HEADERS
+    input_tokens, exact = exchange.prompt_count
+    return input_tokens, [
+        *_SSE_HEADERS,
+        (b"x-gate-token-count", b"engine" if exact else b"estimate"),
+    ]
 
 
 def translated_response(route: ApiRoute, provider: Provider) -> Translation:
@@ -143,11 +155,7 @@ async def _openai_engine_to_anthropic_client(
         _take_usage(exchange, message.get("usage"), "input_tokens", "output_tokens")
         await send_json(send, 200, message)
         return
-    headers = _SSE_HEADERS
-    input_tokens = 0
-    if exchange.prompt_count is not None:
-        input_tokens, exact = exchange.prompt_count
-        headers = [*headers, (b"x-gate-token-count", b"engine" if exact else b"estimate")]
+    input_tokens, headers = _counted_headers(exchange)
     translator = ChatStreamToMessagesStream(exchange.model, message_id, input_tokens)
 
     def finished(closing: list[Event]) -> None:
@@ -188,8 +196,13 @@ def chat_engine_to_responses_client(
             keep(response)
             await send_json(send, 200, response)
             return
+        input_tokens, headers = _counted_headers(exchange)
         translator = ChatStreamToResponsesStream(
-            request, response_id=response_id, model=exchange.model, created_at=created_at
+            request,
+            response_id=response_id,
+            model=exchange.model,
+            created_at=created_at,
+            input_tokens_hint=input_tokens,
         )
 
         def finished(_: list[Event]) -> None:
@@ -197,7 +210,7 @@ def chat_engine_to_responses_client(
             _take_usage(exchange, translator.response.get("usage"), *_RESPONSES_USAGE)
             keep(translator.response)
 
-        await _relay_chat_stream(upstream, send, exchange, translator, _SSE_HEADERS, finished)
+        await _relay_chat_stream(upstream, send, exchange, translator, headers, finished)
 
     return respond
 
