@@ -1,12 +1,15 @@
-"""Helpers both translation directions use: JSON, tool arguments, stop reasons, usage."""
+"""Helpers the translators share: JSON, tool arguments, stop reasons, usage, and reading
+an OpenAI chat answer (whole or as stream chunks), which two of them translate."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, NamedTuple
 
 import msgspec
+
+from gate.dialects.errors import MalformedUpstream
 
 #: Where an unparseable tool-call `arguments` string goes: Anthropic's `input` must be
 #: a JSON object, and dropping what the model wrote would hide the failure from the
@@ -164,3 +167,61 @@ def openai_usage(usage: Any) -> dict[str, Any]:
     if cached:
         result["prompt_tokens_details"] = {"cached_tokens": cached}
     return result
+
+
+class ChunkReading(NamedTuple):
+    """What one `chat.completion.chunk` says for choice 0, the only one translated."""
+
+    usage: Mapping[str, Any] | None  # the usage chunk that include_usage brings
+    pieces: list[tuple[str, Any]]  # ("text", str) or ("tool", a tool_calls fragment), in order
+    finish_reason: Any
+    stop_reason: Any  # vLLM's matched stop string, beside finish_reason
+
+
+def read_chat_chunk(chunk: Any) -> ChunkReading:
+    """One stream chunk of an OpenAI engine, read. A refusal delta reads as text."""
+    if not isinstance(chunk, Mapping):
+        raise MalformedUpstream("a stream chunk is not a JSON object")
+    usage = chunk.get("usage")
+    pieces: list[tuple[str, Any]] = []
+    finish_reason = stop_reason = None
+    for choice in chunk.get("choices") or ():
+        if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
+            continue
+        delta = choice.get("delta")
+        if isinstance(delta, Mapping):
+            for key in ("content", "refusal"):
+                text = delta.get(key)
+                if isinstance(text, str) and text:
+                    pieces.append(("text", text))
+            for call in delta.get("tool_calls") or ():
+                if isinstance(call, Mapping):
+                    pieces.append(("tool", call))
+        if choice.get("finish_reason"):
+            finish_reason, stop_reason = choice["finish_reason"], choice.get("stop_reason")
+    return ChunkReading(
+        usage if isinstance(usage, Mapping) else None, pieces, finish_reason, stop_reason
+    )
+
+
+def first_choice_message(resp: Any) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """An OpenAI chat completion's choice 0 and its message ({} if it has none)."""
+    choices = resp.get("choices") if isinstance(resp, Mapping) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+        raise MalformedUpstream("the engine's response has no choices")
+    choice = choices[0]
+    message = choice.get("message")
+    return choice, message if isinstance(message, Mapping) else {}
+
+
+def fragment_index(
+    fragment: Mapping[str, Any], known_ids: Iterable[Any], count: int, last: int
+) -> int:
+    """The tool call a streamed `tool_calls` fragment belongs to: its `index`; for engines
+    that omit it, a new call (numbered `count`) when it has an id not seen among
+    `known_ids`, else the call the last fragment went to."""
+    index = fragment.get("index")
+    if isinstance(index, int):
+        return index
+    call_id = fragment.get("id")
+    return count if call_id and call_id not in set(known_ids) else last

@@ -49,12 +49,13 @@ from gate.dialects._shared import (
     anthropic_usage,
     collapse_parts,
     dumps,
+    first_choice_message,
     parse_tool_arguments,
     stop_reason_from_finish,
     with_system_first,
 )
 from gate.dialects.anthropic_openai_stream import ChatStreamToMessagesStream, sse_bytes
-from gate.dialects.errors import InvalidRequest, MalformedUpstream
+from gate.dialects.errors import InvalidRequest
 
 __all__ = [
     "ChatStreamToMessagesStream",
@@ -288,12 +289,7 @@ def chat_response_to_message(
     `RAW_ARGUMENTS_KEY` for arguments that are not a JSON object).
     Raises MalformedUpstream if the engine's response has no choice to translate.
     """
-    choices = resp.get("choices") if isinstance(resp, Mapping) else None
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
-        raise MalformedUpstream("the engine's response has no choices")
-    choice = choices[0]
-    message = choice.get("message")
-    message = message if isinstance(message, Mapping) else {}
+    choice, message = first_choice_message(resp)
     content: list[dict[str, Any]] = []
     text = message.get("content")
     if isinstance(text, list):  # content parts, from engines that echo the request form

@@ -12,10 +12,12 @@ from typing import Any
 
 from gate.dialects._shared import (
     anthropic_usage,
+    fragment_index,
     is_json_object,
+    read_chat_chunk,
     stop_reason_from_finish,
 )
-from gate.dialects.errors import MalformedUpstream, TranslatorClosed, anthropic_stream_error
+from gate.dialects.errors import TranslatorClosed, anthropic_stream_error
 from gate.dialects.sse import Event, sse_bytes
 
 __all__ = ["ChatStreamToMessagesStream", "Event", "sse_bytes"]
@@ -86,28 +88,18 @@ class ChatStreamToMessagesStream:
     def feed(self, chunk: Mapping[str, Any]) -> list[Event]:
         """Translate one chunk; returns the events to send, possibly none."""
         events = self._begin()
-        if not isinstance(chunk, Mapping):
-            raise MalformedUpstream("a stream chunk is not a JSON object")
-        if isinstance(chunk.get("usage"), Mapping):
-            self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta")
-            if isinstance(delta, Mapping):
-                for key in ("content", "refusal"):
-                    text = delta.get(key)
-                    if isinstance(text, str) and text:
-                        self._deltas += 1
-                        self._text(text, events)
-                for call in delta.get("tool_calls") or ():
-                    if isinstance(call, Mapping):
-                        self._deltas += 1
-                        self._tool(call, events)
-            if choice.get("finish_reason"):
-                self._finish_reason = choice["finish_reason"]
-                self._matched_stop = choice.get("stop_reason")
-                self._close_blocks(events)
+        read = read_chat_chunk(chunk)
+        if read.usage is not None:
+            self._usage = read.usage
+        for kind, value in read.pieces:
+            self._deltas += 1
+            if kind == "text":
+                self._text(value, events)
+            else:
+                self._tool(value, events)
+        if read.finish_reason:
+            self._finish_reason, self._matched_stop = read.finish_reason, read.stop_reason
+            self._close_blocks(events)
         return events
 
     def finish(self) -> list[Event]:
@@ -167,10 +159,8 @@ class ChatStreamToMessagesStream:
     def _tool(self, fragment: Mapping[str, Any], events: list[Event]) -> None:
         function = fragment.get("function")
         function = function if isinstance(function, Mapping) else {}
-        index = fragment.get("index")
-        if not isinstance(index, int):  # engines that omit it: a new id is a new call
-            known = any(c.id == fragment.get("id") for c in self._calls.values())
-            index = len(self._calls) if fragment.get("id") and not known else self._last_call_index
+        known = (c.id for c in self._calls.values())
+        index = fragment_index(fragment, known, len(self._calls), self._last_call_index)
         self._last_call_index = index
         call = self._calls.get(index)
         if call is None:

@@ -56,9 +56,10 @@ from gate.dialects._shared import (
     as_int,
     collapse_parts,
     dumps,
+    first_choice_message,
     with_system_first,
 )
-from gate.dialects.errors import InvalidRequest, MalformedUpstream
+from gate.dialects.errors import InvalidRequest
 from gate.dialects.responses_chat_stream import (
     ChatStreamToResponsesStream,
     assistant_turn,
@@ -355,12 +356,7 @@ def chat_response_to_response(
     makes it `incomplete`, as OpenAI reports a reply cut short.
     Raises MalformedUpstream if the engine's response has no choice to translate.
     """
-    choices = resp.get("choices") if isinstance(resp, Mapping) else None
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
-        raise MalformedUpstream("the engine's response has no choices")
-    choice = choices[0]
-    message = choice.get("message")
-    message = message if isinstance(message, Mapping) else {}
+    choice, message = first_choice_message(resp)
     text = message.get("content")
     if isinstance(text, list):  # content parts, from engines that echo the request form
         text = "".join(p.get("text", "") for p in text if isinstance(p, Mapping))

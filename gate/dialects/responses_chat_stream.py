@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from gate.dialects._shared import as_int, dumps
-from gate.dialects.errors import MalformedUpstream, TranslatorClosed
+from gate.dialects._shared import as_int, dumps, fragment_index, read_chat_chunk
+from gate.dialects.errors import TranslatorClosed
 from gate.dialects.sse import Event
 
 __all__ = [
@@ -240,26 +240,17 @@ class ChatStreamToResponsesStream:
     def feed(self, chunk: Mapping[str, Any]) -> list[Event]:
         """Translate one chunk; returns the events to send, possibly none."""
         events = self._begin()
-        if not isinstance(chunk, Mapping):
-            raise MalformedUpstream("a stream chunk is not a JSON object")
-        if isinstance(chunk.get("usage"), Mapping):
-            self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta")
-            if isinstance(delta, Mapping):
-                for key in ("content", "refusal"):
-                    text = delta.get(key)
-                    if isinstance(text, str) and text:
-                        self._deltas += 1
-                        self._text_delta(text, events)
-                for call in delta.get("tool_calls") or ():
-                    if isinstance(call, Mapping):
-                        self._deltas += 1
-                        self._tool_fragment(call, events)
-            if choice.get("finish_reason"):
-                self._finish_reason = choice["finish_reason"]
+        read = read_chat_chunk(chunk)
+        if read.usage is not None:
+            self._usage = read.usage
+        for kind, value in read.pieces:
+            self._deltas += 1
+            if kind == "text":
+                self._text_delta(value, events)
+            else:
+                self._tool_fragment(value, events)
+        if read.finish_reason:
+            self._finish_reason = read.finish_reason
         return events
 
     def finish(self) -> list[Event]:
@@ -385,10 +376,8 @@ class ChatStreamToResponsesStream:
     def _tool_fragment(self, fragment: Mapping[str, Any], events: list[Event]) -> None:
         function = fragment.get("function")
         function = function if isinstance(function, Mapping) else {}
-        index = fragment.get("index")
-        if not isinstance(index, int):  # engines that omit it: a new id is a new call
-            known = any(c.call_id == fragment.get("id") for c in self._calls.values())
-            index = len(self._calls) if fragment.get("id") and not known else self._last_call_index
+        known = (c.call_id for c in self._calls.values())
+        index = fragment_index(fragment, known, len(self._calls), self._last_call_index)
         self._last_call_index = index
         call = self._calls.get(index)
         if call is None:
