@@ -25,13 +25,13 @@ import subprocess
 import textwrap
 import time
 from pathlib import Path
+from unittest.mock import ANY
 
 import httpx
 import pytest
 
 from gate import __version__
 
-from .conftest import engine_config
 from .gate_process import GateServe, announced, data_dir
 from .plain_install import REPO, check_clean, clean_env, run_plain
 
@@ -233,8 +233,10 @@ def quick_start(plain_gate: Path, env: dict[str, str], data: Path, url: str) -> 
         )
         health = json.loads(got.stdout)
         shown = json.loads(answer.removeprefix("# "))
-        # The README shows the first fields (the node id cut short); more follow.
-        assert list(health)[: len(shown)] == list(shown), health
+        # The README shows a fresh machine's (no engine yet) with the node id cut short.
+        assert list(health) == list(shown), health
+        assert shown["providers"] == {} and health["providers"] == {"llama": ANY}
+        assert shown["peers"] == health["peers"] == {}
         assert health["status"] == shown["status"] == "ok"
         assert health["node_id"] == node_id
         assert banner.split("node ")[1].startswith(shown["node_id"].rstrip("…"))
@@ -308,24 +310,27 @@ def walk_keys(gate, url: str) -> None:
 
 def walk_peers(gate, plain_gate, laptop_env, tmp_path, engine, url, laptop_address) -> None:
     """The Peers section's exchange between two real nodes, line by line; then `peers
-    add` and `peers list` straight after it, on a gate.toml with comments (the README's)
-    and one without."""
+    add` and `peers list` straight after it, on a gate.toml with comments (the README's,
+    the laptop's) and on one that Gate wrote (the GPU box starts with none, as after
+    `make serve`; its engine comes from the environment)."""
     gpubox_env = {
         **laptop_env,
         "XDG_CONFIG_HOME": str(tmp_path / "gpubox" / "config"),
         "XDG_DATA_HOME": str(tmp_path / "gpubox" / "data"),
     }
     Path(gpubox_env["XDG_DATA_HOME"]).mkdir(parents=True)
+    engines = [{"name": "llama", "kind": "llamacpp", "base_url": engine.root_url}]
     with GateServe(
-        clean_env(gpubox_env), config=engine_config(engine), command=[str(plain_gate)]
+        clean_env({**gpubox_env, "GATE_PROVIDERS__ENGINES": json.dumps(engines)}),
+        command=[str(plain_gate)],
     ) as gpubox:
-        gpubox_config = gpubox.args[-1]
         gpubox_address = next(
             line.removeprefix("P2P address ")
             for line in announced(gpubox)
             if line.startswith("P2P address ")
         )
-        gpubox_env["GATE_CONFIG"] = gpubox_config  # its CLI edits the file it runs with
+        gpubox_config = Path(gpubox_env["XDG_CONFIG_HOME"]) / "gate" / "gate.toml"
+        assert not gpubox_config.exists()
         envs = {"laptop": laptop_env, "gpubox": gpubox_env}
         placeholders = {
             "<laptop-node-id>@<laptop-ip>:41145": laptop_address,
@@ -360,6 +365,7 @@ def walk_peers(gate, plain_gate, laptop_env, tmp_path, engine, url, laptop_addre
                 assert printed.replace(gpubox_id, "gpubox...").splitlines() == shown
             else:
                 assert shown == [], line
+        assert gpubox_config.read_text() == f'[p2p]\ntrusted_peers = ["{laptop_address}"]\n'
         # Through the peer, as the Peers section says: X-Target-Node.
         answered = httpx.post(
             f"{url}/v1/chat/completions",
