@@ -126,6 +126,13 @@ def config_file(config_path: Path | None) -> Path:
     return named_config(config_path) or default_config_path()
 
 
+def p2p_addresses(p2p: str) -> list[str]:
+    """Where the node listens for peers, as the node says it (`node_id@ip:port,ip:port`),
+    split into one `node_id@ip:port` per address: each is what `gate peers add` takes."""
+    node, _, hosts = p2p.partition("@")
+    return [f"{node}@{host}" for host in hosts.split(",") if host]
+
+
 def command_hint(command: str, config_path: Path | None, bind: str | None = None) -> str:
     """`gate COMMAND` as the user types it to reach the same daemon: with the --config
     they gave, and with `bind` (where a daemon started with --bind listens, which the

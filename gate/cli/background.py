@@ -32,6 +32,7 @@ from gate.cli._common import (
     emit_json,
     fail,
     load_with_source,
+    p2p_addresses,
     running_daemon,
     with_bind,
 )
@@ -126,7 +127,8 @@ def start_background(
     click.echo(f"Gate daemon started in the background (pid {proc.pid})")
     click.echo(f"node    {facts['node_id']}")
     click.echo(f"API     {url}")
-    click.echo(f"P2P     {facts['p2p_address'] or '-'}")
+    # One address, as `gate serve` prints it; `gate status` lists them all.
+    click.echo(f"P2P     {next(iter(p2p_addresses(status['p2p_address'])), '-')}")
     click.echo(f"log     {facts['log']}  (output: {output_path})")
     # `gate stop` looks where the config says; a daemon elsewhere (--bind, port 0) is
     # found with its address in the environment.

@@ -30,6 +30,7 @@ from gate.cli._common import (
     load,
     load_with_source,
     note,
+    p2p_addresses,
     passphrase,
     rpc_failure,
     with_bind,
@@ -137,8 +138,10 @@ def _serve_foreground(config_path: Path | None, bind: str | None, *, detached: b
         p2p = (info or {}).get("p2p")
         if isinstance(p2p, str):
             # One node_id@ip:port, the form a peer pastes; `gate status` lists them all.
-            first = p2p.split(",")[0]
-            click.echo(f"P2P address {first}" if p2p else "P2P not started (see the log)")
+            addresses = p2p_addresses(p2p)
+            click.echo(
+                f"P2P address {addresses[0]}" if addresses else "P2P not started (see the log)"
+            )
         click.echo(f"data {config.data_dir}  log {log_file}")
 
     async def main_task() -> None:
@@ -198,7 +201,8 @@ def status(config_path: Path | None, as_json: bool) -> None:
         f"node      {result['node_id']}  (Gate {result['version']}, up "
         f"{result['uptime_s']:.0f}s, {result['in_flight']} in flight)"
     )
-    click.echo(f"p2p       {result['p2p_address'] or '-'}")
+    for address in p2p_addresses(result["p2p_address"]) or ["-"]:
+        click.echo(f"p2p       {address}")
     for name, healthy in result["providers"].items():
         click.echo(f"provider  {name:20} {'healthy' if healthy else 'down'}")
     for node_id, peer_status in result["peers"].items():

@@ -1,8 +1,10 @@
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from .gate_process import GateServe
+from .plain_install import install_plain
 
 
 @pytest.fixture
@@ -18,6 +20,13 @@ def start_gate(gate_env) -> Iterator[Callable[..., GateServe]]:
     yield start
     for gate in running:
         gate.close()
+
+
+@pytest.fixture(scope="session")
+def plain_gate(tmp_path_factory) -> Path:
+    """The `gate` script of a virtualenv that has only `pip install <this checkout>`,
+    built once per session (tests/e2e/plain_install.py)."""
+    return install_plain(tmp_path_factory.mktemp("plain-install"))
 
 
 def engine_config(engine, *, name: str = "llama", extra: str = "") -> str:

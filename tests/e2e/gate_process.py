@@ -122,6 +122,20 @@ class GateServe:
         self.close()
 
 
+def announced(gate) -> list[str]:
+    """The lines `gate serve` printed on start: those GateServe read, and the rest of
+    them (it stops reading at the API's address)."""
+    lines, buffer = list(gate.stdout_lines), b""
+    deadline = time.monotonic() + 10
+    while not any(line.startswith("data ") for line in lines):
+        assert time.monotonic() < deadline, lines
+        buffer += gate.proc.stdout.read() or b""  # non-blocking: GateServe made it so
+        *complete, buffer = buffer.split(b"\n")
+        lines += [line.decode() for line in complete]
+        time.sleep(0.05)
+    return lines
+
+
 def data_dir(env: dict[str, str]) -> Path:
     return Path(env["XDG_DATA_HOME"]) / "gate"
 

@@ -11,14 +11,13 @@ import json
 import os
 import re
 import subprocess
-import time
 import tomllib
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .gate_process import GATE, GateServe, data_dir, run_gate
+from .gate_process import GATE, GateServe, announced, data_dir, run_gate
 
 pytestmark = pytest.mark.e2e
 
@@ -173,20 +172,6 @@ def test_logs_follow_with_no_daemon_reads_the_file(gate_env):
     assert err(followed) == f"gate: no daemon running; reading {path} (nothing to follow)\n"
     assert out(followed).endswith("gate.cli: stopped\n")
     assert out(followed) == out(run_gate("logs", env=env))
-
-
-def announced(gate) -> list[str]:
-    """The lines `gate serve` printed on start: those GateServe read, and the rest of
-    them (it stops reading at the API's address)."""
-    lines, buffer = list(gate.stdout_lines), b""
-    deadline = time.monotonic() + 10
-    while not any(line.startswith("data ") for line in lines):
-        assert time.monotonic() < deadline, lines
-        buffer += gate.proc.stdout.read() or b""  # non-blocking: GateServe made it so
-        *complete, buffer = buffer.split(b"\n")
-        lines += [line.decode() for line in complete]
-        time.sleep(0.05)
-    return lines
 
 
 def test_serve_prints_one_p2p_address_and_status_lists_them_all(node):

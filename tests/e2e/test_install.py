@@ -3,16 +3,13 @@
 The other tests run from the test virtualenv, which the test extra fills with more than
 Gate declares (httpx, for one), so an import of an undeclared package passes there and
 breaks for every user. Here a fresh virtualenv gets Gate alone, its dependencies
-resolved by pip as for a user, and the installed `gate` script is run from it. Building
-it takes about a minute (pip builds Gate's wheel and installs its dependencies, from
-pip's cache after the first run), so it is built once per session.
+resolved by pip as for a user, and the installed `gate` script is run from it (the
+`plain_gate` fixture, tests/e2e/plain_install.py).
 """
 
 import ast
 import importlib.metadata
-import os
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -21,16 +18,10 @@ from pathlib import Path
 import pytest
 
 from .gate_process import GateServe, data_dir
+from .plain_install import REPO, check_clean, clean_env, run_plain
 
-REPO = Path(__file__).resolve().parents[2]
 NOWHERE = "127.0.0.1:9"  # the discard port: no daemon answers there
 EXIT_NO_DAEMON = 3
-
-
-def clean_env(env: dict[str, str]) -> dict[str, str]:
-    """The environment with nothing of the test virtualenv that could reach the user's
-    (Python ignores these when they are empty)."""
-    return {**os.environ, **env, "PYTHONPATH": "", "PYTHONHOME": "", "VIRTUAL_ENV": ""}
 
 
 def imported_packages(package: Path) -> set[str]:
@@ -58,61 +49,6 @@ def test_every_package_imported_directly_is_declared_directly():
     for name in sorted(imported_packages(REPO / "gate")):
         providers = {normalized(d) for d in distributions.get(name, [name])}
         assert providers & declared, f"gate imports {name}, which pyproject.toml does not declare"
-
-
-@pytest.fixture(scope="session")
-def plain_gate(tmp_path_factory) -> Path:
-    """The `gate` script of a virtualenv that has only `pip install <this checkout>`."""
-    root = tmp_path_factory.mktemp("plain-install")
-    # A copy of the source: pip builds in the tree it is given, and would leave build/
-    # and gate.egg-info in the checkout.
-    source = root / "source"
-    shutil.copytree(
-        REPO,
-        source,
-        ignore=shutil.ignore_patterns(
-            ".git",
-            ".venv",
-            "build",
-            "*.egg-info",
-            "__pycache__",
-            ".*_cache",
-            ".hypothesis",
-            "artifacts",
-        ),
-    )
-    venv = root / "venv"
-    env = clean_env({})
-    subprocess.run([sys.executable, "-m", "venv", venv], check=True, env=env, timeout=120)
-    pip = [venv / "bin" / "python", "-m", "pip", "--disable-pip-version-check"]
-    installed = subprocess.run(
-        [*pip, "install", "--quiet", source],
-        capture_output=True,
-        env=env,
-        cwd=root,
-        timeout=900,
-    )
-    assert installed.returncode == 0, installed.stderr.decode(errors="replace")[-3000:]
-    return venv / "bin" / "gate"
-
-
-def run_plain(gate: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    # From the data dir, not the checkout: only the installed package can be imported.
-    return subprocess.run(
-        [gate, *args],
-        env=clean_env(env),
-        cwd=env["XDG_DATA_HOME"],
-        capture_output=True,
-        timeout=60,
-    )
-
-
-def check_clean(result: subprocess.CompletedProcess, code: int) -> str:
-    """stderr, after checking the exit code and that nothing crashed."""
-    stderr = result.stderr.decode()
-    assert "Traceback" not in stderr and "ModuleNotFoundError" not in stderr, stderr
-    assert result.returncode == code, stderr
-    return stderr
 
 
 @pytest.mark.e2e
