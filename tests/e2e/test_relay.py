@@ -10,7 +10,6 @@ import datetime
 import http.client
 import json
 import re
-import secrets
 import socket
 import ssl
 from pathlib import Path
@@ -187,7 +186,7 @@ def _get(node_id, relay_port, context, path, key):
 
 
 def test_https_through_the_relay_reaches_the_node_behind_an_api_key(relay_and_node):
-    relay, relay_port, node, node_id, key, context, _ = relay_and_node
+    _, relay_port, _, node_id, key, context, _ = relay_and_node
     hostname = f"{node_id}.{DOMAIN}"
 
     status, body = _get(node_id, relay_port, context, "/v1/models", key)
@@ -204,7 +203,13 @@ def test_https_through_the_relay_reaches_the_node_behind_an_api_key(relay_and_no
 
     # A streamed chat completion, token by token, on the same kind of connection.
     conn = RelayedHTTPS(hostname, relay_port, context)
-    request = {"model": MODEL, "messages": HI, "max_tokens": 8, "stream": True, "logit_bias": NO_EOS}
+    request = {
+        "model": MODEL,
+        "messages": HI,
+        "max_tokens": 8,
+        "stream": True,
+        "logit_bias": NO_EOS,
+    }
     conn.request(
         "POST",
         "/v1/chat/completions",
@@ -214,9 +219,7 @@ def test_https_through_the_relay_reaches_the_node_behind_an_api_key(relay_and_no
     response = conn.getresponse()
     assert response.status == 200
     assert response.getheader("content-type").startswith("text/event-stream")
-    events = [
-        line for line in response.read().decode().splitlines() if line.startswith("data: ")
-    ]
+    events = [line for line in response.read().decode().splitlines() if line.startswith("data: ")]
     conn.close()
     assert events[-1] == "data: [DONE]"
     deltas = [json.loads(e[6:])["choices"][0]["delta"].get("content") for e in events[:-1]]
@@ -237,18 +240,20 @@ def test_https_through_the_relay_reaches_the_node_behind_an_api_key(relay_and_no
 
 
 def test_an_unknown_name_is_closed_with_an_alert(relay_and_node):
-    relay, relay_port, node, node_id, key, context, _ = relay_and_node
+    _, relay_port, _, node_id, key, context, _ = relay_and_node
     stranger = NodeId(NodeIdentity.generate().public_key_bytes)
     for name in (f"{stranger}.{DOMAIN}", f"{node_id}.other.test", f"www.{DOMAIN}"):
-        with socket.create_connection(relay_port, timeout=10) as sock:
-            with pytest.raises(ssl.SSLError, match=re.compile("unrecognized.name", re.I)):
-                context.wrap_socket(sock, server_hostname=name)
+        with (
+            socket.create_connection(relay_port, timeout=10) as sock,
+            pytest.raises(ssl.SSLError, match=re.compile("unrecognized.name", re.I)),
+        ):
+            context.wrap_socket(sock, server_hostname=name)
     # The node's own name still works.
     assert _get(node_id, relay_port, context, "/health", key)[0] == 200
 
 
 def test_another_node_cannot_take_the_name(relay_and_node):
-    relay, relay_port, node, node_id, key, context, relay_address = relay_and_node
+    _, relay_port, _, node_id, key, context, relay_address = relay_and_node
     relay_id, _, addr = relay_address.partition("@")
     intruder = NodeIdentity.generate()
 

@@ -1,0 +1,225 @@
+"""The relay's parts without processes: its config, who may take which name, the
+SNI-to-node rule, the splice, and the node's relay door (its routes and its key rule).
+The whole path, with real processes, is tests/e2e/test_relay.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+import trio.testing
+
+from gate.config import load_config
+from gate.errors import ConfigError
+from gate.identity import NodeIdentity
+from gate.protocol import (
+    ActivateDomain,
+    ActivationResponse,
+    DnsChallenge,
+    DomainRequest,
+    DomainResponse,
+    ErrorCode,
+    NodeId,
+    RelayError,
+)
+from gate.relay_config import load_relay_config
+from gate.services.http.router import Door, with_door
+from gate.services.http.server import build_app
+from gate.services.p2p.dispatch import Opener, StreamDispatch
+from gate.services.relay.control import RelayControlServer
+from gate.services.relay.front import node_of_name
+from gate.services.relay.registry import NameRegistry
+from gate.services.relay.splice import splice
+
+from .test_doors import gateway  # noqa: F401  (the fixture)
+
+DOMAIN = "relay.test"
+
+
+def new_node() -> NodeId:
+    return NodeId(NodeIdentity.generate().public_key_bytes)
+
+
+# --- relay.toml ------------------------------------------------------------------------
+
+
+def test_relay_config_layers_and_strictness(tmp_path):
+    file = tmp_path / "relay.toml"
+    file.write_text('domain = "Relay.Example.COM."\nlisten = "127.0.0.1:8443"\n')
+    config = load_relay_config(file, env={"GATE_RELAYD_P2P_PORT": "0"})
+    assert (config.domain, config.listen, config.p2p_port) == (
+        "relay.example.com",
+        "127.0.0.1:8443",
+        0,
+    )
+    assert config.idle_timeout == 300.0  # a default
+    # The environment wins over the file.
+    assert (
+        load_relay_config(file, env={"GATE_RELAYD_LISTEN": "0.0.0.0:443"}).listen == "0.0.0.0:443"
+    )
+    with pytest.raises(ConfigError, match="GATE_RELAYD_BOGUS: unknown key 'bogus'"):
+        load_relay_config(file, env={"GATE_RELAYD_BOGUS": "1"})
+    file.write_text('domain = "relay.test"\np2p_port = "1"\n')  # strict: no coercion in a file
+    with pytest.raises(ConfigError, match=r"relay.toml: p2p_port: Expected `?int"):
+        load_relay_config(file, env={})
+    file.write_text("")
+    with pytest.raises(ConfigError, match=r"relay\.toml: domain: required"):
+        load_relay_config(file, env={})
+    with pytest.raises(ConfigError, match=r"absent\.toml: no such file"):  # named: must exist
+        load_relay_config(tmp_path / "absent.toml", env={"GATE_RELAYD_DOMAIN": DOMAIN})
+    with pytest.raises(ConfigError, match="domain: expected a DNS name"):
+        load_relay_config(None, env={"GATE_RELAYD_DOMAIN": "localhost"})
+
+
+def test_the_node_config_ignores_the_relays_variables(tmp_path):
+    config, _ = load_config(
+        tmp_path / "gate.toml", env={"GATE_RELAYD_DOMAIN": "x.test"}, missing_ok=True
+    )
+    assert config.relay.enabled is False
+
+
+def test_tls_files_go_together(tmp_path):
+    with pytest.raises(ConfigError, match=r"cert_file and key_file go together"):
+        load_config(tmp_path / "gate.toml", env={"GATE_TLS__CERT_FILE": "/x.pem"}, missing_ok=True)
+
+
+# --- names -----------------------------------------------------------------------------
+
+
+def test_the_first_label_must_be_the_whole_node_id_under_the_domain():
+    node = new_node()
+    assert node_of_name(f"{node}.{DOMAIN}", DOMAIN) == node
+    assert node_of_name(f"{str(node).upper()}.RELAY.TEST.", DOMAIN) == node
+    assert node_of_name(f"{node}.other.test", DOMAIN) is None
+    assert node_of_name(f"{str(node)[:-1]}.{DOMAIN}", DOMAIN) is None  # a prefix is not enough
+    assert node_of_name(f"{node.hex}.{DOMAIN}", DOMAIN) is None  # one spelling only
+    assert node_of_name(f"www.{node}.{DOMAIN}", DOMAIN) is None
+    assert node_of_name(DOMAIN, DOMAIN) is None
+
+
+async def test_a_node_acts_only_on_its_own_name_and_the_registry_persists(tmp_path):
+    path = tmp_path / "relay.db"
+    registry = NameRegistry.open(path)
+    server = RelayControlServer(DOMAIN, registry)
+    node, other = new_node(), new_node()
+    own = f"{node}.{DOMAIN}"
+
+    assert await server.answer(node, DomainRequest(node_id=str(node))) == DomainResponse(domain=own)
+    assert registry.lookup(node).activated is False
+    refusals = [
+        await server.answer(other, DomainRequest(node_id=str(node))),
+        await server.answer(other, ActivateDomain(domain=own)),
+        await server.answer(node, ActivateDomain(domain=f"{other}.{DOMAIN}")),
+        await server.answer(
+            node, DnsChallenge(domain=f"_acme-challenge.{other}.{DOMAIN}", txt_value="x")
+        ),
+    ]
+    assert all(isinstance(r, RelayError) and r.code == ErrorCode.UNAUTHORIZED for r in refusals)
+    assert registry.lookup(other) is None and registry.lookup(node).activated is False
+    # Case-insensitive, a trailing dot allowed.
+    answer = await server.answer(node, ActivateDomain(domain=f"{str(node).upper()}.RELAY.TEST."))
+    assert answer == ActivationResponse(ok=True)
+    registry.close()
+
+    again = NameRegistry.open(path)  # a restart keeps the names
+    assert again.lookup(node).activated is True and again.lookup(node).domain == own
+    assert again.lookup(other) is None
+    again.close()
+
+
+def test_tls_proxy_streams_are_admitted_from_registered_relays_only():
+    relay, peer, stranger = new_node(), new_node(), new_node()
+    dispatch = StreamDispatch({}, trusted=lambda n: n == peer, relay=lambda n: n == relay)
+    assert dispatch.admits(Opener.REGISTERED_RELAY, relay)
+    assert not dispatch.admits(Opener.REGISTERED_RELAY, peer)  # trusted, but not a relay
+    assert not dispatch.admits(Opener.REGISTERED_RELAY, stranger)
+    assert not dispatch.admits(Opener.TRUSTED_PEER, relay)
+
+
+# --- the splice ------------------------------------------------------------------------
+
+
+async def test_splice_copies_both_ways_and_mirrors_half_close():
+    client, client_far = trio.testing.lockstep_stream_pair()
+    node, node_far = trio.testing.lockstep_stream_pair()
+    async with trio.open_nursery() as nursery:
+        results = []
+
+        async def run() -> None:
+            results.append(await splice(client_far, node_far, idle_timeout=10))
+
+        nursery.start_soon(run)
+        with trio.fail_after(5):
+            await client.send_all(b"hello")
+            assert await node.receive_some(100) == b"hello"
+            await client.send_eof()  # the browser is done sending...
+            assert await node.receive_some(100) == b""  # ...and the node hears it
+            await node.send_all(b"answer")  # while the other way still flows
+            assert await client.receive_some(100) == b"answer"
+            await node.send_eof()
+            assert await client.receive_some(100) == b""
+    assert (results[0].a_to_b, results[0].b_to_a, results[0].outcome) == (5, 6, "closed")
+
+
+async def test_splice_ends_after_idle_time_but_not_while_bytes_flow(autojump_clock):
+    client, client_far = trio.testing.lockstep_stream_pair()
+    node, node_far = trio.testing.lockstep_stream_pair()
+    results = []
+    async with trio.open_nursery() as nursery:
+
+        async def run() -> None:
+            results.append(await splice(client_far, node_far, idle_timeout=10))
+
+        nursery.start_soon(run)
+        for _ in range(30):  # 30 bytes over 150 s: far longer than the idle timeout
+            await trio.sleep(5)
+            await node.send_all(b"x")
+            assert await client.receive_some(10) == b"x"
+        assert not results
+        await trio.sleep(11)  # silence
+    assert results[0].outcome == "idle"
+
+
+# --- the relay door ----------------------------------------------------------------------
+
+
+async def call(app, path, headers=()):
+    sent = []
+
+    async def receive():
+        if not sent:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await trio.sleep_forever()
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "headers": list(headers),
+        "query_string": b"",
+        "client": ("198.51.100.7", 5555),
+    }
+    with trio.fail_after(5):
+        await app(scope, receive, send)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def test_the_relay_door_is_the_api_behind_a_key_always(gateway):  # noqa: F811
+    relay_routes = {(r.method, r.path) for r in gateway.routes() if Door.RELAY in r.doors}
+    peer_routes = {(r.method, r.path) for r in gateway.routes() if Door.PEER in r.doors}
+    assert relay_routes == peer_routes  # the API; not /metrics
+    router = build_app(node_id="n" * 52, door=Door.RELAY)
+    gateway.install(router, door=Door.RELAY)
+    door = with_door(router, Door.RELAY)
+    # Keys are optional on this node (security.require_api_keys is false): not here.
+    status, body = await call(door, "/v1/models")
+    assert status == 401 and "API key" in json.loads(body)["error"]["message"]
+    # The same router without the door's mark would let it through: the mark is the rule.
+    assert (await call(router, "/v1/models"))[0] == 200
+    for path in ("/rpc", "/rpc/events", "/", "/ui/", "/metrics"):
+        assert (await call(door, path))[0] == 404, path
+    assert await call(door, "/health") == (200, b'{"status":"ok"}')
