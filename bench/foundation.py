@@ -8,7 +8,9 @@ run, because the machine is shared and noisy). Every loop is bounded in count an
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 import re
 import statistics
 import subprocess
@@ -24,6 +26,7 @@ from gate.protocol import (
     NODE_CONTROL,
     Body,
     Channel,
+    ClientHelloReader,
     End,
     Handshake,
     HandshakeResponse,
@@ -105,6 +108,24 @@ def raw_msgpack_rate() -> float:
     return runs / secs
 
 
+def client_hello_times() -> tuple[int, float, float]:
+    """A real browser's ClientHello (spec/vectors): its size, µs to read its SNI fed in
+    one piece, and ms fed one byte at a time."""
+    vectors = pathlib.Path(__file__).resolve().parents[1] / "spec/vectors/client_hello.json"
+    captured = json.loads(vectors.read_text())["captured"]
+    hello = bytes.fromhex(next(v for v in captured if "Chromium" in v["name"])["hex"])
+    runs, secs = bounded(lambda: ClientHelloReader().feed(hello), 50_000)
+    bytes_ = [hello[i : i + 1] for i in range(len(hello))]
+
+    def byte_by_byte() -> None:
+        reader = ClientHelloReader()
+        for byte in bytes_:
+            reader.feed(byte)
+
+    slow_runs, slow_secs = bounded(byte_by_byte, 200)
+    return len(hello), secs / runs * 1e6, slow_secs / slow_runs * 1e3
+
+
 def serve_startup(samples: int = 3) -> tuple[float, float, float]:
     """Seconds from exec to 'listening', RSS (MB) once ready, /health p50 (ms)."""
     ready, rss, latencies = [], [], []
@@ -156,6 +177,9 @@ def main() -> None:
         f"{'NodeControl ping/pong round trips (/s)':44} {pings:12.0f} {raw:12.0f} "
         f"{pings / raw:7.2f}  (baseline: msgpack encode+decode only)"
     )
+    size, whole_us, byte_ms = client_hello_times()
+    print(f"\n{f'SNI of a {size}-byte Chromium ClientHello (µs)':44} {whole_us:12.1f}")
+    print(f"{'  the same fed one byte at a time (ms)':44} {byte_ms:12.2f}")
     ready, rss, p50 = serve_startup()
     print(f"\n{'gate serve: exec to listening (s)':44} {ready:12.2f}")
     print(f"{'gate serve: RSS once ready (MB)':44} {rss:12.1f}")

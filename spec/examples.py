@@ -1,7 +1,8 @@
 """One or more example instances of every wire type.
 
 spec/generate.py writes the test vectors in spec/vectors from these, and the protocol
-tests (tests/protocol) check every type against them.
+tests (tests/protocol) check every type against them. The TLS builders at the end make
+the hand-built ClientHellos of client_hello.json (a relay reads their SNI, spec §7.4).
 """
 
 from __future__ import annotations
@@ -56,8 +57,12 @@ __all__ = [
     "OTHER_VALUES",
     "RELAY_PAYLOADS",
     "REPLIES",
+    "client_hello",
     "node_message",
     "relay_message",
+    "server_name_extension",
+    "tls_extension",
+    "tls_records",
 ]
 
 NODE_A: Final = "rabdagg7roz4mcxbih6ebefvnbhpykojhb2yqe6wami4df3x6zqa"
@@ -157,3 +162,62 @@ OTHER_VALUES: Final[list[object]] = [
     TlsProxyHeader(sni=f"{NODE_A}.relay.example", client_addr="203.0.113.9:50000"),
     msgspec.structs.replace(node_message(Pong(nonce=1)), reply_to=4),
 ]
+
+
+# --- TLS ClientHellos, built field by field (RFC 8446 §4.1.2, RFC 6066 §3) --------------
+
+
+def _u8(data: bytes) -> bytes:
+    return len(data).to_bytes(1, "big") + data
+
+
+def _u16(data: bytes) -> bytes:
+    return len(data).to_bytes(2, "big") + data
+
+
+def tls_extension(kind: int, data: bytes) -> bytes:
+    return kind.to_bytes(2, "big") + _u16(data)
+
+
+def server_name_extension(*names: bytes | tuple[int, bytes]) -> bytes:
+    """A server_name extension listing `names`: host_name entries, or (name_type, name)."""
+    entries = b"".join(
+        bytes([entry[0]]) + _u16(entry[1]) if isinstance(entry, tuple) else b"\x00" + _u16(entry)
+        for entry in names
+    )
+    return tls_extension(0, _u16(entries))
+
+
+def client_hello(
+    extensions: list[bytes] | None,
+    *,
+    legacy_version: int = 0x0303,
+    session_id: bytes = bytes(range(32)),
+    cipher_suites: bytes = bytes.fromhex("130113021303"),
+) -> bytes:
+    """A ClientHello handshake message (header included); `extensions` None omits the
+    extensions field entirely, as pre-TLS 1.3 clients may."""
+    body = (
+        legacy_version.to_bytes(2, "big")
+        + bytes(range(0x20, 0x40))  # random
+        + _u8(session_id)
+        + _u16(cipher_suites)
+        + _u8(b"\x00")  # compression methods: null only
+    )
+    if extensions is not None:
+        body += _u16(b"".join(extensions))
+    return b"\x01" + len(body).to_bytes(3, "big") + body
+
+
+def tls_records(handshake: bytes, sizes: list[int] | None = None, version: int = 0x0301) -> bytes:
+    """`handshake` in handshake records, cut after each size in `sizes` (one record when
+    None; the rest goes in the last record)."""
+    pieces, at = [], 0
+    for size in sizes or []:
+        if at + size >= len(handshake):
+            break
+        pieces.append(handshake[at : at + size])
+        at += size
+    pieces.append(handshake[at:])
+    header = b"\x16" + version.to_bytes(2, "big")
+    return b"".join(header + _u16(piece) for piece in pieces)

@@ -24,6 +24,7 @@ if not __package__ or pathlib.Path(gate.__file__).resolve().parent.parent != SPE
     sys.exit(f"run `python -m spec.generate` in {SPEC.parent} (or `make spec`)")
 
 from gate.protocol import (  # noqa: E402
+    DEFAULT_MAX_CLIENT_HELLO,
     HTTP_PROXY,
     NODE_CONTROL,
     RELAY_CONTROL,
@@ -38,11 +39,16 @@ from gate.protocol import (  # noqa: E402
 from gate.protocol.schema import render_schemas  # noqa: E402
 from spec.examples import (  # noqa: E402
     HTTP_FRAMES,
+    NODE_A,
     NODE_PAYLOADS,
     RELAY_PAYLOADS,
     REPLIES,
+    client_hello,
     node_message,
     relay_message,
+    server_name_extension,
+    tls_extension,
+    tls_records,
 )
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -273,6 +279,184 @@ def sequence_vectors() -> dict:
     }
 
 
+CLIENT_HELLO_FILE = SPEC / "vectors" / "client_hello.json"
+
+
+def client_hello_vectors() -> dict:
+    """Hand-built ClientHellos; the `captured` ones (real clients' bytes) are kept from the
+    committed file, since only spec/capture_client_hello.py can make them again."""
+    name = f"{NODE_A}.relay.test"
+    sni = server_name_extension(name.encode())
+    versions = tls_extension(43, bytes.fromhex("0403040303"))  # supported_versions: 1.3, 1.2
+    grease = tls_extension(0x0A0A, b"")
+
+    def hello(*extensions: bytes, **fields) -> bytes:
+        return tls_records(client_hello(list(extensions), **fields))
+
+    def padded_to(total: int) -> bytes:
+        """A ClientHello message of exactly `total` bytes, header included."""
+        short = client_hello([sni, tls_extension(21, b"")])
+        return client_hello([sni, tls_extension(21, bytes(total - len(short)))])
+
+    at_max = padded_to(DEFAULT_MAX_CLIENT_HELLO)
+    one_over = padded_to(DEFAULT_MAX_CLIENT_HELLO + 1)
+    whole = hello(sni)
+    valid = [
+        ("the node's name", hello(grease, sni, versions), name),
+        (
+            "upper case and a trailing dot",
+            hello(server_name_extension(b"A.Relay.TEST.")),
+            "a.relay.test",
+        ),
+        ("one label", hello(server_name_extension(b"localhost")), "localhost"),
+        ("across three records", tls_records(client_hello([sni]), [1, 3, 40]), name),
+        ("record version 3.3", tls_records(client_hello([sni]), version=0x0303), name),
+        ("TLS 1.0 ClientHello", hello(sni, legacy_version=0x0301, session_id=b""), name),
+        (
+            "an unknown name type is skipped",
+            hello(server_name_extension((7, b"?"), name.encode())),
+            name,
+        ),
+        (
+            f"{DEFAULT_MAX_CLIENT_HELLO} bytes: the default maximum",
+            tls_records(at_max, [1 << 14]),
+            name,
+        ),
+    ]
+    incomplete = [
+        ("a record header only", whole[:5]),
+        ("all but the last byte", whole[:-1]),
+        ("the first of two records", tls_records(client_hello([sni]), [50])[:55]),
+    ]
+    ip_literal = ["127.0.0.1", "127.1", "0x7f000001", "1.2.3.4.", "::1", "[::1]", "[2001:db8::1]"]
+    invalid_name = [
+        ("an underscore", b"a_b.relay.test"),
+        ("a leading hyphen", b"-a.relay.test"),
+        ("an empty label", b"a..relay.test"),
+        ("a dot alone", b"."),
+        ("a label of 64", b"a" * 64 + b".relay.test"),
+        ("254 bytes", b"a." * 126 + b"ab"),
+        ("UTF-8", "é.relay.test".encode()),
+        ("a NUL byte", b"a\x00.relay.test"),
+        ("a space", b"a b.relay.test"),
+    ]
+    hello_body = client_hello([sni])
+    ccs = bytes.fromhex("140303000101")
+    invalid = [
+        ("an HTTP request", b"GET / HTTP/1.1\r\nHost: a.relay.test\r\n\r\n", "not_tls"),
+        ("an SSH banner", b"SSH-2.0-OpenSSH_9.6\r\n", "not_tls"),
+        ("a PROXY protocol line", b"PROXY TCP4 192.0.2.1 192.0.2.2 1 443\r\n", "not_tls"),
+        ("an SSLv2-style ClientHello", bytes.fromhex("802e0103010015000000100700c0"), "not_tls"),
+        ("handshake type byte, then not TLS", b"\x16\x01\x00\x00\x01\x01", "not_tls"),
+        ("an alert first", bytes.fromhex("15030300020228"), "not_client_hello"),
+        ("change_cipher_spec first", ccs, "not_client_hello"),
+        ("application data first", bytes.fromhex("170303000300aabb"), "not_client_hello"),
+        ("a ServerHello", tls_records(b"\x02" + hello_body[1:]), "not_client_hello"),
+        ("record version 3.0", tls_records(hello_body, version=0x0300), "malformed"),
+        ("record version 3.4", tls_records(hello_body, version=0x0304), "malformed"),
+        ("an empty record", bytes.fromhex("1603010000") + whole, "malformed"),
+        ("a record over 2^14", bytes.fromhex("160301400101000000"), "malformed"),
+        (
+            "change_cipher_spec between records",
+            tls_records(hello_body[:60]) + ccs + tls_records(hello_body[60:]),
+            "malformed",
+        ),
+        (
+            "bytes after the ClientHello in its record",
+            tls_records(hello_body + b"\x00"),
+            "malformed",
+        ),
+        (
+            "a second record past the ClientHello",
+            tls_records(hello_body[:60]) + tls_records(hello_body[60:] + b"\x00"),
+            "malformed",
+        ),
+        ("ClientHello legacy_version 3.4", hello(sni, legacy_version=0x0304), "malformed"),
+        ("a session id of 33 bytes", hello(sni, session_id=bytes(33)), "malformed"),
+        ("no cipher suites", hello(sni, cipher_suites=b""), "malformed"),
+        ("an odd cipher_suites length", hello(sni, cipher_suites=b"\x13\x01\x13"), "malformed"),
+        ("no compression method", tls_records(_without_compression(hello_body)), "malformed"),
+        (
+            "extensions longer than the message",
+            tls_records(_grow_extensions(hello_body, 1)),
+            "malformed",
+        ),
+        (
+            "extensions shorter than the message",
+            tls_records(_grow_extensions(hello_body, -1)),
+            "malformed",
+        ),
+        ("an extension twice", hello(sni, versions, versions), "malformed"),
+        ("server_name twice", hello(sni, sni), "malformed"),
+        (
+            "two host names",
+            hello(server_name_extension(b"a.relay.test", b"b.relay.test")),
+            "malformed",
+        ),
+        ("an empty host name", hello(server_name_extension(b"")), "malformed"),
+        ("an empty server_name extension", hello(tls_extension(0, b"")), "malformed"),
+        ("an empty server_name_list", hello(tls_extension(0, b"\x00\x00")), "malformed"),
+        ("a handshake of 2^24-1 bytes", tls_records(b"\x01\xff\xff\xff"), "too_large"),
+        (
+            f"{DEFAULT_MAX_CLIENT_HELLO + 1} bytes: one over the default maximum",
+            tls_records(one_over, [1 << 14]),
+            "too_large",
+        ),
+        ("no extensions", tls_records(client_hello(None)), "no_sni"),
+        ("no server_name", hello(grease, versions), "no_sni"),
+        ("only an unknown name type", hello(server_name_extension((7, b"?"))), "no_sni"),
+        *(
+            (f"IP literal {ip}", hello(server_name_extension(ip.encode())), "ip_literal")
+            for ip in ip_literal
+        ),
+        *(
+            (f"host name with {what}", hello(server_name_extension(raw)), "invalid_name")
+            for what, raw in invalid_name
+        ),
+    ]
+    captured = (
+        json.loads(CLIENT_HELLO_FILE.read_text())["captured"] if CLIENT_HELLO_FILE.exists() else []
+    )
+    return {
+        "description": (
+            "TLS ClientHellos as a relay receives them from a client (spec §7.4): feed `hex` in "
+            f"any split to a reader bounded at {DEFAULT_MAX_CLIENT_HELLO} bytes of handshake. "
+            "`captured` and `valid` give `server_name` (lower case, no trailing dot); "
+            "`incomplete` asks for more bytes; `invalid` is refused with `reason`."
+        ),
+        "max_size": DEFAULT_MAX_CLIENT_HELLO,
+        "captured": captured,
+        "valid": [{"name": n, "hex": h.hex(), "server_name": sn} for n, h, sn in valid],
+        "incomplete": [{"name": n, "hex": h.hex()} for n, h in incomplete],
+        "invalid": [{"name": n, "hex": h.hex(), "reason": r} for n, h, r in invalid],
+    }
+
+
+def _extensions_at(message: bytes) -> int:
+    """Where the extensions length of `message` (a handshake message) starts."""
+    at = 4 + 2 + 32
+    at += 1 + message[at]  # session id
+    at += 2 + int.from_bytes(message[at : at + 2], "big")  # cipher suites
+    return at + 1 + message[at]  # compression methods
+
+
+def _rebuilt(body: bytes) -> bytes:
+    return b"\x01" + len(body).to_bytes(3, "big") + body
+
+
+def _without_compression(message: bytes) -> bytes:
+    """`message` with an empty compression_methods vector."""
+    at = _extensions_at(message) - 2  # the one method, and the length before it
+    return _rebuilt(message[4:at] + b"\x00" + message[at + 2 :])
+
+
+def _grow_extensions(message: bytes, delta: int) -> bytes:
+    """`message` with its extensions length off by `delta`."""
+    at = _extensions_at(message)
+    length = int.from_bytes(message[at : at + 2], "big") + delta
+    return _rebuilt(message[4:at] + length.to_bytes(2, "big") + message[at + 2 :])
+
+
 def all_vectors() -> dict[str, dict]:
     node = {
         k: node_message(v, id=n, reply_to=n - 1 if k in REPLIES else None)
@@ -371,6 +555,7 @@ def all_vectors() -> dict[str, dict]:
         "relay_control.json": relay_vectors,
         "http_proxy.json": http_vectors,
         "sequences.json": sequence_vectors(),
+        "client_hello.json": client_hello_vectors(),
     }
 
 

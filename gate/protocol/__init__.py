@@ -15,11 +15,17 @@ from gate.protocol.channel import (
     negotiate_version,
 )
 from gate.protocol.errors import (
+    ClientHelloTooLargeError,
     ErrorCode,
     GateError,
     LocalProtocolError,
+    MalformedClientHelloError,
+    NoServerNameError,
+    NotClientHelloError,
+    NotTlsError,
     ProtocolError,
     RemoteProtocolError,
+    SniError,
 )
 from gate.protocol.framing import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -74,8 +80,10 @@ from gate.protocol.proxy import (
     StreamError,
     TlsProxyHeader,
 )
+from gate.protocol.sni import DEFAULT_MAX_CLIENT_HELLO, ClientHelloReader
 
 __all__ = [
+    "DEFAULT_MAX_CLIENT_HELLO",
     "DEFAULT_MAX_FRAME_SIZE",
     "EOF",
     "HTTP_PROXY",
@@ -93,6 +101,8 @@ __all__ = [
     "CapabilityResponse",
     "Channel",
     "ChannelSpec",
+    "ClientHelloReader",
+    "ClientHelloTooLargeError",
     "Connected",
     "Connecting",
     "ConnectionStatus",
@@ -110,12 +120,16 @@ __all__ = [
     "HandshakeResponse",
     "HttpFrame",
     "LocalProtocolError",
+    "MalformedClientHelloError",
     "ModelInfo",
+    "NoServerNameError",
     "NodeError",
     "NodeId",
     "NodeIdStr",
     "NodeMessage",
     "NodePayload",
+    "NotClientHelloError",
+    "NotTlsError",
     "PeerInfo",
     "Ping",
     "Pong",
@@ -130,6 +144,7 @@ __all__ = [
     "ResponseHead",
     "Role",
     "Sentinel",
+    "SniError",
     "StreamError",
     "StreamType",
     "TlsProxyHeader",

@@ -48,6 +48,7 @@ def test_public_names_are_exported_on_purpose():
         "node_id",
         "proxy",
         "schema",
+        "sni",
     }
     for name in exported:
         assert getattr(gate.protocol, name) is not None

@@ -13,6 +13,7 @@ from gate.protocol import (
     NODE_CONTROL,
     RELAY_CONTROL,
     Channel,
+    ClientHelloReader,
     ErrorCode,
     FrameDecoder,
     HttpFrame,
@@ -22,6 +23,7 @@ from gate.protocol import (
     RelayMessage,
     RemoteProtocolError,
     Role,
+    SniError,
 )
 from gate.protocol.framing import FRAME_HEADER_SIZE
 
@@ -43,7 +45,13 @@ def cases(filename, key):
 
 
 def test_every_vector_file_is_replayed():
-    expected = {*MESSAGE_FILES, "preamble.json", "frames.json", "sequences.json"}
+    expected = {
+        *MESSAGE_FILES,
+        "preamble.json",
+        "frames.json",
+        "sequences.json",
+        "client_hello.json",
+    }
     assert {p.name for p in VECTORS.glob("*.json")} == expected
 
 
@@ -140,3 +148,38 @@ def test_sequences(vector):
             return
         assert not failing, f"step {index} was accepted but should fail with {outcome['error']}"
     assert outcome["ok"]
+
+
+HELLOS = load("client_hello.json")
+
+
+@pytest.mark.parametrize(
+    "vector", cases("client_hello.json", "captured") + cases("client_hello.json", "valid")
+)
+def test_client_hello_valid(vector):
+    wire = bytes.fromhex(vector["hex"])
+    assert ClientHelloReader(HELLOS["max_size"]).feed(wire) == vector["server_name"]
+    reader = ClientHelloReader(HELLOS["max_size"])  # byte at a time: the name comes last
+    assert [reader.feed(wire[i : i + 1]) for i in range(len(wire))][-2:] == [
+        None,
+        vector["server_name"],
+    ]
+
+
+@pytest.mark.parametrize("vector", cases("client_hello.json", "incomplete"))
+def test_client_hello_incomplete(vector):
+    reader = ClientHelloReader(HELLOS["max_size"])
+    wire = bytes.fromhex(vector["hex"])
+    assert {reader.feed(wire[i : i + 1]) for i in range(len(wire))} == {None}
+
+
+@pytest.mark.parametrize("vector", cases("client_hello.json", "invalid"))
+def test_client_hello_invalid(vector):
+    wire = bytes.fromhex(vector["hex"])
+    with pytest.raises(SniError) as whole:
+        ClientHelloReader(HELLOS["max_size"]).feed(wire)
+    reader = ClientHelloReader(HELLOS["max_size"])
+    with pytest.raises(SniError) as piecewise:
+        for i in range(len(wire)):
+            reader.feed(wire[i : i + 1])
+    assert whole.value.reason == piecewise.value.reason == vector["reason"]
