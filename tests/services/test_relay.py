@@ -4,8 +4,11 @@ The whole path, with real processes, is tests/e2e/test_relay.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import ssl
 
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -14,21 +17,28 @@ from gate.config import load_config
 from gate.errors import ConfigError
 from gate.identity import NodeIdentity
 from gate.protocol import (
+    NEED_DATA,
     ActivateDomain,
     ActivationResponse,
     DnsChallenge,
     DomainRequest,
     DomainResponse,
     ErrorCode,
+    FrameDecoder,
     NodeId,
+    PreambleReader,
     RelayError,
+    StreamError,
+    StreamType,
+    TlsProxyHeader,
+    encode_frame,
 )
-from gate.relay_config import load_relay_config
+from gate.relay_config import RelayServerConfig, load_relay_config
 from gate.services.http.router import Door, with_door
 from gate.services.http.server import build_app
 from gate.services.p2p.dispatch import Opener, StreamDispatch
 from gate.services.relay.control import RelayControlServer
-from gate.services.relay.front import node_of_name
+from gate.services.relay.front import UNRECOGNIZED_NAME_ALERT, TlsFront, node_of_name
 from gate.services.relay.registry import NameRegistry
 from gate.services.relay.splice import splice
 
@@ -223,3 +233,114 @@ async def test_the_relay_door_is_the_api_behind_a_key_always(gateway):  # noqa: 
     for path in ("/rpc", "/rpc/events", "/", "/ui/", "/metrics"):
         assert (await call(door, path))[0] == 404, path
     assert await call(door, "/health") == (200, b'{"status":"ok"}')
+
+
+# --- the TCP front -----------------------------------------------------------------------
+
+
+def client_hello(name: str) -> bytes:
+    """A real ClientHello for `name`, from Python's own TLS client."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname=name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+class FakeConnection:
+    """Stands in for the node's iroh connection (the e2e test has the real one): each
+    stream the relay opens is one end of an in-memory pair; the test holds the other."""
+
+    def __init__(self) -> None:
+        self.node_ends: trio.MemorySendChannel
+        self.node_ends, self.opened = trio.open_memory_channel(10)
+        self.is_closed = False
+
+    async def open_stream(self):
+        relay_end, node_end = trio.testing.memory_stream_pair()
+        await self.node_ends.send(node_end)
+        return relay_end
+
+
+async def front_with_node(tmp_path, node: NodeId):
+    registry = NameRegistry.open(tmp_path / "relay.db")
+    await registry.activate(node, f"{node}.{DOMAIN}")
+    conn = FakeConnection()
+    config = RelayServerConfig(domain=DOMAIN, listen="127.0.0.1:0", hello_timeout=5)
+    return TlsFront(config, registry, lambda n: conn if n == node else None), conn
+
+
+async def node_reads_header(node_end) -> tuple[TlsProxyHeader, bytes]:
+    reader = PreambleReader()
+    while (preamble := reader.receive_data(await node_end.receive_some(65536))) is NEED_DATA:
+        pass
+    assert preamble.stream_type is StreamType.TLS_PROXY
+    decoder = FrameDecoder()
+    decoder.receive_data(reader.trailing_data)
+    while (frame := decoder.next_frame()) is NEED_DATA:
+        decoder.receive_data(await node_end.receive_some(65536))
+    return msgspec.msgpack.decode(frame, type=TlsProxyHeader), decoder.take_remaining()
+
+
+async def test_the_relay_forwards_exactly_the_bytes_it_received_both_ways(tmp_path):
+    node = new_node()
+    front, conn = await front_with_node(tmp_path, node)
+    hello = client_hello(f"{node}.{DOMAIN}")
+    after = bytes(range(256)) * 40  # what the client sends next, whatever it is
+    answer = b"\x16\x03\x03" + bytes(range(200)) * 50
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(front.serve)
+        host, port = addresses[0].rsplit(":", 1)
+        with trio.fail_after(10):
+            client = await trio.open_tcp_stream(host, int(port))
+            # The ClientHello in pieces, as TCP may deliver it.
+            for i in range(0, len(hello), 100):
+                await client.send_all(hello[i : i + 100])
+            node_end = await conn.opened.receive()
+            header, received = await node_reads_header(node_end)
+            assert header.sni == f"{node}.{DOMAIN}" and header.client_addr.startswith("127.0.0.1:")
+            while len(received) < len(hello):
+                received += await node_end.receive_some(65536)
+            assert received == hello
+            await node_end.send_all(answer)
+            got = b""
+            while len(got) < len(answer):
+                got += await client.receive_some(65536)
+            assert got == answer
+            await client.send_all(after)
+            received = b""
+            while len(received) < len(after):
+                received += await node_end.receive_some(65536)
+            assert received == after
+            await client.send_eof()
+            assert await node_end.receive_some(10) == b""  # the half-close, passed on
+            await node_end.aclose()
+            assert await client.receive_some(10) == b""
+            await client.aclose()
+            await trio.testing.wait_all_tasks_blocked()  # the splice returned and counted
+            assert front.open_connections == 0
+        nursery.cancel_scope.cancel()
+    assert front.outcomes["routed"] == 1
+    assert front.bytes_in == len(hello) + len(after) and front.bytes_out == len(answer)
+
+
+async def test_a_node_that_refuses_the_stream_gets_the_client_an_alert(tmp_path):
+    node = new_node()
+    front, conn = await front_with_node(tmp_path, node)
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(front.serve)
+        host, port = addresses[0].rsplit(":", 1)
+        with trio.fail_after(10):
+            client = await trio.open_tcp_stream(host, int(port))
+            await client.send_all(client_hello(f"{node}.{DOMAIN}"))
+            node_end = await conn.opened.receive()
+            await node_reads_header(node_end)
+            refusal = msgspec.msgpack.encode(StreamError(code=ErrorCode.UNAUTHORIZED))
+            await node_end.send_all(encode_frame(refusal))
+            got = b""
+            while chunk := await client.receive_some(100):
+                got += chunk
+            await client.aclose()
+        nursery.cancel_scope.cancel()
+    assert got == UNRECOGNIZED_NAME_ALERT  # no byte of the node's frame reaches the client
+    assert front.outcomes == {"node_refused": 1}

@@ -325,9 +325,10 @@ class Gateway:
         """The client's identity: its API key id, or its address when keys are optional.
 
         A request from a trusted peer (its stream was authorized by node id) is that peer.
-        Through a relay (`Door.RELAY`) a key is always required. A Gate key (`gk_...`) that is wrong or revoked is refused (401) even when keys
-        are optional: its sender means to be that key's client and should hear that it
-        is not. Any other value (the "unused" an SDK needs) is no key at all.
+        Through a relay (`Door.RELAY`) a key is always required. A Gate key (`gk_...`)
+        that is wrong or revoked is refused (401) even when keys are optional: its sender
+        means to be that key's client and should hear that it is not. Any other value (the
+        "unused" an SDK needs) is no key at all.
         """
         extensions = scope.get("extensions", {})
         peer = extensions.get("gate.peer")

@@ -7,7 +7,9 @@
    name, or one with no connection to this relay now: the client gets a TLS
    `unrecognized_name` alert and the connection is closed, counted by reason.
 3. Open a tls_proxy stream on the node's connection: the preamble, a TlsProxyHeader
-   (sni, client_addr), then exactly the bytes read so far, then `splice` both ways.
+   (sni, client_addr), then exactly the bytes read so far. The node's first bytes are
+   its TLS answer, or a bare error frame if it refused the stream (§3.5): then the
+   client gets the alert too. Then `splice` both ways.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from gate.protocol.errors import SniError
 from gate.protocol.sni import ClientHelloReader
 from gate.relay_config import RelayServerConfig
 from gate.services.relay.registry import NameRegistry
-from gate.services.relay.splice import splice
+from gate.services.relay.splice import abort, splice
 from gate.services.transport.quic import Connection, TransportError
 
 __all__ = ["TlsFront", "node_of_name"]
@@ -63,7 +65,7 @@ class TlsFront:
         self.registry = registry
         self._connection_to = connection_to
         # Connections by outcome: routed, bad_client_hello, hello_timeout, unknown_name,
-        # not_activated, node_unreachable.
+        # not_activated, node_unreachable, node_refused.
         self.outcomes: collections.Counter[str] = collections.Counter()
         self.open_connections = 0
         self.bytes_in = 0  # client -> node
@@ -142,8 +144,25 @@ class TlsFront:
             self._refuse("node_unreachable", client_addr, sni=name, error=str(exc))
             await _send_alert(client)
             return
-        self.outcomes["routed"] += 1
         self.bytes_in += len(reader.received)
+        # The node's first bytes: a TLS record (its ServerHello), or a bare error frame
+        # if it refused the stream (spec §3.5: a frame starts with 00, a record never).
+        first = b""
+        with trio.move_on_after(self.config.idle_timeout):
+            with contextlib.suppress(TransportError, trio.BrokenResourceError):
+                first = await stream.receive_some(_READ)
+        if not first or first[0] == 0:
+            self._refuse("node_refused", client_addr, sni=name)
+            await abort(stream)
+            await _send_alert(client)
+            return
+        self.outcomes["routed"] += 1
+        try:
+            await client.send_all(first)
+        except (trio.BrokenResourceError, OSError):
+            await abort(stream)
+            return
+        self.bytes_out += len(first)
         result = await splice(client, stream, idle_timeout=self.config.idle_timeout)
         self.bytes_in += result.a_to_b
         self.bytes_out += result.b_to_a
