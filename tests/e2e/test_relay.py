@@ -121,6 +121,7 @@ class RelayedHTTPS(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         sock = socket.create_connection(self._relay, timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as browsers do
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
@@ -286,3 +287,13 @@ def test_another_node_cannot_take_the_name(relay_and_node):
     # Nothing changed: the name still leads to the node, and its answer is the node's.
     status, body = _get(node_id, relay_port, context, "/v1/models", key)
     assert status == 200, body
+
+
+def test_connections_one_after_another_beyond_the_nodes_stream_limit(relay_and_node):
+    """Each browser connection is one QUIC stream the relay opens to the node, and the
+    node lets a relay have ~100 open at once: a connection that ended must give its
+    stream back at once (it once waited for hypercorn's 75 s keep-alive)."""
+    _, relay_port, _, node_id, key, context, _ = relay_and_node
+    for i in range(150):
+        answer = _get(node_id, relay_port, context, "/health", key)
+        assert answer == (200, b'{"status":"ok"}'), f"connection {i}: {answer}"

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from gate.config import load_config
+from gate.config import TlsConfig, load_config
 from gate.errors import ConfigError
 from gate.identity import NodeIdentity
 from gate.protocol import (
@@ -34,9 +34,11 @@ from gate.protocol import (
     encode_frame,
 )
 from gate.relay_config import RelayServerConfig, load_relay_config
-from gate.services.http.router import Door, with_door
+from gate.services.http.router import Door, send_json, with_door
 from gate.services.http.server import build_app
-from gate.services.p2p.dispatch import Opener, StreamDispatch
+from gate.services.http.tls import NodeCertificate
+from gate.services.p2p.dispatch import IncomingStream, Opener, StreamDispatch
+from gate.services.p2p.tls_proxy import TlsDoor
 from gate.services.relay.control import RelayControlServer
 from gate.services.relay.front import UNRECOGNIZED_NAME_ALERT, TlsFront, node_of_name
 from gate.services.relay.registry import NameRegistry
@@ -344,3 +346,50 @@ async def test_a_node_that_refuses_the_stream_gets_the_client_an_alert(tmp_path)
         nursery.cancel_scope.cancel()
     assert got == UNRECOGNIZED_NAME_ALERT  # no byte of the node's frame reaches the client
     assert front.outcomes == {"node_refused": 1}
+
+
+# --- the node's end of a tls_proxy stream ------------------------------------------------
+
+
+@pytest.mark.parametrize("header_with_preamble", [True, False])
+async def test_the_tls_door_serves_one_connection_and_lets_go_at_its_end(
+    tmp_path, header_with_preamble
+):
+    """The header may come in the read that held the preamble or later (then the
+    dispatch hands on no bytes at all); and once the client's input ends the stream is
+    let go at once, not after hypercorn's keep-alive wait: each open one holds one of
+    the ~100 streams a relay may have open to the node."""
+    certificate = NodeCertificate(TlsConfig(), tmp_path)
+    certificate.cover([f"n.{DOMAIN}"])
+
+    async def app(scope, receive, send):
+        await send_json(send, 200, {"client": scope["client"][0]})
+
+    door = TlsDoor(certificate, lambda: app)
+    relay_end, node_end = trio.testing.memory_stream_pair()
+    header = encode_frame(
+        msgspec.msgpack.encode(TlsProxyHeader(sni=f"n.{DOMAIN}", client_addr="203.0.113.9:4444"))
+    )
+    trailing = header if header_with_preamble else b""
+    incoming = IncomingStream(None, new_node(), node_end, trailing)  # type: ignore[arg-type]
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # self-signed
+    async with trio.open_nursery() as nursery:
+        served = trio.Event()
+
+        async def serve() -> None:
+            await door.serve(incoming)
+            served.set()
+
+        nursery.start_soon(serve)
+        with trio.fail_after(5):
+            if not header_with_preamble:
+                await relay_end.send_all(header)
+            tls = trio.SSLStream(relay_end, context, server_hostname=f"n.{DOMAIN}")
+            await tls.send_all(b"GET /h HTTP/1.1\r\nHost: n\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"}"):
+                answer += await tls.receive_some(65536)
+            assert answer.startswith(b"HTTP/1.1 200") and b'{"client":"203.0.113.9"}' in answer
+            await relay_end.send_eof()  # the browser closed its connection
+            await served.wait()

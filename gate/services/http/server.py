@@ -238,6 +238,7 @@ class _StreamConnection(_Connection):
     def __init__(self, *args: Any, sends: set[trio.CancelScope], client: tuple[str, int]) -> None:
         super().__init__(*args, sends=sends)
         self._client = client
+        self._input_ended = False
 
     async def run(self) -> None:
         try:
@@ -271,6 +272,19 @@ class _StreamConnection(_Connection):
             pass
         finally:
             await self._close()
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # The client's input ended. hypercorn's keep-alive wait (restarted whenever a
+        # response ends, which may be after this) would hold the stream open for
+        # keep_alive_timeout more: a relay's stream, and the QUIC stream credit it
+        # takes, must go now (each open one holds one of the ~100 a relay may open).
+        self._input_ended = True
+        await self.idle_task.stop()
+
+    async def _idle_timeout(self) -> None:
+        if not self._input_ended:
+            await super()._idle_timeout()
 
 
 _STREAM_CONFIG: Final = hypercorn_config("127.0.0.1:0", 1)

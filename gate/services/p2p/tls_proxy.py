@@ -69,7 +69,8 @@ class TlsDoor:
     async def serve(self, incoming: IncomingStream) -> None:
         stream = incoming.stream
         decoder = FrameDecoder()
-        decoder.receive_data(incoming.trailing)
+        if incoming.trailing:  # b"" would tell the decoder the stream has ended
+            decoder.receive_data(incoming.trailing)
         try:
             with trio.fail_after(_HEADER_TIMEOUT):
                 frame = await receive_event(stream, decoder)
