@@ -48,6 +48,7 @@ import time
 import tomllib
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
@@ -63,13 +64,16 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Config",
+    "ConfigSchema",
     "DatabaseConfig",
+    "FieldError",
     "P2PConfig",
     "ProviderConfig",
     "ProvidersConfig",
     "RelayConfig",
     "SecurityConfig",
     "ServerConfig",
+    "TlsConfig",
     "WebConfig",
     "check_exposure",
     "config_to_dict",
@@ -79,6 +83,8 @@ __all__ = [
     "is_http_url",
     "is_loopback",
     "load_config",
+    "load_layers",
+    "one_of",
     "parse_bind",
     "remove_stale_temp_files",
     "validate_config_file",
@@ -125,6 +131,11 @@ class _FieldError(ValueError):
 def _one_of(field: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise _FieldError(field, f"must be one of {', '.join(choices)}; got {value!r}")
+
+
+# For other config files decoded by the same rules (gate.relay_config).
+FieldError = _FieldError
+one_of = _one_of
 
 
 def _masked_repr(obj: msgspec.Struct, secrets: tuple[str, ...]) -> str:
@@ -240,6 +251,18 @@ class RelayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     domain: str = ""
 
 
+class TlsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The certificate the node's relay door presents (PEM files). Empty: a self-signed
+    one for the node's relay names, made in the data dir."""
+
+    cert_file: str = ""
+    key_file: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise _FieldError("cert_file", "cert_file and key_file go together")
+
+
 class SecurityConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     require_api_keys: bool = False
     control_token: str = ""
@@ -269,6 +292,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     p2p: P2PConfig = msgspec.field(default_factory=P2PConfig)
     providers: ProvidersConfig = msgspec.field(default_factory=ProvidersConfig)
     relay: RelayConfig = msgspec.field(default_factory=RelayConfig)
+    tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
     web: WebConfig = msgspec.field(default_factory=WebConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
@@ -351,20 +375,41 @@ def load_config(
     return _resolve({} if data is None else data, env, str(file)), used
 
 
-def _resolve(data: dict[str, Any], env: Mapping[str, str], name: str) -> Config:
+def load_layers(
+    schema: ConfigSchema, file: Path, env: Mapping[str, str], *, missing_ok: bool
+) -> Any:
+    """Defaults, then `file` (strictly; a missing one counts as none with `missing_ok`),
+    then the environment, decoded into `schema.root`: any config file of Gate's."""
+    data = _read_toml(file, missing_ok=missing_ok)
+    return _layered(schema, {} if data is None else data, env, str(file))[0]
+
+
+def _layered(
+    schema: ConfigSchema, data: dict[str, Any], env: Mapping[str, str], name: str
+) -> tuple[Any, dict[tuple[str, ...], str]]:
     """The file's table (named `name` in errors) decoded strictly on its own, then with the
-    environment on top: the config as a node runs with it. `data` is left as it was."""
+    environment on top; and which variable set which key. `data` is left as it was."""
     data = copy.deepcopy(data)  # renaming and the overlay write into nested tables
-    spelled = _rename_file_keys(data, name)
-    config = _decode(data, strict=True, source=lambda _: name, spelled=spelled)
-    env_sources = _overlay_env(data, env, spelled)
+    spelled = _rename_file_keys(data, name) if schema is GATE_SCHEMA else {}
+    root = schema.root
+    config = _decode(data, strict=True, source=lambda _: name, spelled=spelled, root=root)
+    env_sources = _overlay_env(data, env, spelled, schema)
     if env_sources:
         config = _decode(
             data,
             strict=False,
             source=lambda key: _env_source(key, env_sources),
             spelled=spelled,
+            root=root,
         )
+    return config, env_sources
+
+
+def _resolve(data: dict[str, Any], env: Mapping[str, str], name: str) -> Config:
+    """The file's table (named `name` in errors) decoded strictly on its own, then with the
+    environment on top: the config as a node runs with it. `data` is left as it was."""
+    config, env_sources = _layered(GATE_SCHEMA, data, env, name)
+    assert isinstance(config, Config)
     exposure_keys = [("server", "bind"), ("security", "require_api_keys")]
     _check_whole(config, next((env_sources[k] for k in exposure_keys if k in env_sources), name))
     return config
@@ -375,6 +420,7 @@ def _decode_file(data: dict[str, Any], name: str) -> Config:
     data = copy.deepcopy(data)
     spelled = _rename_file_keys(data, name)
     config = _decode(data, strict=True, source=lambda _: name, spelled=spelled)
+    assert isinstance(config, Config)
     _check_whole(config, name)
     return config
 
@@ -516,11 +562,12 @@ def _decode(
     strict: bool,
     source: typing.Callable[[_Key], str],
     spelled: _Spelled | None = None,
-) -> Config:
+    root: type[Any] = Config,
+) -> Any:
     try:
-        return msgspec.convert(data, Config, strict=strict)
+        return msgspec.convert(data, root, strict=strict)
     except msgspec.ValidationError as exc:
-        key, problem = _explain(exc)
+        key, problem = _explain(exc, root)
         shown = key
         if spelled and len(key) >= 2 and (head := (str(key[0]), str(key[1]))) in spelled:
             shown = (*spelled[head], *key[2:])  # by the name it was given
@@ -533,7 +580,7 @@ def _dotted(key: _Key) -> str:
     return "".join(parts).lstrip(".") or "(top level)"
 
 
-def _explain(exc: msgspec.ValidationError) -> tuple[_Key, str]:
+def _explain(exc: msgspec.ValidationError, root: type[Any] = Config) -> tuple[_Key, str]:
     """Turn msgspec's "Expected `int` - at `$.server.port`" into a key path and a problem."""
     problem, sep, where = str(exc).rpartition(" - at `")
     if not sep:
@@ -546,20 +593,20 @@ def _explain(exc: msgspec.ValidationError) -> tuple[_Key, str]:
     if m := _FIELD_NAMED.fullmatch(problem):
         if m[1] == "missing required":
             return (*key, m[2]), "required key is missing"
-        valid = ", ".join(_struct_keys(tuple(key)))
+        valid = ", ".join(_struct_keys(tuple(key), root))
         return (*key, m[2]), f"unknown key (valid keys: {valid})"
     return tuple(key), problem.replace("`", "")
 
 
-def _struct_keys(key: _Key) -> list[str]:
+def _struct_keys(key: _Key, root: type[Any] = Config) -> list[str]:
     """The field names of the struct at ``key``, to suggest the right spelling of a typo."""
-    tp = _type_at(key)
+    tp = _type_at(key, root)
     return [f.name for f in msgspec.structs.fields(tp)] if _is_struct(tp) else []
 
 
-def _type_at(key: _Key) -> Any:
-    """The type of the value at ``key`` in a Config (constraints stripped), or None."""
-    tp: Any = Config
+def _type_at(key: _Key, root: type[Any] = Config) -> Any:
+    """The type of the value at ``key`` in a `root` (constraints stripped), or None."""
+    tp: Any = root
     for part in key:
         if _is_struct(tp):
             tp = {f.name: f.type for f in msgspec.structs.fields(tp)}.get(str(part))
@@ -574,37 +621,67 @@ def _is_struct(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
 
 
-def _takes_json(key: tuple[str, ...]) -> bool:
+def _takes_json(key: tuple[str, ...], root: type[Any] = Config) -> bool:
     """Whether an env value for ``key`` may be JSON: only a list's or a table's, so that a
     string may start with ``[`` (``GATE_SERVER__BIND=[::1]:8080``)."""
-    tp = _type_at(key)
+    tp = _type_at(key, root)
     return typing.get_origin(tp) in (list, dict) or _is_struct(tp)
 
 
+@dataclass(frozen=True)
+class ConfigSchema:
+    """What a config file decodes to and how the environment names its keys: gate.toml's
+    (`GATE_SCHEMA`: ``GATE_<SECTION>__<KEY>``) or another file read by the same rules
+    (the relay's: flat keys, ``<env_prefix><KEY>``)."""
+
+    root: type[Any]
+    env_prefix: str
+    sectioned: bool  # keys are section.key; else the root's own fields
+    shortcuts: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def named(self, env: Mapping[str, str]) -> list[tuple[str, tuple[str, ...]]]:
+        """(variable, key) for each variable of this schema in `env`, sorted, so GATE_X__Y
+        is applied before GATE_X__Y__Z and the deeper one lands inside."""
+        prefix = self.env_prefix
+        return [
+            (var, tuple(var[len(prefix) :].lower().split("__")))
+            for var in sorted(env)
+            if var.startswith(prefix) and (not self.sectioned or "__" in var)
+        ]
+
+
+GATE_SCHEMA: Final = ConfigSchema(
+    Config,
+    "GATE_",
+    sectioned=True,
+    shortcuts=(("GATE_LOG", ("server", "log_level")), ("DATABASE_URL", ("database", "url"))),
+)
+
+
 def _overlay_env(
-    data: dict[str, Any], env: Mapping[str, str], spelled: _Spelled
+    data: dict[str, Any],
+    env: Mapping[str, str],
+    spelled: _Spelled,
+    schema: ConfigSchema = GATE_SCHEMA,
 ) -> dict[tuple[str, ...], str]:
     """Apply the environment to ``data`` in place; returns which variable set which key.
     Old names are given their new ones (`spelled` says which)."""
     sources: dict[tuple[str, ...], str] = {}
-    sections = _struct_keys(())
-    shortcuts = [("GATE_LOG", ("server", "log_level")), ("DATABASE_URL", ("database", "url"))]
-    # Sorted, so GATE_X__Y is applied before GATE_X__Y__Z and the deeper one lands inside.
-    named = [
-        (var, tuple(var[5:].lower().split("__")))
-        for var in sorted(env)
-        if var.startswith("GATE_") and "__" in var
-    ]
-    named = _rename_env_keys(named, spelled)
-    for var, key in [(v, k) for v, k in shortcuts if env.get(v)] + named:
+    root = schema.root
+    sections = _struct_keys((), root)
+    what = "section" if schema.sectioned else "key"
+    named = _rename_env_keys(schema.named(env), spelled)
+    for var, key in [(v, k) for v, k in schema.shortcuts if env.get(v)] + named:
         if "" in key:
-            raise ConfigError(f"{var}: malformed name; expected GATE_<SECTION>__<KEY>")
+            raise ConfigError(
+                f"{var}: malformed name; expected {schema.env_prefix}<SECTION>__<KEY>"
+            )
         if key[0] not in sections:
             raise ConfigError(
-                f"{var}: unknown section {key[0]!r} (valid sections: {', '.join(sections)})"
+                f"{var}: unknown {what} {key[0]!r} (valid {what}s: {', '.join(sections)})"
             )
         value: Any = env[var]
-        if _takes_json(key) and value.lstrip().startswith(("[", "{")):
+        if _takes_json(key, root) and value.lstrip().startswith(("[", "{")):
             try:
                 value = msgspec.json.decode(value)
             except msgspec.DecodeError as exc:

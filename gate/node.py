@@ -49,9 +49,12 @@ from gate.services.engines.client import UpstreamClient
 from gate.services.engines.registry import Provider, ProviderRegistry, discover_engines
 from gate.services.gateway.metrics import Metrics
 from gate.services.gateway.pipeline import Gateway
-from gate.services.http.router import Door
+from gate.services.http.router import Door, with_door
 from gate.services.http.server import build_app, serve_http
+from gate.services.http.tls import NodeCertificate
+from gate.services.p2p.relay_client import RelayClient
 from gate.services.p2p.service import P2PService
+from gate.services.p2p.tls_proxy import TlsDoor
 from gate.services.store.apikeys import ApiKeyInfo, ApiKeys
 from gate.services.store.database import Store, open_store
 from gate.services.store.usage import UsageRecord, UsageRecorder, query_usage
@@ -93,6 +96,16 @@ class Node:
         self.usage = UsageRecorder()
         self.registry = ProviderRegistry(config.providers, self.client)
         self.gateway: Gateway | None = None
+        # The relay door: relays this node registers with pass browsers' TLS to it
+        # (gate.services.p2p.relay_client, tls_proxy); it needs P2P.
+        self.relay_client = self._relay_client(config) if config.p2p.enabled else None
+        self.relay_app = build_app(node_id=str(self.node_id), door=Door.RELAY)
+        relay_door = with_door(self.relay_app, Door.RELAY)
+        tls_door = (
+            TlsDoor(self.relay_client.certificate, lambda: relay_door)
+            if self.relay_client is not None
+            else None
+        )
         self.p2p = (
             P2PService(
                 config.p2p,
@@ -101,6 +114,8 @@ class Node:
                 app=lambda: self.peer_app,
                 local_capabilities=self.local_capabilities,
                 events=self.events,
+                relay=self.relay_client,
+                tls=tls_door.serve if tls_door is not None else None,
             )
             if config.p2p.enabled
             else None
@@ -125,6 +140,17 @@ class Node:
         self._supervisor: Supervisor | None = None
         self.restart_requested = False
         self.api_keys: ApiKeys | None = None
+
+    def _relay_client(self, config: Config) -> RelayClient | None:
+        if not (config.relay.enabled and config.relay.servers):
+            return None
+        try:
+            certificate = NodeCertificate(config.tls, config.data_dir)
+            return RelayClient(config.relay.servers, self.node_id, certificate)
+        except ValueError as exc:  # a relay entry that is not NODE_ID[@host:port]
+            raise ConfigError(f"relay.servers: {exc}") from None
+        except OSError as exc:  # ssl.SSLError too: unreadable or mismatched PEM files
+            raise ConfigError(f"tls: cannot load {config.tls.cert_file}: {exc}") from None
 
     def _peer_infos(self) -> list[PeerInfo]:
         return [peer.info() for peer in self.p2p.peers.values()] if self.p2p else []
@@ -358,6 +384,7 @@ class Node:
             events=self.events,
         )
         self.gateway.install(self.peer_app, door=Door.PEER)
+        self.gateway.install(self.relay_app, door=Door.RELAY)
         self.gateway.install(app)
         rpc = RpcService(self)
         app.add("POST", "/rpc", rpc)

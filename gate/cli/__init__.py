@@ -61,7 +61,17 @@ def main() -> None:
 
 
 def _register() -> None:
-    from gate.cli import config, conformance, daemon, identity, keys, peers, providers, wizard
+    from gate.cli import (
+        config,
+        conformance,
+        daemon,
+        identity,
+        keys,
+        peers,
+        providers,
+        relay,
+        wizard,
+    )
 
     main.add_command(daemon.serve)
     main.add_command(daemon.serve_alias, name="daemon")
@@ -75,6 +85,7 @@ def _register() -> None:
     main.add_command(keys.keys_group)
     main.add_command(providers.providers_group)
     main.add_command(conformance.conformance)
+    main.add_command(relay.relay_group)
 
 
 _register()

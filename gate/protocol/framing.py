@@ -193,6 +193,15 @@ class FrameDecoder:
             return EOF
         return NEED_DATA
 
+    def take_remaining(self) -> bytes:
+        """Every byte received and not yet returned as a frame, now the caller's: for a
+        stream whose framed part ends early (tls_proxy: one header frame, then raw bytes,
+        spec §3.4, §7.4)."""
+        rest = bytes(self._buf[self._pos :])
+        self._buf.clear()
+        self._pos = 0
+        return rest
+
     def _compact(self) -> None:
         if self._pos > 65536 and self._pos * 2 > len(self._buf):
             del self._buf[: self._pos]

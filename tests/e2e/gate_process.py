@@ -35,14 +35,20 @@ class GateServe:
         bind: str = "127.0.0.1:0",
         config: str | None = None,
         command: list[str] = GATE,
+        serve: tuple[str, ...] | None = None,
+        ready: str = r"listening on (http://\S+)",
     ) -> None:
         """`config`: gate.toml text, written next to the data dir and passed as --config.
-        `command`: how to run `gate` (another installation's, say)."""
+        `command`: how to run `gate` (another installation's, say). `serve`: the command
+        instead of `serve --bind BIND` (`relay serve`), and `ready` the line that says it
+        is ready, whose group becomes `url`."""
         self.command = command
         self.env = {**os.environ, **env}
-        self.args = ["serve", "--bind", bind, *args]
+        self.args = [*(serve or ("serve", "--bind", bind)), *args]
+        self._ready = re.compile(ready)
         if config is not None:
-            path = Path(env["XDG_CONFIG_HOME"]) / "gate-test.toml"
+            name = "relay-test.toml" if serve else "gate-test.toml"
+            path = Path(env["XDG_CONFIG_HOME"]) / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(config)
             self.args += ["--config", str(path)]
@@ -80,7 +86,7 @@ class GateServe:
                         self.stdout_lines.append(text)
                         if m := re.search(r"node (\S+)", text):
                             self.node_id = m.group(1)
-                        if m := re.search(r"listening on (http://\S+)", text):
+                        if m := self._ready.search(text):
                             self.url = m.group(1)
         return self
 

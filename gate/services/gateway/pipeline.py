@@ -325,18 +325,25 @@ class Gateway:
         """The client's identity: its API key id, or its address when keys are optional.
 
         A request from a trusted peer (its stream was authorized by node id) is that peer.
-        A Gate key (`gk_...`) that is wrong or revoked is refused (401) even when keys
-        are optional: its sender means to be that key's client and should hear that it
-        is not. Any other value (the "unused" an SDK needs) is no key at all.
+        Through a relay (`Door.RELAY`) a key is always required. A Gate key (`gk_...`)
+        that is wrong or revoked is refused (401) even when keys are optional: its sender
+        means to be that key's client and should hear that it is not. Any other value (the
+        "unused" an SDK needs) is no key at all.
         """
-        peer = scope.get("extensions", {}).get("gate.peer")
+        extensions = scope.get("extensions", {})
+        peer = extensions.get("gate.peer")
         if peer is not None:
             return f"peer:{peer}"
         key = extract_key(scope["headers"])
         info = self.api_keys.verify(key) if key and self.api_keys else None
         if info is not None:
             return info.id
-        if self.security.require_api_keys or (key and key.startswith(KEY_PREFIX)):
+        if (
+            self.security.require_api_keys
+            or (key and key.startswith(KEY_PREFIX))
+            # Through a relay, anyone on the internet: a key always (spec §7.4).
+            or extensions.get("gate.door") is Door.RELAY
+        ):
             raise ApiError(401, "invalid or missing API key (Authorization: Bearer or x-api-key)")
         client = scope.get("client")
         return str(client[0]) if client else "local"

@@ -10,9 +10,11 @@ framework would not make shorter.
 
 Each door into the node has a router of its own, built where the door is built: the
 HTTP listener's (`Door.LOCAL`) serves everything; the one trusted peers' HttpProxy
-streams reach (`Door.PEER`) holds only the routes declared for peers (`Route.doors`). A
-path missing from a door's router is a plain 404 there, as if it did not exist; no
-check runs per request.
+streams reach (`Door.PEER`) and the one a relay's tls_proxy streams reach (`Door.RELAY`:
+anyone on the internet, TLS ended by this node) hold only the routes declared for them
+(`Route.doors`). A path missing from a door's router is a plain 404 there, as if it did
+not exist; no check runs per request. A request on a door other than the local one
+carries it in `scope["extensions"]["gate.door"]` (`with_door`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "EVERY_DOOR",
     "LOCAL_ONLY",
     "PEER_ONLY",
+    "REMOTE_DOORS",
     "ASGIApp",
     "BodyError",
     "Door",
@@ -38,6 +41,7 @@ __all__ = [
     "cancel_on_disconnect",
     "read_body",
     "send_json",
+    "with_door",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -119,11 +123,25 @@ class Door(enum.Enum):
 
     LOCAL = "local"  # the HTTP listener: programs on this machine, holders of an API key
     PEER = "peer"  # HttpProxy streams from trusted peers (gate.services.p2p)
+    # tls_proxy streams from a relay this node registered with: the public internet.
+    # An API key is always required there, whatever server.bind is.
+    RELAY = "relay"
 
 
 EVERY_DOOR: Final = frozenset(Door)
 LOCAL_ONLY: Final = frozenset({Door.LOCAL})
 PEER_ONLY: Final = frozenset({Door.PEER})
+REMOTE_DOORS: Final = frozenset({Door.PEER, Door.RELAY})
+
+
+def with_door(app: ASGIApp, door: Door) -> ASGIApp:
+    """`app` with every request marked as arriving through `door`."""
+
+    async def marked(scope: Scope, receive: Receive, send: Send) -> None:
+        scope.setdefault("extensions", {})["gate.door"] = door
+        await app(scope, receive, send)
+
+    return marked
 
 
 class Route(NamedTuple):

@@ -26,6 +26,8 @@ import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
@@ -38,7 +40,7 @@ from gate.protocol import PeerInfo
 from gate.services.engines.registry import ProviderRegistry
 from gate.services.http.router import (
     LOCAL_ONLY,
-    PEER_ONLY,
+    REMOTE_DOORS,
     ASGIApp,
     Door,
     Receive,
@@ -49,7 +51,7 @@ from gate.services.http.router import (
     send_json,
 )
 
-__all__ = ["build_app", "serve_http"]
+__all__ = ["build_app", "serve_http", "serve_stream"]
 
 log = logging.getLogger("gate.http")
 
@@ -92,7 +94,7 @@ def build_app(
     router.add_routes(
         [
             Route("GET", "/health", health, LOCAL_ONLY),
-            Route("GET", "/health", _alive, PEER_ONLY),
+            Route("GET", "/health", _alive, REMOTE_DOORS),
         ],
         door,
     )
@@ -229,6 +231,81 @@ async def serve_http(
         service.cancel_scope.cancel()  # every connection ended in time
 
 
+class _StreamConnection(_Connection):
+    """A connection over any trio stream (TLS over a relay's iroh stream), not a socket:
+    hypercorn's `run` reads both addresses from the socket, so they are given here."""
+
+    def __init__(self, *args: Any, sends: set[trio.CancelScope], client: tuple[str, int]) -> None:
+        super().__init__(*args, sends=sends)
+        self._client = client
+        self._input_ended = False
+
+    async def run(self) -> None:
+        try:
+            ssl = isinstance(self.stream, trio.SSLStream)
+            alpn = "http/1.1"
+            if isinstance(self.stream, trio.SSLStream):
+                try:
+                    with trio.fail_after(self.config.ssl_handshake_timeout):
+                        await self.stream.do_handshake()
+                except (trio.BrokenResourceError, trio.TooSlowError):
+                    return  # not a TLS client, or one that does not trust our certificate
+                alpn = self.stream.selected_alpn_protocol() or alpn
+            async with TaskGroup() as task_group:
+                self._task_group = task_group
+                self.protocol = ProtocolWrapper(
+                    self.app,
+                    self.config,
+                    self.context,
+                    task_group,
+                    ConnectionState(self.state),
+                    ssl,
+                    self._client,
+                    None,
+                    self.protocol_send,
+                    alpn,
+                )
+                await self.protocol.initiate()
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+                await self._read_data()
+        except OSError:
+            pass
+        finally:
+            await self._close()
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # The client's input ended. hypercorn's keep-alive wait (restarted whenever a
+        # response ends, which may be after this) would hold the stream open for
+        # keep_alive_timeout more: a relay's stream, and the QUIC stream credit it
+        # takes, must go now (each open one holds one of the ~100 a relay may open).
+        self._input_ended = True
+        await self.idle_task.stop()
+
+    async def _idle_timeout(self) -> None:
+        if not self._input_ended:
+            await super()._idle_timeout()
+
+
+_STREAM_CONFIG: Final = hypercorn_config("127.0.0.1:0", 1)
+
+
+async def serve_stream(app: ASGIApp, stream: trio.abc.Stream, *, client: tuple[str, int]) -> None:
+    """Serve one HTTP/1.1 connection carried by `stream` (a trio.SSLStream is handshaken
+    first) with the same hypercorn protocol and mended sends as the HTTP listener's."""
+    wrapped: Any = wrap_app(app, _STREAM_CONFIG.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    server = _StreamConnection(
+        wrapped,
+        _STREAM_CONFIG,
+        WorkerContext(None),
+        ConnectionState({}),
+        stream,
+        sends=set(),
+        client=client,
+    )
+    await _serve_connection(server, stream)
+
+
 async def _end_sends_when_cancelled(sends: set[trio.CancelScope]) -> None:
     """When the service is cancelled the shielded sends must end too, or a client that
     stopped reading keeps the node from stopping."""
@@ -239,7 +316,7 @@ async def _end_sends_when_cancelled(sends: set[trio.CancelScope]) -> None:
             scope.cancel()
 
 
-async def _serve_connection(server: TCPServer, stream: trio.SocketStream) -> None:
+async def _serve_connection(server: TCPServer, stream: trio.abc.Stream) -> None:
     """Run one connection; whatever fails in it stays in it."""
     try:
         await server.run()

@@ -1,8 +1,9 @@
 """Peers: the P2P service that binds the endpoint, accepts connections and dials the
 trusted peers (`service`); incoming streams by type, with who may open each
 (`dispatch`); NodeControl sessions: handshake, heartbeat, capabilities (`session`);
-trust and the peers.json cache (`peers`); and HTTP requests carried over a peer stream
-(`http_over_stream`).
+trust and the peers.json cache (`peers`); HTTP requests carried over a peer stream
+(`http_over_stream`); registering with Gate relays (`relay_client`) and the relay door,
+TLS ended on a relay's tls_proxy stream (`tls_proxy`).
 """
 
 from __future__ import annotations

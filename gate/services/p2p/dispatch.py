@@ -4,8 +4,9 @@ table says, for each stream type this node serves, who may open it and what serv
 A type not in the table is refused with UNKNOWN_STREAM_TYPE, a known one included
 (§3.3: a receiver that does not serve a type in its role rejects it); a stream from a
 node its row does not admit is refused with UNAUTHORIZED. Either refusal is one bare
-error frame, then the stream is closed (§3.5). New stream types (the relay's
-relay_control, tls_proxy) are new rows, with a new `Opener` if they need one.
+error frame, then the stream is closed (§3.5). A relay's table has the one row
+relay_control (gate.services.relay); a node's tls_proxy row admits only the relays it
+registered with (gate.services.p2p.relay_client).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Opener(enum.Enum):
 
     ANY_NODE = "any node"  # any node the transport authenticated (every connection, §2.2)
     TRUSTED_PEER = "a trusted peer"  # a node in p2p.trusted_peers (§5.4)
+    REGISTERED_RELAY = "a relay this node registered with"  # §7.4
 
 
 @dataclass(frozen=True)
@@ -77,39 +79,55 @@ class Route:
     handler: StreamHandler
 
 
-def node_streams(*, control: StreamHandler, app: Callable[[], ASGIApp]) -> dict[StreamType, Route]:
+def node_streams(
+    *,
+    control: StreamHandler,
+    app: Callable[[], ASGIApp],
+    tls: StreamHandler | None = None,
+) -> dict[StreamType, Route]:
     """The stream types a node serves: NodeControl sessions with `control`, HttpProxy
-    requests through this node's own API (`app()` at each request)."""
+    requests through this node's own API (`app()` at each request), and with `tls` (the
+    relay door, gate.services.p2p.tls_proxy) a relay's TlsProxy streams."""
 
     async def http_proxy(incoming: IncomingStream) -> None:
         await serve_http_stream(
             incoming.stream, app(), peer=str(incoming.remote), trailing=incoming.trailing
         )
 
-    return {
+    routes = {
         # §5.4: the handshake on it is where trust is checked, and a refusal says why
         # (HandshakeResponse.reason), so any node may open one.
         StreamType.NODE_CONTROL: Route(Opener.ANY_NODE, control),
         # §5.4: a node MUST NOT serve an http_proxy stream from a peer it does not
         # trust; nothing of such a stream reaches an engine.
         StreamType.HTTP_PROXY: Route(Opener.TRUSTED_PEER, http_proxy),
-        # relay_control (§6) is a relay's to serve, tls_proxy (§7.4) a node's that
-        # registered with a relay: neither is served yet (§3.3).
+        # relay_control (§6) is a relay's to serve (§3.3).
     }
+    if tls is not None:
+        # §7.4 says SHOULD; here only a relay this node registered with may open one.
+        routes[StreamType.TLS_PROXY] = Route(Opener.REGISTERED_RELAY, tls)
+    return routes
 
 
 class StreamDispatch:
     """Reads each incoming stream's preamble and hands the stream to its route."""
 
     def __init__(
-        self, routes: Mapping[StreamType, Route], *, trusted: Callable[[NodeId], bool]
+        self,
+        routes: Mapping[StreamType, Route],
+        *,
+        trusted: Callable[[NodeId], bool],
+        relay: Callable[[NodeId], bool] = lambda _: False,
     ) -> None:
         self.routes = routes
         self._trusted = trusted
+        self._relay = relay
 
     def admits(self, opener: Opener, remote: NodeId) -> bool:
         if opener is Opener.TRUSTED_PEER:
             return self._trusted(remote)
+        if opener is Opener.REGISTERED_RELAY:
+            return self._relay(remote)
         return True
 
     async def serve(self, conn: Connection, remote: NodeId, stream: QuicStream) -> None:
@@ -140,10 +158,10 @@ class StreamDispatch:
             return
         if not self.admits(route.opener, remote):
             log.warning(
-                "refused a request from an untrusted node",
-                extra={"peer": str(remote), "stream_type": kind.value},
+                "refused a stream from a node not allowed to open it",
+                extra={"peer": str(remote), "stream_type": kind.value, "needs": route.opener.value},
             )
-            await reject(stream, ErrorCode.UNAUTHORIZED, "this node does not trust you")
+            await reject(stream, ErrorCode.UNAUTHORIZED, f"only {route.opener.value} may open this")
             return
         await route.handler(IncomingStream(conn, remote, stream, reader.trailing_data))
 

@@ -51,8 +51,9 @@ from gate.protocol import (
 )
 from gate.services.control.events import EventBus
 from gate.services.http.router import ASGIApp
-from gate.services.p2p.dispatch import StreamDispatch, node_streams
+from gate.services.p2p.dispatch import StreamDispatch, StreamHandler, node_streams
 from gate.services.p2p.peers import PeersCache, PeerState, TrustedPeers
+from gate.services.p2p.relay_client import RelayClient
 from gate.services.p2p.session import ControlStream, NodeControl, Refused
 from gate.services.transport.quic import (
     Connection,
@@ -80,8 +81,13 @@ class P2PService:
         app: Callable[[], ASGIApp],
         local_capabilities: Callable[[], Capabilities],
         events: EventBus | None = None,
+        relay: RelayClient | None = None,
+        tls: StreamHandler | None = None,
     ) -> None:
+        """`relay`: the relays to register with (`[relay]`), whose tls_proxy streams
+        `tls` serves (gate.services.p2p.tls_proxy)."""
         self._events = events
+        self.relay = relay
         self.config = config
         self._secret_key = secret_key
         self.node_id = NodeId(_public_key(secret_key))
@@ -96,7 +102,9 @@ class P2PService:
             heartbeat_interval=lambda: self.config.heartbeat_interval,
         )
         self._dispatch = StreamDispatch(
-            node_streams(control=self._control.respond, app=app), trusted=self._trust.trusted
+            node_streams(control=self._control.respond, app=app, tls=tls),
+            trusted=self._trust.trusted,
+            relay=relay.registered if relay is not None else lambda _: False,
         )
         self._maintainers: dict[NodeId, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
@@ -160,6 +168,8 @@ class P2PService:
                 self._nursery = nursery
                 await nursery.start(endpoint.serve, self._serve_connection)
                 nursery.start_soon(self._control.watch_models)
+                if self.relay is not None:
+                    nursery.start_soon(self.relay.run, endpoint, self._dispatch.serve)
                 for peer in list(self.peers.values()):
                     nursery.start_soon(self._maintain, peer)
                 dialable = endpoint.direct_addresses or endpoint.addresses

@@ -17,12 +17,15 @@ const PLACEHOLDERS = {
   "server.data_dir": "the platform's data directory",
   "database.url": "gate.db in the data directory",
   "relay.domain": "none",
+  "tls.cert_file": "a self-signed certificate",
+  "tls.key_file": "a self-signed certificate",
 };
 const ABOUT = {
   server: "The HTTP API: where it listens, its limits and timeouts.",
   p2p: "Peer-to-peer: the QUIC endpoint, iroh's relays and what trusted peers may ask.",
   providers: "Engines are added and tested on the Providers and Setup pages.",
-  relay: "Gate's relay server settings (not iroh's relays, which are under p2p).",
+  relay: "Gate relays this node registers with, for public HTTPS (not iroh's relays, which are under p2p).",
+  tls: "The certificate the relay door presents; empty: a self-signed one made in the data directory.",
   security: "API keys and the control token.",
   web: "This web UI.",
   database: "Where requests are recorded.",

@@ -1,0 +1,101 @@
+"""relay.toml, the configuration of `gate relay serve`: defaults, the file, then the
+environment, decoded strictly by the same rules as gate.toml (gate.config.load_layers).
+
+Keys are flat (`domain = "relay.example.com"`); the environment sets any of them as
+``GATE_RELAYD_<KEY>`` (``GATE_RELAYD_LISTEN=0.0.0.0:8443``). The file is ``--config``,
+else ``$GATE_RELAY_CONFIG``, else relay.toml beside gate.toml (a default file that does
+not exist means the defaults; `domain` has none, so it must then come from the
+environment).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+
+import msgspec
+import platformdirs
+
+from gate.config import (
+    IROH_RELAY_MODES,
+    LOG_LEVELS,
+    ConfigSchema,
+    FieldError,
+    Port,
+    Seconds,
+    default_config_path,
+    load_layers,
+    one_of,
+    parse_bind,
+)
+from gate.errors import ConfigError
+
+__all__ = ["RELAY_SCHEMA", "RelayServerConfig", "default_relay_config_path", "load_relay_config"]
+
+
+class RelayServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Required (checked once every layer is on: it may come from the environment alone):
+    # the relay serves <node-id>.<domain>.
+    domain: str = ""
+    listen: str = "0.0.0.0:443"  # TCP: where browsers' TLS arrives
+    p2p_port: Port = 41146  # UDP: iroh, where nodes register
+    p2p_bind_host: str = "0.0.0.0"
+    iroh_relay_mode: str = "default"  # iroh's relays (NAT traversal), as p2p.iroh_relay_mode
+    discovery: bool = True
+    status_bind: str = "127.0.0.1:31146"  # health and metrics (not served yet)
+    data_dir: str = ""  # empty: <the platform data dir>/gate/relay
+    log_level: str = "info"
+    # How long a ClientHello may take to arrive whole, and how long a proxied connection
+    # may carry no byte in either direction (never a cap on its total time).
+    hello_timeout: Seconds = 5.0
+    idle_timeout: Seconds = 300.0
+    connect_timeout: Seconds = 10.0  # opening the stream to the node
+
+    def __post_init__(self) -> None:
+        domain = self.domain.strip().strip(".").lower()
+        if domain and ("." not in domain or not all(domain.split("."))):
+            raise FieldError(
+                "domain", f"expected a DNS name such as relay.example.com, got {self.domain!r}"
+            )
+        msgspec.structs.force_setattr(self, "domain", domain)
+        one_of("iroh_relay_mode", self.iroh_relay_mode, IROH_RELAY_MODES[:2])
+        one_of("log_level", self.log_level.lower(), LOG_LEVELS)
+        msgspec.structs.force_setattr(self, "log_level", self.log_level.lower())
+        for field in ("listen", "status_bind"):
+            try:
+                parse_bind(getattr(self, field))
+            except ValueError as exc:
+                raise FieldError(field, str(exc)) from None
+
+    @property
+    def data_path(self) -> Path:
+        if self.data_dir:
+            return Path(self.data_dir).expanduser()
+        return platformdirs.user_data_path("gate") / "relay"
+
+
+RELAY_SCHEMA: Final = ConfigSchema(RelayServerConfig, "GATE_RELAYD_", sectioned=False)
+
+
+def default_relay_config_path() -> Path:
+    return default_config_path().with_name("relay.toml")
+
+
+def load_relay_config(
+    path: Path | None = None, env: Mapping[str, str] | None = None
+) -> RelayServerConfig:
+    """The relay's config; ConfigError names the source, the key and the problem."""
+    env = os.environ if env is None else env
+    if path is None and env.get("GATE_RELAY_CONFIG"):
+        path = Path(env["GATE_RELAY_CONFIG"])
+    file = (path or default_relay_config_path()).expanduser()
+    config = load_layers(RELAY_SCHEMA, file, env, missing_ok=path is None)
+    assert isinstance(config, RelayServerConfig)
+    if not config.domain:
+        raise ConfigError(
+            f"{file}: domain: required (the relay's DNS name, e.g. relay.example.com; "
+            "or GATE_RELAYD_DOMAIN)"
+        )
+    return config

@@ -1,0 +1,182 @@
+"""This node's registration with Gate relays (`[relay]` in gate.toml; spec §6).
+
+One task per configured relay: connect with this node's key (the relay authenticates
+the NodeId from it), open a RelayControl stream, ask for the node's name
+(domain_request), make sure the certificate covers it, activate it (activate_domain),
+then keep the connection: the relay opens the browsers' tls_proxy streams on it, which
+are dispatched here by the node's table (a relay this node registered with is the only
+opener it admits for them, `registered`). A domain_request every `_KEEPALIVE` seconds,
+answered within `_ANSWER_TIMEOUT`, tells that the relay is still there; when it is not,
+or the connection drops, the task reconnects with jittered exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+
+from gate.peers_config import parse_peer_spec
+from gate.protocol import (
+    ActivateDomain,
+    ActivationResponse,
+    DomainRequest,
+    DomainResponse,
+    NodeId,
+    ProtocolError,
+    Role,
+    StreamType,
+    encode_preamble,
+)
+from gate.services.http.tls import NodeCertificate
+from gate.services.relay.control_stream import RelayControlStream, RelayRefused
+from gate.services.transport.framed import close_quietly
+from gate.services.transport.quic import Connection, Endpoint, QuicStream, TransportError
+
+__all__ = ["RelayClient", "RelayLink"]
+
+log = logging.getLogger("gate.relay.client")
+
+_CONNECT_TIMEOUT: Final = 10.0
+_ANSWER_TIMEOUT: Final = 10.0
+_KEEPALIVE: Final = 15.0
+_BACKOFF_INITIAL, _BACKOFF_MAX = 0.5, 30.0
+
+StreamServer = Callable[[Connection, NodeId, QuicStream], Awaitable[None]]
+
+
+@dataclass
+class RelayLink:
+    """One configured relay, as this node sees it."""
+
+    relay_id: NodeId
+    addresses: list[str]
+    state: str = "connecting"  # connecting | active | failed
+    domain: str = ""
+    error: str = ""
+    attempts: int = field(default=0)
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.domain}" if self.domain else ""
+
+
+class RelayClient:
+    def __init__(self, servers: list[str], node_id: NodeId, certificate: NodeCertificate) -> None:
+        self.node_id = node_id
+        self.certificate = certificate
+        self.links: dict[NodeId, RelayLink] = {}
+        for spec in servers:
+            relay_id, addresses = parse_peer_spec(spec)
+            self.links[relay_id] = RelayLink(relay_id, addresses)
+        self._rng = random.Random()
+
+    def registered(self, node_id: NodeId) -> bool:
+        """Whether `node_id` is a relay this node registered with (it may open tls_proxy)."""
+        link = self.links.get(node_id)
+        return link is not None and link.state == "active"
+
+    async def run(self, endpoint: Endpoint, serve_stream: StreamServer) -> None:
+        async with trio.open_nursery() as nursery:
+            for link in self.links.values():
+                nursery.start_soon(self._maintain, endpoint, serve_stream, link)
+
+    async def _maintain(
+        self, endpoint: Endpoint, serve_stream: StreamServer, link: RelayLink
+    ) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            link.attempts = attempt
+            try:
+                await self._session(endpoint, serve_stream, link)
+                attempt = 0
+            except (
+                TransportError,
+                trio.TooSlowError,
+                trio.BrokenResourceError,
+                ProtocolError,
+                RelayRefused,
+                ConnectionError,
+                OSError,
+                ValueError,
+            ) as exc:
+                link.error = str(exc) or type(exc).__name__
+                log.warning(
+                    "relay unavailable", extra={"relay": link.relay_id.short(), "error": link.error}
+                )
+            link.state = "failed"
+            delay = min(_BACKOFF_MAX, _BACKOFF_INITIAL * 2 ** min(attempt, 6))
+            await trio.sleep(delay * self._rng.uniform(0.5, 1.0))  # jittered
+
+    async def _session(
+        self, endpoint: Endpoint, serve_stream: StreamServer, link: RelayLink
+    ) -> None:
+        link.state, link.error = "connecting", ""
+        with trio.fail_after(_CONNECT_TIMEOUT):
+            conn = await endpoint.connect(link.relay_id, link.addresses)
+        try:
+            with trio.fail_after(_CONNECT_TIMEOUT):
+                stream = await conn.open_stream()
+                await stream.send_all(encode_preamble(StreamType.RELAY_CONTROL))
+            control = RelayControlStream(stream, Role.INITIATOR)
+            try:
+                domain = await self._register(control)
+                link.domain, link.state = domain, "active"
+                log.info(
+                    "registered with relay",
+                    extra={"relay": link.relay_id.short(), "url": link.url},
+                )
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._keepalive, control, conn)
+                    while True:  # the relay's tls_proxy streams, until the connection ends
+                        try:
+                            incoming = await conn.accept_stream()
+                        except (TransportError, trio.BrokenResourceError) as exc:
+                            link.error = str(exc) or "the relay connection ended"
+                            break
+                        nursery.start_soon(serve_stream, conn, link.relay_id, incoming)
+                    nursery.cancel_scope.cancel()
+            finally:
+                await close_quietly(stream)
+        finally:
+            link.state = "connecting"
+            conn.close(0, "relay session ended")
+
+    async def _register(self, control: RelayControlStream) -> str:
+        with trio.fail_after(_ANSWER_TIMEOUT):
+            answer = await control.request(DomainRequest(node_id=str(self.node_id)))
+        if not isinstance(answer, DomainResponse):
+            raise ConnectionError(f"unexpected answer {type(answer).__name__}")
+        domain = answer.domain.lower()
+        if not domain.startswith(f"{self.node_id}."):
+            raise ConnectionError(f"the relay gave a name not this node's: {domain}")
+        await trio.to_thread.run_sync(self.certificate.cover, [domain])
+        with trio.fail_after(_ANSWER_TIMEOUT):
+            activated = await control.request(ActivateDomain(domain=domain))
+        if not isinstance(activated, ActivationResponse) or not activated.ok:
+            reason = getattr(activated, "reason", None) or "activation refused"
+            raise ConnectionError(reason)
+        return domain
+
+    async def _keepalive(self, control: RelayControlStream, conn: Connection) -> None:
+        """Ask again now and then: an answer says the relay is still there; no answer
+        closes the connection, which ends the session."""
+        try:
+            while True:
+                await trio.sleep(_KEEPALIVE)
+                with trio.fail_after(_ANSWER_TIMEOUT):
+                    await control.request(DomainRequest(node_id=str(self.node_id)))
+        except (
+            TransportError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            ProtocolError,
+            RelayRefused,
+            ConnectionError,
+        ) as exc:
+            conn.close(0, f"relay keepalive failed: {exc or type(exc).__name__}")

@@ -1,0 +1,183 @@
+"""The relay's TCP front: each browser connection, from its first byte to the node.
+
+1. Read the ClientHello, across as many TCP segments and TLS records as it takes, for at
+   most `hello_timeout` seconds (gate.protocol.sni.ClientHelloReader bounds its size).
+2. The SNI must be `<node-id>.<domain>`: the first label the whole 52-character node
+   id, compared case-insensitively. A name that is not, a node that never activated its
+   name, or one with no connection to this relay now: the client gets a TLS
+   `unrecognized_name` alert and the connection is closed, counted by reason.
+3. Open a tls_proxy stream on the node's connection: the preamble, a TlsProxyHeader
+   (sni, client_addr), then exactly the bytes read so far. The node's first bytes are
+   its TLS answer, or a bare error frame if it refused the stream (§3.5): then the
+   client gets the alert too. Then `splice` both ways.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Final
+
+import msgspec
+import trio
+
+from gate.protocol import NodeId, StreamType, TlsProxyHeader, encode_frame, encode_preamble
+from gate.protocol.errors import SniError
+from gate.protocol.sni import ClientHelloReader
+from gate.relay_config import RelayServerConfig
+from gate.services.relay.registry import NameRegistry
+from gate.services.relay.splice import abort, splice
+from gate.services.transport.quic import Connection, TransportError
+
+__all__ = ["TlsFront", "node_of_name"]
+
+log = logging.getLogger("gate.relay")
+
+# A fatal TLS alert, unrecognized_name (RFC 8446 §6.2: level 2, description 112), in a
+# TLS 1.2-versioned record: what a TLS server says for a name it does not serve.
+UNRECOGNIZED_NAME_ALERT: Final = bytes([21, 3, 3, 0, 2, 2, 112])
+_READ: Final = 16 * 1024
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def node_of_name(name: str, domain: str) -> NodeId | None:
+    """The node a server name designates under `domain`, or None."""
+    label, _, rest = name.rstrip(".").lower().partition(".")
+    if rest != domain or len(label) != 52:
+        return None
+    try:
+        node_id = NodeId.parse(label)
+    except ValueError:
+        return None
+    return node_id if str(node_id) == label else None
+
+
+class TlsFront:
+    def __init__(
+        self,
+        config: RelayServerConfig,
+        registry: NameRegistry,
+        connection_to: Callable[[NodeId], Connection | None],
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self._connection_to = connection_to
+        # Connections by outcome: routed, bad_client_hello, hello_timeout, unknown_name,
+        # not_activated, node_unreachable, node_refused.
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self.open_connections = 0
+        self.bytes_in = 0  # client -> node
+        self.bytes_out = 0
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        from gate.config import parse_bind
+
+        host, port = parse_bind(self.config.listen)
+        listeners = await trio.open_tcp_listeners(port, host=host or None)
+        addresses = []
+        for listener in listeners:
+            address = listener.socket.getsockname()
+            addresses.append(f"{address[0]}:{address[1]}")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, self._handle_quietly, listeners)
+            task_status.started(addresses)
+
+    async def _handle_quietly(self, client: trio.SocketStream) -> None:
+        self.open_connections += 1
+        try:
+            await self.handle(client)
+        except Exception as exc:  # one connection's failure stays in it
+            log.warning("relay connection failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            self.open_connections -= 1
+            await trio.aclose_forcefully(client)
+
+    async def handle(self, client: trio.SocketStream) -> None:
+        peer = client.socket.getpeername()
+        client_addr = f"{peer[0]}:{peer[1]}"
+        reader = ClientHelloReader()
+        name = None
+        with trio.move_on_after(self.config.hello_timeout):
+            try:
+                while name is None:
+                    data = await client.receive_some(_READ)
+                    if not data:
+                        self.outcomes["bad_client_hello"] += 1
+                        return
+                    name = reader.feed(data)
+            except SniError as exc:
+                self._refuse("bad_client_hello", client_addr, reason=exc.reason)
+                return
+            except (trio.BrokenResourceError, OSError):
+                self.outcomes["bad_client_hello"] += 1
+                return
+        if name is None:
+            self._refuse("hello_timeout", client_addr)
+            return
+        node_id = node_of_name(name, self.config.domain)
+        entry = self.registry.lookup(node_id) if node_id is not None else None
+        if node_id is None or entry is None:
+            self._refuse("unknown_name", client_addr, sni=name)
+            await _send_alert(client)
+            return
+        if not entry.activated:
+            self._refuse("not_activated", client_addr, sni=name)
+            await _send_alert(client)
+            return
+        conn = self._connection_to(node_id)
+        if conn is None:
+            self._refuse("node_unreachable", client_addr, sni=name)
+            await _send_alert(client)
+            return
+        try:
+            with trio.fail_after(self.config.connect_timeout):
+                stream = await conn.open_stream()
+                header = _encode(TlsProxyHeader(sni=name, client_addr=client_addr))
+                await stream.send_all(
+                    encode_preamble(StreamType.TLS_PROXY) + encode_frame(header) + reader.received
+                )
+        except (TransportError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            self._refuse("node_unreachable", client_addr, sni=name, error=str(exc))
+            await _send_alert(client)
+            return
+        self.bytes_in += len(reader.received)
+        # The node's first bytes: a TLS record (its ServerHello), or a bare error frame
+        # if it refused the stream (spec §3.5: a frame starts with 00, a record never).
+        first = b""
+        with trio.move_on_after(self.config.idle_timeout):
+            with contextlib.suppress(TransportError, trio.BrokenResourceError):
+                first = await stream.receive_some(_READ)
+        if not first or first[0] == 0:
+            self._refuse("node_refused", client_addr, sni=name)
+            await abort(stream)
+            await _send_alert(client)
+            return
+        self.outcomes["routed"] += 1
+        try:
+            await client.send_all(first)
+        except (trio.BrokenResourceError, OSError):
+            await abort(stream)
+            return
+        self.bytes_out += len(first)
+        result = await splice(client, stream, idle_timeout=self.config.idle_timeout)
+        self.bytes_in += result.a_to_b
+        self.bytes_out += result.b_to_a
+        log.debug(
+            "relayed connection ended",
+            extra={"node": node_id.short(), "outcome": result.outcome, "in": result.a_to_b},
+        )
+
+    def _refuse(self, outcome: str, client_addr: str, **extra: str) -> None:
+        self.outcomes[outcome] += 1
+        log.info("connection refused", extra={"outcome": outcome, "client": client_addr, **extra})
+
+
+async def _send_alert(client: trio.SocketStream) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        with trio.move_on_after(1):
+            await client.send_all(UNRECOGNIZED_NAME_ALERT)
+            await client.send_eof()

@@ -1,0 +1,104 @@
+"""The relay service: its iroh endpoint (where nodes register, spec §6), its TCP front
+(where browsers' TLS arrives, §7.4) and the registry of names, run by the supervisor.
+
+A node registers over a connection it opened itself, so a node behind NAT needs no open
+port: the relay keeps the latest connection of each node and opens the tls_proxy
+streams on it. Relay_control is the only stream type it serves (the dispatch table of
+gate.services.p2p.dispatch, with one row); any node may open one, and what it may do
+there is decided by its authenticated NodeId (gate.services.relay.control).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from gate.nursery import ServiceContext
+from gate.protocol import NodeId, StreamType
+from gate.relay_config import RelayServerConfig
+from gate.services.p2p.dispatch import Opener, Route, StreamDispatch
+from gate.services.relay.control import RelayControlServer
+from gate.services.relay.front import TlsFront
+from gate.services.relay.registry import NameRegistry
+from gate.services.transport.quic import Connection, TransportError, bind_endpoint
+
+__all__ = ["RelayService"]
+
+log = logging.getLogger("gate.relay")
+
+REGISTRY_FILE = "relay.db"
+
+
+class RelayService:
+    def __init__(self, config: RelayServerConfig, *, secret_key: bytes, node_id: NodeId) -> None:
+        self.config = config
+        self._secret_key = secret_key
+        self.node_id = node_id
+        self.connections: dict[NodeId, Connection] = {}
+        self.front: TlsFront | None = None
+
+    def connection_to(self, node_id: NodeId) -> Connection | None:
+        conn = self.connections.get(node_id)
+        return conn if conn is not None and not conn.is_closed else None
+
+    async def run(
+        self,
+        ctx: ServiceContext,
+        *,
+        task_status: trio.TaskStatus[dict[str, object]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        config = self.config
+        path = config.data_path / REGISTRY_FILE
+        registry = await trio.to_thread.run_sync(NameRegistry.open, path)
+        control = RelayControlServer(config.domain, registry)
+        dispatch = StreamDispatch(
+            # Any node may register: §6.3 limits it to its own name.
+            {StreamType.RELAY_CONTROL: Route(Opener.ANY_NODE, control.serve)},
+            trusted=lambda _: False,
+        )
+        self.front = front = TlsFront(config, registry, self.connection_to)
+        try:
+            endpoint = await bind_endpoint(
+                self._secret_key,
+                port=config.p2p_port,
+                host=config.p2p_bind_host,
+                iroh_relay="disabled" if config.iroh_relay_mode == "disabled" else "default",
+                discovery=config.discovery,
+            )
+        except TransportError:
+            registry.close()
+            raise
+
+        async def serve_connection(conn: Connection) -> None:
+            remote = conn.remote_id
+            self.connections[remote] = conn  # the latest wins: the node's live one
+            try:
+                async with trio.open_nursery() as streams:
+                    while True:
+                        try:
+                            stream = await conn.accept_stream()
+                        except (TransportError, trio.BrokenResourceError):
+                            return
+                        streams.start_soon(dispatch.serve, conn, remote, stream)
+            finally:
+                if self.connections.get(remote) is conn:
+                    del self.connections[remote]
+
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(endpoint.serve, serve_connection)
+                listening = await nursery.start(front.serve)
+                dialable = endpoint.direct_addresses or endpoint.addresses
+                address = f"{self.node_id}@{','.join(dialable)}"
+                log.info(
+                    "relay listening",
+                    extra={"address": address, "tls": ",".join(listening), "names": len(registry)},
+                )
+                task_status.started({"p2p": address, "listen": listening})
+                await ctx.wait_shutdown()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await endpoint.aclose()
+            registry.close()
