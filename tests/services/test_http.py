@@ -128,3 +128,54 @@ async def test_a_failure_inside_one_connection_stays_in_it(monkeypatch, caplog):
     assert statuses == [200] * 5
     failures = [r for r in caplog.records if r.getMessage() == "connection failed; closed"]
     assert len(failures) == 5 and "injected fault" in failures[0].error
+
+
+@pytest.mark.parametrize("leaves", ["closes", "half-closes"])
+async def test_a_connection_whose_client_left_ends_at_once(monkeypatch, leaves):
+    """A client that closes its connection, or half-closes it (`nc -N`, a relay mirroring
+    its client's end), while its request runs: the connection's task ends when the
+    response does, not after hypercorn's keep-alive wait (75 s), which restarted as the
+    response ended and held the task, and the half-closed client's wait for the end,
+    until then."""
+    ended: list[float] = []
+    done = trio.Event()
+    run = server._Connection.run
+
+    async def observed_run(self):
+        try:
+            await run(self)
+        finally:
+            ended.append(trio.current_time())
+            done.set()
+
+    monkeypatch.setattr(server._Connection, "run", observed_run)
+    entered, release, finished = trio.Event(), trio.Event(), []
+    async with trio.open_nursery() as nursery:
+        holder = []
+        with trio.fail_after(10):
+            url = await start(slow_app(entered, release, finished), holder, nursery)
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            client = await trio.open_tcp_stream(host, int(port))
+            await client.send_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            await entered.wait()
+            if leaves == "closes":
+                await client.aclose()
+            else:
+                await client.send_eof()
+            await trio.sleep(0.1)
+            release.set()
+            released = trio.current_time()
+            with trio.move_on_after(5):
+                await done.wait()
+        holder[0].request_shutdown()
+    assert finished == ["slow"]
+    if not ended:
+        await client.aclose()
+    assert ended and ended[0] - released < 1, "the connection's task outlived its client"
+    if leaves == "half-closes":  # the response came, then the end of the connection
+        answer = b""
+        with trio.fail_after(1):
+            while chunk := await client.receive_some(65536):
+                answer += chunk
+        await client.aclose()
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"done":true}')
