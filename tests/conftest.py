@@ -16,7 +16,7 @@ def gate_env(tmp_path, monkeypatch):
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
         "XDG_DATA_HOME": str(tmp_path / "data"),
         # Tests run many nodes at once, on loopback only: no fixed port, no iroh relays,
-        # no discovery (TESTING.md's network rule).
+        # no discovery: test traffic stays on this machine.
         "GATE_P2P__PORT": "0",
         "GATE_P2P__BIND_HOST": "127.0.0.1",
         "GATE_P2P__IROH_RELAY_MODE": "disabled",

@@ -1,7 +1,9 @@
 """The web UI in a real headless Chromium (Playwright) against a real `gate serve`.
 
-The browser is the system's `chromium` (never a downloaded one), started as TESTING.md
-says; without it these tests skip, which GATE_STRICT_SKIPS=1 (CI) turns into failures.
+The browser is the system's `chromium` (never a downloaded one), headless with no
+background networking (LAUNCH_ARGS: this machine's closed network refuses what Chromium
+would otherwise dial at start); without it these tests skip, which GATE_STRICT_SKIPS=1
+(CI) turns into failures.
 Every test watches the page for console errors, uncaught exceptions and failed
 requests. Screenshots of each page, desktop and phone size, are written to
 $GATE_ARTIFACTS (default tests/artifacts/ui/) for people to look at.
