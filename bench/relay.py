@@ -181,7 +181,9 @@ stream {{
             return proc, port
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError("nginx's stream module did not start: " + (workdir / "stream.stderr").read_text())
+    raise RuntimeError(
+        "nginx's stream module did not start: " + (workdir / "stream.stderr").read_text()
+    )
 
 
 class Setup:
@@ -249,7 +251,11 @@ class Setup:
             f"key_file = {json.dumps(str(key_file))}\nlisten = '127.0.0.1:{self.tls_port}'\n"
         )
         created = gate(
-            "keys", "create", "bench", "--json", env={**node_env, "GATE_SERVER__BIND": "127.0.0.1:9"}
+            "keys",
+            "create",
+            "bench",
+            "--json",
+            env={**node_env, "GATE_SERVER__BIND": "127.0.0.1:9"},
         )
         self.key = json.loads(created)["key"]
         node = subprocess.Popen(
@@ -275,7 +281,9 @@ class Setup:
         else:
             raise RuntimeError("the relay never routed the node's name")
         # the engine's model known to the node
-        while time.monotonic() < deadline and b"bench-big" not in self.get("nginx", "/v1/models")[1]:
+        while (
+            time.monotonic() < deadline and b"bench-big" not in self.get("nginx", "/v1/models")[1]
+        ):
             time.sleep(0.2)
 
     def close(self) -> None:
@@ -531,7 +539,7 @@ def main() -> None:
     print(f"handshake p50 relay / nginx: {ratio:.2f}x (target <= 2x)")
     print(f"one connection through the relay: {rates['relay'][0]:.0f} MB/s (target >= 100)")
     print(f"concurrent steps: relay {held['relay'][1]}; nginx {held['nginx'][1]}")
-    print(f"  (target: 1,000 through the relay with 0 failures)")
+    print("  (target: 1,000 through the relay with 0 failures)")
     print(
         f"relay RSS: {relay_idle_rss / 1024:.1f} MB idle, {rss:.1f} KB per open connection "
         "(target <= 100)"
