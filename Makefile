@@ -8,19 +8,19 @@ BIN    := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.serve-installed
 TEST_STAMP  := $(VENV)/.test-installed
 
-.PHONY: serve test check lint typecheck unit e2e spec system-deps clean
+.PHONY: serve test check lint typecheck unit e2e spec system-deps node-deps clean
 
 serve: $(SERVE_STAMP)
 	$(BIN)/gate serve
 
-test: $(TEST_STAMP) system-deps lint typecheck
+test: $(TEST_STAMP) system-deps node-deps lint typecheck
 	$(BIN)/pytest
 
 # Fast loop while developing: no e2e processes.
 unit: $(TEST_STAMP)
 	$(BIN)/pytest -m "not e2e"
 
-e2e: $(TEST_STAMP) system-deps
+e2e: $(TEST_STAMP) system-deps node-deps
 	$(BIN)/pytest -m e2e
 
 lint: $(TEST_STAMP)
@@ -38,6 +38,16 @@ spec: $(TEST_STAMP)
 system-deps:
 	@bash scripts/system-deps.sh
 
+# The real Node clients the e2e tests drive (official SDKs, Claude Code, Codex CLI), at
+# the versions package-lock.json pins: installed here, never while the tests run.
+NODE_DIR   := tests/clients/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+node-deps: system-deps $(NODE_STAMP)
+
+$(NODE_STAMP): $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -51,4 +61,4 @@ $(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
 	@touch $@ $(SERVE_STAMP)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

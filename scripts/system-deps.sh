@@ -9,6 +9,9 @@ declare -A NEEDED=(
   [chromium]=chromium
   # ip: brings up loopback in the network namespaces some tests make for themselves
   [iproute2]=ip
+  # node, npm: the official Node SDKs, Claude Code and Codex CLI (tests/clients/node)
+  [nodejs]=node
+  [npm]=npm
 )
 
 missing=()
