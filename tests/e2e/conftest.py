@@ -3,8 +3,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine.fixtures import require_llama
+
 from .gate_process import GateServe
 from .plain_install import install_plain
+
+# Real clients' prompts are large and the tiny model reads one token per byte: Claude
+# Code's first request with its 24 tools is ~99,000 tokens, Codex's ~41,000.
+LONG_CONTEXT = 131072
 
 
 @pytest.fixture
@@ -36,3 +42,19 @@ def engine_config(engine, *, name: str = "llama", extra: str = "") -> str:
         f"[[providers.engines]]\nname = '{name}'\nkind = 'llamacpp'\n"
         f"base_url = '{engine.root_url}'\n" + extra
     )
+
+
+@pytest.fixture(scope="session")
+def long_context_engine(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One llama.cpp engine whose context holds a real coding agent's whole request."""
+    require_llama()
+    from tests.engine.llama_server import LlamaServer
+
+    server = LlamaServer(
+        tiny_model_path, n_ctx=LONG_CONTEXT, log_dir=tmp_path_factory.mktemp("long-engine")
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
