@@ -35,6 +35,7 @@ MODEL = "tiny-llama"
 # "claude-opus-4-8[1m]" and sends "claude-opus-4-8").
 CLAUDE_CODE_DEFAULT_MODEL = "claude-opus-4-8"
 TURN_TIMEOUT = 300  # s; a turn takes ~15 s (Claude Code) to ~40 s (Codex) here
+WHOLE_PROMPT_TIMEOUT = 1800  # s; Claude Code's whole prompt took 6 min on 2 busy cores
 
 
 def client_env(home: Path, **extra: str) -> dict[str, str]:
@@ -44,7 +45,9 @@ def client_env(home: Path, **extra: str) -> dict[str, str]:
     return {**env, "HOME": str(home), "NO_COLOR": "1", **extra}
 
 
-def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = TURN_TIMEOUT
+) -> subprocess.CompletedProcess:
     require_node_clients()
     cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
@@ -53,7 +56,7 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Compl
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=TURN_TIMEOUT,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
 
@@ -68,7 +71,7 @@ def usage_rows(gate: GateServe, gate_env: dict[str, str]) -> list[tuple]:
 
 @pytest.fixture
 def claude(tmp_path: Path) -> Iterator:
-    def run(gate_url: str, *args: str) -> subprocess.CompletedProcess:
+    def run(gate_url: str, *args: str, trim: bool = True) -> subprocess.CompletedProcess:
         env = client_env(
             tmp_path / "home",
             ANTHROPIC_BASE_URL=gate_url,
@@ -81,8 +84,11 @@ def claude(tmp_path: Path) -> Iterator:
             DISABLE_AUTOUPDATER="1",
             CLAUDE_CODE_MAX_OUTPUT_TOKENS="256",
         )
-        command = [str(BIN / "claude"), "-p", "Say hi", "--output-format", "json"]
-        return run_cli([*command, "--tools", "Bash,Read", *args], env, tmp_path / "project")
+        command = [str(BIN / "claude"), "-p", "Say hi", "--output-format", "json", *args]
+        if trim:
+            command += ["--tools", "Bash,Read"]
+        timeout = TURN_TIMEOUT if trim else WHOLE_PROMPT_TIMEOUT
+        return run_cli(command, env, tmp_path / "project", timeout=timeout)
 
     yield run
 
@@ -98,7 +104,8 @@ def assert_claude_turn_completed(result: subprocess.CompletedProcess) -> dict:
 def test_claude_code_completes_a_turn(start_gate, long_context_engine, gate_env, claude):
     gate = start_gate(engine_config(long_context_engine))
     outcome = assert_claude_turn_completed(claude(gate.url, "--model", MODEL))
-    assert outcome["usage"]["input_tokens"] > 10_000  # the real prompt, counted by llama.cpp
+    # The real prompt, as llama.cpp counted it (Gate's message_start and message_delta).
+    assert outcome["modelUsage"][MODEL]["inputTokens"] > 10_000
     assert ("messages", 200) in usage_rows(gate, gate_env)
 
 
@@ -108,6 +115,17 @@ def test_claude_code_default_model_aliased_to_the_local_one(
     alias = f"[providers]\naliases = {{ '{CLAUDE_CODE_DEFAULT_MODEL}' = '{MODEL}' }}\n"
     gate = start_gate(engine_config(long_context_engine).replace("[providers]\n", alias, 1))
     assert_claude_turn_completed(claude(gate.url))  # no --model: its own default
+    assert ("messages", 200) in usage_rows(gate, gate_env)
+
+
+@pytest.mark.slow
+def test_claude_code_completes_a_turn_with_its_whole_prompt(
+    start_gate, long_context_engine, gate_env, claude
+):
+    """All 24 tools, nothing trimmed but the output cap: ~99,000 prompt tokens, minutes."""
+    gate = start_gate(engine_config(long_context_engine))
+    outcome = assert_claude_turn_completed(claude(gate.url, "--model", MODEL, trim=False))
+    assert outcome["modelUsage"][MODEL]["inputTokens"] > 90_000
     assert ("messages", 200) in usage_rows(gate, gate_env)
 
 
@@ -127,6 +145,9 @@ def test_codex_exec_completes_a_turn(start_gate, long_context_engine, gate_env, 
     env = client_env(tmp_path / "home", CODEX_HOME=str(tmp_path / "codex-home"))
     (tmp_path / "codex-home").mkdir()
     command = [str(BIN / "codex"), "exec", "--json", "--skip-git-repo-check", "-m", MODEL]
+    # Its plugin sync looks up github.com at start (seen with strace); the test stays on
+    # loopback. With this, its only connection is to Gate.
+    command += ["--disable", "plugins"]
     for override in overrides:
         command += ["-c", override]
     result = run_cli([*command, "Say hi"], env, tmp_path / "project")
