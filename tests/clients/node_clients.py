@@ -18,7 +18,6 @@ import pytest
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 BIN = NODE_DIR / "node_modules" / ".bin"
-INSTALLED = NODE_DIR / "node_modules" / ".installed"  # `make node-deps` touches it
 
 
 def require_node_clients() -> None:
@@ -29,10 +28,15 @@ def require_node_clients() -> None:
         pytest.skip(f"the Node clients are not installed in {NODE_DIR} (run `make node-deps`)")
 
 
-def package_version(name: str) -> str:
-    """The installed version of an npm package of tests/clients/node."""
-    manifest = NODE_DIR / "node_modules" / name / "package.json"
-    return json.loads(manifest.read_text())["version"]
+def pinned_versions() -> dict[str, str]:
+    """package name -> the version package-lock.json pins (what `npm ci` installs)."""
+    lock = json.loads((NODE_DIR / "package-lock.json").read_text())
+    prefix = "node_modules/"
+    return {
+        path.removeprefix(prefix): entry["version"]
+        for path, entry in lock["packages"].items()
+        if path.startswith(prefix) and "/node_modules/" not in path
+    }
 
 
 def run_sdk_case(case: str, gate_url: str, model: str, timeout: float = 120) -> Any:
