@@ -51,19 +51,5 @@ def run_sdk_case(case: str, gate_url: str, model: str, timeout: float = 120) -> 
         stdin=subprocess.DEVNULL,
         env={**os.environ, "NO_COLOR": "1"},
     )
-    if result.returncode != 0:
-        xfail_if_responses_untranslated(result.stderr)
     assert result.returncode == 0, f"node case {case} failed: {result.stderr.strip()}"
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-# What a client gets while Gate passes /v1/responses through to an engine without it
-# (llama.cpp): the engine's 404, in OpenAI's shape. The Responses <-> Chat Completions
-# translation (branch `responses`) ends it; until then the tests that need it xfail on
-# exactly this answer, and fail on any other.
-UNTRANSLATED_RESPONSES = "engine llama: Not Found"
-
-
-def xfail_if_responses_untranslated(output: str) -> None:
-    if "404" in output and UNTRANSLATED_RESPONSES in output:
-        pytest.xfail("/v1/responses reached Gate, which has no Responses translation yet")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients.node_clients import BIN, require_node_clients, xfail_if_responses_untranslated
+from tests.clients.node_clients import BIN, require_node_clients
 
 from .conftest import engine_config
 from .gate_process import GateServe, data_dir
@@ -153,8 +153,6 @@ def test_codex_exec_completes_a_turn(start_gate, long_context_engine, gate_env, 
     result = run_cli([*command, "Say hi"], env, tmp_path / "project")
     rows = usage_rows(gate, gate_env)
     assert rows and all(endpoint == "responses" for endpoint, _ in rows), rows
-    if result.returncode != 0:
-        xfail_if_responses_untranslated(result.stdout + result.stderr)
     assert result.returncode == 0, result.stdout + result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     kinds = [event.get("type") for event in events]
@@ -166,4 +164,5 @@ def test_codex_exec_completes_a_turn(start_gate, long_context_engine, gate_env, 
         and event.get("item", {}).get("type") == "agent_message"
     ]
     assert messages and messages[-1].get("text"), events
-    assert ("responses", 200) in rows
+    # Not checked: the status Gate records. Codex hangs up as soon as it has
+    # `response.completed`, before Gate has ended the body, and Gate logs that as 499.
