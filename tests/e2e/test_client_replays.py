@@ -14,7 +14,11 @@ Each answer must be well-formed in the client's dialect: every streamed event pa
 names its own type, in the documented order, with usage; or a complete JSON message.
 
 The full-size Claude Code requests (~99,000 tokens) take llama.cpp minutes to read on two
-cores: they are marked `slow` (CI runs them: `make test` runs every test).
+cores: they are marked `slow` (CI runs them: `make test` runs every test). They come
+last, in this order, and test_coding_agents.py starts with Claude Code's whole prompt:
+llama-cpp-python reuses the prompt it evaluated last as far as a new one matches it, so
+the second replay (the same prompt) takes a second and the CLI's run (the same tools)
+less than the first.
 """
 
 from __future__ import annotations
@@ -93,6 +97,20 @@ def test_claude_code_request_with_two_tools_streamed(gate):
     assert_anthropic_stream(replay(gate, "claude_code_two_tools_streamed.json"))
 
 
+def test_codex_first_turn_streamed(gate):
+    response = replay(gate, "codex_first_turn_streamed.json")
+    assert response.status_code == 200, response.text
+    events = sse_events(response)
+    names = [name for name, _ in events]
+    assert names[0] == "response.created" and names[-1] == "response.completed", names
+    assert "response.output_item.added" in names and "response.output_item.done" in names
+    completed = events[-1][1]["response"]
+    assert completed["status"] == "completed" and completed["output"]
+    # input_tokens is there but 0: Gate does not count a translated Responses stream's
+    # prompt (llama-cpp-python reports no usage on streams), as it does for Anthropic's.
+    assert "input_tokens" in completed["usage"] and completed["usage"]["output_tokens"] >= 1
+
+
 @pytest.mark.slow
 def test_claude_code_first_turn_streamed(gate):
     assert_anthropic_stream(
@@ -106,17 +124,3 @@ def test_claude_code_first_turn_not_streamed(gate):
     assert_anthropic_message(
         replay(gate, "claude_code_first_turn_not_streamed.json", timeout=SLOW_TIMEOUT)
     )
-
-
-def test_codex_first_turn_streamed(gate):
-    response = replay(gate, "codex_first_turn_streamed.json")
-    assert response.status_code == 200, response.text
-    events = sse_events(response)
-    names = [name for name, _ in events]
-    assert names[0] == "response.created" and names[-1] == "response.completed", names
-    assert "response.output_item.added" in names and "response.output_item.done" in names
-    completed = events[-1][1]["response"]
-    assert completed["status"] == "completed" and completed["output"]
-    # input_tokens is there but 0: Gate does not count a translated Responses stream's
-    # prompt (llama-cpp-python reports no usage on streams), as it does for Anthropic's.
-    assert "input_tokens" in completed["usage"] and completed["usage"]["output_tokens"] >= 1

@@ -101,6 +101,19 @@ def assert_claude_turn_completed(result: subprocess.CompletedProcess) -> dict:
     return outcome
 
 
+@pytest.mark.slow
+def test_claude_code_completes_a_turn_with_its_whole_prompt(
+    start_gate, long_context_engine, gate_env, claude
+):
+    """All 24 tools, nothing trimmed but the output cap: ~99,000 prompt tokens, minutes.
+    First in this module: right after test_client_replays.py's, whose prompt starts the
+    same, so the engine reuses most of what it read there."""
+    gate = start_gate(engine_config(long_context_engine))
+    outcome = assert_claude_turn_completed(claude(gate.url, "--model", MODEL, trim=False))
+    assert outcome["modelUsage"][MODEL]["inputTokens"] > 90_000
+    assert ("messages", 200) in usage_rows(gate, gate_env)
+
+
 def test_claude_code_completes_a_turn(start_gate, long_context_engine, gate_env, claude):
     gate = start_gate(engine_config(long_context_engine))
     outcome = assert_claude_turn_completed(claude(gate.url, "--model", MODEL))
@@ -115,17 +128,6 @@ def test_claude_code_default_model_aliased_to_the_local_one(
     alias = f"[providers]\naliases = {{ '{CLAUDE_CODE_DEFAULT_MODEL}' = '{MODEL}' }}\n"
     gate = start_gate(engine_config(long_context_engine).replace("[providers]\n", alias, 1))
     assert_claude_turn_completed(claude(gate.url))  # no --model: its own default
-    assert ("messages", 200) in usage_rows(gate, gate_env)
-
-
-@pytest.mark.slow
-def test_claude_code_completes_a_turn_with_its_whole_prompt(
-    start_gate, long_context_engine, gate_env, claude
-):
-    """All 24 tools, nothing trimmed but the output cap: ~99,000 prompt tokens, minutes."""
-    gate = start_gate(engine_config(long_context_engine))
-    outcome = assert_claude_turn_completed(claude(gate.url, "--model", MODEL, trim=False))
-    assert outcome["modelUsage"][MODEL]["inputTokens"] > 90_000
     assert ("messages", 200) in usage_rows(gate, gate_env)
 
 
