@@ -10,6 +10,7 @@ paths, ids and dates). What they carry that simpler tests do not: Claude Code's
 `input_text` parts, function and non-function tools, `reasoning`, `include`, `store:
 false`, `prompt_cache_key`, `client_metadata` and its `x-codex-*` headers.
 
+Second turns (`claude -c`, `codex exec resume --last`) carry the first answer back.
 Each answer must be well-formed in the client's dialect: every streamed event parses and
 names its own type, in the documented order, with usage; or a complete JSON message.
 
@@ -97,18 +98,35 @@ def test_claude_code_request_with_two_tools_streamed(gate):
     assert_anthropic_stream(replay(gate, "claude_code_two_tools_streamed.json"))
 
 
-def test_codex_first_turn_streamed(gate):
-    response = replay(gate, "codex_first_turn_streamed.json")
+def test_claude_code_second_turn_streamed(gate):
+    """`claude -c`: its first answer among the turns, `cache_control` moved to the last."""
+    assert_anthropic_stream(replay(gate, "claude_code_second_turn_two_tools_streamed.json"))
+
+
+def assert_responses_stream(response: httpx.Response) -> None:
     assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
     events = sse_events(response)
     names = [name for name, _ in events]
     assert names[0] == "response.created" and names[-1] == "response.completed", names
     assert "response.output_item.added" in names and "response.output_item.done" in names
+    numbers = [data["sequence_number"] for _, data in events]
+    assert numbers == list(range(len(events)))
     completed = events[-1][1]["response"]
     assert completed["status"] == "completed" and completed["output"]
-    # input_tokens is there but 0: Gate does not count a translated Responses stream's
-    # prompt (llama-cpp-python reports no usage on streams), as it does for Anthropic's.
+    # input_tokens is there but 0: on a translated stream from an engine that reports no
+    # usage (llama-cpp-python) Gate does not count the prompt (README: Responses API).
     assert "input_tokens" in completed["usage"] and completed["usage"]["output_tokens"] >= 1
+
+
+def test_codex_first_turn_streamed(gate):
+    assert_responses_stream(replay(gate, "codex_first_turn_streamed.json"))
+
+
+def test_codex_second_turn_streamed(gate):
+    """`codex exec resume`: input items with ids, its first answer as an assistant
+    message of `output_text` with `status`, `store: false` (no previous_response_id)."""
+    assert_responses_stream(replay(gate, "codex_second_turn_streamed.json"))
 
 
 @pytest.mark.slow
