@@ -114,9 +114,7 @@ def assert_responses_stream(response: httpx.Response) -> None:
     assert numbers == list(range(len(events)))
     completed = events[-1][1]["response"]
     assert completed["status"] == "completed" and completed["output"]
-    # input_tokens is there but 0: on a translated stream from an engine that reports no
-    # usage (llama-cpp-python) Gate does not count the prompt (README: Responses API).
-    assert "input_tokens" in completed["usage"] and completed["usage"]["output_tokens"] >= 1
+    assert completed["usage"]["input_tokens"] > 0 and completed["usage"]["output_tokens"] >= 1
 
 
 def test_codex_first_turn_streamed(gate):
