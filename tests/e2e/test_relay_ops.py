@@ -58,7 +58,7 @@ def test_the_node_shows_its_relay_state_and_public_url(relay_and_node, gate_env)
 
     shown = run_gate("status", env=env)
     assert shown.returncode == 0, shown.stderr
-    assert f"relay     {relay_id}  registered  {public}" in shown.stdout.splitlines()
+    assert f"relay     {relay_id}  registered  {public}" in shown.stdout.decode().splitlines()
     status = json.loads(run_gate("status", "--json", env=env).stdout)  # node_status
     assert status["relays"] == [
         {"relay_id": relay_id, "state": "registered", "reason": "", "url": public}
@@ -74,7 +74,8 @@ def test_the_node_shows_its_relay_state_and_public_url(relay_and_node, gate_env)
 
     link = wait_for(failed, "the relay shown as failed", timeout=40)
     assert link["reason"] and link["url"] == public
-    line = next(ln for ln in run_gate("status", env=env).stdout.splitlines() if "relay" in ln)
+    shown = run_gate("status", env=env).stdout.decode()
+    line = next(ln for ln in shown.splitlines() if ln.startswith("relay"))
     assert re.match(rf"relay     {relay_id}  (failed \(.+\)|registering)  {public}", line), line
 
 
