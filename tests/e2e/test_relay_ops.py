@@ -133,7 +133,7 @@ def test_200_concurrent_connections_with_streamed_answers_none_lost_or_mixed(rel
     assert len({cid for _, cid, _ in results}) == CONNECTIONS  # no answer went to two
     metrics = samples(httpx.get(f"{status_url(relay)}/metrics", timeout=10).text)
     assert metrics['gate_relay_connections_total{outcome="routed"}'] >= CONNECTIONS
-    assert metrics["gate_relay_open_connections"] == 0 or metrics[
-        "gate_relay_open_connections"
-    ] <= 1
+    assert (
+        metrics["gate_relay_open_connections"] == 0 or metrics["gate_relay_open_connections"] <= 1
+    )
     print(f"{CONNECTIONS} concurrent streamed connections through the relay in {elapsed:.1f} s")
