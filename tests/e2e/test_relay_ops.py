@@ -34,7 +34,7 @@ def samples(text: str) -> dict[str, float]:
     }
 
 
-def test_the_relay_prints_its_status_url_and_serves_health_and_metrics(relay_and_node):
+def test_the_relay_prints_its_status_url_and_serves_health_and_metrics(relay_and_node):  # noqa: F811
     relay, relay_port, _, node_id, key, context, relay_address = relay_and_node
     url = status_url(relay)
     assert url.startswith("http://127.0.0.1:")
@@ -50,7 +50,7 @@ def test_the_relay_prints_its_status_url_and_serves_health_and_metrics(relay_and
     assert metrics["gate_relay_connected_nodes"] == 1
 
 
-def test_the_node_shows_its_relay_state_and_public_url(relay_and_node, gate_env):
+def test_the_node_shows_its_relay_state_and_public_url(relay_and_node, gate_env):  # noqa: F811
     relay, _, node, node_id, _, _, relay_address = relay_and_node
     relay_id = relay_address.partition("@")[0]
     public = f"https://{node_id}.{DOMAIN}"
@@ -82,7 +82,7 @@ def test_the_node_shows_its_relay_state_and_public_url(relay_and_node, gate_env)
 CONNECTIONS = 200
 
 
-def test_200_concurrent_connections_with_streamed_answers_none_lost_or_mixed(relay_and_node):
+def test_200_concurrent_connections_with_streamed_answers_none_lost_or_mixed(relay_and_node):  # noqa: F811
     """Each connection asks for its own number of tokens (1 to 8, by its index) with EOS
     banned, so its answer must have exactly that many content chunks, all under one
     completion id that no other connection got: an answer lost, cut or mixed with

@@ -150,7 +150,7 @@ async def test_status_serves_health_and_metrics(tmp_path):
                 text = (await http.get("/metrics")).text
             assert 'gate_relay_connections_total{outcome="routed"} 1' in text
             assert 'gate_relay_routed_ended_total{how="closed"} 1' in text
-            assert json.loads((await http_get(urls[0], "/nothing")))["error"]
+            assert json.loads(await http_get(urls[0], "/nothing"))["error"]
         nursery.cancel_scope.cancel()
 
 
