@@ -52,7 +52,9 @@ _CONNECT_TIMEOUT: Final = 10.0
 _ANSWER_TIMEOUT: Final = 10.0
 _KEEPALIVE: Final = 15.0
 _BACKOFF_INITIAL, _BACKOFF_MAX = 0.5, 30.0
-LANES: Final = 4  # connections to each relay: up to ~400 browser connections at once
+# Connections to each relay: ~1,200 browser connections at once, above the relay's
+# default cap per node (1,024), so the cap and not a stream shortage refuses the rest.
+LANES: Final = 12
 
 StreamServer = Callable[[Connection, NodeId, QuicStream], Awaitable[None]]
 

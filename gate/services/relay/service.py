@@ -33,7 +33,9 @@ __all__ = ["RelayService"]
 log = logging.getLogger("gate.relay")
 
 REGISTRY_FILE = "relay.db"
-MAX_LANES = 8  # connections kept per node; older ones beyond are dropped from the choice
+# Connections kept per node (a Gate node opens 12, relay_client.LANES); older ones beyond
+# are left out of the choice: after a node reconnects, its newest are the live ones.
+MAX_LANES = 12
 
 
 class RelayService:
@@ -84,7 +86,7 @@ class RelayService:
             remote = conn.remote_id
             lanes = self.connections.setdefault(remote, [])
             lanes.append(conn)
-            del lanes[:-MAX_LANES]  # a node that reconnected: its newest are the live ones
+            del lanes[:-MAX_LANES]
             try:
                 async with trio.open_nursery() as streams:
                     while True:
