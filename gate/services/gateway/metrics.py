@@ -21,6 +21,9 @@ and `Metrics.request_finished` (pairs are never removed, so the decision cannot 
 between the two), which keeps the in-flight gauge balanced. Endpoints and error types are
 capped the same way per series (folded into "other").
 
+Values that other parts own (the usage recorder's drops, the relay's connection counts)
+are read by callbacks at scrape time (`Values`); the relay's status renders only those.
+
 Histograms keep one count per bucket (not cumulative) and are made cumulative when
 rendered. `Metrics.render` is O(series) and runs on a scrape, not on the request path.
 """
