@@ -157,27 +157,3 @@ async def test_status_serves_health_and_metrics(tmp_path):
 async def http_get(base: str, path: str) -> bytes:
     async with httpx.AsyncClient(base_url=base) as http:
         return (await http.get(path)).content
-
-
-def test_each_stream_goes_to_the_nodes_least_busy_connection():
-    """A connection carries at most 100 streams at once, so a node keeps several to a
-    relay (lanes) and the relay spreads browser connections over them."""
-    from gate.services.relay.service import MAX_LANES, RelayService
-
-    node = new_node()
-    relay = RelayService(
-        RelayServerConfig(domain=DOMAIN), secret_key=b"\0" * 32, node_id=new_node()
-    )
-    relay.front = TlsFront(relay.config, None, relay.connection_to)  # type: ignore[arg-type]
-    lanes = [FakeConnection() for _ in range(3)]
-    relay.connections[node] = list(lanes)
-    assert relay.connection_to(node) is lanes[-1]  # a tie: the newest
-    relay.front.streams_on.update({lanes[2]: 5, lanes[1]: 2, lanes[0]: 3})
-    assert relay.connection_to(node) is lanes[1]
-    lanes[1].is_closed = True
-    assert relay.connection_to(node) is lanes[0]
-    for lane in lanes:
-        lane.is_closed = True
-    assert relay.connection_to(node) is None
-    assert relay.connection_to(new_node()) is None
-    assert MAX_LANES >= 4

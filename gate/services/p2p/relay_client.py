@@ -8,13 +8,6 @@ are dispatched here by the node's table (a relay this node registered with is th
 opener it admits for them, `registered`). A domain_request every `_KEEPALIVE` seconds,
 answered within `_ANSWER_TIMEOUT`, tells that the relay is still there; when it is not,
 or the connection drops, the task reconnects with jittered exponential backoff.
-
-Lanes: QUIC lets a connection have at most 100 streams open at once (iroh's default, which
-its bindings do not let us raise), and each browser connection is one stream, so one
-connection would hold a node to 100 concurrent browser connections. Once registered, the
-node opens `LANES - 1` more connections to the relay, which only carry tls_proxy streams;
-the relay opens each new stream on the connection with the fewest open
-(gate.services.relay.service).
 """
 
 from __future__ import annotations
@@ -44,7 +37,7 @@ from gate.services.relay.control_stream import RelayControlStream, RelayRefused
 from gate.services.transport.framed import close_quietly
 from gate.services.transport.quic import Connection, Endpoint, QuicStream, TransportError
 
-__all__ = ["LANES", "RelayClient", "RelayLink"]
+__all__ = ["RelayClient", "RelayLink"]
 
 log = logging.getLogger("gate.relay.client")
 
@@ -52,9 +45,6 @@ _CONNECT_TIMEOUT: Final = 10.0
 _ANSWER_TIMEOUT: Final = 10.0
 _KEEPALIVE: Final = 15.0
 _BACKOFF_INITIAL, _BACKOFF_MAX = 0.5, 30.0
-# Connections to each relay: ~1,200 browser connections at once, above the relay's
-# default cap per node (1,024), so the cap and not a stream shortage refuses the rest.
-LANES: Final = 12
 
 StreamServer = Callable[[Connection, NodeId, QuicStream], Awaitable[None]]
 
@@ -157,33 +147,19 @@ class RelayClient:
                 )
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._keepalive, control, conn)
-                    for _ in range(LANES - 1):
-                        nursery.start_soon(self._lane, endpoint, serve_stream, link)
-                    error = await _accept_streams(conn, link.relay_id, serve_stream)
-                    link.error = error or "the relay connection ended"
+                    while True:  # the relay's tls_proxy streams, until the connection ends
+                        try:
+                            incoming = await conn.accept_stream()
+                        except (TransportError, trio.BrokenResourceError) as exc:
+                            link.error = str(exc) or "the relay connection ended"
+                            break
+                        nursery.start_soon(serve_stream, conn, link.relay_id, incoming)
                     nursery.cancel_scope.cancel()
             finally:
                 await close_quietly(stream)
         finally:
             link.state = "registering"
             conn.close(0, "relay session ended")
-
-    async def _lane(self, endpoint: Endpoint, serve_stream: StreamServer, link: RelayLink) -> None:
-        """One more connection for the relay's streams, for as long as the session lasts
-        (a lane that cannot connect or ends is not retried: the session's next round
-        opens them again)."""
-        try:
-            with trio.fail_after(_CONNECT_TIMEOUT):
-                lane = await endpoint.connect(link.relay_id, link.addresses)
-        except (TransportError, trio.TooSlowError, OSError) as exc:
-            log.info(
-                "relay lane not opened", extra={"relay": link.relay_id.short(), "error": str(exc)}
-            )
-            return
-        try:
-            await _accept_streams(lane, link.relay_id, serve_stream)
-        finally:
-            lane.close(0, "relay session ended")
 
     async def _register(self, control: RelayControlStream) -> str:
         with trio.fail_after(_ANSWER_TIMEOUT):
@@ -218,15 +194,3 @@ class RelayClient:
             ConnectionError,
         ) as exc:
             conn.close(0, f"relay keepalive failed: {exc or type(exc).__name__}")
-
-
-async def _accept_streams(conn: Connection, relay_id: NodeId, serve_stream: StreamServer) -> str:
-    """Serve the relay's tls_proxy streams on `conn` until it ends; why it ended."""
-    async with trio.open_nursery() as streams:
-        while True:
-            try:
-                incoming = await conn.accept_stream()
-            except (TransportError, trio.BrokenResourceError) as exc:
-                streams.cancel_scope.cancel()
-                return str(exc)
-            streams.start_soon(serve_stream, conn, relay_id, incoming)

@@ -82,8 +82,6 @@ class TlsFront:
         self.open_connections = 0
         self.per_client: collections.Counter[str] = collections.Counter()  # open, by address
         self.per_node: collections.Counter[NodeId] = collections.Counter()  # open, by node
-        # Streams open on each of a node's connections (the service picks the least busy).
-        self.streams_on: collections.Counter[Connection] = collections.Counter()
         self.bytes_in = 0  # client -> node
         self.bytes_out = 0
 
@@ -171,16 +169,12 @@ class TlsFront:
             await _send_alert(client, OVER_CAP_ALERT)
             return
         self.per_node[node_id] += 1
-        self.streams_on[conn] += 1
         try:
             await self._route(client, client_addr, reader, name, node_id, conn)
         finally:
             self.per_node[node_id] -= 1
             if not self.per_node[node_id]:
                 del self.per_node[node_id]
-            self.streams_on[conn] -= 1
-            if not self.streams_on[conn]:
-                del self.streams_on[conn]
 
     async def _route(
         self,

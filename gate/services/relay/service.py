@@ -2,12 +2,10 @@
 (where browsers' TLS arrives, §7.4) and the registry of names, run by the supervisor.
 
 A node registers over a connection it opened itself, so a node behind NAT needs no open
-port: the relay keeps the node's latest connections (its lanes, up to `MAX_LANES`: a
-connection carries at most 100 streams at once) and opens each tls_proxy stream on the
-one with the fewest open (gate.services.p2p.relay_client). Relay_control is the only
-stream type it serves (the dispatch table of gate.services.p2p.dispatch, with one row);
-any node may open one, and what it may do there is decided by its authenticated NodeId
-(gate.services.relay.control).
+port: the relay keeps the latest connection of each node and opens the tls_proxy
+streams on it. Relay_control is the only stream type it serves (the dispatch table of
+gate.services.p2p.dispatch, with one row); any node may open one, and what it may do
+there is decided by its authenticated NodeId (gate.services.relay.control).
 """
 
 from __future__ import annotations
@@ -33,9 +31,6 @@ __all__ = ["RelayService"]
 log = logging.getLogger("gate.relay")
 
 REGISTRY_FILE = "relay.db"
-# Connections kept per node (a Gate node opens 12, relay_client.LANES); older ones beyond
-# are left out of the choice: after a node reconnects, its newest are the live ones.
-MAX_LANES = 12
 
 
 class RelayService:
@@ -43,16 +38,12 @@ class RelayService:
         self.config = config
         self._secret_key = secret_key
         self.node_id = node_id
-        self.connections: dict[NodeId, list[Connection]] = {}  # oldest first
+        self.connections: dict[NodeId, Connection] = {}
         self.front: TlsFront | None = None
 
     def connection_to(self, node_id: NodeId) -> Connection | None:
-        """The node's live connection with the fewest streams open by the front."""
-        live = [c for c in self.connections.get(node_id, ()) if not c.is_closed]
-        if not live:
-            return None
-        load = self.front.streams_on if self.front is not None else {}
-        return min(reversed(live), key=lambda c: load.get(c, 0))  # a tie: the newest
+        conn = self.connections.get(node_id)
+        return conn if conn is not None and not conn.is_closed else None
 
     async def run(
         self,
@@ -84,9 +75,7 @@ class RelayService:
 
         async def serve_connection(conn: Connection) -> None:
             remote = conn.remote_id
-            lanes = self.connections.setdefault(remote, [])
-            lanes.append(conn)
-            del lanes[:-MAX_LANES]
+            self.connections[remote] = conn  # the latest wins: the node's live one
             try:
                 async with trio.open_nursery() as streams:
                     while True:
@@ -96,11 +85,8 @@ class RelayService:
                             return
                         streams.start_soon(dispatch.serve, conn, remote, stream)
             finally:
-                lanes = self.connections.get(remote, [])
-                if conn in lanes:
-                    lanes.remove(conn)
-                if not lanes:
-                    self.connections.pop(remote, None)
+                if self.connections.get(remote) is conn:
+                    del self.connections[remote]
 
         try:
             async with trio.open_nursery() as nursery:
@@ -111,11 +97,7 @@ class RelayService:
                     domain=config.domain,
                     front=front,
                     registry=registry,
-                    connected=lambda: sum(
-                        1
-                        for lanes in self.connections.values()
-                        if any(not c.is_closed for c in lanes)
-                    ),
+                    connected=lambda: sum(1 for c in self.connections.values() if not c.is_closed),
                 )
                 status_urls = await nursery.start(
                     partial(serve_http, ctx, status, bind=config.status_bind, drain_timeout=1.0)
