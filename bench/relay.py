@@ -210,6 +210,13 @@ class Setup:
             "GATE_RELAYD_IROH_RELAY_MODE": "disabled",
             "GATE_RELAYD_DISCOVERY": "false",
             "GATE_RELAYD_DATA_DIR": str(self.workdir / "relay"),
+            "GATE_RELAYD_STATUS_BIND": "127.0.0.1:0",
+            # Every connection comes from 127.0.0.1 to one node: the caps (256 per client
+            # address, 1,024 per node) would stop the concurrency steps, which measure the
+            # relay, not its caps.
+            "GATE_RELAYD_MAX_CONNECTIONS": "100000",
+            "GATE_RELAYD_MAX_CONNECTIONS_PER_CLIENT": "100000",
+            "GATE_RELAYD_MAX_CONNECTIONS_PER_NODE": "100000",
         }
         relay_out = self.workdir / "relay.out"
         self.relay = subprocess.Popen(

@@ -133,6 +133,7 @@ class Node:
             node_id=str(self.node_id),
             registry=self.registry,
             peers=self._peer_infos if self.p2p else None,
+            relays=self.relay_client.status if self.relay_client else None,
             # With keys required, only a caller with a key sees the topology.
             authorized=lambda scope: self.gateway is not None and self.gateway.authorized(scope),
         )
@@ -458,6 +459,7 @@ class Node:
                 for p in (self.p2p.peers.values() if self.p2p else [])
             },
             services=self.service_statistics(),
+            relays=self.relay_client.status() if self.relay_client else [],
         )
 
     def peers(self) -> list[PeerInfo]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 import platformdirs
@@ -34,6 +34,8 @@ from gate.errors import ConfigError
 
 __all__ = ["RELAY_SCHEMA", "RelayServerConfig", "default_relay_config_path", "load_relay_config"]
 
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
 
 class RelayServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # Required (checked once every layer is on: it may come from the environment alone):
@@ -44,7 +46,7 @@ class RelayServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     p2p_bind_host: str = "0.0.0.0"
     iroh_relay_mode: str = "default"  # iroh's relays (NAT traversal), as p2p.iroh_relay_mode
     discovery: bool = True
-    status_bind: str = "127.0.0.1:31146"  # health and metrics (not served yet)
+    status_bind: str = "127.0.0.1:31146"  # GET /health and /metrics, plain HTTP
     data_dir: str = ""  # empty: <the platform data dir>/gate/relay
     log_level: str = "info"
     # How long a ClientHello may take to arrive whole, and how long a proxied connection
@@ -52,6 +54,11 @@ class RelayServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     hello_timeout: Seconds = 5.0
     idle_timeout: Seconds = 300.0
     connect_timeout: Seconds = 10.0  # opening the stream to the node
+    # Caps on open connections: in all, to one node, from one client address. Past a
+    # cap a connection is refused at once (a TLS alert, then close) and counted.
+    max_connections: PositiveInt = 4096
+    max_connections_per_node: PositiveInt = 1024
+    max_connections_per_client: PositiveInt = 256
 
     def __post_init__(self) -> None:
         domain = self.domain.strip().strip(".").lower()

@@ -207,6 +207,10 @@ def status(config_path: Path | None, as_json: bool) -> None:
         click.echo(f"provider  {name:20} {'healthy' if healthy else 'down'}")
     for node_id, peer_status in result["peers"].items():
         click.echo(f"peer      {node_id}  {peer_status}")
+    for relay in result.get("relays", []):
+        state = relay["state"] + (f" ({relay['reason']})" if relay["reason"] else "")
+        url = f"  {relay['url']}" if relay["url"] else ""
+        click.echo(f"relay     {relay['relay_id']}  {state}{url}")
 
 
 @click.command()

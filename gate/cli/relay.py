@@ -65,6 +65,9 @@ def serve(config_path: Path | None) -> None:
             listening = started.get("listen")
             for address in listening if isinstance(listening, list) else []:
                 click.echo(f"TLS listening on {address}")
+            status = started.get("status")
+            for url in status if isinstance(status, list) else []:
+                click.echo(f"Status on {url}/health and {url}/metrics")
             click.echo(f"data {data_dir}  log {log_file}", nl=True)
 
     async def main() -> None:

@@ -139,6 +139,7 @@ def relay_and_node(tmp_path, gate_env, llama_engine):
         "GATE_RELAYD_DISCOVERY": "false",
         "GATE_RELAYD_DATA_DIR": str(tmp_path / "relay-data"),
         "GATE_RELAYD_IDLE_TIMEOUT": "30",
+        "GATE_RELAYD_STATUS_BIND": "127.0.0.1:0",
     }
     relay = GateServe(relay_env, serve=("relay", "serve"), ready=r"TLS listening on (\S+)")
     relay.start()

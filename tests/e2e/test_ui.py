@@ -28,6 +28,8 @@ import pytest
 
 from .conftest import engine_config
 from .test_gateway import HI, MODEL
+from .test_relay import DOMAIN as RELAY_DOMAIN
+from .test_relay import relay_and_node  # noqa: F401  (the fixture)
 from .test_rpc import OTHER_NODE, result, rpc
 
 pytestmark = pytest.mark.e2e
@@ -220,6 +222,17 @@ def test_a_request_appears_on_the_dashboard_live(browser, gate):
         expect(page.locator("#chart-latency .chart-latest")).to_have_text(re.compile(r"^\d+ ms$"))
         expect(page.locator("#chart-tokens .chart-latest")).not_to_have_text("0.0 tok/s")
         assert page.evaluate("window.notReloaded") is True
+        assert problems.items == []
+
+
+def test_the_dashboard_shows_the_relay_and_the_public_url(browser, relay_and_node):  # noqa: F811
+    _, _, node, node_id, _, _, relay_address = relay_and_node
+    relay_id = relay_address.partition("@")[0]
+    with open_ui(browser, node) as (page, problems):
+        fact = page.locator(f"#node-status [data-relay='{relay_id}']")
+        expect(fact.locator("dt")).to_have_text(f"Relay {relay_id[:8]}…")
+        expect(fact.locator(".badge")).to_have_text("registered")
+        expect(fact.locator("code.url")).to_have_text(f"https://{node_id}.{RELAY_DOMAIN}")
         assert problems.items == []
 
 

@@ -8,7 +8,7 @@ configuration goes through `edit_config`, the path a hand edit of gate.toml take
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +37,9 @@ class NodeStatus:
     providers: dict[str, bool]  # engine name -> healthy
     peers: dict[str, str]  # trusted peer's node id -> its state ("connected", ...)
     services: dict[str, ServiceStatistics]  # by service name
+    # Each configured relay: relay_id, state (registering | registered | failed), reason
+    # (why it failed), url (this node's public URL there, https://<node-id>.<domain>).
+    relays: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -398,6 +398,7 @@ class RpcService:
             "services": {
                 name: dataclasses.asdict(stats) for name, stats in status.services.items()
             },
+            "relays": status.relays,
         }
 
     async def node_shutdown(self, _: NoParams) -> dict[str, bool]:

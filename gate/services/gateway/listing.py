@@ -10,7 +10,7 @@ from typing import Any
 
 from gate.services.engines.registry import Dialect, ProviderRegistry
 from gate.services.gateway.exchange import ApiError
-from gate.services.gateway.metrics import Metrics
+from gate.services.gateway.metrics import Metrics, send_exposition
 from gate.services.http.router import Receive, Scope, Send, send_json
 from gate.services.p2p.service import P2PService
 
@@ -102,18 +102,7 @@ class Listing:
         except ApiError as exc:
             await exc.answer(send, Dialect.OPENAI)
             return
-        body = self.metrics.render()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_exposition(send, self.metrics.render())
 
 
 def _dialect_of(scope: Scope) -> Dialect:

@@ -21,6 +21,9 @@ and `Metrics.request_finished` (pairs are never removed, so the decision cannot 
 between the two), which keeps the in-flight gauge balanced. Endpoints and error types are
 capped the same way per series (folded into "other").
 
+Values that other parts own (the usage recorder's drops, the relay's connection counts)
+are read by callbacks at scrape time (`Values`); the relay's status renders only those.
+
 Histograms keep one count per bucket (not cumulative) and are made cumulative when
 rendered. `Metrics.render` is O(series) and runs on a scrape, not on the request path.
 """
@@ -31,10 +34,12 @@ import logging
 import math
 import re
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final, Literal
 
-__all__ = ["BUCKETS", "CONTENT_TYPE", "OTHER", "UNKNOWN", "Metrics"]
+from gate.services.http.router import Send
+
+__all__ = ["BUCKETS", "CONTENT_TYPE", "OTHER", "UNKNOWN", "Metrics", "Values", "send_exposition"]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -75,6 +80,73 @@ class _Series:
         self.tokens_out = 0
 
 
+class Values:
+    """Metrics whose values others own, read by a callback at scrape time: unlabelled
+    gauges and counters, and families by one label (``fn()`` returns label value ->
+    number). The node's `Metrics` renders its own after the request families; the relay
+    (gate.services.relay.status) has only these."""
+
+    def __init__(self, reserved: frozenset[str] = frozenset()) -> None:
+        self._reserved = reserved
+        self._values: dict[str, tuple[str, str, str | None, Callable[[], object]]] = {}
+
+    def register_gauge(self, name: str, help: str, fn: Callable[[], float]) -> None:
+        """Add an unlabelled gauge whose value ``fn()`` gives at render time."""
+        self._register(name, "gauge", help, None, fn)
+
+    def register_counter(self, name: str, help: str, fn: Callable[[], float]) -> None:
+        """Add an unlabelled counter (``fn()`` must never decrease), e.g.
+        ``gate_usage_dropped_total`` from the usage recorder."""
+        self._register(name, "counter", help, None, fn)
+
+    def register_family(
+        self,
+        name: str,
+        kind: Literal["gauge", "counter"],
+        help: str,
+        label: str,
+        fn: Callable[[], Mapping[str, float]],
+    ) -> None:
+        """Add a family with one label: a sample per item of ``fn()``."""
+        if not _NAME.match(label):
+            raise ValueError(f"invalid label name {label!r}")
+        self._register(name, kind, help, label, fn)
+
+    def _register(
+        self, name: str, kind: str, help: str, label: str | None, fn: Callable[[], object]
+    ) -> None:
+        if not _NAME.match(name):
+            raise ValueError(f"invalid metric name {name!r}")
+        if name in self._values or name in self._reserved:
+            raise ValueError(f"metric {name!r} is already registered")
+        self._values[name] = (kind, help, label, fn)
+
+    def render_into(self, out: list[str]) -> None:
+        for name, (kind, help, label, fn) in list(self._values.items()):
+            try:
+                value = fn()
+                if label is None:
+                    samples = [f"{name} {_number(float(value))}"]  # type: ignore[arg-type]
+                else:
+                    assert isinstance(value, Mapping)
+                    samples = [
+                        f'{name}{{{label}="{_escape(str(key))}"}} {_number(float(v))}'
+                        for key, v in sorted(value.items())
+                    ]
+            except Exception:  # a broken callback must not break the scrape
+                _log.exception("metric %s: the value callback failed; left out", name)
+                continue
+            _header(out, name, kind, help)
+            out.extend(samples)
+
+    def render(self) -> bytes:
+        """The text exposition format 0.0.4 of these values alone."""
+        out: list[str] = []
+        self.render_into(out)
+        out.append("")
+        return "\n".join(out).encode("utf-8", "replace")
+
+
 class Metrics:
     """The node's metrics. Call `request_started` and then `request_finished` once per
     request (the latter also for failed ones), and `render` for a scrape."""
@@ -84,7 +156,7 @@ class Metrics:
             raise ValueError("max_series must be at least 1")
         self.max_series = max_series
         self._series: dict[tuple[str, str], _Series] = {}
-        self._external: dict[str, tuple[Literal["gauge", "counter"], str, Callable[[], float]]] = {}
+        self.values = Values(_RESERVED)
 
     # --- the request path ---
 
@@ -158,22 +230,10 @@ class Metrics:
     # --- values owned by others ---
 
     def register_gauge(self, name: str, help: str, fn: Callable[[], float]) -> None:
-        """Add an unlabelled gauge whose value ``fn()`` gives at render time."""
-        self._register(name, "gauge", help, fn)
+        self.values.register_gauge(name, help, fn)
 
     def register_counter(self, name: str, help: str, fn: Callable[[], float]) -> None:
-        """Add an unlabelled counter (``fn()`` must never decrease), e.g.
-        ``gate_usage_dropped_total`` from the usage recorder."""
-        self._register(name, "counter", help, fn)
-
-    def _register(
-        self, name: str, kind: Literal["gauge", "counter"], help: str, fn: Callable[[], float]
-    ) -> None:
-        if not _NAME.match(name):
-            raise ValueError(f"invalid metric name {name!r}")
-        if name in self._external or name in _RESERVED:
-            raise ValueError(f"metric {name!r} is already registered")
-        self._external[name] = (kind, help, fn)
+        self.values.register_counter(name, help, fn)
 
     # --- the scrape ---
 
@@ -222,17 +282,25 @@ class Metrics:
             for error_type, count in s.errors.items():
                 emit(f'gate_errors_total{{{s.labels},type="{_escape(error_type)}"}} {count}')
 
-        for name, (kind, help, fn) in list(self._external.items()):
-            try:
-                value = float(fn())
-            except Exception:  # a broken callback must not break the scrape
-                _log.exception("metric %s: the value callback failed; left out", name)
-                continue
-            _header(out, name, kind, help)
-            emit(f"{name} {_number(value)}")
+        self.values.render_into(out)
         emit("")
         # "replace": a lone surrogate in a client's model name must not break the scrape.
         return "\n".join(out).encode("utf-8", "replace")
+
+
+async def send_exposition(send: Send, body: bytes) -> None:
+    """A scrape's answer: `body` (from a `render`) as a 200 in the exposition format."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", CONTENT_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 _FAMILIES: Final = frozenset(

@@ -61,6 +61,7 @@ def build_app(
     node_id: str,
     registry: ProviderRegistry | None = None,
     peers: Callable[[], list[PeerInfo]] | None = None,
+    relays: Callable[[], list[dict[str, str]]] | None = None,
     authorized: Callable[[Scope], bool] | None = None,
     door: Door = Door.LOCAL,
 ) -> Router:
@@ -89,6 +90,8 @@ def build_app(
                 }
             if peers is not None:
                 body["peers"] = {info.node_id: msgspec.to_builtins(info) for info in peers()}
+            if relays is not None:
+                body["relays"] = relays()
         await send_json(send, 200, body)
 
     router.add_routes(

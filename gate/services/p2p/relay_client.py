@@ -57,14 +57,23 @@ class RelayLink:
 
     relay_id: NodeId
     addresses: list[str]
-    state: str = "connecting"  # connecting | active | failed
-    domain: str = ""
+    state: str = "registering"  # registering | registered | failed (error says why)
+    domain: str = ""  # this node's name there, once the relay gave it
     error: str = ""
     attempts: int = field(default=0)
 
     @property
     def url(self) -> str:
+        """This node's public URL through the relay (kept while it reconnects)."""
         return f"https://{self.domain}" if self.domain else ""
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "relay_id": str(self.relay_id),
+            "state": self.state,
+            "reason": self.error if self.state == "failed" else "",
+            "url": self.url,
+        }
 
 
 class RelayClient:
@@ -80,7 +89,12 @@ class RelayClient:
     def registered(self, node_id: NodeId) -> bool:
         """Whether `node_id` is a relay this node registered with (it may open tls_proxy)."""
         link = self.links.get(node_id)
-        return link is not None and link.state == "active"
+        return link is not None and link.state == "registered"
+
+    def status(self) -> list[dict[str, str]]:
+        """Each relay's state and this node's URL there, for `gate status`, /health,
+        node_status and the web UI."""
+        return [link.describe() for link in self.links.values()]
 
     async def run(self, endpoint: Endpoint, serve_stream: StreamServer) -> None:
         async with trio.open_nursery() as nursery:
@@ -118,7 +132,7 @@ class RelayClient:
     async def _session(
         self, endpoint: Endpoint, serve_stream: StreamServer, link: RelayLink
     ) -> None:
-        link.state, link.error = "connecting", ""
+        link.state = "registering"  # the last failure's reason stays until this succeeds
         with trio.fail_after(_CONNECT_TIMEOUT):
             conn = await endpoint.connect(link.relay_id, link.addresses)
         # Each browser connection is one stream the relay opens: QUIC's default of 100
@@ -131,7 +145,7 @@ class RelayClient:
             control = RelayControlStream(stream, Role.INITIATOR)
             try:
                 domain = await self._register(control)
-                link.domain, link.state = domain, "active"
+                link.domain, link.state, link.error = domain, "registered", ""
                 log.info(
                     "registered with relay",
                     extra={"relay": link.relay_id.short(), "url": link.url},
@@ -149,7 +163,7 @@ class RelayClient:
             finally:
                 await close_quietly(stream)
         finally:
-            link.state = "connecting"
+            link.state = "registering"
             conn.close(0, "relay session ended")
 
     async def _register(self, control: RelayControlStream) -> str:

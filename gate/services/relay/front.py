@@ -10,6 +10,13 @@
    (sni, client_addr), then exactly the bytes read so far. The node's first bytes are
    its TLS answer, or a bare error frame if it refused the stream (§3.5): then the
    client gets the alert too. Then `splice` both ways.
+
+Caps on open connections (relay.toml): in all and per client address, checked as a
+connection arrives, before anything is read; per node, once its name is known. Past one,
+the client gets a TLS `internal_error` alert and the connection is closed, counted as
+`over_cap_<which>`. Every connection ends counted under one outcome (`outcomes`), a bad
+ClientHello also by its reason (`bad_hello`), a routed one also by how its splice ended
+(`ended`): gate.services.relay.status serves them as metrics.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ log = logging.getLogger("gate.relay")
 # A fatal TLS alert, unrecognized_name (RFC 8446 §6.2: level 2, description 112), in a
 # TLS 1.2-versioned record: what a TLS server says for a name it does not serve.
 UNRECOGNIZED_NAME_ALERT: Final = bytes([21, 3, 3, 0, 2, 2, 112])
+# internal_error (80): TLS has no "busy" alert; a client reports this one as a failure
+# of the server, which a connection over a cap is.
+OVER_CAP_ALERT: Final = bytes([21, 3, 3, 0, 2, 2, 80])
 _READ: Final = 16 * 1024
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -65,9 +75,13 @@ class TlsFront:
         self.registry = registry
         self._connection_to = connection_to
         # Connections by outcome: routed, bad_client_hello, hello_timeout, unknown_name,
-        # not_activated, node_unreachable, node_refused.
+        # not_activated, node_unreachable, node_refused, over_cap_{global,client,node}.
         self.outcomes: collections.Counter[str] = collections.Counter()
+        self.bad_hello: collections.Counter[str] = collections.Counter()  # by reason
+        self.ended: collections.Counter[str] = collections.Counter()  # routed: closed|idle|reset
         self.open_connections = 0
+        self.per_client: collections.Counter[str] = collections.Counter()  # open, by address
+        self.per_node: collections.Counter[NodeId] = collections.Counter()  # open, by node
         self.bytes_in = 0  # client -> node
         self.bytes_out = 0
 
@@ -87,18 +101,35 @@ class TlsFront:
             task_status.started(addresses)
 
     async def _handle_quietly(self, client: trio.SocketStream) -> None:
-        self.open_connections += 1
         try:
-            await self.handle(client)
+            peer = client.socket.getpeername()
+        except OSError:  # reset before we looked
+            await trio.aclose_forcefully(client)
+            return
+        host = peer[0]
+        over = None
+        if self.open_connections >= self.config.max_connections:
+            over = "global"
+        elif self.per_client[host] >= self.config.max_connections_per_client:
+            over = "client"
+        if over is not None:
+            self._refuse(f"over_cap_{over}", f"{host}:{peer[1]}")
+            await _refuse_unread(client)
+            return
+        self.open_connections += 1
+        self.per_client[host] += 1
+        try:
+            await self.handle(client, f"{host}:{peer[1]}")
         except Exception as exc:  # one connection's failure stays in it
             log.warning("relay connection failed", extra={"error": f"{type(exc).__name__}: {exc}"})
         finally:
             self.open_connections -= 1
+            self.per_client[host] -= 1
+            if not self.per_client[host]:
+                del self.per_client[host]
             await trio.aclose_forcefully(client)
 
-    async def handle(self, client: trio.SocketStream) -> None:
-        peer = client.socket.getpeername()
-        client_addr = f"{peer[0]}:{peer[1]}"
+    async def handle(self, client: trio.SocketStream, client_addr: str) -> None:
         reader = ClientHelloReader()
         name = None
         with trio.move_on_after(self.config.hello_timeout):
@@ -106,14 +137,14 @@ class TlsFront:
                 while name is None:
                     data = await client.receive_some(_READ)
                     if not data:
-                        self.outcomes["bad_client_hello"] += 1
+                        self._bad_hello("ended_early", client_addr)
                         return
                     name = reader.feed(data)
             except SniError as exc:
-                self._refuse("bad_client_hello", client_addr, reason=exc.reason)
+                self._bad_hello(str(exc.reason), client_addr)
                 return
             except (trio.BrokenResourceError, OSError):
-                self.outcomes["bad_client_hello"] += 1
+                self._bad_hello("reset", client_addr)
                 return
         if name is None:
             self._refuse("hello_timeout", client_addr)
@@ -133,6 +164,27 @@ class TlsFront:
             self._refuse("node_unreachable", client_addr, sni=name)
             await _send_alert(client)
             return
+        if self.per_node[node_id] >= self.config.max_connections_per_node:
+            self._refuse("over_cap_node", client_addr, sni=name)
+            await _send_alert(client, OVER_CAP_ALERT)
+            return
+        self.per_node[node_id] += 1
+        try:
+            await self._route(client, client_addr, reader, name, node_id, conn)
+        finally:
+            self.per_node[node_id] -= 1
+            if not self.per_node[node_id]:
+                del self.per_node[node_id]
+
+    async def _route(
+        self,
+        client: trio.SocketStream,
+        client_addr: str,
+        reader: ClientHelloReader,
+        name: str,
+        node_id: NodeId,
+        conn: Connection,
+    ) -> None:
         try:
             with trio.fail_after(self.config.connect_timeout):
                 stream = await conn.open_stream()
@@ -166,6 +218,7 @@ class TlsFront:
         result = await splice(client, stream, idle_timeout=self.config.idle_timeout)
         self.bytes_in += result.a_to_b
         self.bytes_out += result.b_to_a
+        self.ended[result.outcome] += 1
         log.debug(
             "relayed connection ended",
             extra={"node": node_id.short(), "outcome": result.outcome, "in": result.a_to_b},
@@ -175,9 +228,26 @@ class TlsFront:
         self.outcomes[outcome] += 1
         log.info("connection refused", extra={"outcome": outcome, "client": client_addr, **extra})
 
+    def _bad_hello(self, reason: str, client_addr: str) -> None:
+        self.bad_hello[reason] += 1
+        self._refuse("bad_client_hello", client_addr, reason=reason)
 
-async def _send_alert(client: trio.SocketStream) -> None:
+
+async def _send_alert(client: trio.SocketStream, alert: bytes = UNRECOGNIZED_NAME_ALERT) -> None:
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         with trio.move_on_after(1):
-            await client.send_all(UNRECOGNIZED_NAME_ALERT)
+            await client.send_all(alert)
             await client.send_eof()
+
+
+async def _refuse_unread(client: trio.SocketStream) -> None:
+    """The over-cap alert to a connection nothing was read from, then a close that is a
+    FIN, not a RST: what the client already sent is read and dropped first (at most
+    64 KiB and half a second, so refusing stays cheap)."""
+    await _send_alert(client, OVER_CAP_ALERT)
+    with trio.move_on_after(0.5):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            drained = 0
+            while drained < 4 * _READ and (data := await client.receive_some(_READ)):
+                drained += len(data)
+    await trio.aclose_forcefully(client)

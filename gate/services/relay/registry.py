@@ -62,6 +62,9 @@ class NameRegistry:
     def lookup(self, node_id: NodeId) -> RegisteredName | None:
         return self._names.get(node_id)
 
+    def names(self) -> list[RegisteredName]:
+        return list(self._names.values())
+
     def __len__(self) -> int:
         return len(self._names)
 

@@ -11,16 +11,19 @@ there is decided by its authenticated NodeId (gate.services.relay.control).
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import trio
 
 from gate.nursery import ServiceContext
 from gate.protocol import NodeId, StreamType
 from gate.relay_config import RelayServerConfig
+from gate.services.http.server import serve_http
 from gate.services.p2p.dispatch import Opener, Route, StreamDispatch
 from gate.services.relay.control import RelayControlServer
 from gate.services.relay.front import TlsFront
 from gate.services.relay.registry import NameRegistry
+from gate.services.relay.status import status_app
 from gate.services.transport.quic import Connection, TransportError, bind_endpoint
 
 __all__ = ["RelayService"]
@@ -89,13 +92,28 @@ class RelayService:
             async with trio.open_nursery() as nursery:
                 await nursery.start(endpoint.serve, serve_connection)
                 listening = await nursery.start(front.serve)
+                status = status_app(
+                    node_id=self.node_id,
+                    domain=config.domain,
+                    front=front,
+                    registry=registry,
+                    connected=lambda: sum(1 for c in self.connections.values() if not c.is_closed),
+                )
+                status_urls = await nursery.start(
+                    partial(serve_http, ctx, status, bind=config.status_bind, drain_timeout=1.0)
+                )
                 dialable = endpoint.direct_addresses or endpoint.addresses
                 address = f"{self.node_id}@{','.join(dialable)}"
                 log.info(
                     "relay listening",
-                    extra={"address": address, "tls": ",".join(listening), "names": len(registry)},
+                    extra={
+                        "address": address,
+                        "tls": ",".join(listening),
+                        "names": len(registry),
+                        "status": ",".join(status_urls),
+                    },
                 )
-                task_status.started({"p2p": address, "listen": listening})
+                task_status.started({"p2p": address, "listen": listening, "status": status_urls})
                 await ctx.wait_shutdown()
                 nursery.cancel_scope.cancel()
         finally:

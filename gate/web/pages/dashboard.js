@@ -61,6 +61,25 @@ export default {
       return `${running}; ${notRunning.map(([name, st]) => `${name} ${st.state}${st.last_error ? ` (${st.last_error})` : ""}`).join(", ")}`;
     }
 
+    // One fact per relay: its state (why, if it failed) and this node's public URL there.
+    function relay(r) {
+      const state = h("span", { class: `badge ${r.state === "registered" ? "ok" : r.state === "failed" ? "bad" : ""}` }, r.state);
+      return wide(
+        h(
+          "div",
+          { class: "relay", dataset: { relay: r.relay_id } },
+          h("dt", {}, `Relay ${r.relay_id.slice(0, 8)}…`),
+          h(
+            "dd",
+            {},
+            state,
+            r.reason ? ` ${r.reason}` : "",
+            r.url ? [" ", h("code", { class: "url" }, r.url), " ", copyButton(() => r.url, "Copy", "public URL")] : "",
+          ),
+        ),
+      );
+    }
+
     function showStatus(s) {
       const providers = Object.entries(s.providers);
       const peers = Object.values(s.peers);
@@ -79,6 +98,7 @@ export default {
         ),
         fact("Peers", `${peers.filter((p) => p === "connected").length} of ${peers.length} connected`),
         fact("Services", services(s.services)),
+        ...(s.relays ?? []).map(relay),
       );
     }
 

@@ -1,0 +1,139 @@
+"""The relay's operations end to end, with the processes of tests/e2e/test_relay.py (a
+relay and a node, a test CA, llama.cpp on the tiny model): the relay's status URL and
+its /health and /metrics; the node showing its relay (state, reason, public URL) in
+`gate status`, /health and node_status; 200 concurrent connections with streamed
+answers, none lost or mixed."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import re
+import time
+
+import httpx
+import pytest
+
+from .gate_process import announced, run_gate, wait_for
+from .test_gateway import HI, MODEL, NO_EOS
+from .test_relay import DOMAIN, RelayedHTTPS, _get, relay_and_node  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.e2e
+
+
+def status_url(relay) -> str:
+    line = next(line for line in announced(relay) if line.startswith("Status on "))
+    return re.match(r"Status on (http://\S+)/health", line).group(1)
+
+
+def samples(text: str) -> dict[str, float]:
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_the_relay_prints_its_status_url_and_serves_health_and_metrics(relay_and_node):  # noqa: F811
+    relay, relay_port, _, node_id, key, context, relay_address = relay_and_node
+    url = status_url(relay)
+    assert url.startswith("http://127.0.0.1:")
+    assert _get(node_id, relay_port, context, "/health", key)[0] == 200
+    health = httpx.get(f"{url}/health", timeout=10).json()
+    assert health["node_id"] == relay_address.partition("@")[0]
+    assert health["domain"] == DOMAIN
+    assert (health["registered_nodes"], health["connected_nodes"]) == (1, 1)
+    metrics = samples(httpx.get(f"{url}/metrics", timeout=10).text)
+    assert metrics['gate_relay_connections_total{outcome="routed"}'] >= 2  # the fixture's too
+    assert metrics['gate_relay_bytes_total{direction="out"}'] > 1000  # the node's certificate
+    assert metrics["gate_relay_registered_nodes"] == 1
+    assert metrics["gate_relay_connected_nodes"] == 1
+
+
+def test_the_node_shows_its_relay_state_and_public_url(relay_and_node, gate_env):  # noqa: F811
+    relay, _, node, node_id, _, _, relay_address = relay_and_node
+    relay_id = relay_address.partition("@")[0]
+    public = f"https://{node_id}.{DOMAIN}"
+    env = {**gate_env, "GATE_SERVER__BIND": node.url.removeprefix("http://")}
+
+    shown = run_gate("status", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert f"relay     {relay_id}  registered  {public}" in shown.stdout.decode().splitlines()
+    status = json.loads(run_gate("status", "--json", env=env).stdout)  # node_status
+    assert status["relays"] == [
+        {"relay_id": relay_id, "state": "registered", "reason": "", "url": public}
+    ]
+    assert httpx.get(f"{node.url}/health", timeout=10).json()["relays"] == status["relays"]
+
+    # The relay goes away: the node says so, and why, and keeps trying.
+    relay.close()
+
+    def failed():
+        relays = json.loads(run_gate("status", "--json", env=env).stdout)["relays"]
+        return relays[0] if relays[0]["state"] == "failed" else None
+
+    link = wait_for(failed, "the relay shown as failed", timeout=40)
+    assert link["reason"] and link["url"] == public
+    shown = run_gate("status", env=env).stdout.decode()
+    line = next(ln for ln in shown.splitlines() if ln.startswith("relay"))
+    assert re.match(rf"relay     {relay_id}  (failed \(.+\)|registering)  {public}", line), line
+
+
+CONNECTIONS = 200
+
+
+def test_200_concurrent_connections_with_streamed_answers_none_lost_or_mixed(relay_and_node):  # noqa: F811
+    """Each connection asks for its own number of tokens (1 to 8, by its index) with EOS
+    banned, so its answer must have exactly that many content chunks, all under one
+    completion id that no other connection got: an answer lost, cut or mixed with
+    another's fails. All 200 are open at once: a barrier holds them until each has its
+    TLS connection through the relay."""
+    relay, relay_port, _, node_id, key, context, _ = relay_and_node
+    hostname = f"{node_id}.{DOMAIN}"
+    import threading
+
+    barrier = threading.Barrier(CONNECTIONS, timeout=60)
+
+    def one(i: int) -> tuple[int, str, int]:
+        conn = RelayedHTTPS(hostname, relay_port, context)
+        conn.timeout = 90
+        conn.connect()
+        barrier.wait()
+        tokens = 1 + i % 8
+        body = {
+            "model": MODEL,
+            "messages": HI,
+            "max_tokens": tokens,
+            "stream": True,
+            "logit_bias": NO_EOS,
+        }
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=json.dumps(body),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        text = response.read().decode()
+        conn.close()
+        assert response.status == 200, text
+        events = [ln[6:] for ln in text.splitlines() if ln.startswith("data: ")]
+        assert events[-1] == "[DONE]", (i, events[-3:])
+        chunks = [json.loads(e) for e in events[:-1]]
+        ids = {c["id"] for c in chunks}
+        assert len(ids) == 1, (i, ids)
+        content = sum(1 for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content"))
+        return tokens, ids.pop(), content
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(CONNECTIONS) as pool:
+        results = list(pool.map(one, range(CONNECTIONS)))
+    elapsed = time.monotonic() - started
+    assert [content for _, _, content in results] == [tokens for tokens, _, _ in results]
+    assert len({cid for _, cid, _ in results}) == CONNECTIONS  # no answer went to two
+    metrics = samples(httpx.get(f"{status_url(relay)}/metrics", timeout=10).text)
+    assert metrics['gate_relay_connections_total{outcome="routed"}'] >= CONNECTIONS
+    assert (
+        metrics["gate_relay_open_connections"] == 0 or metrics["gate_relay_open_connections"] <= 1
+    )
+    print(f"{CONNECTIONS} concurrent streamed connections through the relay in {elapsed:.1f} s")
