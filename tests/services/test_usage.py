@@ -336,7 +336,7 @@ def test_the_insert_names_its_columns() -> None:
         "CREATE TABLE usage (endpoint TEXT, id INTEGER PRIMARY KEY, error TEXT, ts REAL,"
         " client TEXT, model TEXT, provider TEXT, peer TEXT, status INTEGER,"
         " latency_ms REAL, ttft_ms REAL, tokens_in INTEGER, tokens_out INTEGER,"
-        " tokens_source TEXT)"
+        " tokens_source TEXT, door TEXT)"
     )
     conn.execute(_INSERT, msgspec.structs.astuple(make(7)))
     assert conn.execute("SELECT endpoint, tokens_in, error FROM usage").fetchall() == [
