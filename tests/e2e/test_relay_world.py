@@ -34,7 +34,6 @@ from gate.protocol import (
     encode_frame,
     encode_preamble,
 )
-from gate.services.engines.client import UpstreamDisconnected
 from gate.services.p2p.http_over_stream import request_over_stream
 from gate.services.transport.framed import receive_event
 from gate.services.transport.quic import bind_endpoint
@@ -91,6 +90,7 @@ class World:
         self.engine_url = engine_url
         self.node: GateServe | None = None
         self.trusted: list[str] = []
+        self.peer: NodeIdentity | None = None
 
     @property
     def relay_port(self) -> tuple[str, int]:
@@ -149,13 +149,46 @@ def world(tmp_path, gate_env):
 
 @pytest.fixture
 def llama_world(tmp_path, gate_env, llama_engine):
+    """A world whose node serves llama.cpp and trusts one more node, `w.peer`."""
     w = World(tmp_path, gate_env, llama_engine)
+    w.peer = NodeIdentity.generate()
+    w.trusted = [str(NodeId(w.peer.public_key_bytes))]
     try:
         w.start_node()
         w.wait_routed()
         yield w
     finally:
         w.close()
+
+
+async def peer_request(
+    w: World, peer: NodeIdentity, method: str, target: str, body: bytes = b""
+) -> tuple[int, bytes]:
+    """One request over an http_proxy stream from `peer` (trusted by w's node), with
+    gate's own transport and requester: what a second node sends."""
+    endpoint = await bind_endpoint(peer.secret_key_bytes, host="127.0.0.1")
+    try:
+        with trio.fail_after(60):
+            conn = await endpoint.connect(
+                NodeId.parse(w.node_id), [f"127.0.0.1:{w.node_env['GATE_P2P__PORT']}"]
+            )
+            response = await request_over_stream(
+                await conn.open_stream(),
+                method=method,
+                target=target,
+                headers=[(b"content-type", b"application/json")] if body else [],
+                body=body,
+                peer="node",
+                response_timeout=30,
+                read_timeout=30,
+            )
+            data = b"".join([chunk async for chunk in response.aiter_body()])
+            await response.aclose()
+            conn.close()
+            return response.status, data
+    finally:
+        with trio.CancelScope(shield=True):
+            await endpoint.aclose()
 
 
 def routed_lines(world: World) -> list[str]:
@@ -357,9 +390,16 @@ def test_bytes_cross_the_relay_exactly_both_ways(world):
 # --- 3. restarts and failures -----------------------------------------------------------
 
 
-def test_a_restarted_relay_routes_the_node_again_without_a_node_restart(world):
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+def test_a_restarted_relay_routes_the_node_again_without_a_node_restart(world, how):
+    """Stopped, the relay closes its connections and the node reconnects at once;
+    killed, the node finds out by its keepalive (or QUIC's idle timeout) and then
+    reconnects. Either way the names survive in the relay's registry file."""
     assert world.get("/health")[0] == 200
     node_pid = world.node.proc.pid
+    if how == "killed":
+        world.relay.proc.kill()
+        world.relay.proc.wait(10)
     world.stop_relay()
     assert world.get("/health") is None  # nobody on the port
     world.start_relay()  # same identity, ports and registry file
@@ -368,7 +408,7 @@ def test_a_restarted_relay_routes_the_node_again_without_a_node_restart(world):
     elapsed = time.monotonic() - started
     assert world.node.proc.pid == node_pid and world.node.proc.poll() is None
     assert world.get("/v1/models")[0] == 200
-    print(f"routed again {elapsed:.1f}s after the relay restarted")
+    print(f"relay {how}: routed again {elapsed:.1f}s after it restarted")
 
 
 def test_a_restarted_node_is_reachable_again(world):
@@ -400,53 +440,37 @@ def test_a_trusted_peer_that_is_not_a_relay_cannot_open_tls_proxy(tmp_path, gate
     """A second node, trusted by the first (`p2p.trusted_peers`), reaches its API over
     an http_proxy stream, but a tls_proxy stream it opens is refused: only a relay this
     node registered with may open one."""
-    peer = NodeIdentity.generate()
-    peer_id = NodeId(peer.public_key_bytes)
     w = World(tmp_path, gate_env, None)
-    w.trusted = [str(peer_id)]
+    w.peer = peer = NodeIdentity.generate()
+    w.trusted = [str(NodeId(peer.public_key_bytes))]
     try:
         w.start_node()
         w.wait_routed()
-        node_address = f"127.0.0.1:{w.node_env['GATE_P2P__PORT']}"
+        # Trusted: its http_proxy request is served.
+        assert trio.run(peer_request, w, peer, "GET", "/health")[0] == 200
 
-        async def as_the_peer() -> tuple[int, object]:
+        async def open_tls_proxy() -> object:
             endpoint = await bind_endpoint(peer.secret_key_bytes, host="127.0.0.1")
             try:
                 with trio.fail_after(30):
-                    conn = await endpoint.connect(NodeId.parse(w.node_id), [node_address])
-                    # Trusted: its http_proxy request is served.
-                    stream = await conn.open_stream()
-                    response = await request_over_stream(
-                        stream,
-                        method="GET",
-                        target="/health",
-                        headers=[],
-                        body=b"",
-                        peer="node",
-                        response_timeout=10,
-                        read_timeout=10,
+                    conn = await endpoint.connect(
+                        NodeId.parse(w.node_id), [f"127.0.0.1:{w.node_env['GATE_P2P__PORT']}"]
                     )
-                    status = response.status
-                    await response.aclose()
-                    # Not a relay: its tls_proxy stream gets a bare error frame (§3.5).
                     stream = await conn.open_stream()
-                    header = encode_frame(
-                        msgspec.msgpack.encode(
-                            TlsProxyHeader(sni=w.hostname, client_addr="192.0.2.1:5")
-                        )
+                    header = TlsProxyHeader(sni=w.hostname, client_addr="192.0.2.1:5")
+                    await stream.send_all(
+                        encode_preamble(StreamType.TLS_PROXY)
+                        + encode_frame(msgspec.msgpack.encode(header))
                     )
-                    await stream.send_all(encode_preamble(StreamType.TLS_PROXY) + header)
+                    # A bare error frame (spec §3.5), then the end of the stream.
                     frame = await receive_event(stream, FrameDecoder())
                     conn.close()
-                    return status, frame
-            except UpstreamDisconnected as exc:
-                raise AssertionError(f"the trusted peer's http_proxy was refused: {exc}") from exc
+                    return frame
             finally:
                 with trio.CancelScope(shield=True):
                     await endpoint.aclose()
 
-        status, frame = trio.run(as_the_peer)
-        assert status == 200
+        frame = trio.run(open_tls_proxy)
         assert isinstance(frame, bytes), frame
         error = msgspec.msgpack.decode(frame, type=StreamError)
         assert error.code == ErrorCode.UNAUTHORIZED, error
@@ -509,6 +533,11 @@ def test_the_usage_log_records_the_door_each_request_came_through(llama_world):
     conn.close()
     local = httpx.post(f"{w.node.url}/v1/chat/completions", json=request, timeout=60)
     assert local.status_code == 200, local.text
+    assert w.peer is not None
+    status, body = trio.run(
+        peer_request, w, w.peer, "POST", "/v1/chat/completions", json.dumps(request).encode()
+    )
+    assert status == 200, body
 
     def doors():
         answer = httpx.post(
@@ -517,6 +546,6 @@ def test_the_usage_log_records_the_door_each_request_came_through(llama_world):
             timeout=30,
         ).json()
         rows = answer["result"]
-        return sorted(r["door"] for r in rows) if len(rows) >= 2 else None
+        return sorted(r["door"] for r in rows) if len(rows) >= 3 else None
 
-    assert wait_for(doors, "two usage rows") == ["local", "relay"]
+    assert wait_for(doors, "three usage rows") == ["local", "peer", "relay"]
