@@ -540,13 +540,18 @@ def test_the_usage_log_records_the_door_each_request_came_through(llama_world):
     )
     assert status == 200, body
 
-    def doors():
+    def history(**params):
         answer = httpx.post(
             f"{w.node.url}/rpc",
-            json={"jsonrpc": "2.0", "id": 1, "method": "request_history", "params": {"limit": 10}},
+            json={"jsonrpc": "2.0", "id": 1, "method": "request_history", "params": params},
             timeout=30,
         ).json()
-        rows = answer["result"]
+        return answer["result"]
+
+    def doors():
+        rows = history(limit=10)
         return sorted(r["door"] for r in rows) if len(rows) >= 3 else None
 
     assert wait_for(doors, "three usage rows") == ["local", "peer", "relay"]
+    (relayed,) = history(door="relay")
+    assert relayed["client"] != "127.0.0.1" and relayed["status"] == 200  # the key's id

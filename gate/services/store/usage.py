@@ -256,9 +256,10 @@ async def query_usage(
     model: str | None = None,
     client: str | None = None,
     since: float | None = None,
+    door: str | None = None,
 ) -> list[UsageRecord]:
-    """Records, newest first, ``limit`` from ``offset``; filtered by exact ``model`` and
-    ``client``, and by ``ts >= since`` (seconds since the epoch)."""
+    """Records, newest first, ``limit`` from ``offset``; filtered by exact ``model``,
+    ``client`` and ``door``, and by ``ts >= since`` (seconds since the epoch)."""
     if not 1 <= limit <= MAX_QUERY_LIMIT:
         raise ValueError(f"limit must be between 1 and {MAX_QUERY_LIMIT}, got {limit!r}")
     if offset < 0:
@@ -271,6 +272,9 @@ async def query_usage(
     if client is not None:
         where.append("client = ?")
         params.append(client)
+    if door is not None:
+        where.append("door = ?")
+        params.append(door)
     if since is not None:
         where.append("ts >= ?")
         params.append(since)
