@@ -253,14 +253,24 @@ class RelayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
 class TlsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The certificate the node's relay door presents (PEM files). Empty: a self-signed
-    one for the node's relay names, made in the data dir."""
+    one for the node's relay names, made in the data dir. `listen`: the same door on a
+    TCP port too (HTTPS straight to the node, e.g. behind an SNI router of your own);
+    it needs the files, as a self-signed certificate names only relay names."""
 
     cert_file: str = ""
     key_file: str = ""
+    listen: str = ""  # host:port; empty: none
 
     def __post_init__(self) -> None:
         if bool(self.cert_file) != bool(self.key_file):
             raise _FieldError("cert_file", "cert_file and key_file go together")
+        if self.listen and not self.cert_file:
+            raise _FieldError("listen", "listen needs cert_file and key_file")
+        if self.listen:
+            try:
+                parse_bind(self.listen)
+            except ValueError as exc:
+                raise _FieldError("listen", str(exc)) from None
 
 
 class SecurityConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

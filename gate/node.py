@@ -28,6 +28,7 @@ from gate.config import (
     default_config_path,
     edit_config_file,
     load_config,
+    parse_bind,
 )
 from gate.errors import ConfigError, GateError
 from gate.identity import NodeIdentity, export_identity, import_identity
@@ -101,11 +102,16 @@ class Node:
         self.relay_client = self._relay_client(config) if config.p2p.enabled else None
         self.relay_app = build_app(node_id=str(self.node_id), door=Door.RELAY)
         relay_door = with_door(self.relay_app, Door.RELAY)
-        tls_door = (
-            TlsDoor(self.relay_client.certificate, lambda: relay_door)
+        certificate = (
+            self.relay_client.certificate
             if self.relay_client is not None
+            else self._certificate(config)
+            if config.tls.listen
             else None
         )
+        tls_door = TlsDoor(certificate, lambda: relay_door) if certificate is not None else None
+        # `tls.listen`: the relay door on a TCP port as well (no relay in between).
+        self.tls_listener = tls_door if config.tls.listen else None
         self.p2p = (
             P2PService(
                 config.p2p,
@@ -115,7 +121,7 @@ class Node:
                 local_capabilities=self.local_capabilities,
                 events=self.events,
                 relay=self.relay_client,
-                tls=tls_door.serve if tls_door is not None else None,
+                tls=tls_door.serve if self.relay_client is not None and tls_door else None,
             )
             if config.p2p.enabled
             else None
@@ -144,11 +150,16 @@ class Node:
     def _relay_client(self, config: Config) -> RelayClient | None:
         if not (config.relay.enabled and config.relay.servers):
             return None
+        certificate = self._certificate(config)
         try:
-            certificate = NodeCertificate(config.tls, config.data_dir)
             return RelayClient(config.relay.servers, self.node_id, certificate)
         except ValueError as exc:  # a relay entry that is not NODE_ID[@host:port]
             raise ConfigError(f"relay.servers: {exc}") from None
+
+    @staticmethod
+    def _certificate(config: Config) -> NodeCertificate:
+        try:
+            return NodeCertificate(config.tls, config.data_dir)
         except OSError as exc:  # ssl.SSLError too: unreadable or mismatched PEM files
             raise ConfigError(f"tls: cannot load {config.tls.cert_file}: {exc}") from None
 
@@ -170,6 +181,8 @@ class Node:
         ]
         if self.p2p is not None:
             services.append(Service("p2p", self.p2p.run, critical=False, after=("http",)))
+        if self.tls_listener is not None:
+            services.append(Service("tls", self._run_tls, after=("http",)))
         services.append(Service("config-watch", self._watch_config, critical=False))
         return services
 
@@ -360,6 +373,24 @@ class Node:
             self.config.data_dir / "requests.jsonl" if self.config.database.requests_jsonl else None
         )
         await self.usage.run(ctx, self.store, task_status=task_status, jsonl_path=jsonl)
+
+    async def _run_tls(
+        self,
+        ctx: ServiceContext,
+        *,
+        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """`tls.listen`: HTTPS through the relay door's certificate and router."""
+        assert self.tls_listener is not None
+        host, port = parse_bind(self.config.tls.listen)
+        listeners = await trio.open_tcp_listeners(port, host=host or None)
+        addresses = [":".join(map(str, ln.socket.getsockname()[:2])) for ln in listeners]
+        log.info("TLS door listening", extra={"listen": ",".join(addresses)})
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, self.tls_listener.serve_tcp, listeners)
+            task_status.started(addresses)
+            await ctx.wait_shutdown()
+            nursery.cancel_scope.cancel()
 
     async def _run_http(
         self,

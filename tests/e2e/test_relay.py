@@ -297,3 +297,23 @@ def test_connections_one_after_another_beyond_the_nodes_stream_limit(relay_and_n
     for i in range(150):
         answer = _get(node_id, relay_port, context, "/health", key)
         assert answer == (200, b'{"status":"ok"}'), f"connection {i}: {answer}"
+
+
+def test_more_connections_held_at_once_than_quics_default_stream_limit(relay_and_node):
+    """Each held browser connection is one open stream on the node's connection to the
+    relay; QUIC lets a peer have 100 open by default, so the 101st once waited for one
+    to end and was refused after the relay's connect timeout."""
+    _, relay_port, _, node_id, key, context, _ = relay_and_node
+    conns = []
+    try:
+        for _ in range(150):
+            conn = RelayedHTTPS(f"{node_id}.{DOMAIN}", relay_port, context)
+            conn.connect()
+            conns.append(conn)
+        for i, conn in enumerate(conns):
+            conn.request("GET", "/health", headers={"Authorization": f"Bearer {key}"})
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b'{"status":"ok"}'), i
+    finally:
+        for conn in conns:
+            conn.close()

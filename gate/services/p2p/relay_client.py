@@ -41,6 +41,8 @@ __all__ = ["RelayClient", "RelayLink"]
 
 log = logging.getLogger("gate.relay.client")
 
+# Browser connections a relay may pass to this node at once (streams on its connection).
+RELAY_STREAMS: Final = 4096
 _CONNECT_TIMEOUT: Final = 10.0
 _ANSWER_TIMEOUT: Final = 10.0
 _KEEPALIVE: Final = 15.0
@@ -119,6 +121,9 @@ class RelayClient:
         link.state, link.error = "connecting", ""
         with trio.fail_after(_CONNECT_TIMEOUT):
             conn = await endpoint.connect(link.relay_id, link.addresses)
+        # Each browser connection is one stream the relay opens: QUIC's default of 100
+        # at once would make the 101st wait for a stream to end.
+        conn.allow_incoming_streams(RELAY_STREAMS)
         try:
             with trio.fail_after(_CONNECT_TIMEOUT):
                 stream = await conn.open_stream()

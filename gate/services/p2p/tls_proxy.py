@@ -99,3 +99,18 @@ class TlsDoor:
         client = (host.strip("[]") or "relay", int(port) if port.isdigit() else 0)
         log.debug("relayed connection", extra={"relay": incoming.remote.short(), "sni": header.sni})
         await serve_stream(self._app(), tls, client=client)
+
+    async def serve_tcp(self, stream: trio.SocketStream) -> None:
+        """The same door on a TCP connection (`tls.listen`): the same certificate, TLS
+        and router, with no relay in between."""
+        context = self.certificate.context()
+        if context is None:
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:  # already gone
+            await trio.aclose_forcefully(stream)
+            return
+        tls = trio.SSLStream(stream, context, server_side=True)
+        await serve_stream(self._app(), tls, client=(str(peer[0]), int(peer[1])))

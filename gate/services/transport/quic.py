@@ -443,6 +443,13 @@ class Connection:
         bi = await _call(self._conn.accept_bi, "accept stream", ConnectionLost)
         return QuicStream(bi, self)
 
+    def allow_incoming_streams(self, count: int) -> None:
+        """How many streams the peer may have open to us at once (QUIC's default: 100)."""
+        try:
+            self._conn.set_max_concurrent_bi_streams(count)
+        except _IROH_ERRORS as exc:
+            raise _map_error(exc, "set stream limit", TransportError) from None
+
     def close(self, code: int = 0, reason: str = "") -> None:
         """Close immediately (QUIC CONNECTION_CLOSE): unacknowledged data may be lost.
 
