@@ -509,9 +509,16 @@ class Node:
         model: str | None,
         client: str | None,
         since: float | None,
+        door: str | None = None,
     ) -> list[UsageRecord]:
         return await query_usage(
-            self.store, limit=limit, offset=offset, model=model, client=client, since=since
+            self.store,
+            limit=limit,
+            offset=offset,
+            model=model,
+            client=client,
+            since=since,
+            door=door,
         )
 
     def _keys(self) -> ApiKeys:

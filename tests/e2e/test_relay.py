@@ -1,8 +1,8 @@
 """The relay door end to end: `gate relay serve` and `gate serve` as separate processes on
 loopback (iroh relays and discovery off), a test CA made here issuing the node's
 certificate, the real llama.cpp engine behind the node, and a plain Python HTTPS client
-that reaches the node through the relay's TCP port by SNI, as a browser would (the
-Chromium check of issue 13 is still to come)."""
+that reaches the node through the relay's TCP port by SNI, as a browser would (headless
+Chromium itself, restarts and the rest: test_relay_world.py)."""
 
 from __future__ import annotations
 

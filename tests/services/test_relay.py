@@ -348,6 +348,30 @@ async def test_a_node_that_refuses_the_stream_gets_the_client_an_alert(tmp_path)
     assert front.outcomes == {"node_refused": 1}
 
 
+async def test_a_node_that_never_answers_is_unreachable_after_connect_timeout(tmp_path):
+    """Opening a QUIC stream and writing to it need no answer, so a node that died
+    without closing its connection is found by its silence: within connect_timeout,
+    not after idle_timeout (it once held the client 300 s and counted node_refused)."""
+    node = new_node()
+    front, conn = await front_with_node(tmp_path, node)
+    front.config = msgspec.structs.replace(front.config, connect_timeout=0.5, idle_timeout=300)
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(front.serve)
+        host, port = addresses[0].rsplit(":", 1)
+        with trio.fail_after(5):
+            client = await trio.open_tcp_stream(host, int(port))
+            await client.send_all(client_hello(f"{node}.{DOMAIN}"))
+            node_end = await conn.opened.receive()
+            await node_reads_header(node_end)  # ... and then nothing
+            got = b""
+            while chunk := await client.receive_some(100):
+                got += chunk
+            await client.aclose()
+        nursery.cancel_scope.cancel()
+    assert got == UNRECOGNIZED_NAME_ALERT
+    assert front.outcomes == {"node_unreachable": 1}
+
+
 # --- the node's end of a tls_proxy stream ------------------------------------------------
 
 

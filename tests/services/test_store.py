@@ -68,6 +68,7 @@ async def test_fresh_database_is_created_and_migrated(tmp_path: Path) -> None:
                 "error",
                 "endpoint",
                 "tokens_source",
+                "door",
             ]
     assert raw_user_version(path) == len(MIGRATIONS)
 

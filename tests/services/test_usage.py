@@ -313,6 +313,20 @@ async def test_query_filters_combine(filled: CountingStore) -> None:
     assert none == []
 
 
+async def test_the_door_is_recorded_and_filters(store: CountingStore) -> None:
+    recorder = UsageRecorder()
+    for i, door in enumerate(["local", "peer", "relay", "relay", None]):
+        recorder.record(make(i, door=door))
+    ctx = ServiceContext("usage")
+    ctx.shutdown.set()
+    with trio.fail_after(10):
+        await recorder.run(ctx, store)
+        everything = await query_usage(store)
+        relayed = await query_usage(store, door="relay")
+    assert [r.door for r in everything] == [None, "relay", "relay", "peer", "local"]
+    assert [r.tokens_in for r in relayed] == [3, 2]
+
+
 async def test_query_reads_rows_without_an_endpoint(store: CountingStore) -> None:
     with trio.fail_after(10):
         await store.execute(
@@ -336,7 +350,7 @@ def test_the_insert_names_its_columns() -> None:
         "CREATE TABLE usage (endpoint TEXT, id INTEGER PRIMARY KEY, error TEXT, ts REAL,"
         " client TEXT, model TEXT, provider TEXT, peer TEXT, status INTEGER,"
         " latency_ms REAL, ttft_ms REAL, tokens_in INTEGER, tokens_out INTEGER,"
-        " tokens_source TEXT)"
+        " tokens_source TEXT, door TEXT)"
     )
     conn.execute(_INSERT, msgspec.structs.astuple(make(7)))
     assert conn.execute("SELECT endpoint, tokens_in, error FROM usage").fetchall() == [

@@ -127,6 +127,7 @@ class ControlledNode(Protocol):
         model: str | None,
         client: str | None,
         since: float | None,
+        door: str | None = None,
     ) -> list[UsageRecord]:
         """Recorded requests, newest first; ValueError for bad bounds."""
         ...

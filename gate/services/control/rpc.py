@@ -122,6 +122,7 @@ class HistoryParams(_Strict):
     model: str | None = None
     client: str | None = None
     since: float | None = None
+    door: str | None = None  # local, peer or relay
 
 
 class LogsParams(_Strict):
@@ -481,6 +482,7 @@ class RpcService:
                 model=params.model,
                 client=params.client,
                 since=params.since,
+                door=params.door,
             )
         except ValueError as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None

@@ -147,6 +147,7 @@ class Exchange:
     route: ApiRoute
     started: float  # perf_counter
     client: str = ""
+    door: str = "local"  # the Door it came through: local, peer or relay
     model: str = ""
     model_label: str | None = None  # its metrics label, fixed once it is routed
     provider: str | None = None

@@ -100,6 +100,7 @@ from gate.services.http.router import (
     Scope,
     Send,
     cancel_on_disconnect,
+    door_of,
     read_body,
 )
 from gate.services.p2p.service import P2PService
@@ -248,6 +249,7 @@ class Gateway:
         responded = ResponseTracker(send)
         peer_slot: str | None = None
         try:
+            exchange.door = door_of(scope).value
             exchange.client = self._authenticate(scope)
             if exchange.client.startswith("peer:"):
                 self.peer_limiter.enter(exchange.client, time.monotonic())
@@ -268,6 +270,7 @@ class Gateway:
                         "endpoint": route.name,
                         "model": exchange.model,
                         "client": exchange.client,
+                        "door": exchange.door,
                         "stream": exchange.stream,
                     },
                 )
@@ -562,6 +565,7 @@ class Gateway:
                     "endpoint": exchange.route.name,
                     "model": exchange.model,
                     "client": exchange.client,
+                    "door": exchange.door,
                     "provider": exchange.provider,
                     "peer": exchange.peer,
                     "status": exchange.status,
@@ -590,6 +594,7 @@ class Gateway:
                 or (
                     "engine" if (exchange.tokens_in, exchange.tokens_out) != (None, None) else None
                 ),
+                door=exchange.door,
             )
         )
 

@@ -14,7 +14,8 @@ streams reach (`Door.PEER`) and the one a relay's tls_proxy streams reach (`Door
 anyone on the internet, TLS ended by this node) hold only the routes declared for them
 (`Route.doors`). A path missing from a door's router is a plain 404 there, as if it did
 not exist; no check runs per request. A request on a door other than the local one
-carries it in `scope["extensions"]["gate.door"]` (`with_door`).
+carries it in `scope["extensions"]["gate.door"]` (`with_door`, or set by the peer
+stream's scope); `door_of` reads it, and the usage log records it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "Route",
     "Router",
     "cancel_on_disconnect",
+    "door_of",
     "read_body",
     "send_json",
     "with_door",
@@ -132,6 +134,12 @@ EVERY_DOOR: Final = frozenset(Door)
 LOCAL_ONLY: Final = frozenset({Door.LOCAL})
 PEER_ONLY: Final = frozenset({Door.PEER})
 REMOTE_DOORS: Final = frozenset({Door.PEER, Door.RELAY})
+
+
+def door_of(scope: Scope) -> Door:
+    """The door a request came through (no mark: the local listener's)."""
+    door = scope.get("extensions", {}).get("gate.door")
+    return door if isinstance(door, Door) else Door.LOCAL
 
 
 def with_door(app: ASGIApp, door: Door) -> ASGIApp:

@@ -6,6 +6,13 @@ of each relay it registered with), made when a name first needs it and kept in t
 dir (`relay-cert.pem`, `relay-key.pem`, 0600, each written atomically); a new relay name
 makes a new one covering every name. Browsers do not trust a self-signed certificate:
 it serves clients told to trust it, until ACME issuance (a later step) plugs in here.
+
+Files from the config are watched: each new handshake asks for the context, which stats
+both files (two `stat` calls) and loads them again when either changed, so a renewed
+certificate is served without a restart. Connections already open keep the context
+they began with. A pair that does not load (one file replaced, not yet the other) is
+not taken: the previous context stays until the pair loads. A self-signed pair whose key
+is not the certificate's (the process died between writing the two) is made anew.
 """
 
 from __future__ import annotations
@@ -38,12 +45,33 @@ class NodeCertificate:
         self.config = config
         self.data_dir = data_dir
         self._context: ssl.SSLContext | None = None
+        self._loaded: tuple[object, ...] | None = None  # the configured files' stat when read
         if config.cert_file:
-            self._context = _context(Path(config.cert_file), Path(config.key_file))
+            files = Path(config.cert_file), Path(config.key_file)
+            self._loaded = _signature(files)
+            self._context = _context(*files)
 
     def context(self) -> ssl.SSLContext | None:
         """The context new handshakes use; None until a name needs a self-signed one."""
+        if self._loaded is not None:
+            self._reload_if_changed()
         return self._context
+
+    def _reload_if_changed(self) -> None:
+        files = Path(self.config.cert_file), Path(self.config.key_file)
+        signature = _signature(files)
+        if signature == self._loaded:
+            return
+        try:
+            context = _context(*files)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            # Likely mid-replacement: keep serving the pair that loads; retried next time.
+            log.warning(
+                "certificate files do not load; keeping the previous", extra={"error": str(exc)}
+            )
+            return
+        self._context, self._loaded = context, signature
+        log.info("certificate reloaded", extra={"cert_file": self.config.cert_file})
 
     def cover(self, names: list[str]) -> None:
         """Make sure the certificate names `names` (blocking: run it in a thread). Files
@@ -51,7 +79,7 @@ class NodeCertificate:
         if self.config.cert_file:
             return
         cert_path, key_path = self.data_dir / CERT_FILE, self.data_dir / KEY_FILE
-        have = _names_in(cert_path) if key_path.exists() else set()
+        have = _names_in(cert_path, key_path)
         if not have.issuperset(names):
             _write_self_signed(cert_path, key_path, sorted(have | set(names)))
             log.info("made a self-signed certificate", extra={"names": ",".join(sorted(names))})
@@ -67,11 +95,33 @@ def _context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
-def _names_in(path: Path) -> set[str]:
+def _signature(files: tuple[Path, Path]) -> tuple[object, ...]:
+    """What changes when either file is replaced or rewritten (None: missing)."""
+    out: list[object] = []
+    for path in files:
+        try:
+            st = path.stat()
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def _names_in(path: Path, key_path: Path) -> set[str]:
+    """The names the self-signed certificate covers, or none when it must be made anew:
+    missing, unreadable, expiring, or not the key's (a crash between the two writes)."""
     try:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (OSError, ValueError, x509.ExtensionNotFound):
+    except (OSError, ValueError, TypeError, x509.ExtensionNotFound):
+        return set()
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(serialization.Encoding.DER, spki) != (
+        cert.public_key().public_bytes(serialization.Encoding.DER, spki)
+    ):
+        log.warning("the self-signed certificate is not its key's: making a new pair")
         return set()
     if cert.not_valid_after_utc - datetime.timedelta(days=7) < datetime.datetime.now(datetime.UTC):
         return set()  # expiring: make a new one

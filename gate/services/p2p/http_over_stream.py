@@ -53,7 +53,7 @@ from gate.services.engines.client import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from gate.services.http.router import ASGIApp
+from gate.services.http.router import ASGIApp, Door
 from gate.services.transport.framed import ByteStream, FramedStream, close_quietly
 
 __all__ = ["PeerResponse", "request_over_stream", "serve_http_stream"]
@@ -285,7 +285,7 @@ class _ExchangeOverStream:
             "headers": headers,
             "client": (f"peer:{self.peer}", 0),
             "server": None,
-            "extensions": {"gate.peer": self.peer},
+            "extensions": {"gate.peer": self.peer, "gate.door": Door.PEER},
         }
 
     async def run(self, app: ASGIApp) -> None:

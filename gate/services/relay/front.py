@@ -199,16 +199,20 @@ class TlsFront:
         self.bytes_in += len(reader.received)
         # The node's first bytes: a TLS record (its ServerHello), or a bare error frame
         # if it refused the stream (spec §3.5: a frame starts with 00, a record never).
-        first = b""
-        with trio.move_on_after(self.config.idle_timeout):
+        # Opening a QUIC stream and writing to it need no answer from the node, so a
+        # node that died unnoticed is found here: nothing within connect_timeout.
+        first, outcome = b"", "node_unreachable"
+        with trio.move_on_after(self.config.connect_timeout):
             with contextlib.suppress(TransportError, trio.BrokenResourceError):
                 first = await stream.receive_some(_READ)
+                outcome = "node_refused"  # the node answered, with an end or an error
         if not first or first[0] == 0:
-            self._refuse("node_refused", client_addr, sni=name)
+            self._refuse(outcome, client_addr, sni=name)
             await abort(stream)
             await _send_alert(client)
             return
         self.outcomes["routed"] += 1
+        log.debug("connection routed", extra={"sni": name, "hello_bytes": len(reader.received)})
         try:
             await client.send_all(first)
         except (trio.BrokenResourceError, OSError):

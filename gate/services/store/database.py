@@ -77,6 +77,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE usage ADD COLUMN tokens_source TEXT;
     """,
+    # 4: the door each request came through: local, peer or relay.
+    """
+    ALTER TABLE usage ADD COLUMN door TEXT;
+    """,
 )
 
 

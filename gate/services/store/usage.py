@@ -25,7 +25,8 @@ stop it after, every service that records (``after=("usage",)`` on those).
 A store error is logged and the batch retried once; a second failure drops the batch
 (counted in ``dropped`` and logged). Usage accounting never takes the node down.
 
-The ``endpoint`` column is added by schema migration 2, ``tokens_source`` by 3.
+The ``endpoint`` column is added by schema migration 2, ``tokens_source`` by 3, ``door``
+by 4.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     # Where the token counts come from: "engine" (its usage report), "counted" (Gate,
     # with the engine's tokenizer or one per streamed token), "estimate" (UTF-8 bytes / 4).
     tokens_source: str | None = None
+    # The door it came through: "local" (the HTTP listener), "peer" (a trusted peer's
+    # stream) or "relay" (a browser's TLS through a relay); None in rows from before.
+    door: str | None = None
 
 
 _COLUMNS: Final = UsageRecord.__struct_fields__
@@ -252,9 +256,10 @@ async def query_usage(
     model: str | None = None,
     client: str | None = None,
     since: float | None = None,
+    door: str | None = None,
 ) -> list[UsageRecord]:
-    """Records, newest first, ``limit`` from ``offset``; filtered by exact ``model`` and
-    ``client``, and by ``ts >= since`` (seconds since the epoch)."""
+    """Records, newest first, ``limit`` from ``offset``; filtered by exact ``model``,
+    ``client`` and ``door``, and by ``ts >= since`` (seconds since the epoch)."""
     if not 1 <= limit <= MAX_QUERY_LIMIT:
         raise ValueError(f"limit must be between 1 and {MAX_QUERY_LIMIT}, got {limit!r}")
     if offset < 0:
@@ -267,6 +272,9 @@ async def query_usage(
     if client is not None:
         where.append("client = ?")
         params.append(client)
+    if door is not None:
+        where.append("door = ?")
+        params.append(door)
     if since is not None:
         where.append("ts >= ?")
         params.append(since)
@@ -296,6 +304,7 @@ def _from_row(row: tuple[Any, ...]) -> UsageRecord:
         error,
         endpoint,
         source,
+        door,
     ) = row
     return UsageRecord(
         ts=float(ts),
@@ -311,4 +320,5 @@ def _from_row(row: tuple[Any, ...]) -> UsageRecord:
         error=error,
         endpoint=endpoint or "",
         tokens_source=source,
+        door=door,
     )

@@ -120,7 +120,8 @@ export default {
         h("td", {}, fmt.time(r.ts)),
         h("td", { class: "model" }, r.model ?? "–"),
         h("td", {}, servedBy),
-        h("td", {}, r.client ?? "–"),
+        // The door, when not this machine's listener: a peer's stream or a relay.
+        h("td", {}, r.door && r.door !== "local" ? `${r.client ?? "–"} (${r.door})` : r.client ?? "–"),
         h(
           "td",
           { class: "status" },
