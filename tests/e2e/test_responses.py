@@ -15,6 +15,7 @@ import http.server
 import json
 import pathlib
 import signal
+import sqlite3
 import threading
 from collections.abc import Iterator
 
@@ -273,3 +274,47 @@ def test_an_engine_with_the_endpoint_gets_it_byte_for_byte(start_gate, native_en
         )
         assert response.status_code == 200 and response.content == NATIVE_BODY
     assert _NativeHandler.seen == ["/v1/responses", "/v1/responses"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "closing"),
+    [
+        (
+            "/v1/responses",
+            {"model": MODEL, "input": "hi", "max_output_tokens": 4, "stream": True},
+            b"event: response.incomplete",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+            | {"stream": True},
+            b"data: [DONE]",
+        ),
+    ],
+    ids=["responses", "chat"],
+)
+def test_a_client_that_hangs_up_once_it_has_the_answer_is_served(
+    start_gate, llama_engine, gate_env, path, body, closing
+):
+    """Codex closes its connection as soon as `response.completed` is in, before the
+    body's end; so does any client that stops at [DONE]. That is a request served (200,
+    its tokens counted), not a client that left (499, its accounting cancelled)."""
+    gate = start_gate(engine_config(llama_engine))
+    body = {**body, "logit_bias": NO_EOS}
+    for _ in range(3):
+        with (
+            httpx.Client(base_url=gate.url, timeout=30) as client,
+            client.stream("POST", path, json=body) as response,
+        ):
+            assert response.status_code == 200
+            seen = b""
+            for chunk in response.iter_raw():
+                seen += chunk
+                if closing in seen:
+                    break  # and hang up, the rest of the body unread
+    gate.signal(signal.SIGTERM)
+    assert gate.wait() == 0
+    with sqlite3.connect(data_dir(gate_env) / "gate.db") as db:
+        rows = db.execute("SELECT status, tokens_in, tokens_source FROM usage").fetchall()
+    assert len(rows) == 3
+    assert all(status == 200 and tokens_in for status, tokens_in, _ in rows), rows

@@ -167,6 +167,9 @@ class Exchange:
     # message_start, which precedes every token): (count, by the engine's tokenizer?)
     prompt_count: tuple[int, bool] | None = None
     metered: bool = False  # counted in the in-flight gauge (once a provider was chosen)
+    # The client has the whole answer: a stream's closing event went out. Clients hang up
+    # then (Codex at response.completed), before the body's end: that cuts nothing short.
+    answered: bool = False
 
     def first_byte(self) -> None:
         if self.ttft is None:

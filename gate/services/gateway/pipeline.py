@@ -616,8 +616,8 @@ _ENDINGS: Final[tuple[type[Exception], ...]] = (*ANSWERABLE, AbortResponse)
 
 def _client_left(exchange: Exchange, response: ResponseTracker) -> bool:
     """Whether an http.disconnect means the client left (the exchange is then cut short):
-    not once the response is complete."""
-    if response.finished:
+    not once the response is complete, nor once the client has the whole answer."""
+    if response.finished or exchange.answered:
         return False
     exchange.error = "client disconnected"
     if exchange.status < 400:

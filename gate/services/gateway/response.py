@@ -91,6 +91,8 @@ async def pass_through(
                     )
                 else:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if tap is not None and tap.ended:
+                    exchange.answered = True
     except UpstreamError as exc:
         exchange.status, exchange.error = 502, f"engine failed mid-response: {exc}"
         # The error event for SDKs (unless the stream relayed one already: a peer whose

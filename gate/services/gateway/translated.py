@@ -270,6 +270,7 @@ async def _relay_chat_stream(
                     await send(
                         {"type": "http.response.body", "body": sse_bytes(out), "more_body": True}
                     )
+                exchange.answered = done
         if not done:  # OpenAI streams end with [DONE]; anything else was cut off
             raise UpstreamError("the stream ended before [DONE]")
     except (UpstreamError, DialectError) as exc:

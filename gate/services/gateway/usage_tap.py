@@ -40,6 +40,12 @@ class _WithUsage(msgspec.Struct):
 
 _decode_usage = msgspec.json.Decoder(_WithUsage).decode
 
+# What closes a stream, besides OpenAI chat's `data: [DONE]`: Anthropic's last event and
+# the Responses API's terminal ones.
+_CLOSING_EVENTS: Final = frozenset(
+    {"message_stop", "response.completed", "response.incomplete", "response.failed"}
+)
+
 
 class UsageTap:
     """Reads token counts off a relayed response without holding it up.
@@ -56,6 +62,7 @@ class UsageTap:
         "_decoder",
         "_size",
         "_tokens_seen",
+        "ended",
         "reported",
         "tokens_in",
         "tokens_out",
@@ -69,6 +76,7 @@ class UsageTap:
         self.tokens_in: int | None = None
         self.tokens_out: int | None = None
         self.reported = False  # the engine reported usage (else the counts are Gate's)
+        self.ended = False  # the stream's closing event went by: the client has it all
 
     def feed(self, chunk: bytes) -> None:
         if self._decoder is None:
@@ -77,6 +85,8 @@ class UsageTap:
                 self._body.append(chunk)
             return
         for event in self._decoder.feed(chunk):
+            if event.data == "[DONE]" or event.event in _CLOSING_EVENTS:
+                self.ended = True
             if event.data and event.data != "[DONE]":
                 self._take(event.data)
 
