@@ -727,6 +727,9 @@ def test_config_edit_keeps_a_rejected_edit_private(gate_env, tmp_path, editor):
 
 
 def spawn(args: list[str], env: dict[str, str]) -> pexpect.spawn:
+    """`gate` at a terminal, Ctrl-C reaching it as a person's would. A test run started
+    in the background inherits SIGINT ignored (shells do that to background jobs), and a
+    Python started that way keeps ignoring it; at a terminal, SIGINT is the default."""
     return pexpect.spawn(
         GATE[0],
         [*GATE[1:], *args],
@@ -734,6 +737,7 @@ def spawn(args: list[str], env: dict[str, str]) -> pexpect.spawn:
         encoding="utf-8",
         timeout=60,
         dimensions=(40, 200),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
