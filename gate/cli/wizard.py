@@ -65,7 +65,7 @@ def setup(
                 fail(f"{url!r}: give an http:// or https:// URL", EXIT_BAD_INPUT)
         click.echo(f"Gate setup writes {path}.")
         if existing is not None and not yes:
-            click.echo("It exists: setup adds to it (comments in it are not kept).")
+            click.echo("It exists: setup adds to it, keeping its comments and layout.")
             if not click.confirm("Continue?", default=True):
                 _cancelled("nothing written")
         config = existing or Config()
