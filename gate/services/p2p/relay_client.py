@@ -40,6 +40,15 @@ from gate.services.transport.quic import Connection, Endpoint, QuicStream, Trans
 __all__ = ["RelayClient", "RelayLink"]
 
 log = logging.getLogger("gate.relay.client")
+# How a relay link fails: the session ends, and is tried again after a backoff.
+_LINK_FAILURES: Final = (
+    TransportError,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    ProtocolError,
+    RelayRefused,
+    ConnectionError,
+)
 
 # Browser connections a relay may pass to this node at once (streams on its connection).
 RELAY_STREAMS: Final = 4096
@@ -111,16 +120,7 @@ class RelayClient:
             try:
                 await self._session(endpoint, serve_stream, link)
                 attempt = 0
-            except (
-                TransportError,
-                trio.TooSlowError,
-                trio.BrokenResourceError,
-                ProtocolError,
-                RelayRefused,
-                ConnectionError,
-                OSError,
-                ValueError,
-            ) as exc:
+            except (*_LINK_FAILURES, OSError, ValueError) as exc:
                 link.error = str(exc) or type(exc).__name__
                 log.warning(
                     "relay unavailable", extra={"relay": link.relay_id.short(), "error": link.error}
@@ -190,12 +190,5 @@ class RelayClient:
                 await trio.sleep(_KEEPALIVE)
                 with trio.fail_after(_ANSWER_TIMEOUT):
                     await control.request(DomainRequest(node_id=str(self.node_id)))
-        except (
-            TransportError,
-            trio.TooSlowError,
-            trio.BrokenResourceError,
-            ProtocolError,
-            RelayRefused,
-            ConnectionError,
-        ) as exc:
+        except _LINK_FAILURES as exc:
             conn.close(0, f"relay keepalive failed: {exc or type(exc).__name__}")
