@@ -614,6 +614,48 @@ async def test_two_processes_connect_and_echo():
             await process.stdout.aclose()
 
 
+async def test_probes_are_answered_until_the_peer_is_killed():
+    """Connection.probe: the peer's QUIC stack answers each probe while it runs (the
+    count of datagrams from it moves); once it is killed without a goodbye, the count
+    stops moving. The relay client tells a killed relay by this."""
+    ours, theirs = NodeIdentity.generate(), NodeIdentity.generate()
+    with trio.fail_after(30):
+        async with await bind(ours.secret_key_bytes) as endpoint, trio.open_nursery() as nursery:
+            process = await nursery.start(
+                functools.partial(
+                    trio.run_process,
+                    [sys.executable, __file__, theirs.secret_key_bytes.hex()],
+                    stdout=subprocess.PIPE,
+                    check=False,
+                )
+            )
+            assert process.stdout is not None
+            buffer = bytearray()
+            node_id, address = (await read_line(process.stdout, buffer)).split()
+            conn = await endpoint.connect(NodeId.parse(node_id), [address])
+            stream = await conn.open_stream()
+            await stream.send_all(b"x")  # the helper now echoes, alive, until we finish
+            await read_line(process.stdout, buffer)
+            await stream.receive_some()
+
+            async def counts(rounds: int) -> list[int]:
+                seen = []
+                for _ in range(rounds):
+                    seen.append(conn.probe())
+                    await trio.sleep(0.2)
+                return seen
+
+            alive = await counts(5)
+            assert alive[-1] > alive[0]
+            process.kill()
+            await process.wait()
+            await trio.sleep(0.3)  # answers already on their way
+            dead = await counts(5)
+            assert dead[-1] == dead[0]
+            conn.close()
+            await process.stdout.aclose()
+
+
 async def _helper_echo_once(secret: bytes) -> None:
     async with await bind_endpoint(secret, host="127.0.0.1") as endpoint:
         print(endpoint.node_id, endpoint.direct_addresses[0], flush=True)

@@ -5,9 +5,12 @@ the NodeId from it), open a RelayControl stream, ask for the node's name
 (domain_request), make sure the certificate covers it, activate it (activate_domain),
 then keep the connection: the relay opens the browsers' tls_proxy streams on it, which
 are dispatched here by the node's table (a relay this node registered with is the only
-opener it admits for them, `registered`). A domain_request every `_KEEPALIVE` seconds,
-answered within `_ANSWER_TIMEOUT`, tells that the relay is still there; when it is not,
-or the connection drops, the task reconnects with jittered exponential backoff.
+opener it admits for them, `registered`). Two checks tell that the relay is still there:
+a QUIC probe every `_PROBE_EVERY` seconds, which the relay's QUIC stack answers without
+its application (a relay killed without a goodbye is noticed after `_SILENT_LIMIT`
+seconds of silence), and a domain_request every `_KEEPALIVE` seconds, answered within
+`_ANSWER_TIMEOUT` (the relay's service itself still answers). When either fails, or the
+connection drops, the task reconnects with jittered exponential backoff.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ RELAY_STREAMS: Final = 4096
 _CONNECT_TIMEOUT: Final = 10.0
 _ANSWER_TIMEOUT: Final = 10.0
 _KEEPALIVE: Final = 15.0
+_PROBE_EVERY: Final = 1.0
+# Several probes unanswered, with room for a busy machine's scheduling delays.
+_SILENT_LIMIT: Final = 4.0
 _BACKOFF_INITIAL, _BACKOFF_MAX = 0.5, 30.0
 
 StreamServer = Callable[[Connection, NodeId, QuicStream], Awaitable[None]]
@@ -152,6 +158,7 @@ class RelayClient:
                 )
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._keepalive, control, conn)
+                    nursery.start_soon(self._probe, conn)
                     while True:  # the relay's tls_proxy streams, until the connection ends
                         try:
                             incoming = await conn.accept_stream()
@@ -192,3 +199,20 @@ class RelayClient:
                     await control.request(DomainRequest(node_id=str(self.node_id)))
         except _LINK_FAILURES as exc:
             conn.close(0, f"relay keepalive failed: {exc or type(exc).__name__}")
+
+    async def _probe(self, conn: Connection) -> None:
+        """Probe often: a relay whose datagrams stop coming for `_SILENT_LIMIT` seconds
+        is gone (killed, or its machine cut off); closing the connection ends the
+        session. Costs the relay one empty datagram and an ACK per probe."""
+        try:
+            heard, heard_at = conn.probe(), trio.current_time()
+            while True:
+                await trio.sleep(_PROBE_EVERY)
+                count = conn.probe()
+                if count != heard:
+                    heard, heard_at = count, trio.current_time()
+                elif trio.current_time() - heard_at >= _SILENT_LIMIT:
+                    conn.close(0, f"relay silent for {_SILENT_LIMIT:.0f} s")
+                    return
+        except TransportError:
+            return  # the connection is gone already: accept_stream ends the session
