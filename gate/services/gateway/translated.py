@@ -220,7 +220,7 @@ class _ChatStreamTranslator(Protocol):
     """A translator from an OpenAI engine's chat chunks to a client's named events."""
 
     @property
-    def KEEPALIVE(self) -> bytes:  # noqa: N802 -- the translators' class constant
+    def KEEPALIVE(self) -> bytes:  # the translators' class constant
         """What goes out in the stream's silences (`gateway.keepalive`)."""
 
     def start(self) -> list[Event]: ...
