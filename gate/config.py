@@ -160,6 +160,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     # slow machine can take minutes), and then the longest pause between two chunks.
     response_timeout: Seconds = 300.0
     stream_idle_timeout: Seconds = 120.0
+    # A translated stream whose engine is silent this long (a long prompt before the
+    # first token) gets a keepalive, so clients and proxies do not give up on it.
+    stream_keepalive: Seconds = 15.0
     connect_timeout: Seconds = 5.0
     # The whole request body must arrive within this (a slow sender holds a connection).
     body_timeout: Seconds = 60.0

@@ -27,6 +27,7 @@ LIVE_KEYS: Final = frozenset(
         "server.client_burst",
         "server.response_timeout",
         "server.stream_idle_timeout",
+        "server.stream_keepalive",
         "server.connect_timeout",
         "server.body_timeout",
         "p2p.trusted_peers",

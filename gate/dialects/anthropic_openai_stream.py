@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from gate.dialects._shared import (
     anthropic_usage,
@@ -21,6 +21,9 @@ from gate.dialects.errors import TranslatorClosed, anthropic_stream_error
 from gate.dialects.sse import Event, sse_bytes
 
 __all__ = ["ChatStreamToMessagesStream", "Event", "sse_bytes"]
+
+#: Anthropic's keepalive event, which its API sends at the start and in a stream's silences.
+_PING: Final[Event] = ("ping", {"type": "ping"})
 
 
 @dataclass(slots=True)
@@ -62,9 +65,12 @@ class ChatStreamToMessagesStream:
       after it;
     * `fail()` emits Anthropic's `error` event and nothing else, ever after.
 
-    `message_start` (and a `ping`, as Anthropic sends) go out with the first call.
+    `message_start` (and a `ping`, as Anthropic sends) go out with `start()` or the
+    first call; `KEEPALIVE` (a `ping`) may go between any two events after it.
     Only choice 0 is translated (Anthropic has no `n`).
     """
+
+    KEEPALIVE: Final = sse_bytes([_PING])
 
     def __init__(self, model: str, message_id: str, input_tokens_hint: int = 0) -> None:
         self.model = model
@@ -84,6 +90,10 @@ class ChatStreamToMessagesStream:
         # Engines that ignore include_usage (llama-cpp-python) report no usage on a
         # stream: their deltas, one token each, are then the output count.
         self._deltas = 0
+
+    def start(self) -> list[Event]:
+        """The opening events, before the engine's first chunk ([] once they went)."""
+        return self._begin()
 
     def feed(self, chunk: Mapping[str, Any]) -> list[Event]:
         """Translate one chunk; returns the events to send, possibly none."""
@@ -145,7 +155,7 @@ class ChatStreamToMessagesStream:
         }
         return [
             ("message_start", {"type": "message_start", "message": message}),
-            ("ping", {"type": "ping"}),
+            _PING,
         ]
 
     def _text(self, text: str, events: list[Event]) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from gate.dialects._shared import as_int, dumps, fragment_index, read_chat_chunk
 from gate.dialects.errors import TranslatorClosed
-from gate.dialects.sse import Event
+from gate.dialects.sse import SSE_KEEPALIVE, Event
 
 __all__ = [
     "ChatStreamToResponsesStream",
@@ -232,10 +232,17 @@ class ChatStreamToResponsesStream:
         self._usage: Any = None
         self._deltas = 0
 
+    #: The Responses grammar has no keepalive event: an SSE comment, which parsers skip.
+    KEEPALIVE: Final = SSE_KEEPALIVE
+
     @property
     def done(self) -> bool:
         """Whether the stream finished or failed: nothing more may be fed."""
         return self._closed
+
+    def start(self) -> list[Event]:
+        """The opening events, before the engine's first chunk ([] once they went)."""
+        return self._begin()
 
     def feed(self, chunk: Mapping[str, Any]) -> list[Event]:
         """Translate one chunk; returns the events to send, possibly none."""

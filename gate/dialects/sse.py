@@ -43,7 +43,15 @@ import msgspec
 from gate.dialects._shared import dumps_bytes
 from gate.dialects.errors import MalformedUpstream
 
-__all__ = ["DEFAULT_MAX_EVENT_SIZE", "Event", "SSEDecoder", "SSEEvent", "encode_event", "sse_bytes"]
+__all__ = [
+    "DEFAULT_MAX_EVENT_SIZE",
+    "SSE_KEEPALIVE",
+    "Event",
+    "SSEDecoder",
+    "SSEEvent",
+    "encode_event",
+    "sse_bytes",
+]
 
 #: A named stream event, as Anthropic and the Responses API send them: (event name,
 #: data), the name repeating data["type"].
@@ -52,6 +60,9 @@ Event = tuple[str, dict[str, Any]]
 #: 16 MiB: far above any chunk an engine streams, low enough that an upstream that never
 #: ends a line or an event cannot make us buffer without bound.
 DEFAULT_MAX_EVENT_SIZE: Final = 16 << 20
+#: A comment line (which every SSE parser skips) and a blank line that dispatches nothing:
+#: traffic on a silent stream that no client sees as an event.
+SSE_KEEPALIVE: Final = b": keepalive\n\n"
 
 _BOM: Final = b"\xef\xbb\xbf"
 _NEWLINES: Final = (b"\n", b"\r")

@@ -959,3 +959,34 @@ def test_stream_chunks_arrive_as_the_engine_writes_them(gate):
     assert len(arrivals) == 400 + 3
     # ~400 tokens take a couple of seconds on this engine; the first comes at once.
     assert arrivals[1] < arrivals[-1] / 4
+
+
+def test_a_long_prompt_gets_pings_before_its_first_token(start_gate, long_context_engine, gate_env):
+    """An engine reading a long prompt says nothing until its first token (Claude Code
+    gave up on such a stream after 378 s). With stream_keepalive set to 0.2 s through
+    the environment, the raw stream shows Anthropic's ping events in that silence,
+    before the first content_block_delta, and the message then completes. The prompt
+    is long for the tiny model: one token per byte, so the engine reads it for seconds."""
+    gate_env["GATE_SERVER__STREAM_KEEPALIVE"] = "0.2"
+    gate = start_gate(engine_config(long_context_engine))
+    prompt = "the quick brown fox jumps over the lazy dog " * 200  # ~8,800 tokens
+    request = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": prompt}]}
+    timed: list[tuple[float, str]] = []  # (seconds since the request, event name)
+    with (
+        ant(gate) as client,
+        client.messages.with_streaming_response.create(stream=True, **request) as response,
+    ):
+        started = time.monotonic()
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                timed.append((time.monotonic() - started, line.removeprefix("event: ")))
+    names = [name for _, name in timed]
+    first_delta = names.index("content_block_delta")
+    pings = [t for t, name in timed[2:first_delta] if name == "ping"]  # after message_start's
+    assert names[:2] == ["message_start", "ping"]
+    assert len(pings) >= 2, timed[:first_delta]
+    assert names[-2:] == ["message_delta", "message_stop"]
+    # The silences the pings fill are no longer than the interval and some slack.
+    ends = [*pings, timed[first_delta][0]]
+    gaps = [b - a for a, b in zip([timed[1][0], *pings], ends, strict=True)]
+    assert max(gaps) < 0.2 + 1.0, gaps

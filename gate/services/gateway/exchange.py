@@ -166,6 +166,9 @@ class Exchange:
     # A translated Anthropic stream's prompt, counted before it goes to the engine (for
     # message_start, which precedes every token): (count, by the engine's tokenizer?)
     prompt_count: tuple[int, bool] | None = None
+    # Seconds of silence after which a translated stream sends a keepalive
+    # (server.stream_keepalive, as it was when the request came).
+    keepalive: float = 15.0
     metered: bool = False  # counted in the in-flight gauge (once a provider was chosen)
     # The client has the whole answer: a stream's closing event went out. Clients hang up
     # then (Codex at response.completed), before the body's end: that cuts nothing short.

@@ -245,7 +245,7 @@ class Gateway:
     # --- the pipeline ---------------------------------------------------------
 
     async def serve(self, route: ApiRoute, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = Exchange(route, time.perf_counter())
+        exchange = Exchange(route, time.perf_counter(), keepalive=self.server.stream_keepalive)
         responded = ResponseTracker(send)
         peer_slot: str | None = None
         try:

@@ -57,6 +57,7 @@ from gate.services.gateway.exchange import (
     api_error,
     decode_request,
 )
+from gate.services.gateway.keepalive import KeptAlive, kept_alive
 from gate.services.gateway.response import AbortResponse, answer_engine_error, error_message
 from gate.services.http.router import Send, send_json
 
@@ -218,6 +219,11 @@ def chat_engine_to_responses_client(
 class _ChatStreamTranslator(Protocol):
     """A translator from an OpenAI engine's chat chunks to a client's named events."""
 
+    @property
+    def KEEPALIVE(self) -> bytes:  # the translators' class constant
+        """What goes out in the stream's silences (`gateway.keepalive`)."""
+
+    def start(self) -> list[Event]: ...
     def feed(self, chunk: Mapping[str, Any]) -> list[Event]: ...
     def finish(self) -> list[Event]: ...
     def fail(self, message: str) -> list[Event]: ...
@@ -233,52 +239,69 @@ async def _relay_chat_stream(
 ) -> None:
     """An OpenAI engine's chat stream, translated event by event as it arrives into the
     client's named events (Anthropic's, or the Responses API's); `finished` sees the
-    closing events once the engine's [DONE] came. A failure mid-way: the translator's
-    error event, then the aborted response."""
+    closing events once the engine's [DONE] came. The opening events go out at once,
+    and a keepalive in every silence of `exchange.keepalive` seconds (a long prompt
+    keeps the engine silent before its first token). A failure mid-way: the
+    translator's error event, then the aborted response."""
     await send({"type": "http.response.start", "status": 200, "headers": headers})
+    failed = False
+    async with kept_alive(send, translator.KEEPALIVE, exchange.keepalive) as client:
+        # Errors are caught inside kept_alive's nursery so they leave it as themselves.
+        try:
+            await client.send(sse_bytes(translator.start()))
+            await _translate_chat_stream(upstream, client, exchange, translator, finished)
+        except (UpstreamError, DialectError) as exc:
+            exchange.status, exchange.error = 502, f"engine failed mid-stream: {exc}"
+            tail = translator.fail(f"the engine failed mid-stream: {exc}")
+            await client.send(sse_bytes(tail), last=True)
+            failed = True
+    if failed:
+        raise AbortResponse
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _translate_chat_stream(
+    upstream: UpstreamResponse,
+    client: KeptAlive,
+    exchange: Exchange,
+    translator: _ChatStreamTranslator,
+    finished: Callable[[list[Event]], None],
+) -> None:
+    """The body of `_relay_chat_stream`: the engine's chunks in, the client's events out."""
     decoder = SSEDecoder()
     done = False
     reported = False  # the engine told its usage
-    try:
-        async with aclosing(upstream.aiter_body()) as body_chunks:
-            async for chunk in body_chunks:
-                exchange.first_byte()
-                out: list[Event] = []
-                with _engine_output():
-                    for event in decoder.feed(chunk):
-                        if done:
-                            break  # nothing follows [DONE]
-                        if event.data == "[DONE]":
-                            closing = translator.finish()
-                            out += closing
-                            done = True
-                            finished(closing)
-                            if not reported:  # the counts are Gate's: which kind
-                                counted = exchange.prompt_count
-                                estimated = counted is None or not counted[1]
-                                exchange.tokens_source = "estimate" if estimated else "counted"
-                        elif event.data:
-                            data = msgspec.json.decode(event.data)
-                            if isinstance(data, Mapping) and "error" in data:
-                                raise UpstreamError(error_message(data))
-                            out += translator.feed(data)
-                            reported = reported or isinstance(data.get("usage"), Mapping)
-                            _take_usage(
-                                exchange, data.get("usage"), "prompt_tokens", "completion_tokens"
-                            )
-                if out:
-                    await send(
-                        {"type": "http.response.body", "body": sse_bytes(out), "more_body": True}
-                    )
-                exchange.answered = done
-        if not done:  # OpenAI streams end with [DONE]; anything else was cut off
-            raise UpstreamError("the stream ended before [DONE]")
-    except (UpstreamError, DialectError) as exc:
-        exchange.status, exchange.error = 502, f"engine failed mid-stream: {exc}"
-        tail = translator.fail(f"the engine failed mid-stream: {exc}")
-        await send({"type": "http.response.body", "body": sse_bytes(tail), "more_body": True})
-        raise AbortResponse from None
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    async with aclosing(upstream.aiter_body()) as body_chunks:
+        async for chunk in body_chunks:
+            exchange.first_byte()
+            out: list[Event] = []
+            with _engine_output():
+                for event in decoder.feed(chunk):
+                    if done:
+                        break  # nothing follows [DONE]
+                    if event.data == "[DONE]":
+                        closing = translator.finish()
+                        out += closing
+                        done = True
+                        finished(closing)
+                        if not reported:  # the counts are Gate's: which kind
+                            counted = exchange.prompt_count
+                            estimated = counted is None or not counted[1]
+                            exchange.tokens_source = "estimate" if estimated else "counted"
+                    elif event.data:
+                        data = msgspec.json.decode(event.data)
+                        if isinstance(data, Mapping) and "error" in data:
+                            raise UpstreamError(error_message(data))
+                        out += translator.feed(data)
+                        reported = reported or isinstance(data.get("usage"), Mapping)
+                        _take_usage(
+                            exchange, data.get("usage"), "prompt_tokens", "completion_tokens"
+                        )
+            if out:  # [DONE]'s closing events are the stream's last
+                await client.send(sse_bytes(out), last=done)
+            exchange.answered = done
+    if not done:  # OpenAI streams end with [DONE]; anything else was cut off
+        raise UpstreamError("the stream ended before [DONE]")
 
 
 async def _anthropic_engine_to_openai_client(
