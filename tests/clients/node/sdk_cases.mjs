@@ -75,7 +75,11 @@ const cases = {
     for await (const event of stream) {
       events.push(event.type);
       if (event.type === "response.output_text.delta") text += event.delta;
-      if (event.type === "response.completed") completed = event.response;
+      // The last event carries the whole response: completed, or incomplete when the
+      // reply reached max_output_tokens (the tiny model often runs that long).
+      if (event.type === "response.completed" || event.type === "response.incomplete") {
+        completed = event.response;
+      }
     }
     return {
       events,
