@@ -1,8 +1,9 @@
 """Incoming streams by type: the preamble says what a stream carries (spec §3.1), and a
 table says, for each stream type this node serves, who may open it and what serves it.
 
-A type not in the table is refused with UNKNOWN_STREAM_TYPE, a known one included
-(§3.3: a receiver that does not serve a type in its role rejects it); a stream from a
+A known type not in the table is refused with STREAM_TYPE_NOT_SERVED (§3.3: the code
+is known, this node does not serve it; an unknown code is UNKNOWN_STREAM_TYPE, from the
+preamble reader); a stream from a
 node its row does not admit is refused with UNAUTHORIZED. Either refusal is one bare
 error frame, then the stream is closed (§3.5). A relay's table has the one row
 relay_control (gate.services.relay); a node's tls_proxy row admits only the relays it
@@ -152,7 +153,7 @@ class StreamDispatch:
         if route is None:  # §3.3: known, but not served by this node
             await reject(
                 stream,
-                ErrorCode.UNKNOWN_STREAM_TYPE,
+                ErrorCode.STREAM_TYPE_NOT_SERVED,
                 f"this node does not serve {kind.value} streams",
             )
             return
