@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -69,6 +70,9 @@ class IncomingStream:
     remote: NodeId  # the NodeId the transport authenticated
     stream: QuicStream
     trailing: bytes  # what arrived after the preamble: the start of the body
+    # Called when this node refuses the peer's handshake on `conn`: from then on every
+    # other stream of that connection is refused (spec §5.4).
+    refuse_connection: Callable[[], None] = lambda: None
 
 
 StreamHandler = Callable[[IncomingStream], Awaitable[None]]
@@ -123,6 +127,8 @@ class StreamDispatch:
         self.routes = routes
         self._trusted = trusted
         self._relay = relay
+        # Connections whose handshake this node refused (spec §5.4), until they go.
+        self._refused: weakref.WeakSet[Connection] = weakref.WeakSet()
 
     def admits(self, opener: Opener, remote: NodeId) -> bool:
         if opener is Opener.TRUSTED_PEER:
@@ -157,6 +163,9 @@ class StreamDispatch:
                 f"this node does not serve {kind.value} streams",
             )
             return
+        if conn in self._refused:  # §5.4: nothing more of a refused connection
+            await reject(stream, ErrorCode.UNAUTHORIZED, "this node refused your handshake")
+            return
         if not self.admits(route.opener, remote):
             log.warning(
                 "refused a stream from a node not allowed to open it",
@@ -164,7 +173,11 @@ class StreamDispatch:
             )
             await reject(stream, ErrorCode.UNAUTHORIZED, f"only {route.opener.value} may open this")
             return
-        await route.handler(IncomingStream(conn, remote, stream, reader.trailing_data))
+        await route.handler(
+            IncomingStream(
+                conn, remote, stream, reader.trailing_data, lambda: self._refused.add(conn)
+            )
+        )
 
 
 async def reject(stream: QuicStream, code: int, message: str) -> None:
