@@ -103,7 +103,8 @@ def frame(payload: bytes) -> bytes:
 class FrameReader:
     """Bytes in, whole payloads out; b"" to feed means the peer finished."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_size: int = MAX_FRAME) -> None:
+        self.max_size = max_size
         self.buffer = bytearray()
         self.ended = False
 
@@ -117,7 +118,7 @@ class FrameReader:
         """A payload, or None: more data needed (or a clean end, see `at_end`)."""
         if len(self.buffer) >= 4:
             (length,) = struct.unpack(">I", self.buffer[:4])
-            if length > MAX_FRAME:  # §3.4: from the header alone
+            if length > self.max_size:  # §3.4: from the header alone
                 raise WireError(FRAME_TOO_LARGE, f"frame of {length} bytes")
             if len(self.buffer) >= 4 + length:
                 payload = bytes(self.buffer[4 : 4 + length])
