@@ -99,7 +99,8 @@ def test_gate_uses_the_reference_node_as_a_peer(make_node, reference, llama_engi
     wait_for(lambda: gate.peer_status(ref) == "connected", "gate -> reference")
     ref.wait_for_line(f"handshake accepted {gate.node_id}")
     url = f"{gate.url}/v1/chat/completions"
-    by_header = httpx.post(url, json=chat(False), headers={"x-target-node": ref.node_id}, timeout=60)
+    to_ref = {"x-target-node": ref.node_id}
+    by_header = httpx.post(url, json=chat(False), headers=to_ref, timeout=60)
     assert by_header.status_code == 200, by_header.text
     assert by_header.json()["choices"][0]["message"]["content"]
     # No engine of its own: the model is the reference node's, from its capabilities.
@@ -134,10 +135,11 @@ def test_the_reference_node_uses_gate(make_node, llama_engine, tmp_path):  # noq
     assert models.returncode == 0, models.stderr
     status, _, body = models.stdout.partition(b"\n")
     assert status == b"status 200" and MODEL in json.loads(body)["data"][0]["id"]
-    whole = ask(key, gate, "-X", "POST", "--data", json.dumps(chat(False)), "/v1/chat/completions")
+    post = ("-X", "POST", "/v1/chat/completions", "--data")
+    whole = ask(key, gate, *post, json.dumps(chat(False)))
     assert whole.returncode == 0, whole.stderr
     assert json.loads(whole.stdout.partition(b"\n")[2])["choices"][0]["message"]["content"]
-    streamed = ask(key, gate, "-X", "POST", "--data", json.dumps(chat(True)), "/v1/chat/completions")
+    streamed = ask(key, gate, *post, json.dumps(chat(True)))
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout.rstrip().endswith(b"data: [DONE]")
     # An untrusted key is refused at the handshake (§5.4).
@@ -176,10 +178,10 @@ def test_cancellation_from_the_reference_node_reaches_gates_engine(
     gate = start(
         make_node("gate"), trust=[type("R", (), {"address": key_id(key)})], engine=llama_engine
     )
+    body = json.dumps(LONG_STREAM)
     cancelled = ask(
-        key, gate, "-X", "POST", "--data", json.dumps(LONG_STREAM), "--cancel-after", "3",
-        "/v1/chat/completions",
-    )  # fmt: skip
+        key, gate, "-X", "POST", "--data", body, "--cancel-after", "3", "/v1/chat/completions"
+    )
     assert cancelled.returncode == 0 and cancelled.stdout.rstrip().endswith(b"cancelled")
     assert engine_is_free(f"{gate.url}/v1/chat/completions") < 4
 
@@ -190,10 +192,8 @@ def test_the_reference_node_passes_gate_conformance(make_node, reference, tmp_pa
     pem = tmp_path / "tester.pem"
     assert run_gate("identity", "export", "-o", str(pem), env=tester.env).returncode == 0
     ref = reference("--canned", "hello", "--model", MODEL, "--trust", tester.node_id)
-    result = run_gate(
-        "conformance", ref.address, "--identity", str(pem), "--bind-host", "127.0.0.1",
-        "--json", env=tester.env, timeout=120,
-    )  # fmt: skip
+    options = ("--identity", str(pem), "--bind-host", "127.0.0.1", "--json")
+    result = run_gate("conformance", ref.address, *options, env=tester.env, timeout=120)
     checks = json.loads(result.stdout)
     failed = [c for c in checks if not c["passed"]]
     assert result.returncode == 0 and not failed, failed
