@@ -197,3 +197,30 @@ def test_the_reference_node_passes_gate_conformance(make_node, reference, tmp_pa
     checks = json.loads(result.stdout)
     failed = [c for c in checks if not c["passed"]]
     assert result.returncode == 0 and not failed, failed
+
+
+def test_gate_forwards_no_credentials_to_a_peer(make_node, reference):  # noqa: F811
+    """§7.1: end-to-end headers reach the peer; the credentials the client presented to
+    Gate (its key, a cookie, proxy credentials) and Gate's routing header do not."""
+    gate = make_node("gate")
+    ref = reference("--echo", "--model", MODEL, "--trust", gate.node_id)
+    start(gate, trust=[ref])
+    wait_for(lambda: gate.peer_status(ref) == "connected", "gate -> reference")
+    sent = {
+        "authorization": "Bearer gate-key",
+        "x-api-key": "gate-key",
+        "proxy-authorization": "Basic cHJveHk=",
+        "cookie": "gate_session=secret",
+        "x-target-node": ref.node_id,
+        "anthropic-version": "2023-06-01",
+        "x-custom": "kept",
+    }
+    reply = httpx.post(
+        f"{gate.url}/v1/chat/completions", json=chat(False), headers=sent, timeout=60
+    )
+    assert reply.status_code == 200, reply.text
+    seen = {name.lower(): value for name, value in reply.json()["headers"]}
+    assert seen["x-custom"] == "kept" and seen["anthropic-version"] == "2023-06-01"
+    assert seen["content-type"] == "application/json"
+    for name in ("authorization", "x-api-key", "proxy-authorization", "cookie", "x-target-node"):
+        assert name not in seen, name
