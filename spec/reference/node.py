@@ -23,16 +23,9 @@ PREAMBLE_WAIT = 10.0
 PING_EVERY = 15.0  # §5.5: the initiator pings at least every 20 s
 SILENCE_LIMIT = 60.0  # §5.5: no node may end a channel for less silence
 CLOSE_GRACE = 5.0  # §2.3: how long a last frame may take to be read before closing
-# §7.1: hop-by-hop fields are not sent; credentials are not forwarded by a requester.
-HOP_BY_HOP = {
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "upgrade",
-    "proxy-connection",
-    "trailer",
-}
+# §7.1: hop-by-hop fields are not sent on (nor `host`, which names the upstream).
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection"}
+NOT_UPSTREAM = HOP_BY_HOP | {"trailer", "host"}
 
 
 def log(*parts: object) -> None:
@@ -90,7 +83,14 @@ class Framed:
                 return None
             self.frames.feed(await self.stream.read())
         message = wire.decode(payload)
-        return self.check(message), message
+        try:
+            return self.check(message), message
+        except WireError:
+            if message.get("type") != "error":
+                raise
+            # §3.5: a stream the peer rejected starts with a bare error object.
+            wire.check_error(message)
+            raise WireError(message["code"], f"rejected: {message.get('message', '')}") from None
 
 
 @dataclass
@@ -244,17 +244,19 @@ class Node:
         # Meanwhile a cancel (error frame, reset, stop) stops the upstream call (§7.3).
         answer = asyncio.create_task(self.answer(exchange, head, body))
         watch = asyncio.create_task(exchange.watch_for_cancel())
-        done, _ = await asyncio.wait({answer, watch}, return_when=asyncio.FIRST_COMPLETED)
-        if answer in done:
+        await asyncio.wait({answer, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if not watch.done():
             watch.cancel()
             answer.result()
-        else:
+        else:  # a cancel wins, even when the answer ended in the same turn
             answer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # It may have ended already, failing to write to the cancelled stream.
+            with contextlib.suppress(asyncio.CancelledError, WireError, Gone):
                 await answer
             code = watch.result()
-            log("cancelled by requester", head["target"])
-            if code is not None:  # the requester broke the protocol: tell it (§4.2)
+            if code is None:
+                log("cancelled by requester", head["target"])
+            else:  # the requester broke the protocol: tell it (§4.2)
                 await exchange.fail(code, "unexpected frame from the requester")
         await stream.finish()
 
@@ -273,7 +275,7 @@ class Node:
                 reply = canned(self.canned.encode())
             await exchange.respond(200, [("content-type", "application/json")], reply)
             return
-        headers = [(k, v) for k, v in head.get("headers") or [] if k.lower() not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in head.get("headers") or [] if k.lower() not in NOT_UPSTREAM]
         try:
             async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=5)) as client:
                 request = client.build_request(

@@ -5,6 +5,7 @@ engine behind either."""
 import json
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +31,18 @@ class Reference:
     node_id: str
     address: str
     lines: list[str]
+    p2p_port: int
+
+    def read_lines(self) -> None:  # in a thread: its output, line by line, into `lines`
+        for line in self.process.stdout:
+            self.lines.append(line.decode().rstrip())
 
     def wait_for_line(self, text: str, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while not any(text in line for line in self.lines):
             assert time.monotonic() < deadline, f"no {text!r} in {self.lines}"
-            line = self.process.stdout.readline()
-            assert line, f"the reference node exited: {self.lines}"
-            self.lines.append(line.decode().rstrip())
+            assert self.process.poll() is None, f"the reference node exited: {self.lines}"
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -48,8 +53,9 @@ def reference(tmp_path):
         port = free_udp_port()
         command = [*REFERENCE, "serve", "--key", str(tmp_path / key), "--port", str(port), *args]
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE)
-        ref = Reference(process, "", "", [])
+        ref = Reference(process, "", "", [], port)
         started.append(ref)
+        threading.Thread(target=ref.read_lines, daemon=True).start()
         ref.wait_for_line("address ")
         ref.node_id = ref.lines[0].split()[1]
         ref.address = f"{ref.node_id}@127.0.0.1:{port}"
