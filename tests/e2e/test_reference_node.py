@@ -105,15 +105,16 @@ def test_gate_uses_the_reference_node_as_a_peer(make_node, reference, llama_engi
     wait_for(lambda: gate.peer_status(ref) == "connected", "gate -> reference")
     ref.wait_for_line(f"handshake accepted {gate.node_id}")
     url = f"{gate.url}/v1/chat/completions"
-    to_ref = {"x-target-node": ref.node_id}
-    by_header = httpx.post(url, json=chat(False), headers=to_ref, timeout=60)
-    assert by_header.status_code == 200, by_header.text
-    assert by_header.json()["choices"][0]["message"]["content"]
-    # No engine of its own: the model is the reference node's, from its capabilities.
-    with httpx.stream("POST", url, json=chat(True), timeout=60) as response:
-        assert response.status_code == 200
-        lines = [line for line in response.iter_lines() if line]
-    assert lines[-1] == "data: [DONE]" and len(lines) > 3
+    # By header, and by model: Gate has no engine, the model is the reference node's
+    # (from its capabilities).
+    for headers in ({"x-target-node": ref.node_id}, {}):
+        whole = httpx.post(url, json=chat(False), headers=headers, timeout=60)
+        assert whole.status_code == 200, whole.text
+        assert whole.json()["choices"][0]["message"]["content"]
+        with httpx.stream("POST", url, json=chat(True), headers=headers, timeout=60) as response:
+            assert response.status_code == 200
+            lines = [line for line in response.iter_lines() if line]
+        assert lines[-1] == "data: [DONE]" and len(lines) > 3
     # Heartbeats keep going (every 0.5 s here): the peer stays connected.
     time.sleep(2)
     assert gate.peer_status(ref) == "connected"
