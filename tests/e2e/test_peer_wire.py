@@ -116,8 +116,8 @@ def test_a_requester_that_finishes_before_end_always_gets_truncated(target):
 
 def test_a_requester_may_send_end_late(target):
     """§7.2: the responder must not stop the request half before it is done, so a
-    requester that sends `end` late (after the head, as a GET's may; Gate's app answers
-    from the head alone, the reference node waits for `end`) is served."""
+    requester whose `end` comes late, after the head (Gate's app answers a GET from the
+    head alone; the reference node waits for `end`), can still send it and is served."""
     a, key = target
 
     async def late_end(_endpoint: Endpoint, conn: Connection) -> list[str]:
