@@ -178,6 +178,10 @@ def _str(v: object) -> bool:
     return isinstance(v, str)
 
 
+def _versions(v: object) -> bool:  # §5.1: at least one, each 1-255
+    return isinstance(v, list) and bool(v) and all(_int(x, 1, 255) for x in v)
+
+
 def _headers(v: object) -> bool:  # §7.1: [[str, str]]
     return isinstance(v, list) and all(
         isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in v
@@ -218,13 +222,7 @@ def check_node_message(m: dict) -> str:
     tag = p.get("type")
     if tag == "handshake":
         _field(p, "node_id", is_node_id, True)
-        # §5.1: at least one version.
-        _field(
-            p,
-            "versions",
-            lambda v: isinstance(v, list) and v and all(_int(x, 1, 255) for x in v),
-            True,
-        )
+        _field(p, "versions", _versions, True)
         _field(p, "agent", _str, False)
         _field(p, "capabilities", _capabilities, False)
     elif tag == "handshake_response":
@@ -268,6 +266,10 @@ def check_http_frame(m: dict) -> str:
 # --- §5.2 and §7.2 state tables ----------------------------------------------------------
 
 
+# §5.2: in `established` either side may send these, in any order.
+ANYTIME = {"ping", "pong", "capability_request", "capability_response"}
+
+
 class NodeControlState:
     """§5.2. `sender` is "initiator" or "responder"; raises UNEXPECTED_MESSAGE."""
 
@@ -284,12 +286,7 @@ class NodeControlState:
             self.state = "established"
         elif s == "await_response" and sender == "responder" and event == "handshake_refused":
             self.state = "closed"
-        elif s == "established" and event in (
-            "ping",
-            "pong",
-            "capability_request",
-            "capability_response",
-        ):
+        elif s == "established" and event in ANYTIME:
             pass
         else:
             raise WireError(UNEXPECTED_MESSAGE, f"{sender} may not send {event} in {s}")
