@@ -1,0 +1,328 @@
+"""The relay's Cloudflare DNS backend against a scripted loopback server.
+
+No real Cloudflare is reachable here (nor should a test spend a zone's quota), so
+`FakeCloudflare` follows the API v4's documented requests and answers for DNS records:
+`POST /zones/{zone}/dns_records`, `GET` with `type`, `name.exact`, `content.exact`,
+`comment.exact` (case-insensitive), `page` and `per_page` and a `result_info`,
+`DELETE /zones/{zone}/dns_records/{id}` (404 with error 81044 for a record that does not
+exist), the `{success, errors, messages, result}` envelope, a bearer token (403 with
+error 10000 otherwise), and scripted failures: 403, 429 with Retry-After, 5xx, and a 5xx
+sent after the record was created (an answer lost, as a gateway timeout loses one)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from contextlib import aclosing
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+import trio
+
+from gate.errors import ConfigError
+from gate.protocol import ActivateDomain, DnsChallenge, DnsChallengeResponse
+from gate.relay_config import load_relay_config
+from gate.services.engines.client import UpstreamClient
+from gate.services.relay.control import RelayControlServer
+from gate.services.relay.dns.backend import DnsError
+from gate.services.relay.dns.challenges import ChallengeRecords
+from gate.services.relay.dns.cloudflare import CloudflareBackend
+from gate.services.relay.registry import NameRegistry
+
+from .test_relay import DOMAIN, new_node
+
+TOKEN = "cf-test-token"
+ZONE = "023e105f4ecef8ad9ca31a8372d0c353"
+COMMENT = "gate relay r3layid"
+VALUES = [c * 43 for c in "abcdefgh"]
+
+
+class FakeCloudflare:
+    def __init__(self) -> None:
+        self.records: dict[str, dict] = {}
+        self.requests: list[tuple[str, str, dict]] = []  # method, path, query
+        # Scripted answers, taken in order by the first request of their method:
+        # (method, status, headers, create_anyway).
+        self.script: list[tuple[str, int, dict[str, str], bool]] = []
+        self.max_per_page = 100
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                fake.handle(self)
+
+            do_POST = do_DELETE = do_GET
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/client/v4"
+
+    def count(self, method: str) -> int:
+        return sum(1 for m, _, _ in self.requests if m == method)
+
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        length = int(request.headers.get("content-length") or 0)
+        body = json.loads(request.rfile.read(length)) if length else None
+        url = urlsplit(request.path)
+        query = dict(parse_qsl(url.query))
+        with self.lock:
+            self.requests.append((request.command, url.path, query))
+            status, payload, headers = self.answer(request, url.path, query, body)
+        data = json.dumps(payload).encode()
+        request.send_response(status)
+        for name, value in {**headers, "content-type": "application/json"}.items():
+            request.send_header(name, value)
+        request.send_header("content-length", str(len(data)))
+        request.end_headers()
+        request.wfile.write(data)
+
+    def answer(self, request, path, query, body):
+        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+            return 403, error(10000, "Authentication error"), {}
+        scripted = next((s for s in self.script if s[0] == request.command), None)
+        if scripted is not None:
+            self.script.remove(scripted)
+            _, status, headers, create_anyway = scripted
+            if create_anyway:
+                self.route(request.command, path, query, body)
+            message = {403: "Unauthorized to access requested resource", 429: "Rate limited"}
+            return status, error(status, message.get(status, "Internal error")), headers
+        return (*self.route(request.command, path, query, body), {})
+
+    def route(self, method, path, query, body):
+        prefix = f"/client/v4/zones/{ZONE}/dns_records"
+        if method == "POST" and path == prefix:
+            if body.get("type") != "TXT" or not body.get("name") or "content" not in body:
+                return 400, error(9000, "DNS name is invalid")
+            record = {
+                "id": uuid.uuid4().hex,
+                "zone_id": ZONE,
+                "zone_name": DOMAIN,
+                "name": body["name"],
+                "type": "TXT",
+                "content": body["content"],
+                "ttl": body.get("ttl", 1),
+                "comment": body.get("comment"),
+                "proxiable": False,
+                "proxied": False,
+            }
+            self.records[record["id"]] = record
+            return 200, ok(record)
+        if method == "GET" and path == prefix:
+            found = [
+                r
+                for r in self.records.values()
+                if query.get("type", r["type"]) == r["type"]
+                and query.get("name.exact", r["name"]) == r["name"]
+                and query.get("content.exact", r["content"]) == r["content"]
+                and query.get("comment.exact", str(r["comment"])).lower()
+                == str(r["comment"]).lower()
+            ]
+            per_page = min(int(query.get("per_page", 100)), self.max_per_page)
+            page = int(query.get("page", 1))
+            total_pages = max(1, -(-len(found) // per_page))
+            shown = found[(page - 1) * per_page : page * per_page]
+            info = {
+                "page": page,
+                "per_page": per_page,
+                "count": len(shown),
+                "total_count": len(found),
+                "total_pages": total_pages,
+            }
+            return 200, {**ok(shown), "result_info": info}
+        if method == "DELETE" and path.startswith(prefix + "/"):
+            record_id = path.rsplit("/", 1)[1]
+            if self.records.pop(record_id, None) is None:
+                return 404, error(81044, "Record does not exist.")
+            return 200, ok({"id": record_id})
+        return 404, error(7003, "Could not route to " + path)
+
+    def __enter__(self) -> FakeCloudflare:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def ok(result):
+    return {"success": True, "errors": [], "messages": [], "result": result}
+
+
+def error(code: int, message: str):
+    return {"success": False, "errors": [{"code": code, "message": message}], "messages": []}
+
+
+@pytest.fixture
+def cloudflare():
+    with FakeCloudflare() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def backend(cloudflare):
+    async with aclosing(UpstreamClient()) as client:
+        yield CloudflareBackend(
+            zone_id=ZONE,
+            token=TOKEN,
+            client=client,
+            comment=COMMENT,
+            api_base=cloudflare.api_base,
+            attempts=3,
+            backoff=0.05,
+        )
+
+
+def txt(cloudflare: FakeCloudflare, name: str) -> list[str]:
+    return sorted(r["content"] for r in cloudflare.records.values() if r["name"] == name)
+
+
+async def test_create_and_delete_each_record_by_its_id(backend, cloudflare):
+    name = f"_acme-challenge.{new_node()}.{DOMAIN}"
+    first = await backend.publish_txt(name, VALUES[0])
+    second = await backend.publish_txt(name, VALUES[1])
+    assert txt(cloudflare, name) == VALUES[:2]
+    created = cloudflare.records[first.handle]
+    assert (created["ttl"], created["comment"]) == (60, COMMENT)
+    await backend.remove_txt(first)
+    assert txt(cloudflare, name) == VALUES[1:2]
+    await backend.remove_txt(second)
+    await backend.remove_txt(second)  # 404, already gone: not an error
+    assert cloudflare.records == {}
+    assert [(m, p) for m, p, _ in cloudflare.requests] == [
+        ("POST", f"/client/v4/zones/{ZONE}/dns_records"),
+        ("POST", f"/client/v4/zones/{ZONE}/dns_records"),
+        ("DELETE", f"/client/v4/zones/{ZONE}/dns_records/{first.handle}"),
+        ("DELETE", f"/client/v4/zones/{ZONE}/dns_records/{second.handle}"),
+        ("DELETE", f"/client/v4/zones/{ZONE}/dns_records/{second.handle}"),
+    ]
+
+
+async def test_leftovers_of_this_relay_are_listed_page_by_page_and_deleted(backend, cloudflare):
+    cloudflare.max_per_page = 2  # three pages of this relay's records
+    for i in range(5):
+        await backend.publish_txt(f"_acme-challenge.n{i}.{DOMAIN}", VALUES[i])
+    theirs = await CloudflareBackend(
+        zone_id=ZONE,
+        token=TOKEN,
+        client=backend._client,
+        comment="gate relay another",
+        api_base=cloudflare.api_base,
+    ).publish_txt(f"_acme-challenge.x.{DOMAIN}", VALUES[6])
+    assert await backend.remove_leftovers() == 5
+    assert list(cloudflare.records) == [theirs.handle]  # another relay's record stays
+    lists = [q for m, _, q in cloudflare.requests if m == "GET"]
+    assert [q["page"] for q in lists] == ["1", "2", "3"]
+    assert lists[0]["type"] == "TXT" and lists[0]["comment.exact"] == COMMENT
+
+
+async def test_403_is_a_clear_error_and_not_retried(backend, cloudflare):
+    cloudflare.script.append(("POST", 403, {}, False))
+    with pytest.raises(DnsError, match=r"HTTP 403: .*Zone: DNS: Edit"):
+        await backend.publish_txt(f"_acme-challenge.n.{DOMAIN}", VALUES[0])
+    assert cloudflare.count("POST") == 1 and cloudflare.records == {}
+
+
+async def test_a_wrong_token_is_refused_the_same_way(cloudflare):
+    async with aclosing(UpstreamClient()) as client:
+        wrong = CloudflareBackend(
+            zone_id=ZONE, token="nope", client=client, comment=COMMENT, api_base=cloudflare.api_base
+        )
+        with pytest.raises(DnsError, match=r"HTTP 403: Authentication error \(10000\)"):
+            await wrong.publish_txt(f"_acme-challenge.n.{DOMAIN}", VALUES[0])
+
+
+async def test_429_waits_its_retry_after_and_tries_again(backend, cloudflare):
+    cloudflare.script.append(("POST", 429, {"retry-after": "1"}, False))
+    cloudflare.script.append(("DELETE", 429, {"retry-after": "1"}, False))
+    started = trio.current_time()
+    record = await backend.publish_txt(f"_acme-challenge.n.{DOMAIN}", VALUES[0])
+    await backend.remove_txt(record)
+    assert trio.current_time() - started >= 2.0  # waited as told, twice
+    assert (cloudflare.count("POST"), cloudflare.count("DELETE")) == (2, 2)
+    assert cloudflare.records == {}
+
+
+async def test_5xx_is_retried_with_backoff_and_bounded(backend, cloudflare):
+    cloudflare.script += [("DELETE", 502, {}, False), ("DELETE", 503, {}, False)]
+    record = await backend.publish_txt(f"_acme-challenge.n.{DOMAIN}", VALUES[0])
+    await backend.remove_txt(record)  # the third try passes
+    assert cloudflare.count("DELETE") == 3 and cloudflare.records == {}
+
+    cloudflare.script += [("POST", 500, {}, False)] * 3
+    with pytest.raises(DnsError, match="gave up after 3 tries"):
+        await backend.publish_txt(f"_acme-challenge.n.{DOMAIN}", VALUES[1])
+    assert cloudflare.count("POST") == 1 + 3 and cloudflare.records == {}
+
+
+async def test_a_lost_answer_neither_duplicates_nor_leaves_a_record(backend, cloudflare):
+    name = f"_acme-challenge.n.{DOMAIN}"
+    # Created, but the answer was a 502: the retry finds it instead of making another.
+    cloudflare.script.append(("POST", 502, {}, True))
+    record = await backend.publish_txt(name, VALUES[0])
+    assert list(cloudflare.records) == [record.handle] and cloudflare.count("POST") == 1
+    await backend.remove_txt(record)
+
+    # Every try failed, the last after creating it: the failed publish deletes it.
+    cloudflare.script += [("POST", 502, {}, False)] * 2 + [("POST", 502, {}, True)]
+    with pytest.raises(DnsError):
+        await backend.publish_txt(name, VALUES[1])
+    assert cloudflare.records == {}
+
+
+async def test_a_nodes_challenge_through_cloudflare_until_it_activates(
+    backend, cloudflare, tmp_path
+):
+    registry = NameRegistry.open(tmp_path / "relay.db")
+    async with trio.open_nursery() as nursery:
+        records = ChallengeRecords(backend, lifetime=600, per_minute=6)
+        await nursery.start(records.run)
+        server = RelayControlServer(DOMAIN, registry, records)
+        node = new_node()
+        name = f"_acme-challenge.{node}.{DOMAIN}"
+        answer = await server.answer(node, DnsChallenge(domain=name, txt_value=VALUES[0]))
+        assert answer == DnsChallengeResponse(ok=True)
+        assert txt(cloudflare, name) == VALUES[:1]
+        await server.answer(node, ActivateDomain(domain=f"{node}.{DOMAIN}"))
+        with trio.fail_after(5):
+            while cloudflare.records:  # noqa: ASYNC110 (the fake runs in its own thread)
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    registry.close()
+
+
+def test_the_cloudflare_backend_needs_its_zone_and_token(tmp_path):
+    env = {
+        "GATE_RELAYD_DOMAIN": DOMAIN,
+        "GATE_RELAYD_DNS__BACKEND": "cloudflare",
+        "GATE_RELAYD_DNS__ZONE_ID": ZONE,
+        "GATE_RELAYD_DNS__API_TOKEN_ENV": "RELAY_CF_TOKEN",
+    }
+    with pytest.raises(ConfigError, match="RELAY_CF_TOKEN is not set"):
+        load_relay_config(None, env=env)
+    config = load_relay_config(None, env={**env, "RELAY_CF_TOKEN": TOKEN})
+    assert (config.dns.zone_id, config.dns.api_base) == (
+        ZONE,
+        "https://api.cloudflare.com/client/v4",
+    )
+    with pytest.raises(ConfigError, match="zone_id: required"):
+        load_relay_config(None, env={**env, "GATE_RELAYD_DNS__ZONE_ID": "", "RELAY_CF_TOKEN": "x"})
+    file = tmp_path / "relay.toml"
+    file.write_text(f'domain = "{DOMAIN}"\n[dns]\nbackend = "route53"\n')
+    with pytest.raises(ConfigError, match=r"relay\.toml: dns\.backend: must be one of"):
+        load_relay_config(file, env={})
+    file.write_text(f'domain = "{DOMAIN}"\n[dns]\nbackend = "challtestsrv"\nurl = 8055\n')
+    with pytest.raises(ConfigError, match=r"dns\.url: Expected `?str"):  # strict in a file
+        load_relay_config(file, env={})
