@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
@@ -33,6 +34,7 @@ class FakeCloudflare:
         # (method, status, headers, create_anyway).
         self.script: list[tuple[str, int, dict[str, str], bool]] = []
         self.max_per_page = 100
+        self.post_delay = 0.0  # seconds between creating a record and answering
         self.lock = threading.Lock()
         fake = self
 
@@ -65,6 +67,8 @@ class FakeCloudflare:
         with self.lock:
             self.requests.append((request.command, url.path, query))
             status, payload, headers = self.answer(request, url.path, query, body)
+        if request.command == "POST" and self.post_delay:
+            time.sleep(self.post_delay)
         data = json.dumps(payload).encode()
         request.send_response(status)
         for name, value in {**headers, "content-type": "application/json"}.items():

@@ -7,7 +7,7 @@
 - A record is removed when its node activates its name (`activate_domain`, which a node
   sends once its certificate is issued), when the node's last connection to the relay
   ends, or `lifetime` seconds after it was published: whichever comes first. A publish
-  that fails leaves nothing (the backend's own concern).
+  cut short, or failed after the request may have been carried out, is removed at once.
 - Kept in memory: a clean stop removes every record (`remove_all`); after a crash they
   stay, unless the backend can find them at the next start (`remove_leftovers`).
 
@@ -55,6 +55,7 @@ class _Published:
     record: TxtRecord
     due: float  # trio.current_time() at which it goes
     tries: int = 0
+    publishing: bool = False  # the backend has not answered yet: not to be removed yet
 
 
 class ChallengeRecords:
@@ -70,6 +71,7 @@ class ChallengeRecords:
         self._wake = trio.Event()
 
     def __len__(self) -> int:
+        """Records published, or being published, and not removed yet."""
         return len(self._records)
 
     def values(self, node: NodeId) -> list[str]:
@@ -93,18 +95,33 @@ class ChallengeRecords:
             raise RateLimited(wait)
 
     async def publish(self, node: NodeId, name: str, value: str) -> None:
-        """Publish `value` at `name` for `node`; DnsError if the backend could not."""
+        """Publish `value` at `name` for `node`; DnsError if the backend could not.
+
+        The record is on the list from before the backend is asked, without its handle,
+        and removal waits for the publish to end: a publish cut short (the node's
+        stream ended, the relay stops) or failed in a way that may still have made the
+        record (DnsError.maybe_made) is removed at once (the backend finds it by name
+        and value); one
+        released meanwhile (the node left) goes as soon as it is made."""
         if self.backend is None:
             raise DnsError("this relay publishes no DNS records")
+        entry = _Published(node, TxtRecord(name, value), trio.current_time() + self.lifetime)
+        entry.publishing = True
+        self._records.append(entry)
         try:
-            record = await self.backend.publish_txt(name, value)
-        except DnsError:
-            self.outcomes["failed"] += 1
-            self.backend_errors += 1
+            entry.record = await self.backend.publish_txt(name, value)
+        except BaseException as exc:
+            entry.due = trio.current_time()
+            if isinstance(exc, DnsError):
+                self.outcomes["failed"] += 1
+                self.backend_errors += 1
+                if not exc.maybe_made:  # nothing reached the provider, or it refused
+                    self._forget(entry)
             raise
-        self._records.append(_Published(node, record, trio.current_time() + self.lifetime))
+        finally:
+            entry.publishing = False
+            self._wake.set()  # due now, or its lifetime may be the next thing due
         self.outcomes["published"] += 1
-        self._wake.set()  # its lifetime may be the next thing due
 
     def release(self, node: NodeId) -> None:
         """The node is done with its records (activated, or gone): remove them now."""
@@ -145,7 +162,9 @@ class ChallengeRecords:
     async def _remove_due(self) -> None:
         # A record leaves the list only once removed (or given up on), so a removal cut
         # short (the relay stopping) leaves it for remove_all.
-        while due := [p for p in self._records if p.due <= trio.current_time()]:
+        while due := [
+            p for p in self._records if p.due <= trio.current_time() and not p.publishing
+        ]:
             for p in due:
                 assert self.backend is not None
                 try:

@@ -11,8 +11,8 @@
   connections try again with doubling backoff. At most `attempts` tries per call.
 - A POST whose outcome is unknown (5xx, timeout, cut connection: Cloudflare may have
   created the record) is never blindly repeated: the record is looked up by name,
-  content and comment first, and taken if it is there; if the publish fails in the
-  end, whatever it may have created is looked up and deleted, so nothing is left.
+  content and comment first, and taken if it is there. A record without its id (its
+  publish failed or was cut short) is removed the same way: looked up, then deleted.
 """
 
 from __future__ import annotations
@@ -73,29 +73,29 @@ class CloudflareBackend:
         }
         path = f"/zones/{self.zone}/dns_records"
         uncertain = False
-        try:
-            for attempt in range(1, self._attempts + 1):
+        for attempt in range(1, self._attempts + 1):
+            try:
                 if uncertain and (found := await self._find(name, value)):
                     return TxtRecord(name, value, found[0])  # the earlier try created it
-                try:
-                    result = await self._call("POST", path, body, retry=False)
-                    return TxtRecord(name, value, str(result["id"]))
-                except _Retry as retry:
-                    uncertain = uncertain or retry.uncertain
-                    if attempt == self._attempts:
-                        raise DnsError(
-                            f"Cloudflare: gave up after {attempt} tries: {retry}"
-                        ) from None
-                    await trio.sleep(retry.wait(attempt, self._backoff))
-        except DnsError:
-            if uncertain:
-                await self._delete_matching(name, value)
-            raise
+                result = await self._call("POST", path, body, retry=False)
+                return TxtRecord(name, value, str(result["id"]))
+            except _Retry as retry:
+                uncertain = uncertain or retry.uncertain
+                if attempt == self._attempts:
+                    raise DnsError(
+                        f"Cloudflare: gave up after {attempt} tries: {retry}",
+                        maybe_made=uncertain,
+                    ) from None
+                await trio.sleep(retry.wait(attempt, self._backoff))
+            except DnsError as exc:  # final (a 4xx): an earlier try may have made it
+                raise DnsError(str(exc), maybe_made=uncertain) from None
         raise AssertionError("unreachable")
 
     async def remove_txt(self, record: TxtRecord) -> None:
-        path = f"/zones/{self.zone}/dns_records/{quote(record.handle, safe='')}"
-        await self._call("DELETE", path, missing_ok=True)
+        handles = [record.handle] if record.handle else await self._find(record.name, record.value)
+        for handle in handles:
+            path = f"/zones/{self.zone}/dns_records/{quote(handle, safe='')}"
+            await self._call("DELETE", path, missing_ok=True)
 
     async def remove_leftovers(self) -> int:
         ids = await self._list({"type": "TXT", "comment.exact": self.comment})
@@ -111,17 +111,6 @@ class CloudflareBackend:
             "comment.exact": self.comment,
         }
         return await self._list(query)
-
-    async def _delete_matching(self, name: str, value: str) -> None:
-        """Best effort, after a failed publish: the record a lost answer may hide."""
-        try:
-            for record_id in await self._find(name, value):
-                await self.remove_txt(TxtRecord(name, value, record_id))
-        except DnsError as exc:
-            log.warning(
-                "could not check for a record a failed publish may have left",
-                extra={"dns_name": name, "error": str(exc)},
-            )
 
     async def _list(self, query: dict[str, str]) -> list[str]:
         ids: list[str] = []
