@@ -191,6 +191,7 @@ def test_a_nodes_own_challenge_is_published_and_nothing_else(relay, challtestsrv
     assert metrics['gate_relay_dns_challenges_total{outcome="failed"}'] == 0
     assert metrics["gate_relay_dns_backend_errors_total"] == 0
     assert metrics["gate_relay_dns_records"] == 0
+    assert metrics["gate_relay_dns_records_removed_total"] == 3
     health = httpx.get(f"{status}/health", timeout=10).json()
     assert health["dns"]["backend"] == "challtestsrv"
 

@@ -65,7 +65,7 @@ class ChallengeRecords:
         self.per_minute = per_minute
         self.outcomes: collections.Counter[str] = collections.Counter()
         self.backend_errors = 0  # failed calls to the backend: publish, remove, leftovers
-        self.removed = 0
+        self.removed = 0  # records removed (after a publish that may have made one, too)
         self._records: list[_Published] = []
         self._buckets: dict[NodeId, TokenBucket] = {}
         self._wake = trio.Event()
@@ -73,9 +73,6 @@ class ChallengeRecords:
     def __len__(self) -> int:
         """Records published, or being published, and not removed yet."""
         return len(self._records)
-
-    def values(self, node: NodeId) -> list[str]:
-        return [p.record.value for p in self._records if p.node == node]
 
     def refuse(self) -> None:
         """Count a dns_challenge the relay refused (another node's name, no backend)."""
@@ -101,8 +98,7 @@ class ChallengeRecords:
         and removal waits for the publish to end: a publish cut short (the node's
         stream ended, the relay stops) or failed in a way that may still have made the
         record (DnsError.maybe_made) is removed at once (the backend finds it by name
-        and value); one
-        released meanwhile (the node left) goes as soon as it is made."""
+        and value); one released meanwhile (the node left) goes as soon as it is made."""
         if self.backend is None:
             raise DnsError("this relay publishes no DNS records")
         entry = _Published(node, TxtRecord(name, value), trio.current_time() + self.lifetime)
