@@ -196,7 +196,7 @@ async def test_a_nodes_challenge_through_cloudflare_until_it_activates(
     registry.close()
 
 
-def test_the_cloudflare_backend_needs_its_zone_and_token(tmp_path):
+def test_dns_config_layers_and_the_cloudflare_zone_and_token(tmp_path):
     env = {
         "GATE_RELAYD_DOMAIN": DOMAIN,
         "GATE_RELAYD_DNS__BACKEND": "cloudflare",
@@ -216,6 +216,17 @@ def test_the_cloudflare_backend_needs_its_zone_and_token(tmp_path):
     file.write_text(f'domain = "{DOMAIN}"\n[dns]\nbackend = "route53"\n')
     with pytest.raises(ConfigError, match=r"relay\.toml: dns\.backend: must be one of"):
         load_relay_config(file, env={})
+    # Defaults, then the file, then the environment, as for every key of relay.toml.
+    file.write_text(
+        f'domain = "{DOMAIN}"\n[dns]\nbackend = "challtestsrv"\nurl = "http://127.0.0.1:8055"\n'
+    )
+    dns = load_relay_config(file, env={"GATE_RELAYD_DNS__URL": "http://127.0.0.1:9055"}).dns
+    assert (dns.backend, dns.url, dns.record_lifetime, dns.challenges_per_minute) == (
+        "challtestsrv",
+        "http://127.0.0.1:9055",
+        600.0,
+        6,
+    )
     file.write_text(f'domain = "{DOMAIN}"\n[dns]\nbackend = "challtestsrv"\nurl = 8055\n')
     with pytest.raises(ConfigError, match=r"dns\.url: Expected `?str"):  # strict in a file
         load_relay_config(file, env={})
