@@ -35,6 +35,7 @@ class FakeCloudflare:
         self.script: list[tuple[str, int, dict[str, str], bool]] = []
         self.max_per_page = 100
         self.post_delay = 0.0  # seconds between creating a record and answering
+        self.list_delay = 0.0  # seconds between a list request and its listing
         self.lock = threading.Lock()
         fake = self
 
@@ -64,6 +65,8 @@ class FakeCloudflare:
         body = json.loads(request.rfile.read(length)) if length else None
         url = urlsplit(request.path)
         query = dict(parse_qsl(url.query))
+        if request.command == "GET" and self.list_delay:
+            time.sleep(self.list_delay)
         with self.lock:
             self.requests.append((request.command, url.path, query))
             status, payload, headers = self.answer(request, url.path, query, body)

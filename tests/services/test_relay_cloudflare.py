@@ -175,6 +175,22 @@ async def test_a_publish_that_fails_or_is_cut_short_leaves_nothing(backend, clou
         nursery.cancel_scope.cancel()
 
 
+async def test_a_challenge_published_at_start_is_not_taken_for_a_leftover(backend, cloudflare):
+    """At start the relay deletes the records of its comment that a crash left; a node's
+    record published meanwhile carries the same comment, so its publish waits for that."""
+    leftover = await backend.publish_txt(f"_acme-challenge.old.{DOMAIN}", VALUES[0])
+    cloudflare.list_delay = 0.5  # the listing is made after the node's request arrived
+    node = new_node()
+    name = f"_acme-challenge.{node}.{DOMAIN}"
+    async with trio.open_nursery() as nursery:
+        records = ChallengeRecords(backend, lifetime=600, per_minute=6)
+        await nursery.start(records.run)
+        await records.publish(node, name, VALUES[1])
+        assert leftover.handle not in cloudflare.records
+        assert txt(cloudflare, name) == VALUES[1:2]
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_nodes_challenge_through_cloudflare_until_it_activates(
     backend, cloudflare, tmp_path
 ):

@@ -69,6 +69,9 @@ class ChallengeRecords:
         self._records: list[_Published] = []
         self._buckets: dict[NodeId, TokenBucket] = {}
         self._wake = trio.Event()
+        # Set while run() looks for an earlier run's leftovers: a record published then
+        # would carry the same comment and be taken for one.
+        self._sweeping: trio.Event | None = None
 
     def __len__(self) -> int:
         """Records published, or being published, and not removed yet."""
@@ -101,6 +104,8 @@ class ChallengeRecords:
         and value); one released meanwhile (the node left) goes as soon as it is made."""
         if self.backend is None:
             raise DnsError("this relay publishes no DNS records")
+        if self._sweeping is not None:
+            await self._sweeping.wait()
         entry = _Published(node, TxtRecord(name, value), trio.current_time() + self.lifetime)
         entry.publishing = True
         self._records.append(entry)
@@ -125,15 +130,18 @@ class ChallengeRecords:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Remove what an earlier run left, then each record as it falls due; forever.
-        Started at once: the relay does not wait on the DNS API to serve."""
+        Started at once: the relay does not wait on the DNS API to serve, but a publish
+        waits for that first look (bounded by the backend's tries)."""
+        self._sweeping = sweeping = trio.Event()
         task_status.started()
-        if self.backend is not None:
-            try:
-                if left := await self.backend.remove_leftovers():
-                    log.info("removed DNS records an earlier run left", extra={"count": left})
-            except DnsError as exc:
-                self.backend_errors += 1
-                log.warning("could not look for DNS records left behind", extra={"error": str(exc)})
+        try:
+            if self.backend is not None and (left := await self.backend.remove_leftovers()):
+                log.info("removed DNS records an earlier run left", extra={"count": left})
+        except DnsError as exc:
+            self.backend_errors += 1
+            log.warning("could not look for DNS records left behind", extra={"error": str(exc)})
+        finally:
+            sweeping.set()
         while True:
             self._wake = trio.Event()  # before removing: a trigger meanwhile is kept
             await self._remove_due()
