@@ -294,3 +294,33 @@ def test_cloudflare_records_a_crash_left_are_removed_at_the_next_start(
         wait_for(lambda: list(cloudflare.records) == [others["id"]], "the leftover deleted")
     finally:
         again.close()
+
+
+def test_a_record_goes_after_record_lifetime_with_its_node_still_connected(
+    gate_env, tmp_path, challtestsrv
+):
+    env = {**relay_env(gate_env, tmp_path, challtestsrv), "GATE_RELAYD_DNS__RECORD_LIFETIME": "1"}
+    relay = GateServe(env, serve=("relay", "serve"), ready=r"TLS listening on (\S+)").start()
+    try:
+        status = status_url(relay)
+
+        async def main() -> None:
+            node = Node(relay)
+            endpoint = await bind_endpoint(node.identity.secret_key_bytes, host="127.0.0.1")
+            try:
+                await node.connect(endpoint)
+                control = await node.stream()
+                ok = await ask(control, DnsChallenge(domain=node.challenge, txt_value=VALUES[0]))
+                assert ok == DnsChallengeResponse(ok=True)
+                published = trio.current_time()
+                assert await dns(challtestsrv, node.challenge) == VALUES[:1]
+                await eventually_empty(challtestsrv, node.challenge, status)
+                assert trio.current_time() - published >= 0.9
+                assert not node.conn.is_closed  # gone by its lifetime, not a disconnect
+            finally:
+                with trio.CancelScope(shield=True):
+                    await endpoint.aclose()
+
+        trio.run(main)
+    finally:
+        relay.close()
