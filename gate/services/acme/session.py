@@ -1,0 +1,177 @@
+"""One ACME account at one CA, step by step, with certbot's `acme` library (RFC 8555:
+JWS, nonces and a badNonce retry, the order flow, ARI). Every method blocks on HTTP
+(each request bounded by `_HTTP_TIMEOUT`): the issuer runs each in a worker thread, so
+cancelling the issuer cancels between steps and abandons a step in flight.
+
+Why this library: it is certbot's, kept by the Let's Encrypt people and used against
+their CA every day; it does the JWS and nonce handling that is easy to get subtly wrong.
+It is synchronous, which costs a thread per step here and nothing else."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass
+from typing import Any, Final
+
+import requests
+from acme import challenges, client, crypto_util, errors, messages
+from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.jwa import ES256
+from josepy.jwk import JWKEC
+
+from gate import __version__
+from gate.config import TlsConfig
+
+__all__ = ["AcmeError", "AcmeSession", "Challenge", "describe_error"]
+
+log = logging.getLogger("gate.acme")
+
+_HTTP_TIMEOUT: Final = 30
+AcmeError = errors.Error  # every failure the library raises
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One DNS-01 challenge: publish `txt_value` at `domain`, then answer it."""
+
+    domain: str  # _acme-challenge.<name>
+    txt_value: str  # the key authorization's digest, base64url (43 characters)
+    body: messages.ChallengeBody
+    authorization: messages.AuthorizationResource
+
+
+class AcmeSession:
+    """The CA's directory and this node's account there (made or found on `open`)."""
+
+    def __init__(
+        self, config: TlsConfig, account_key: ec.EllipticCurvePrivateKey, eab_hmac_key: str
+    ) -> None:
+        self.config = config
+        self._jwk = JWKEC(key=account_key)
+        self._eab_hmac_key = eab_hmac_key
+        self._net = client.ClientNetwork(
+            self._jwk,
+            alg=ES256,
+            # requests takes a CA bundle's path where the library says bool.
+            verify_ssl=config.acme_ca_bundle or True,  # type: ignore[arg-type]
+            user_agent=f"gate/{__version__} acme-python",
+            timeout=_HTTP_TIMEOUT,
+        )
+        self._client: client.ClientV2 | None = None
+
+    @property
+    def acme(self) -> client.ClientV2:
+        if self._client is None:
+            raise RuntimeError("open() first")
+        return self._client
+
+    def open(self) -> None:
+        """Fetch the directory and register the account, or find it (same key)."""
+        directory = client.ClientV2.get_directory(self.config.acme_directory, self._net)
+        self._client = client.ClientV2(directory, self._net)
+        eab = None
+        if self.config.acme_eab_kid:
+            eab = messages.ExternalAccountBinding.from_data(
+                account_public_key=self._jwk.public_key(),
+                kid=self.config.acme_eab_kid,
+                hmac_key=self._eab_hmac_key,
+                directory=directory,
+            )
+        fields: dict[str, Any] = {"terms_of_service_agreed": True}
+        if self.config.acme_email:
+            fields["email"] = self.config.acme_email
+        if eab is not None:
+            fields["external_account_binding"] = eab
+        try:
+            self._client.new_account(messages.NewRegistration.from_data(**fields))
+        except errors.ConflictError as exc:  # this key has an account already: use it
+            self._net.account = messages.RegistrationResource(
+                uri=exc.location, body=messages.Registration()
+            )
+
+    def new_order(
+        self, name: str, key_pem: bytes
+    ) -> tuple[messages.OrderResource, list[Challenge]]:
+        """An order for `name`, and the DNS-01 challenges of its pending authorizations
+        (none when the CA reuses valid ones)."""
+        order = self.acme.new_order(crypto_util.make_csr(key_pem, [name]))
+        pending = []
+        for authz in order.authorizations:
+            if authz.body.status == messages.STATUS_VALID:
+                continue
+            dns01 = [c for c in authz.body.challenges if isinstance(c.chall, challenges.DNS01)]
+            if not dns01:
+                raise errors.Error(f"the CA offers no dns-01 challenge for {name}")
+            chall = dns01[0].chall
+            assert isinstance(chall, challenges.DNS01)
+            identifier = authz.body.identifier.value
+            pending.append(
+                Challenge(
+                    domain=chall.validation_domain_name(identifier),
+                    txt_value=chall.validation(self._jwk),
+                    body=dns01[0],
+                    authorization=authz,
+                )
+            )
+        return order, pending
+
+    def answer(self, challenge: Challenge) -> None:
+        """Tell the CA the TXT record is there: it validates now."""
+        chall = challenge.body.chall
+        assert isinstance(chall, challenges.DNS01)
+        self.acme.answer_challenge(challenge.body, chall.response(self._jwk))
+
+    def poll(self, challenge: Challenge) -> tuple[str, float]:
+        """The authorization's status, and how long the CA asks to wait before asking
+        again (its Retry-After, else 1 s). ValidationError when it is invalid."""
+        authz, response = self.acme.poll(challenge.authorization)
+        status = str(authz.body.status)
+        if authz.body.status == messages.STATUS_INVALID:
+            raise errors.ValidationError([authz])
+        wait = self.acme.retry_after(response, 1) - datetime.datetime.now()
+        return status, max(0.0, wait.total_seconds())
+
+    def finalize(self, order: messages.OrderResource, timeout: float) -> bytes:
+        """Send the CSR, wait for the certificate (the library follows Retry-After), and
+        return its chain (PEM, the leaf first)."""
+        deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout)
+        done = self.acme.finalize_order(order, deadline)
+        return done.fullchain_pem.encode()
+
+    def renewal_time(self, chain_pem: bytes) -> datetime.datetime | None:
+        """When the CA's renewal information (ARI, RFC 9773) says to renew, or None when
+        the CA has none (or it fails: the caller falls back to two thirds)."""
+        try:
+            when, _ = self.acme.renewal_time(chain_pem)
+        except (errors.Error, requests.RequestException) as exc:
+            log.info("no renewal information from the CA", extra={"error": str(exc)})
+            return None
+        if when is not None and when.tzinfo is None:
+            when = when.astimezone(datetime.UTC)
+        return when
+
+
+def describe_error(exc: BaseException) -> str:
+    """A failure in a line, with the CA's problem document (type, detail, subproblems,
+    and a failed challenge's own problem) when there is one."""
+    if isinstance(exc, errors.ValidationError):
+        problems = [
+            _problem(chall.error)
+            for authz in exc.failed_authzrs
+            for chall in authz.body.challenges
+            if chall.error is not None
+        ]
+        return "validation failed: " + ("; ".join(problems) or "no detail from the CA")
+    if isinstance(exc, errors.IssuanceError):
+        return "issuance failed: " + _problem(exc.error)
+    if isinstance(exc, messages.Error):
+        return _problem(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _problem(error: messages.Error) -> str:
+    text = f"{error.typ}: {error.detail or ''}".rstrip(": ")
+    for sub in error.subproblems or ():
+        text += f" [{sub.typ}: {sub.detail}]"
+    return text
