@@ -215,8 +215,8 @@ class AcmeIssuer:
             for challenge in pending:
                 with trio.fail_after(_AUTHORIZATION_TIMEOUT):
                     while True:
-                        status, wait = await run(session.poll, challenge, abandon_on_cancel=True)
-                        if status == "valid":
+                        valid, wait = await run(session.poll, challenge, abandon_on_cancel=True)
+                        if valid:
                             break
                         await trio.sleep(min(max(wait, 0.2), 10.0))
             chain = await run(session.finalize, order, _FINALIZE_TIMEOUT, abandon_on_cancel=True)

@@ -28,7 +28,24 @@ __all__ = ["AcmeError", "AcmeSession", "Challenge", "describe_error"]
 log = logging.getLogger("gate.acme")
 
 _HTTP_TIMEOUT: Final = 30
+_BAD_NONCE_ROUNDS: Final = 4
 AcmeError = errors.Error  # every failure the library raises
+
+
+class _Network(client.ClientNetwork):
+    """The library's network, with a request the CA refused for a stale nonce (badNonce,
+    RFC 8555 §6.5) sent again a few times rather than once (each time with the fresh
+    nonce the refusal carried): CAs reject nonces at will."""
+
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+        for _ in range(_BAD_NONCE_ROUNDS - 1):
+            try:
+                return super().post(*args, **kwargs)  # which itself retries once
+            except messages.Error as error:
+                if error.code != "badNonce":
+                    raise
+                log.debug("the CA refused a nonce again; retrying")
+        return super().post(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -50,7 +67,7 @@ class AcmeSession:
         self.config = config
         self._jwk = JWKEC(key=account_key)
         self._eab_hmac_key = eab_hmac_key
-        self._net = client.ClientNetwork(
+        self._net = _Network(
             self._jwk,
             alg=ES256,
             # requests takes a CA bundle's path where the library says bool.
@@ -122,15 +139,14 @@ class AcmeSession:
         assert isinstance(chall, challenges.DNS01)
         self.acme.answer_challenge(challenge.body, chall.response(self._jwk))
 
-    def poll(self, challenge: Challenge) -> tuple[str, float]:
-        """The authorization's status, and how long the CA asks to wait before asking
-        again (its Retry-After, else 1 s). ValidationError when it is invalid."""
+    def poll(self, challenge: Challenge) -> tuple[bool, float]:
+        """Whether the authorization is valid, and how long the CA asks to wait before
+        asking again (its Retry-After, else 1 s). ValidationError when it is invalid."""
         authz, response = self.acme.poll(challenge.authorization)
-        status = str(authz.body.status)
         if authz.body.status == messages.STATUS_INVALID:
             raise errors.ValidationError([authz])
         wait = self.acme.retry_after(response, 1) - datetime.datetime.now()
-        return status, max(0.0, wait.total_seconds())
+        return authz.body.status == messages.STATUS_VALID, max(0.0, wait.total_seconds())
 
     def finalize(self, order: messages.OrderResource, timeout: float) -> bytes:
         """Send the CSR, wait for the certificate (the library follows Retry-After), and
