@@ -539,6 +539,28 @@ def all_vectors() -> dict[str, dict]:
         ),
     ]
     relay_vectors = message_vectors("RelayControl", "RelayMessage", relay)
+    challenge = f"_acme-challenge.{'a' * 52}.relay.example"
+    relay_vectors["invalid"] = [
+        invalid(
+            f"dns_challenge txt_value {what}",
+            _encode(
+                {
+                    "version": 1,
+                    "id": 1,
+                    "timestamp": 0,
+                    "payload": {"type": "dns_challenge", "domain": challenge, "txt_value": value},
+                }
+            ),
+            ErrorCode.INVALID_MESSAGE,
+        )
+        for what, value in (
+            ("of 42 characters", "A" * 42),
+            ("of 44 characters", "A" * 44),
+            ("with base64 padding", "A" * 42 + "="),
+            ("with a character outside base64url", "A" * 42 + "+"),
+            ("ending in a newline", "A" * 42 + "\n"),
+        )
+    ]
     http_vectors = message_vectors("HttpProxy", "HttpFrame", HTTP_FRAMES)
     http_vectors["invalid"] = [
         invalid(
