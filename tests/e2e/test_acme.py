@@ -8,6 +8,7 @@ node's certificate contexts (in memory), checked by a client that trusts pebble'
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import ssl
@@ -22,7 +23,7 @@ from gate.services.acme import issuer as issuer_module
 from gate.services.acme.issuer import AcmeIssuer
 from gate.services.acme.store import ACME_DIR
 from gate.services.http.tls import NodeCertificate
-from tests.pebble import Pebble, have_pebble
+from tests.pebble.ca import Pebble, have_pebble
 
 pytestmark = [
     pytest.mark.e2e,
@@ -84,10 +85,8 @@ def served(certificate: NodeCertificate, name: str, root_pem: str | None) -> x50
     client = client_context.wrap_bio(c_in, c_out, server_hostname=name)
     for _ in range(10):  # a TLS 1.3 handshake takes two flights each way
         for side in (client, server):
-            try:
+            with contextlib.suppress(ssl.SSLWantReadError):
                 side.do_handshake()
-            except ssl.SSLWantReadError:
-                pass
         s_in.write(c_out.read())
         c_in.write(s_out.read())
     client.do_handshake()
@@ -96,9 +95,9 @@ def served(certificate: NodeCertificate, name: str, root_pem: str | None) -> x50
     return x509.load_der_x509_certificate(der)
 
 
-async def wait_until(predicate, what: str, timeout: float = 60.0) -> None:
-    with trio.move_on_after(timeout):
-        while not predicate():
+async def wait_until(predicate, what: str, within: float = 60.0) -> None:
+    with trio.move_on_after(within):
+        while not predicate():  # noqa: ASYNC110 (the issuer's state, and a CA's doing)
             await trio.sleep(0.1)
         return
     raise AssertionError(f"timed out waiting for {what}")
@@ -159,7 +158,7 @@ async def test_two_relay_domains_get_two_certificates(tmp_path, pebble):
 
 
 async def test_relays_sharing_a_domain_share_one_certificate(tmp_path, pebble):
-    certificate, issuer = node_certificate(tmp_path, pebble, [NAME])
+    _, issuer = node_certificate(tmp_path, pebble, [NAME])
     one, two = DirectDns(pebble), DirectDns(pebble)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(issuer.keep, NAME, one)
@@ -176,7 +175,7 @@ async def test_bad_nonces_are_retried(tmp_path, caplog):
     caplog.set_level(logging.DEBUG, logger="acme.client")
     ca = Pebble(tmp_path / "pebble", nonce_reject=30).start()
     try:
-        certificate, issuer = node_certificate(tmp_path, ca, [NAME])
+        _, issuer = node_certificate(tmp_path, ca, [NAME])
         async with trio.open_nursery() as nursery:
             nursery.start_soon(issuer.keep, NAME, DirectDns(ca))
             await wait_until(lambda: issuer.status(NAME)["certificate"] == "valid", "issuance")
@@ -235,7 +234,7 @@ async def test_renewal_at_two_thirds_and_a_ca_down_meanwhile(tmp_path, monkeypat
             # The CA goes down before the renewal time: the attempt fails, is retried,
             # and the first certificate goes on serving.
             ca.stop_ca()
-            await wait_until(lambda: state.failures >= 2, "failed renewals", timeout=40)
+            await wait_until(lambda: state.failures >= 2, "failed renewals", within=40)
             assert state.issued is first
             assert served(certificate, NAME, root).serial_number == int(
                 x509.load_pem_x509_certificate(first.chain_pem).serial_number

@@ -1,6 +1,6 @@
-"""pebble (Let's Encrypt's RFC 8555 test CA) and pebble-challtestsrv (its DNS), from the
-system packages (scripts/system-deps.sh), on loopback random ports, for the tests and
-bench/relay.py.
+"""pebble (Let's Encrypt's RFC 8555 test CA) and pebble-challtestsrv (its DNS, run by
+tests.pebble.challtestsrv), from the system packages (scripts/system-deps.sh), on
+loopback random ports, for the tests and bench/relay.py.
 
 pebble serves its ACME directory over HTTPS with a certificate given in its config: a
 CA made here issues it, and `ca_bundle` is that CA's PEM (the node's
@@ -13,7 +13,6 @@ the relay's `challtestsrv` DNS backend, or a test, sets them with. Validation is
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import ipaddress
 import json
@@ -31,30 +30,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.pebble.challtestsrv import Challtestsrv
+
 PEBBLE = shutil.which("pebble") or "/usr/bin/pebble"
-CHALLTESTSRV = shutil.which("pebble-challtestsrv") or "/usr/bin/pebble-challtestsrv"
 _START_TIMEOUT = 20.0
 
 
 def have_pebble() -> bool:
-    return Path(PEBBLE).exists() and Path(CHALLTESTSRV).exists()
+    return Path(PEBBLE).exists() and shutil.which("pebble-challtestsrv") is not None
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A loopback port free a moment ago (for UDP and TCP both when `kind` is 0)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, kind or socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if kind:
-            return port
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
+def free_port() -> int:
+    """A loopback TCP port free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _serving_cert(directory: Path) -> tuple[bytes, Path, Path]:
@@ -115,7 +105,6 @@ class Pebble:
         self.ca_bundle = workdir / "pebble-serving-ca.pem"
         self.ca_bundle.write_bytes(ca_pem)
         self.acme_port, self.management_port = free_port(), free_port()
-        self.dns_port, self.challtest_port = free_port(0), free_port()
         config: dict[str, object] = {
             "listenAddress": f"127.0.0.1:{self.acme_port}",
             "managementListenAddress": f"127.0.0.1:{self.management_port}",
@@ -131,35 +120,19 @@ class Pebble:
         self.config_file = workdir / "pebble-config.json"
         self.config_file.write_text(json.dumps({"pebble": config}))
         self.directory_url = f"https://127.0.0.1:{self.acme_port}/dir"
-        self.challtestsrv_url = f"http://127.0.0.1:{self.challtest_port}"
+        self.dns: Challtestsrv | None = None
+        self.challtestsrv_url = ""
         self._pebble: subprocess.Popen[bytes] | None = None
-        self._challtestsrv: subprocess.Popen[bytes] | None = None
         self._context = ssl.create_default_context(cadata=ca_pem.decode())
 
     def start(self) -> Pebble:
-        with (self.workdir / "challtestsrv.log").open("ab") as log:  # the child keeps a copy
-            self._challtestsrv = subprocess.Popen(
-                [
-                    CHALLTESTSRV,
-                    "-dns01",
-                    f"127.0.0.1:{self.dns_port}",
-                    "-management",
-                    f"127.0.0.1:{self.challtest_port}",
-                    "-http01",
-                    "",
-                    "-https01",
-                    "",
-                    "-tlsalpn01",
-                    "",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self._wait(lambda: self._get(f"{self.challtestsrv_url}/", plain=True))
+        self.dns = Challtestsrv().start()
+        self.challtestsrv_url = self.dns.url
         self.start_ca()
         return self
 
     def start_ca(self) -> None:
+        assert self.dns is not None, "start() first"
         env = {
             **os.environ,
             "PEBBLE_VA_NOSLEEP": "1",
@@ -170,7 +143,7 @@ class Pebble:
         command = [PEBBLE, "-config", str(self.config_file)]
         with (self.workdir / "pebble.log").open("ab") as log:  # the child keeps a copy
             self._pebble = subprocess.Popen(
-                [*command, "-dnsserver", f"127.0.0.1:{self.dns_port}"],
+                [*command, "-dnsserver", self.dns.dns_address],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -189,13 +162,9 @@ class Pebble:
 
     def close(self) -> None:
         self.stop_ca()
-        if self._challtestsrv is not None:
-            self._challtestsrv.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._challtestsrv.wait(timeout=10)
-            if self._challtestsrv.poll() is None:
-                self._challtestsrv.kill()
-            self._challtestsrv = None
+        if self.dns is not None:
+            self.dns.close()
+            self.dns = None
 
     def log(self) -> str:
         return (self.workdir / "pebble.log").read_text(errors="replace")
@@ -207,6 +176,7 @@ class Pebble:
         return body.decode()
 
     def set_txt(self, host: str, value: str) -> None:
+        """What a relay's challtestsrv backend does (for tests of the node's half alone)."""
         self._post("/set-txt", {"host": _fqdn(host), "value": value})
 
     def clear_txt(self, host: str) -> None:
