@@ -24,6 +24,7 @@ import pytest
 from cryptography import x509
 
 from tests.pebble.ca import Pebble, have_pebble
+from tests.pebble.challtestsrv import Challtestsrv
 
 from .conftest import engine_config
 from .gate_process import GateServe, run_gate, wait_for
@@ -322,3 +323,139 @@ def test_chromium_trusting_pebbles_root_streams_a_chat_completion(acme_world, tm
             assert events[-1] == "data: [DONE]" and len(events) >= 9, text
         finally:
             browser.close()
+
+
+def serial(cert: x509.Certificate | None) -> int | None:
+    return cert.serial_number if cert is not None else None
+
+
+@pytest.fixture
+def short_lived(tmp_path, gate_env, llama_engine):
+    """A world whose certificates live 15 s: renewed every 10 s or so."""
+    world = AcmeWorld(tmp_path, gate_env, llama_engine, validity_s=15)
+    try:
+        yield world
+    finally:
+        world.close()
+
+
+def test_renewal_reaches_new_connections_while_an_open_one_keeps_its_certificate(short_lived):
+    w = short_lived
+    w.start_node()
+    first = wait_for(w.issued, "the first certificate", 60)
+    context = w.context()
+    relay = w.relays[0]
+    kept = RelayedHTTPS(w.hostname(), relay.port, context)
+    kept.request("GET", "/health", headers={"Authorization": f"Bearer {w.key}"})
+    response = kept.getresponse()
+    assert response.status == 200
+    response.read()
+    assert x509.load_der_x509_certificate(kept.sock.getpeercert(True)).serial_number == serial(
+        first
+    )
+
+    # Renewed at two thirds of 15 s: a new connection gets the new certificate...
+    renewed = wait_for(
+        lambda: (c := w.issued()) is not None and c.serial_number != first.serial_number and c,
+        "the renewed certificate",
+        40,
+    )
+    assert renewed.not_valid_before_utc >= first.not_valid_before_utc
+    # ...while the connection opened before streams on with the first one, no restart.
+    kept.request(
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps(
+            {"model": MODEL, "messages": HI, "max_tokens": 8, "stream": True, "logit_bias": NO_EOS}
+        ),
+        headers={"Authorization": f"Bearer {w.key}", "Content-Type": "application/json"},
+    )
+    response = kept.getresponse()
+    assert response.status == 200
+    events = [line for line in response.read().decode().splitlines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert x509.load_der_x509_certificate(kept.sock.getpeercert(True)).serial_number == serial(
+        first
+    )
+    kept.close()
+    assert w.node is not None and w.node.proc is not None and w.node.proc.poll() is None
+
+
+def test_a_ca_down_at_renewal_is_retried_and_the_old_certificate_keeps_serving(short_lived):
+    w = short_lived
+    w.start_node()
+    first = wait_for(w.issued, "the first certificate", 60)
+    w.pebble.stop_ca()
+    # The renewal fails, visibly, and is retried with backoff.
+    failed = wait_for(
+        lambda: (r := w.relay_status()[0]).get("certificate_error") and r, "a failed renewal", 40
+    )
+    assert failed["certificate"] in ("retrying", "renewing"), failed
+    assert failed["certificate_next"]
+    assert serial(w.peer_cert()) == serial(first)  # still the first certificate
+    wait_for(
+        lambda: f'gate_certificate_failures{{domain="{w.hostname()}"}} 2' in w.metrics(),
+        "a second failed attempt",
+        60,
+    )
+    assert serial(w.peer_cert()) == serial(first)
+    assert w.node is not None and "certificate issuance failed" in w.node.stderr()
+    # The CA back: the next retry renews.
+    w.pebble.start_ca()
+    wait_for(
+        lambda: (c := w.issued()) is not None and c.serial_number != first.serial_number,
+        "the renewal once the CA is back",
+        60,
+    )
+    status = w.relay_status()[0]
+    assert status["certificate"] in ("valid", "renewing"), status
+
+
+def test_a_failed_validation_is_cleaned_up_and_retried(acme_world):
+    """pebble asks a DNS server where the relay published nothing: validation fails. The
+    relay removes its record, the node retries later, and once pebble asks the relay's
+    DNS the certificate comes."""
+    w = acme_world
+    elsewhere = Challtestsrv().start()
+    try:
+        w.pebble.stop_ca()
+        w.pebble.start_ca(dns_address=elsewhere.dns_address)
+        w.start_node()
+        failed = wait_for(
+            lambda: (r := w.relay_status()[0]).get("certificate_error") and r,
+            "a failed validation",
+            40,
+        )
+        assert "validation failed" in failed["certificate_error"], failed
+        assert "urn:ietf:params:acme:error:" in failed["certificate_error"], failed
+        dns = w.pebble.dns
+        assert dns is not None
+        challenge = f"_acme-challenge.{w.hostname()}"
+        wait_for(lambda: dns.txt(challenge) == [], "the record removed after the failure", 15)
+        assert w.issued() is None  # still the self-signed certificate
+        w.pebble.stop_ca()
+        w.pebble.start_ca()
+        wait_for(w.issued, "the certificate at a later attempt", 60)
+        wait_for(lambda: dns.txt(challenge) == [], "the record removed after success", 15)
+    finally:
+        elsewhere.close()
+
+
+def test_two_relays_with_different_domains_give_two_certificates(tmp_path, gate_env):
+    w = AcmeWorld(tmp_path, gate_env, None, domains=(DOMAIN, OTHER_DOMAIN))
+    try:
+        w.start_node()
+        one, two = w.relays
+        first = wait_for(lambda: w.issued(one), "the first relay's certificate", 60)
+        second = wait_for(lambda: w.issued(two), "the second relay's certificate", 60)
+        assert first.serial_number != second.serial_number
+        for cert, relay in ((first, one), (second, two)):
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert names.get_values_for_type(x509.DNSName) == [w.hostname(relay)]
+        statuses = w.relay_status()
+        assert [s["certificate"] for s in statuses] == ["valid", "valid"], statuses
+        # Relays share no state: one stopped, the other goes on serving its name.
+        one.stop()
+        assert serial(w.issued(two)) == second.serial_number
+    finally:
+        w.close()

@@ -131,7 +131,8 @@ class Pebble:
         self.start_ca()
         return self
 
-    def start_ca(self) -> None:
+    def start_ca(self, dns_address: str = "") -> None:
+        """pebble, asking `dns_address` (default: this harness's challtestsrv)."""
         assert self.dns is not None, "start() first"
         env = {
             **os.environ,
@@ -143,7 +144,7 @@ class Pebble:
         command = [PEBBLE, "-config", str(self.config_file)]
         with (self.workdir / "pebble.log").open("ab") as log:  # the child keeps a copy
             self._pebble = subprocess.Popen(
-                [*command, "-dnsserver", self.dns.dns_address],
+                [*command, "-dnsserver", dns_address or self.dns.dns_address],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
