@@ -96,9 +96,11 @@ class AcmeWorld:
         *,
         domains: tuple[str, ...] = (DOMAIN,),
         validity_s: int = 0,
+        va_sleep_s: int = 0,
     ) -> None:
         self.tmp = tmp
-        self.pebble = Pebble(tmp / "pebble", validity_s=validity_s).start()
+        self.pebble = Pebble(tmp / "pebble", validity_s=validity_s, va_sleep_s=va_sleep_s)
+        self.pebble.start()
         assert self.pebble.dns is not None
         self.relays = [
             Relay(tmp, gate_env, d, self.pebble.challtestsrv_url).start() for d in domains
@@ -457,5 +459,29 @@ def test_two_relays_with_different_domains_give_two_certificates(tmp_path, gate_
         # Relays share no state: one stopped, the other goes on serving its name.
         one.stop()
         assert serial(w.issued(two)) == second.serial_number
+    finally:
+        w.close()
+
+
+def test_a_relay_restarted_during_issuance(tmp_path, gate_env):
+    """The relay stops as soon as the challenge is published (pebble waits up to 5 s
+    before it validates, so most runs stop it mid-issuance): the node's attempt ends
+    with the link, the relay removes the record, and once the relay is back the node
+    registers again and gets its certificate."""
+    w = AcmeWorld(tmp_path, gate_env, None, va_sleep_s=5)
+    try:
+        w.start_node()
+        dns = w.pebble.dns
+        assert dns is not None
+        challenge = f"_acme-challenge.{w.hostname()}"
+        wait_for(lambda: dns.txt(challenge), "the challenge published", 30)
+        relay = w.relays[0]
+        relay.stop()
+        wait_for(lambda: dns.txt(challenge) == [], "the record removed at the relay's stop", 15)
+        relay.start()
+        cert = wait_for(w.issued, "the certificate after the relay's restart", 90)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert names.get_values_for_type(x509.DNSName) == [w.hostname()]
+        wait_for(lambda: dns.txt(challenge) == [], "no record left behind", 15)
     finally:
         w.close()

@@ -96,11 +96,17 @@ def _serving_cert(directory: Path) -> tuple[bytes, Path, Path]:
 class Pebble:
     """Both programs; `start`, `stop_ca`/`start_ca` (pebble alone, same ports), `close`."""
 
-    def __init__(self, workdir: Path, *, validity_s: int = 0, nonce_reject: int = 0) -> None:
+    def __init__(
+        self, workdir: Path, *, validity_s: int = 0, nonce_reject: int = 0, va_sleep_s: int = 0
+    ) -> None:
+        """`validity_s`: the certificates' lifetime (pebble's default: 5 years).
+        `nonce_reject`: the percentage of good nonces refused (badNonce). `va_sleep_s`:
+        validation waits up to that long (random) instead of not at all."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.validity_s = validity_s
         self.nonce_reject = nonce_reject
+        self.va_sleep_s = va_sleep_s
         ca_pem, cert_file, key_file = _serving_cert(workdir)
         self.ca_bundle = workdir / "pebble-serving-ca.pem"
         self.ca_bundle.write_bytes(ca_pem)
@@ -136,7 +142,11 @@ class Pebble:
         assert self.dns is not None, "start() first"
         env = {
             **os.environ,
-            "PEBBLE_VA_NOSLEEP": "1",
+            **(
+                {"PEBBLE_VA_SLEEPTIME": str(self.va_sleep_s)}
+                if self.va_sleep_s
+                else {"PEBBLE_VA_NOSLEEP": "1"}
+            ),
             "PEBBLE_VA_ALWAYS_VALID": "0",
             "PEBBLE_AUTHZREUSE": "0",  # every order asks for its challenge
             "PEBBLE_WFE_NONCEREJECT": str(self.nonce_reject),
