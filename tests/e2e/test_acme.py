@@ -8,7 +8,6 @@ node's certificate contexts (in memory), checked by a client that trusts pebble'
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import ssl
@@ -24,6 +23,7 @@ from gate.services.acme.issuer import AcmeIssuer
 from gate.services.acme.store import ACME_DIR
 from gate.services.http.tls import NodeCertificate
 from tests.pebble.ca import Pebble, have_pebble
+from tests.services.test_node_certificate import served_certificate
 
 pytestmark = [
     pytest.mark.e2e,
@@ -73,26 +73,10 @@ def node_certificate(
 
 def served(certificate: NodeCertificate, name: str, root_pem: str | None) -> x509.Certificate:
     """The certificate a handshake for `name` gets (verified against `root_pem`)."""
-    server_context = certificate.context()
-    assert server_context is not None
-    client_context = ssl.create_default_context(cadata=root_pem) if root_pem else None
-    if client_context is None:
-        client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        client_context.check_hostname = False
-        client_context.verify_mode = ssl.CERT_NONE
-    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
-    server = server_context.wrap_bio(s_in, s_out, server_side=True)
-    client = client_context.wrap_bio(c_in, c_out, server_hostname=name)
-    for _ in range(10):  # a TLS 1.3 handshake takes two flights each way
-        for side in (client, server):
-            with contextlib.suppress(ssl.SSLWantReadError):
-                side.do_handshake()
-        s_in.write(c_out.read())
-        c_in.write(s_out.read())
-    client.do_handshake()
-    der = client.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
+    context = certificate.context()
+    assert context is not None
+    client = ssl.create_default_context(cadata=root_pem) if root_pem else None
+    return x509.load_der_x509_certificate(served_certificate(context, name, client))
 
 
 async def wait_until(predicate, what: str, within: float = 60.0) -> None:
