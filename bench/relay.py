@@ -566,6 +566,8 @@ class AcmeSetup:
         if not self.relay_address:
             raise RuntimeError("the relay did not start")
         self.trusted = ssl.create_default_context(cadata=self.pebble.root_pem())
+        self.anything = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.anything.check_hostname, self.anything.verify_mode = False, ssl.CERT_NONE
 
     def start_node(self, name: str) -> tuple[subprocess.Popen[bytes], str, str, Path]:
         """A node with a new identity; returns it, its name, an API key and its data dir."""
@@ -602,15 +604,17 @@ class AcmeSetup:
         self.procs.append(node)
         return node, f"{node_id}.{DOMAIN}", key, home / "data" / "gate"
 
-    def connect(self, hostname: str) -> ssl.SSLSocket:
+    def connect(self, hostname: str, verify: bool = True) -> ssl.SSLSocket:
         sock = socket.create_connection(("127.0.0.1", self.relay_port), timeout=10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return self.trusted.wrap_socket(sock, server_hostname=hostname)
+        context = self.trusted if verify else self.anything
+        return context.wrap_socket(sock, server_hostname=hostname)
 
-    def trusted_answer(self, hostname: str, key: str) -> bool:
-        """One GET /health through the relay, accepted by a client trusting pebble."""
+    def trusted_answer(self, hostname: str, key: str, verify: bool = True) -> bool:
+        """One GET /health through the relay, accepted by a client trusting pebble (or,
+        `verify=False`, by one that takes any certificate)."""
         try:
-            with self.connect(hostname) as tls:
+            with self.connect(hostname, verify) as tls:
                 tls.sendall(
                     f"GET /health HTTP/1.1\r\nHost: {hostname}\r\nAuthorization: Bearer {key}"
                     "\r\nConnection: close\r\n\r\n".encode()
@@ -629,20 +633,25 @@ class AcmeSetup:
         self.pebble.close()
 
 
-def first_trusted_answers(acme: AcmeSetup) -> list[float]:
-    """Seconds from each fresh node's start to its first trusted answer. Polled every
-    20 ms (each failed try is a refused handshake: the self-signed certificate, or the
-    name not routed yet), so the figures are good to ~20 ms."""
+def first_trusted_answers(acme: AcmeSetup) -> list[tuple[float, float]]:
+    """For each fresh node: seconds from its start to its first answer through the relay
+    (any certificate: the self-signed one while ACME works), and to its first trusted
+    answer. Polled every 20 ms (each failed try is a refused handshake or an unrouted
+    name), so the figures are good to ~20 ms."""
     out = []
     for run in range(ACME_RUNS):
         started = time.monotonic()
         node, hostname, key, _ = acme.start_node(f"fresh-{run}")
         deadline = started + 120
+        routed = 0.0
         while not acme.trusted_answer(hostname, key):
             if time.monotonic() > deadline or node.poll() is not None:
                 raise RuntimeError("no trusted answer from a fresh node within 120 s")
+            if not routed and acme.trusted_answer(hostname, key, verify=False):
+                routed = time.monotonic() - started
             time.sleep(0.02)
-        out.append(time.monotonic() - started)
+        trusted = time.monotonic() - started
+        out.append((routed or trusted, trusted))
         node.terminate()
         node.wait(timeout=15)
     return out
@@ -730,8 +739,10 @@ def acme_main() -> None:
         finally:
             acme.close()
     print("ACME (pebble through the relay's challtestsrv DNS, loopback)")
-    runs = ", ".join(f"{t:.2f}" for t in firsts)
+    runs = ", ".join(f"{t:.2f}" for _, t in firsts)
+    routed = ", ".join(f"{r:.2f}" for r, _ in firsts)
     print(f"fresh node start -> first trusted HTTPS answer: {runs} s ({ACME_RUNS} runs)")
+    print(f"  (its first answer with the self-signed certificate: {routed} s)")
     install = cost["install"]
     latencies = cost["latencies"]
     assert isinstance(install, list) and isinstance(latencies, list)

@@ -756,6 +756,8 @@ def config_to_dict(config: Config, *, mask_secrets: bool = True) -> dict[str, An
             engine["api_key"] = _MASK if engine["api_key"] else ""
         security = data["security"]
         security["control_token"] = _MASK if security["control_token"] else ""
+        tls = data["tls"]
+        tls["acme_eab_hmac_key"] = _MASK if tls["acme_eab_hmac_key"] else ""
     return data
 
 

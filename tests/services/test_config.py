@@ -846,3 +846,4 @@ def test_acme_settings_default_to_lets_encrypt_and_take_the_environment(tmp_path
     assert config.tls.acme_directory == staging
     assert config.tls.acme_email == "ops@example.com"
     assert "c2VjcmV0" not in repr(config.tls)  # the HMAC key never reaches a log
+    assert config_to_dict(config)["tls"]["acme_eab_hmac_key"] == "***"  # nor `config show`

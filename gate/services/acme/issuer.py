@@ -45,6 +45,7 @@ _RETRY_MAX: Final = 3600.0
 # A wait for a far renewal time is cut into pieces: a suspended machine's clock jumps.
 _RECHECK: Final = 3600.0
 _AUTHORIZATION_TIMEOUT: Final = 120.0
+_POLL_FIRST, _POLL_MAX = 0.1, 10.0
 _FINALIZE_TIMEOUT: Final = 120.0
 
 
@@ -212,19 +213,30 @@ class AcmeIssuer:
                 await relay.publish(challenge.domain, challenge.txt_value)
                 published = True
                 await run(session.answer, challenge, abandon_on_cancel=True)
+            wait: float | None = None
             for challenge in pending:
                 with trio.fail_after(_AUTHORIZATION_TIMEOUT):
+                    # The CA's Retry-After when it gives one; else soon, then less often.
+                    pause = _POLL_FIRST
                     while True:
                         valid, wait = await run(session.poll, challenge, abandon_on_cancel=True)
                         if valid:
                             break
-                        await trio.sleep(min(max(wait, 0.2), 10.0))
-            chain = await run(session.finalize, order, _FINALIZE_TIMEOUT, abandon_on_cancel=True)
+                        await trio.sleep(min(_POLL_MAX, pause if wait is None else wait))
+                        pause = min(_POLL_MAX, pause * 2)
+            order = await run(session.finalize, order, abandon_on_cancel=True)
+            with trio.fail_after(_FINALIZE_TIMEOUT):
+                pause = _POLL_FIRST
+                while not session.issued(order):
+                    await trio.sleep(min(_POLL_MAX, pause if wait is None else wait))
+                    pause = min(_POLL_MAX, pause * 2)
+                    order, wait = await run(session.poll_order, order, abandon_on_cancel=True)
+            chain = await run(session.download, order, abandon_on_cancel=True)
             issued = await run(save_issued, self.data_dir, name, key_pem, chain)
             renew_at = await run(session.renewal_time, issued.chain_pem, abandon_on_cancel=True)
             await self._install(state, issued, renew_at)
         except trio.TooSlowError:
-            raise IssuanceFailed("the CA did not validate the challenge in time") from None
+            raise IssuanceFailed("the CA did not validate or issue in time") from None
         finally:
             if published:
                 with trio.CancelScope(shield=True), trio.move_on_after(10):

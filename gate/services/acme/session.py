@@ -139,21 +139,60 @@ class AcmeSession:
         assert isinstance(chall, challenges.DNS01)
         self.acme.answer_challenge(challenge.body, chall.response(self._jwk))
 
-    def poll(self, challenge: Challenge) -> tuple[bool, float]:
+    def poll(self, challenge: Challenge) -> tuple[bool, float | None]:
         """Whether the authorization is valid, and how long the CA asks to wait before
-        asking again (its Retry-After, else 1 s). ValidationError when it is invalid."""
+        asking again (its Retry-After; None when it says nothing). ValidationError when
+        it is invalid."""
         authz, response = self.acme.poll(challenge.authorization)
         if authz.body.status == messages.STATUS_INVALID:
             raise errors.ValidationError([authz])
-        wait = self.acme.retry_after(response, 1) - datetime.datetime.now()
-        return authz.body.status == messages.STATUS_VALID, max(0.0, wait.total_seconds())
+        return authz.body.status == messages.STATUS_VALID, self._retry_after(response)
 
-    def finalize(self, order: messages.OrderResource, timeout: float) -> bytes:
-        """Send the CSR, wait for the certificate (the library follows Retry-After), and
-        return its chain (PEM, the leaf first)."""
-        deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout)
-        done = self.acme.finalize_order(order, deadline)
-        return done.fullchain_pem.encode()
+    def finalize(self, order: messages.OrderResource) -> messages.OrderResource:
+        """Send the CSR (again after the CA said the order was not ready yet)."""
+        try:
+            return self.acme.begin_finalization(order)
+        except messages.Error as error:
+            if error.code != "orderNotReady":
+                raise
+            return order
+
+    def poll_order(
+        self, order: messages.OrderResource
+    ) -> tuple[messages.OrderResource, float | None]:
+        """The order as the CA has it now, finalized again if it became ready, and its
+        Retry-After (None: none given). IssuanceError when the CA gave it up. (The
+        library's own poll waits a whole second before its first look.)"""
+        response = self._post_as_get(order.uri)
+        body = messages.Order.from_json(response.json())
+        if body.status == messages.STATUS_INVALID:
+            if body.error is not None:
+                raise errors.IssuanceError(body.error)
+            raise errors.Error("the CA gave up the order and said nothing why")
+        order = order.update(body=body)
+        if body.status == messages.STATUS_READY:
+            order = self.finalize(order)
+        return order, self._retry_after(response)
+
+    @staticmethod
+    def issued(order: messages.OrderResource) -> bool:
+        return order.body.status == messages.STATUS_VALID and order.body.certificate is not None
+
+    def download(self, order: messages.OrderResource) -> bytes:
+        """The issued certificate's chain (PEM, the leaf first)."""
+        if order.body.certificate is None:
+            raise errors.Error("the order has no certificate yet")
+        return self._post_as_get(order.body.certificate).text.encode()
+
+    def _post_as_get(self, url: str) -> requests.Response:
+        # RFC 8555 §6.3: an authenticated GET is a POST with an empty payload.
+        return self._net.post(url, None, new_nonce_url=self.acme.directory["newNonce"])
+
+    def _retry_after(self, response: requests.Response) -> float | None:
+        if "Retry-After" not in response.headers:
+            return None
+        until = self.acme.retry_after(response, 1) - datetime.datetime.now()
+        return max(0.0, until.total_seconds())
 
     def renewal_time(self, chain_pem: bytes) -> datetime.datetime | None:
         """When the CA's renewal information (ARI, RFC 9773) says to renew, or None when
