@@ -291,9 +291,6 @@ class TlsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
             raise _FieldError(
                 "acme_eab_kid", "acme_eab_kid and an HMAC key (or its env variable) go together"
             )
-
-    def __repr__(self) -> str:
-        return _masked_repr(self, ("acme_eab_hmac_key",))
         if self.listen and not self.cert_file:
             raise _FieldError("listen", "listen needs cert_file and key_file")
         if self.listen:
@@ -301,6 +298,9 @@ class TlsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
                 parse_bind(self.listen)
             except ValueError as exc:
                 raise _FieldError("listen", str(exc)) from None
+
+    def __repr__(self) -> str:
+        return _masked_repr(self, ("acme_eab_hmac_key",))
 
 
 class SecurityConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
