@@ -483,5 +483,8 @@ def test_a_relay_restarted_during_issuance(tmp_path, gate_env):
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert names.get_values_for_type(x509.DNSName) == [w.hostname()]
         wait_for(lambda: dns.txt(challenge) == [], "no record left behind", 15)
+        assert w.node is not None
+        orders = w.node.stderr().count("certificate ordered")
+        print(f"orders the node made around the relay's restart: {orders}")
     finally:
         w.close()
