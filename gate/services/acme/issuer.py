@@ -9,9 +9,10 @@ the authorization polled as the CA's Retry-After says, the order finalized with 
 a new key, the key and chain stored (gate.services.acme.store) and installed in the
 node's certificate (hot: the next handshake uses it); then `done` (activate_domain)
 tells the relay to remove the record, on failure too. A failure is logged with the CA's
-problem document and retried after a jittered exponential backoff (`_RETRY_MIN`
-doubling up to `_RETRY_MAX`), kept per name across relay reconnects, so nothing loops
-tightly (Let's Encrypt allows 5 failed validations per name an hour). Relays that share
+problem document and retried after a jittered exponential backoff (half to all of
+`_RETRY_MIN`, doubling up to `_RETRY_MAX`), kept per name across relay reconnects, so
+nothing loops tightly (Let's Encrypt allows 5 failed validations per name an hour; the
+CA's own Retry-After on a rate limit is not read: the library drops it). Relays that share
 a domain share the name, hence one certificate and one issuance at a time (a lock per
 name). The self-signed certificate serves meanwhile.
 """
@@ -226,7 +227,7 @@ class AcmeIssuer:
                         pause = min(_POLL_MAX, pause * 2)
             order = await run(session.finalize, order, abandon_on_cancel=True)
             with trio.fail_after(_FINALIZE_TIMEOUT):
-                pause = _POLL_FIRST
+                pause, wait = _POLL_FIRST, None
                 while not session.issued(order):
                     await trio.sleep(min(_POLL_MAX, pause if wait is None else wait))
                     pause = min(_POLL_MAX, pause * 2)
