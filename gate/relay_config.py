@@ -153,7 +153,7 @@ def load_relay_config(
     dns = config.dns
     if dns.backend == "cloudflare" and not env.get(dns.api_token_env, "").strip():
         raise ConfigError(
-            f"{file}: dns.api_token_env: the environment variable {dns.api_token_env} "
-            "is not set (it must hold the Cloudflare API token)"
+            f"the environment variable {dns.api_token_env} is not set: dns.api_token_env "
+            "names it as the one holding the Cloudflare API token"
         )
     return config

@@ -2,7 +2,9 @@
 the challtestsrv backend, a real pebble-challtestsrv on loopback random ports, and a node
 that speaks RelayControl over its own iroh connection (this test, with a node key of its
 own: the node's ACME client is another part). Each record is checked by a DNS query to
-challtestsrv's DNS port, as a CA would ask."""
+challtestsrv's DNS port, as a CA would ask. Then the Cloudflare backend, against a
+scripted stand-in of its API (no real Cloudflare here): its token checked at start, and
+what a crash left removed at the next start."""
 
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ from gate.protocol import (
 from gate.services.relay.control_stream import RelayControlStream
 from gate.services.transport.quic import Connection, bind_endpoint
 from tests.pebble.challtestsrv import Challtestsrv
+from tests.services.cloudflare_api import TOKEN, ZONE, FakeCloudflare
 
-from .gate_process import GateServe
+from .gate_process import GateServe, run_gate, wait_for
 from .test_relay_ops import samples, status_url
 
 pytestmark = pytest.mark.e2e
@@ -43,7 +46,7 @@ def challtestsrv():
         yield server
 
 
-def relay_env(gate_env, tmp_path, challtestsrv) -> dict[str, str]:
+def relay_env(gate_env, tmp_path, challtestsrv: Challtestsrv | None) -> dict[str, str]:
     return {
         **gate_env,
         "GATE_RELAYD_DOMAIN": DOMAIN,
@@ -55,7 +58,7 @@ def relay_env(gate_env, tmp_path, challtestsrv) -> dict[str, str]:
         "GATE_RELAYD_DATA_DIR": str(tmp_path / "relay-data"),
         "GATE_RELAYD_STATUS_BIND": "127.0.0.1:0",
         "GATE_RELAYD_DNS__BACKEND": "challtestsrv",
-        "GATE_RELAYD_DNS__URL": challtestsrv.url,
+        "GATE_RELAYD_DNS__URL": challtestsrv.url if challtestsrv else "",
         "GATE_RELAYD_DNS__CHALLENGES_PER_MINUTE": "3",
     }
 
@@ -188,6 +191,7 @@ def test_a_nodes_own_challenge_is_published_and_nothing_else(relay, challtestsrv
     assert metrics['gate_relay_dns_challenges_total{outcome="failed"}'] == 0
     assert metrics["gate_relay_dns_backend_errors_total"] == 0
     assert metrics["gate_relay_dns_records"] == 0
+    assert metrics["gate_relay_dns_records_removed_total"] == 3
     health = httpx.get(f"{status}/health", timeout=10).json()
     assert health["dns"]["backend"] == "challtestsrv"
 
@@ -222,3 +226,101 @@ def test_records_go_at_activation_and_at_a_clean_stop(relay, challtestsrv):
                     await endpoint.aclose()
 
     trio.run(main)
+
+
+@pytest.fixture
+def cloudflare():
+    with FakeCloudflare() as fake:
+        yield fake
+
+
+def cloudflare_env(gate_env, tmp_path, cloudflare) -> dict[str, str]:
+    env = relay_env(gate_env, tmp_path, None)
+    env.update(
+        {
+            "GATE_RELAYD_DNS__BACKEND": "cloudflare",
+            "GATE_RELAYD_DNS__ZONE_ID": ZONE,
+            "GATE_RELAYD_DNS__API_TOKEN_ENV": "RELAY_TEST_CF_TOKEN",
+            "GATE_RELAYD_DNS__API_BASE": cloudflare.api_base,
+        }
+    )
+    del env["GATE_RELAYD_DNS__URL"]
+    return env
+
+
+def test_cloudflare_without_its_token_is_an_error_at_start(gate_env, tmp_path, cloudflare):
+    result = run_gate("relay", "serve", env=cloudflare_env(gate_env, tmp_path, cloudflare))
+    assert result.returncode != 0
+    assert b"RELAY_TEST_CF_TOKEN is not set" in result.stderr
+    assert cloudflare.requests == []
+
+
+def test_cloudflare_records_a_crash_left_are_removed_at_the_next_start(
+    gate_env, tmp_path, cloudflare
+):
+    """Through Cloudflare's API (a scripted loopback stand-in: no real Cloudflare here):
+    a node's challenge is created with this relay's comment; the relay is killed
+    (SIGKILL: no clean stop), and the record stays; the relay started again finds it by
+    its comment and deletes it, and leaves another relay's record alone."""
+    env = {**cloudflare_env(gate_env, tmp_path, cloudflare), "RELAY_TEST_CF_TOKEN": TOKEN}
+    others = {"id": "f" * 32, "name": "_acme-challenge.x.relay.test", "type": "TXT"}
+    cloudflare.records[others["id"]] = {**others, "content": VALUES[7], "comment": "gate relay b"}
+    relay = GateServe(env, serve=("relay", "serve"), ready=r"TLS listening on (\S+)").start()
+    try:
+
+        async def publish() -> str:
+            node = Node(relay)
+            endpoint = await bind_endpoint(node.identity.secret_key_bytes, host="127.0.0.1")
+            try:
+                await node.connect(endpoint)
+                control = await node.stream()
+                ok = await ask(control, DnsChallenge(domain=node.challenge, txt_value=VALUES[0]))
+                assert ok == DnsChallengeResponse(ok=True)
+                relay.proc.kill()  # a crash, the node still connected
+                relay.wait()
+                return node.challenge
+            finally:
+                with trio.CancelScope(shield=True):
+                    await endpoint.aclose()
+
+        name = trio.run(publish)
+    finally:
+        relay.close()
+    (record,) = [r for r in cloudflare.records.values() if r["name"] == name]
+    assert (record["content"], record["comment"]) == (VALUES[0], f"gate relay {relay.node_id}")
+
+    again = GateServe(env, serve=("relay", "serve"), ready=r"TLS listening on (\S+)").start()
+    try:
+        wait_for(lambda: list(cloudflare.records) == [others["id"]], "the leftover deleted")
+    finally:
+        again.close()
+
+
+def test_a_record_goes_after_record_lifetime_with_its_node_still_connected(
+    gate_env, tmp_path, challtestsrv
+):
+    env = {**relay_env(gate_env, tmp_path, challtestsrv), "GATE_RELAYD_DNS__RECORD_LIFETIME": "1"}
+    relay = GateServe(env, serve=("relay", "serve"), ready=r"TLS listening on (\S+)").start()
+    try:
+        status = status_url(relay)
+
+        async def main() -> None:
+            node = Node(relay)
+            endpoint = await bind_endpoint(node.identity.secret_key_bytes, host="127.0.0.1")
+            try:
+                await node.connect(endpoint)
+                control = await node.stream()
+                ok = await ask(control, DnsChallenge(domain=node.challenge, txt_value=VALUES[0]))
+                assert ok == DnsChallengeResponse(ok=True)
+                published = trio.current_time()
+                assert await dns(challtestsrv, node.challenge) == VALUES[:1]
+                await eventually_empty(challtestsrv, node.challenge, status)
+                assert trio.current_time() - published >= 0.9
+                assert not node.conn.is_closed  # gone by its lifetime, not a disconnect
+            finally:
+                with trio.CancelScope(shield=True):
+                    await endpoint.aclose()
+
+        trio.run(main)
+    finally:
+        relay.close()

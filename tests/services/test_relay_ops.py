@@ -140,6 +140,7 @@ async def test_status_serves_health_and_metrics(tmp_path):
             assert health["dns"] == {
                 "backend": "none",
                 "records": 0,
+                "removed": 0,
                 "backend_errors": 0,
                 "published": 0,
                 "refused": 1,
@@ -166,6 +167,7 @@ async def test_status_serves_health_and_metrics(tmp_path):
             assert samples['gate_relay_dns_challenges_total{outcome="published"}'] == 0
             assert samples["gate_relay_dns_backend_errors_total"] == 0
             assert samples["gate_relay_dns_records"] == 0
+            assert samples["gate_relay_dns_records_removed_total"] == 0
             await close_routed(*routed)
             async with httpx.AsyncClient(base_url=urls[0]) as http:
                 text = (await http.get("/metrics")).text

@@ -15,6 +15,7 @@ and all of them at a clean stop.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from functools import partial
 
@@ -30,6 +31,7 @@ from gate.services.relay.control import RelayControlServer
 from gate.services.relay.dns.backend import DnsBackend
 from gate.services.relay.dns.challenges import ChallengeRecords
 from gate.services.relay.dns.challtestsrv import ChalltestsrvBackend
+from gate.services.relay.dns.cloudflare import CloudflareBackend
 from gate.services.relay.front import TlsFront
 from gate.services.relay.registry import NameRegistry
 from gate.services.relay.status import status_app
@@ -44,11 +46,26 @@ DNS_STOP_TIMEOUT = 10.0  # seconds a clean stop spends removing the records it p
 
 
 def dns_backend(
-    config: DnsConfig, client: UpstreamClient, env: Mapping[str, str] | None = None
+    config: DnsConfig,
+    client: UpstreamClient,
+    relay_id: NodeId,
+    env: Mapping[str, str] | None = None,
 ) -> DnsBackend | None:
-    """The backend `[dns]` chose, or None (`backend = "none"`)."""
+    """The backend `[dns]` chose, or None (`backend = "none"`). The Cloudflare token is
+    read from the environment here (load_relay_config checked that it is set)."""
     if config.backend == "challtestsrv":
         return ChalltestsrvBackend(config.url, client, timeout=config.api_timeout)
+    if config.backend == "cloudflare":
+        env = os.environ if env is None else env
+        return CloudflareBackend(
+            zone_id=config.zone_id,
+            token=env.get(config.api_token_env, "").strip(),
+            client=client,
+            comment=f"gate relay {relay_id}",
+            api_base=config.api_base,
+            ttl=config.ttl,
+            timeout=config.api_timeout,
+        )
     return None
 
 
@@ -61,7 +78,7 @@ class RelayService:
         self.front: TlsFront | None = None
         self.client = UpstreamClient(connect_timeout=config.dns.api_timeout)
         self.challenges = ChallengeRecords(
-            dns_backend(config.dns, self.client),
+            dns_backend(config.dns, self.client, node_id),
             lifetime=config.dns.record_lifetime,
             per_minute=config.dns.challenges_per_minute,
         )

@@ -107,6 +107,11 @@ def status_app(
     values.register_gauge(
         "gate_relay_dns_records", "Challenge TXT records published now.", lambda: len(challenges)
     )
+    values.register_counter(
+        "gate_relay_dns_records_removed_total",
+        "Challenge TXT records removed (activation, disconnect, lifetime, stop, failure).",
+        lambda: challenges.removed,
+    )
 
     async def health(scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(
@@ -124,6 +129,7 @@ def status_app(
                 "dns": {
                     "backend": challenges.backend.name if challenges.backend else "none",
                     "records": len(challenges),
+                    "removed": challenges.removed,
                     "backend_errors": challenges.backend_errors,
                     **{outcome: challenges.outcomes[outcome] for outcome in DNS_OUTCOMES},
                 },

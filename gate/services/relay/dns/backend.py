@@ -14,7 +14,13 @@ __all__ = ["DnsBackend", "DnsError", "TxtRecord"]
 
 
 class DnsError(Exception):
-    """The backend could not do it (its API refused, failed or did not answer)."""
+    """The backend could not do it (its API refused, failed or did not answer).
+    `maybe_made`: a publish that failed may have made the record all the same (a
+    timeout, a 5xx), so it must be looked for and removed."""
+
+    def __init__(self, message: str, *, maybe_made: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_made = maybe_made
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,8 @@ class DnsBackend(Protocol):
         ...
 
     async def remove_txt(self, record: TxtRecord) -> None:
-        """Remove the record; a record already gone is not an error."""
+        """Remove the record; a record already gone, or never made, is not an error.
+        Without a handle (its publish failed or was cut short), by name and value."""
         ...
 
     async def remove_leftovers(self) -> int:

@@ -7,7 +7,7 @@
 - A record is removed when its node activates its name (`activate_domain`, which a node
   sends once its certificate is issued), when the node's last connection to the relay
   ends, or `lifetime` seconds after it was published: whichever comes first. A publish
-  that fails leaves nothing (the backend's own concern).
+  cut short, or failed after the request may have been carried out, is removed at once.
 - Kept in memory: a clean stop removes every record (`remove_all`); after a crash they
   stay, unless the backend can find them at the next start (`remove_leftovers`).
 
@@ -55,6 +55,7 @@ class _Published:
     record: TxtRecord
     due: float  # trio.current_time() at which it goes
     tries: int = 0
+    publishing: bool = False  # the backend has not answered yet: not to be removed yet
 
 
 class ChallengeRecords:
@@ -64,16 +65,17 @@ class ChallengeRecords:
         self.per_minute = per_minute
         self.outcomes: collections.Counter[str] = collections.Counter()
         self.backend_errors = 0  # failed calls to the backend: publish, remove, leftovers
-        self.removed = 0
+        self.removed = 0  # records removed (after a publish that may have made one, too)
         self._records: list[_Published] = []
         self._buckets: dict[NodeId, TokenBucket] = {}
         self._wake = trio.Event()
+        # Set while run() looks for an earlier run's leftovers: a record published then
+        # would carry the same comment and be taken for one.
+        self._sweeping: trio.Event | None = None
 
     def __len__(self) -> int:
+        """Records published, or being published, and not removed yet."""
         return len(self._records)
-
-    def values(self, node: NodeId) -> list[str]:
-        return [p.record.value for p in self._records if p.node == node]
 
     def refuse(self) -> None:
         """Count a dns_challenge the relay refused (another node's name, no backend)."""
@@ -93,18 +95,34 @@ class ChallengeRecords:
             raise RateLimited(wait)
 
     async def publish(self, node: NodeId, name: str, value: str) -> None:
-        """Publish `value` at `name` for `node`; DnsError if the backend could not."""
+        """Publish `value` at `name` for `node`; DnsError if the backend could not.
+
+        The record is on the list from before the backend is asked, without its handle,
+        and removal waits for the publish to end: a publish cut short (the node's
+        stream ended, the relay stops) or failed in a way that may still have made the
+        record (DnsError.maybe_made) is removed at once (the backend finds it by name
+        and value); one released meanwhile (the node left) goes as soon as it is made."""
         if self.backend is None:
             raise DnsError("this relay publishes no DNS records")
+        if self._sweeping is not None:
+            await self._sweeping.wait()
+        entry = _Published(node, TxtRecord(name, value), trio.current_time() + self.lifetime)
+        entry.publishing = True
+        self._records.append(entry)
         try:
-            record = await self.backend.publish_txt(name, value)
-        except DnsError:
-            self.outcomes["failed"] += 1
-            self.backend_errors += 1
+            entry.record = await self.backend.publish_txt(name, value)
+        except BaseException as exc:
+            entry.due = trio.current_time()
+            if isinstance(exc, DnsError):
+                self.outcomes["failed"] += 1
+                self.backend_errors += 1
+                if not exc.maybe_made:  # nothing reached the provider, or it refused
+                    self._forget(entry)
             raise
-        self._records.append(_Published(node, record, trio.current_time() + self.lifetime))
+        finally:
+            entry.publishing = False
+            self._wake.set()  # due now, or its lifetime may be the next thing due
         self.outcomes["published"] += 1
-        self._wake.set()  # its lifetime may be the next thing due
 
     def release(self, node: NodeId) -> None:
         """The node is done with its records (activated, or gone): remove them now."""
@@ -112,15 +130,18 @@ class ChallengeRecords:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Remove what an earlier run left, then each record as it falls due; forever.
-        Started at once: the relay does not wait on the DNS API to serve."""
+        Started at once: the relay does not wait on the DNS API to serve, but a publish
+        waits for that first look (bounded by the backend's tries)."""
+        self._sweeping = sweeping = trio.Event()
         task_status.started()
-        if self.backend is not None:
-            try:
-                if left := await self.backend.remove_leftovers():
-                    log.info("removed DNS records an earlier run left", extra={"count": left})
-            except DnsError as exc:
-                self.backend_errors += 1
-                log.warning("could not look for DNS records left behind", extra={"error": str(exc)})
+        try:
+            if self.backend is not None and (left := await self.backend.remove_leftovers()):
+                log.info("removed DNS records an earlier run left", extra={"count": left})
+        except DnsError as exc:
+            self.backend_errors += 1
+            log.warning("could not look for DNS records left behind", extra={"error": str(exc)})
+        finally:
+            sweeping.set()
         while True:
             self._wake = trio.Event()  # before removing: a trigger meanwhile is kept
             await self._remove_due()
@@ -145,7 +166,9 @@ class ChallengeRecords:
     async def _remove_due(self) -> None:
         # A record leaves the list only once removed (or given up on), so a removal cut
         # short (the relay stopping) leaves it for remove_all.
-        while due := [p for p in self._records if p.due <= trio.current_time()]:
+        while due := [
+            p for p in self._records if p.due <= trio.current_time() and not p.publishing
+        ]:
             for p in due:
                 assert self.backend is not None
                 try:

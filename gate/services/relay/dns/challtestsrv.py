@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import json
 
-from gate.services.engines.client import UpstreamClient, UpstreamError
+from gate.services.engines.client import UpstreamClient, UpstreamConnectError, UpstreamError
 from gate.services.relay.dns.backend import DnsError, TxtRecord
 
 __all__ = ["ChalltestsrvBackend"]
@@ -56,8 +56,13 @@ class ChalltestsrvBackend:
             )
             async with response:
                 text = await response.read(64 * 1024)
-        except UpstreamError as exc:
+        except UpstreamConnectError as exc:
             raise DnsError(f"challtestsrv {path}: {exc}") from None
+        except UpstreamError as exc:  # sent: it may have been done
+            raise DnsError(f"challtestsrv {path}: {exc}", maybe_made=True) from None
         if response.status != 200:
             detail = text.decode(errors="replace").strip()[:200]
-            raise DnsError(f"challtestsrv {path}: HTTP {response.status} {detail}")
+            raise DnsError(
+                f"challtestsrv {path}: HTTP {response.status} {detail}",
+                maybe_made=response.status >= 500,
+            )
