@@ -180,24 +180,30 @@ class AcmeIssuer:
         try:
             await self._issue(state, relay)
         except _FAILURES as exc:
-            state.failures += 1
-            state.error = describe_error(exc)
-            delay = min(_RETRY_MAX, _RETRY_MIN * 2 ** min(state.failures - 1, 20))
-            delay *= self._rng.uniform(0.5, 1.0)  # jittered: nodes do not retry in step
-            state.retry_at = _now() + datetime.timedelta(seconds=delay)
-            log.warning(
-                "certificate issuance failed",
-                extra={
-                    "domain": state.name,
-                    "error": state.error,
-                    "attempt": state.failures,
-                    "retry_in_s": round(delay, 1),
-                },
-            )
+            self._failed(state, describe_error(exc))
+        except Exception as exc:  # a surprise from the library must not end the relay link
+            self._failed(state, f"{type(exc).__name__}: {exc}", unexpected=True)
         else:
             state.failures, state.error, state.retry_at = 0, "", None
         finally:
             state.issuing = False
+
+    def _failed(self, state: NameState, error: str, unexpected: bool = False) -> None:
+        state.failures += 1
+        state.error = error
+        delay = min(_RETRY_MAX, _RETRY_MIN * 2 ** min(state.failures - 1, 20))
+        delay *= self._rng.uniform(0.5, 1.0)  # jittered: nodes do not retry in step
+        state.retry_at = _now() + datetime.timedelta(seconds=delay)
+        log.warning(
+            "certificate issuance failed",
+            exc_info=unexpected,
+            extra={
+                "domain": state.name,
+                "error": error,
+                "attempt": state.failures,
+                "retry_in_s": round(delay, 1),
+            },
+        )
 
     async def _issue(self, state: NameState, relay: ChallengeRelay) -> None:
         name = state.name
