@@ -1,0 +1,151 @@
+"""The case registry of the conformance suite: what a case is, how it reports, and
+every case by its stable id.
+
+A case id is `ROLE/SECTION/N` (`node/3.2/1`): the role it checks, the section of
+spec/protocol.md whose requirement it tests, and a number within that section that
+never changes meaning once published (new cases take the next number). Each case
+quotes the sentence of the spec it checks (`requirement`, a verbatim fragment: the
+coverage test matches it against the spec's MUSTs) and says whether that is a MUST
+(required) or a SHOULD (run with --strict).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from gate.conformance.probe import Probe
+
+__all__ = [
+    "CASES",
+    "Case",
+    "CaseFailed",
+    "CaseSkipped",
+    "Level",
+    "Outcome",
+    "Result",
+    "Role",
+    "case",
+    "select",
+]
+
+
+class Role(enum.Enum):
+    NODE = "node"
+    RELAY = "relay"
+
+
+class Level(enum.Enum):
+    MUST = "MUST"
+    SHOULD = "SHOULD"
+
+
+class Outcome(enum.Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+class CaseFailed(Exception):
+    """The target broke the requirement; `evidence` says what was sent and what came back."""
+
+    def __init__(self, message: str, evidence: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.evidence = list(evidence)
+
+
+class CaseSkipped(Exception):
+    """The case cannot run here (no trusted identity, the target serves no model...)."""
+
+
+CaseBody = Callable[["Probe"], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    role: Role
+    level: Level
+    title: str  # what the case does, in a few words
+    requirement: str  # the spec's words it checks, quoted verbatim
+    body: CaseBody = field(repr=False, compare=False)
+    trusted: bool = False  # needs an identity the target trusts (--identity)
+
+    @property
+    def section(self) -> str:
+        return self.id.split("/")[1]
+
+
+@dataclass(frozen=True)
+class Result:
+    case: Case
+    outcome: Outcome
+    detail: str  # pass: what was seen; fail: what went wrong; skip: why
+    evidence: list[str] = field(default_factory=list)  # the exchange, bytes in hex
+    seconds: float = 0.0
+
+
+CASES: Final[dict[str, Case]] = {}
+_ID: Final = re.compile(r"^(node|relay)/\d+(\.\d+)?/\d+$")
+
+
+def case(
+    id: str,
+    title: str,
+    requirement: str,
+    *,
+    level: Level = Level.MUST,
+    trusted: bool = False,
+) -> Callable[[CaseBody], CaseBody]:
+    """Register the decorated coroutine as case `id`."""
+    if not _ID.match(id):
+        raise ValueError(f"bad case id {id!r}")
+
+    def register(body: CaseBody) -> CaseBody:
+        if id in CASES:
+            raise ValueError(f"case {id} registered twice")
+        role = Role(id.split("/")[0])
+        CASES[id] = Case(id, role, level, title, " ".join(requirement.split()), body, trusted)
+        return body
+
+    return register
+
+
+def _sort_key(case_id: str) -> tuple[str, tuple[int, ...], int]:
+    role, section, number = case_id.split("/")
+    return role, tuple(int(p) for p in section.split(".")), int(number)
+
+
+def select(role: Role, *, strict: bool = False, only: str | None = None) -> list[Case]:
+    """The cases to run for `role`, in id order: the MUSTs (and SHOULDs with `strict`),
+    narrowed by `only`, a comma-separated list of sections (`3.2`) or case numbers
+    (`5.4/2`, run whatever its level). A selector that matches no case is a ValueError."""
+    import gate.conformance.cases  # noqa: F401  (registers every case)
+
+    mine = [c for c in CASES.values() if c.role is role]
+    if only is None:
+        chosen = [c for c in mine if strict or c.level is Level.MUST]
+    else:
+        chosen = []
+        for selector in (s.strip() for s in only.split(",") if s.strip()):
+            selector = selector.removeprefix(f"{role.value}/")
+            if "/" in selector:  # one case, named: run it whatever its level
+                hits = [c for c in mine if c.id == f"{role.value}/{selector}"]
+            else:  # a section: its MUSTs, and its SHOULDs with --strict
+                hits = [
+                    c for c in mine if c.section == selector and (strict or c.level is Level.MUST)
+                ]
+            if not hits:
+                raise ValueError(f"no {role.value} case matches {selector!r}")
+            chosen += [c for c in hits if c not in chosen]
+    return sorted(chosen, key=lambda c: _sort_key(c.id))
+
+
+def all_cases() -> list[Case]:
+    import gate.conformance.cases  # noqa: F401  (registers every case)
+
+    return sorted(CASES.values(), key=lambda c: _sort_key(c.id))
