@@ -16,7 +16,7 @@ from gate.services.gateway.exchange import ApiError, ApiRoute, Exchange, api_err
 from gate.services.gateway.metrics import Metrics
 from gate.services.gateway.response import pass_through
 from gate.services.http.router import Scope, Send
-from gate.services.p2p.http_over_stream import request_over_stream
+from gate.services.p2p.http_over_stream import PeerRefused, request_over_stream
 from gate.services.p2p.service import P2PService, PeerState
 from gate.services.transport.quic import TransportError
 
@@ -99,6 +99,8 @@ class PeerForwarding:
                 )
             except TransportError as exc:
                 raise api_error(exc, f"peer {peer.node_id}") from None
+            except PeerRefused as exc:  # spec §7.5: the status its code maps to
+                raise ApiError(exc.status, str(exc)) from None
             except UpstreamError as exc:  # its message names the peer
                 raise api_error(exc) from None
             async with response:
