@@ -15,4 +15,14 @@ from gate.conformance.probe import Target
 from gate.conformance.registry import Case, Level, Outcome, Result, Role, all_cases, select
 from gate.conformance.runner import run_cases
 
-__all__ = ["Case", "Level", "Outcome", "Result", "Role", "Target", "all_cases", "run_cases", "select"]
+__all__ = [
+    "Case",
+    "Level",
+    "Outcome",
+    "Result",
+    "Role",
+    "Target",
+    "all_cases",
+    "run_cases",
+    "select",
+]

@@ -9,10 +9,10 @@ from typing import Any
 
 import msgspec
 
+from gate.conformance.node_session import open_control
 from gate.conformance.probe import Ended, Probe, Wire, error_code
 from gate.conformance.registry import CaseFailed, CaseSkipped
 from gate.conformance.wire import HTTP_PROXY, frame, preamble
-from gate.conformance.node_session import open_control
 from gate.protocol import HttpFrame
 from gate.services.transport.quic import Connection
 
@@ -32,7 +32,9 @@ _check = msgspec.msgpack.Decoder(HttpFrame).decode
 
 
 def head(method: str = "GET", target: str = "/v1/models", headers: Any = ()) -> bytes:
-    return frame({"type": "request_head", "method": method, "target": target, "headers": list(headers)})
+    return frame(
+        {"type": "request_head", "method": method, "target": target, "headers": list(headers)}
+    )
 
 
 def body(data: bytes) -> bytes:
@@ -73,11 +75,16 @@ async def request(
 
 
 async def read_response(
-    wire: Wire, *, until_end: bool = True, stop_after_body: bool = False
+    wire: Wire,
+    *,
+    until_end: bool = True,
+    stop_after_body: bool = False,
+    response: Response | None = None,
 ) -> Response:
     """Frames up to `end`, an error, or the end of the stream (or the first body frame,
-    with `stop_after_body`); with `until_end`, also the stream's end after `end`."""
-    response = Response()
+    with `stop_after_body`); with `until_end`, also the stream's end after `end`.
+    `response`: one read so far, to go on with."""
+    response = response or Response()
     while True:
         item = await wire.frame()
         if isinstance(item, Ended):
@@ -113,9 +120,18 @@ def complete(response: Response, wire: Wire) -> str:
     if response.error is not None:
         raise CaseFailed(f"the target answered with error {response.error}", wire.probe.evidence)
     if response.status is None or not response.ended:
-        raise CaseFailed(f"the response is incomplete (stream {response.after})", wire.probe.evidence)
-    if response.after is not None and response.after.reset is not None:
+        raise CaseFailed(
+            f"the response is incomplete (stream {response.after})", wire.probe.evidence
+        )
+    if response.after is not None and response.after.reset not in (None, 0):
         raise CaseFailed(f"after end the stream was {response.after}", wire.probe.evidence)
+    for name, value in response.headers:
+        # §7.1: Content-Length MAY accompany a body, and then MUST be its length.
+        if name.lower() == "content-length" and value.strip() != str(len(response.body)):
+            raise CaseFailed(
+                f"content-length {value} for a body of {len(response.body)} bytes",
+                wire.probe.evidence,
+            )
     return f"{response.status}, {len(response.body)} body bytes in {response.body_frames} frame(s), end"
 
 

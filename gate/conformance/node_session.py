@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from gate.conformance.probe import Ended, Probe, Wire, error_code
+from gate.conformance.probe import STEP_TIMEOUT, Ended, Probe, Wire, error_code
 from gate.conformance.registry import CaseFailed
 from gate.conformance.wire import NODE_CONTROL, envelope, frame, preamble
 from gate.protocol import NodeMessage
@@ -21,7 +21,11 @@ _check = msgspec.msgpack.Decoder(NodeMessage).decode
 
 
 def handshake_frame(node_id: str, versions: list[int] | None = None, **extra: Any) -> bytes:
-    payload = {"type": "handshake", "node_id": node_id, "versions": versions or [1]}
+    payload = {
+        "type": "handshake",
+        "node_id": node_id,
+        "versions": [1] if versions is None else versions,
+    }
     return frame(envelope({**payload, "agent": AGENT, **extra}))
 
 
@@ -33,9 +37,9 @@ class ControlSession:
     async def send(self, tag: str, **fields: Any) -> None:
         await self.wire.send(frame(envelope({"type": tag, **fields})))
 
-    async def next(self) -> dict[str, Any] | Ended:
+    async def next(self, limit: float = STEP_TIMEOUT) -> dict[str, Any] | Ended:
         """The next message's envelope (a plain map), checked as a NodeMessage."""
-        item = await self.wire.frame()
+        item = await self.wire.frame(limit)
         if isinstance(item, Ended):
             return item
         try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import trio
+import trio.lowlevel
 
 from gate.conformance.registry import CaseFailed, CaseSkipped
 from gate.conformance.wire import hexdump, unpack
@@ -120,7 +121,7 @@ class Wire:
         self.note(f"sent in pieces of {size} byte(s): {hexdump(data)}")
         for i in range(0, len(data), size):
             await self.stream.send_all(data[i : i + size])
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
     async def finish(self) -> None:
         self.note("finished the sending half")
@@ -164,7 +165,9 @@ class Wire:
         try:
             return unpack(item)
         except ValueError as exc:
-            raise CaseFailed(f"the target sent a frame that is not msgpack: {exc}", self.probe.evidence)
+            raise CaseFailed(
+                f"the target sent a frame that is not msgpack: {exc}", self.probe.evidence
+            )
 
     async def ends(self, timeout: float = STEP_TIMEOUT) -> Ended:
         """Read to the end of the stream, whatever comes; fail if it does not end."""
@@ -203,7 +206,9 @@ async def expect_error(wire: Wire, code: int, *, bare_only: bool = False) -> str
     got = error_code(value)
     if got is None or (bare_only and "payload" in value):
         shape = "a bare error object" if bare_only else "an error"
-        raise CaseFailed(f"expected {shape} with code {code}, got {value!r:.200}", wire.probe.evidence)
+        raise CaseFailed(
+            f"expected {shape} with code {code}, got {value!r:.200}", wire.probe.evidence
+        )
     if got != code:
         raise CaseFailed(f"error code {got}; expected {code}", wire.probe.evidence)
     message = value.get("payload", value).get("message", "")

@@ -74,6 +74,7 @@ class Case:
     requirement: str  # the spec's words it checks, quoted verbatim
     body: CaseBody = field(repr=False, compare=False)
     trusted: bool = False  # needs an identity the target trusts (--identity)
+    timeout: float = 60.0  # the bound on the whole case, in seconds
 
     @property
     def section(self) -> str:
@@ -100,6 +101,7 @@ def case(
     *,
     level: Level = Level.MUST,
     trusted: bool = False,
+    timeout: float = 60.0,
 ) -> Callable[[CaseBody], CaseBody]:
     """Register the decorated coroutine as case `id`."""
     if not _ID.match(id):
@@ -109,7 +111,9 @@ def case(
         if id in CASES:
             raise ValueError(f"case {id} registered twice")
         role = Role(id.split("/")[0])
-        CASES[id] = Case(id, role, level, title, " ".join(requirement.split()), body, trusted)
+        CASES[id] = Case(
+            id, role, level, title, " ".join(requirement.split()), body, trusted, timeout
+        )
         return body
 
     return register

@@ -54,7 +54,10 @@ class RelaySession:
         await self.send(tag, **fields)
         payload = await self.answer()
         if error_code(payload) != code:
-            raise CaseFailed(f"{tag} {fields} answered with {payload!r:.200}; expected error {code}", self.probe.evidence)
+            raise CaseFailed(
+                f"{tag} {fields} answered with {payload!r:.200}; expected error {code}",
+                self.probe.evidence,
+            )
         return f"error {code}"
 
     async def name(self) -> str:
@@ -62,7 +65,9 @@ class RelaySession:
         answer = await self.ask("domain_request", "domain_response", node_id=self.probe.own_id)
         self.domain = str(answer.get("domain", ""))
         if self.domain.split(".")[0] != self.probe.own_id or "." not in self.domain:
-            raise CaseFailed(f"the relay named us {self.domain!r}, not <node-id>.<domain>", self.probe.evidence)
+            raise CaseFailed(
+                f"the relay named us {self.domain!r}, not <node-id>.<domain>", self.probe.evidence
+            )
         return self.domain
 
     @property

@@ -102,7 +102,11 @@ def as_markdown(cases: Sequence[Case]) -> str:
             "| --- | --- | --- | --- | --- |",
         ]
         for c in mine:
-            needs = "trusted key" if c.trusted else ("--front" if c.section == "7.4" and role.value == "relay" else "")
+            needs = (
+                "trusted key"
+                if c.trusted
+                else ("--front" if c.section == "7.4" and role.value == "relay" else "")
+            )
             quote = c.requirement.replace("|", "\\|")
             out.append(f"| `{c.id}` | {c.level.value} | {needs} | {c.title} | {quote} |")
         out.append("")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
-from typing import Final
 
 import trio
 
@@ -16,9 +15,7 @@ from gate.conformance.registry import Case, CaseFailed, CaseSkipped, Outcome, Re
 from gate.identity import NodeIdentity
 from gate.services.transport.quic import Endpoint, TransportError, bind_endpoint
 
-__all__ = ["CASE_TIMEOUT", "run_cases"]
-
-CASE_TIMEOUT: Final = 60.0
+__all__ = ["run_cases"]
 
 
 async def run_cases(
@@ -48,14 +45,14 @@ async def run_case(
     if case.trusted and friend is None:
         return result(Outcome.SKIP, "needs --identity: a key the target trusts")
     try:
-        with trio.fail_after(CASE_TIMEOUT):
+        with trio.fail_after(case.timeout):
             detail = await case.body(probe)
     except CaseFailed as exc:
         return result(Outcome.FAIL, str(exc))
     except CaseSkipped as exc:
         return result(Outcome.SKIP, str(exc))
     except trio.TooSlowError:
-        return result(Outcome.FAIL, f"no answer in time (the case's bound is {CASE_TIMEOUT:g} s)")
+        return result(Outcome.FAIL, f"no answer in time (the case's bound is {case.timeout:g} s)")
     except (TransportError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         return result(Outcome.FAIL, f"{type(exc).__name__}: {exc}")
     finally:

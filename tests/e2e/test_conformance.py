@@ -66,9 +66,8 @@ def test_a_gate_node_passes_every_node_case(make_node, tester_key, llama_engine,
     tester, key = tester_key
     node = start(make_node("a"), trust=[tester], engine=llama_engine)
     junit = tmp_path / "node.xml"
-    result = conformance(
-        node.address, "--identity", str(key), "--junit", str(junit), env=node.env
-    )
+    result = conformance(node.address, "--identity", str(key), "--junit", str(junit), env=node.env)
+    print("\n".join(f"{c['id']} {c['outcome']} {c['detail']}" for c in json.loads(result.stdout)))  # TEMP
     assert result.returncode == 0, failures(result)
     got = outcomes(result)
     must = {c.id for c in select(Role.NODE)}
@@ -119,11 +118,21 @@ def test_a_gate_relay_passes_every_relay_case(relay, tmp_path):
     server, address, env = relay
     junit = tmp_path / "relay.xml"
     result = conformance(
-        address, "--role", "relay", "--front", server.url, "--strict", "--junit", str(junit), env=env
+        address,
+        "--role",
+        "relay",
+        "--front",
+        server.url,
+        "--strict",
+        "--junit",
+        str(junit),
+        env=env,
     )
     assert result.returncode == 0, failures(result)
     got = outcomes(result)
-    print("\n".join(f"{c['id']} {c['outcome']} {c['detail']}" for c in json.loads(result.stdout)))  # TEMP
+    print(
+        "\n".join(f"{c['id']} {c['outcome']} {c['detail']}" for c in json.loads(result.stdout))
+    )  # TEMP
     assert set(got) == {c.id for c in select(Role.RELAY, strict=True)}
     assert all(outcome == "pass" for outcome in got.values()), got
 

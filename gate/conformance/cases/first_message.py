@@ -9,7 +9,7 @@ from typing import Any
 from gate.conformance.node_session import AGENT
 from gate.conformance.probe import Ended, Probe, Wire, error_code
 from gate.conformance.registry import CaseFailed
-from gate.conformance.wire import MIB, NODE_CONTROL, RELAY_CONTROL, envelope, packed, preamble
+from gate.conformance.wire import MIB, NODE_CONTROL, RELAY_CONTROL, envelope, packed
 
 __all__ = ["ANSWER", "STREAM", "answered", "first_message"]
 

@@ -9,6 +9,7 @@ import json
 import trio
 
 from gate.conformance.http_client import (
+    Response,
     body,
     complete,
     end,
@@ -81,7 +82,9 @@ async def split_body(probe: Probe) -> str:
 async def streamed(probe: Probe) -> str:
     conn = await peer_connection(probe)
     model = (await models_of(probe, conn))[0]
-    wire = await request(probe, head("POST", CHAT, JSON), body(_chat(model, stream=True)), end(), conn=conn)
+    wire = await request(
+        probe, head("POST", CHAT, JSON), body(_chat(model, stream=True)), end(), conn=conn
+    )
     response = await read_response(wire)
     detail = complete(response, wire)
     if response.status != 200 or b"data:" not in response.body:
@@ -99,7 +102,9 @@ async def streamed(probe: Probe) -> str:
 async def streamed_in_chunks(probe: Probe) -> str:
     conn = await peer_connection(probe)
     model = (await models_of(probe, conn))[0]
-    wire = await request(probe, head("POST", CHAT, JSON), body(_chat(model, stream=True)), end(), conn=conn)
+    wire = await request(
+        probe, head("POST", CHAT, JSON), body(_chat(model, stream=True)), end(), conn=conn
+    )
     response = await read_response(wire)
     complete(response, wire)
     if response.body_frames < 2:
@@ -162,10 +167,14 @@ def _out_of_turn(n: int, title: str, frames: list[bytes]) -> None:
 
 _out_of_turn(1, "a body before the request head", [body(b"x")])
 _out_of_turn(2, "end before the request head", [end()])
-_out_of_turn(3, "a response_head from the requester", [frame({"type": "response_head", "status": 200})])
+_out_of_turn(
+    3, "a response_head from the requester", [frame({"type": "response_head", "status": 200})]
+)
 _out_of_turn(4, "a second request_head", [head(), head()])
 _out_of_turn(
-    5, "a response_head from the requester after its head", [head("POST", CHAT, JSON), frame({"type": "response_head", "status": 200})]
+    5,
+    "a response_head from the requester after its head",
+    [head("POST", CHAT, JSON), frame({"type": "response_head", "status": 200})],
 )
 
 
@@ -305,3 +314,37 @@ async def unknown_code(probe: Probe) -> str:
     if response.error == ErrorCode.INVALID_MESSAGE or response.status is not None:
         raise CaseFailed(f"answered {response}", probe.evidence)
     return f"stream {response.after or 'ended'}; then {await _served(probe, conn)}"
+
+
+@case(
+    "node/7.2/8",
+    "holds the response's end until the request's end, and lets the requester send it late",
+    "A responder MUST NOT send the response's `end` before it has received the request's `end`",
+    trusted=True,
+)
+async def end_after_end(probe: Probe) -> str:
+    wire = await request(probe, head())
+    response = Response()
+    with trio.move_on_after(1.5):
+        await read_response(wire, until_end=False, response=response)
+    if response.ended or response.error is not None or response.after is not None:
+        raise CaseFailed("the response ended before the request did", probe.evidence)
+    # §7.2: the request half is not stopped early, so this `end` is written and read.
+    await wire.send(end())
+    return complete(await read_response(wire, response=response), wire)
+
+
+@case(
+    "node/7.5/1",
+    "an unknown model is an HTTP 404 response (response_head), not a StreamError",
+    "an unknown model is `response_head` 404 with the API's error body, not StreamError NOT_FOUND",
+    trusted=True,
+)
+async def unknown_model(probe: Probe) -> str:
+    data = _chat("conformance-no-such-model", stream=False)
+    wire = await request(probe, head("POST", CHAT, JSON), body(data), end())
+    response = await read_response(wire)
+    detail = complete(response, wire)
+    if response.status != 404:
+        raise CaseFailed(f"answered {response.status}: {response.body[:200]!r}", probe.evidence)
+    return detail

@@ -3,7 +3,9 @@ handshake and its checks, heartbeat, capabilities) against a node."""
 
 from __future__ import annotations
 
-from gate.conformance.http_client import end, head, read_response
+import trio
+
+from gate.conformance.http_client import end, head
 from gate.conformance.node_session import ControlSession, handshake_frame, open_control
 from gate.conformance.probe import Ended, Probe, error_code, expect_error
 from gate.conformance.registry import CaseFailed, Level, case
@@ -75,7 +77,9 @@ async def second_handshake(probe: Probe) -> str:
 )
 async def late_response(probe: Probe) -> str:
     session = await open_control(probe)
-    await session.send("handshake_response", node_id=str(probe.friend.node_id), accepted=True, version=1)
+    await session.send(
+        "handshake_response", node_id=str(probe.friend.node_id), accepted=True, version=1
+    )
     return await _expect_channel_error(session, ErrorCode.UNEXPECTED_MESSAGE)
 
 
@@ -236,22 +240,6 @@ async def stranger_request(probe: Probe) -> str:
 
 
 @case(
-    "node/5.4/6",
-    "does not serve http_proxy before a handshake on the connection",
-    "SHOULD NOT serve one before a handshake with that peer has been accepted.",
-    level=Level.SHOULD,
-    trusted=True,
-)
-async def before_handshake(probe: Probe) -> str:
-    conn = await probe.dial(trusted=True)
-    wire = await probe.open(conn, preamble(HTTP_PROXY) + head() + end(), "http_proxy")
-    response = await read_response(wire)
-    if response.status is not None:
-        raise CaseFailed(f"served it: {response.status}", probe.evidence)
-    return f"not served (error {response.error}, stream {response.after})"
-
-
-@case(
     "node/3.2/5",
     "chooses version 1 from an offer of [1, 2, 77]",
     "the responder chooses the highest version both speak",
@@ -312,7 +300,10 @@ async def own_capabilities(probe: Probe) -> str:
     caps = session.answer.get("capabilities")  # type: ignore[attr-defined]
     await session.send("capability_request")
     response = await session.expect("capability_response")
-    for where, c in (("handshake_response", caps), ("capability_response", response["capabilities"])):
+    for where, c in (
+        ("handshake_response", caps),
+        ("capability_response", response["capabilities"]),
+    ):
         if c is not None and c.get("node_id") != str(probe.target.node_id):
             raise CaseFailed(f"{where} capabilities name {c.get('node_id')}", probe.evidence)
     models = len(response["capabilities"].get("supported_models", []))
@@ -418,3 +409,47 @@ async def reply_to(probe: Probe) -> str:
                 raise CaseFailed(f"reply_to {message.get('reply_to')}", probe.evidence)
             return f"reply_to {ping_id}"
 
+
+@case(
+    "node/5.1/3",
+    "a handshake offering no versions at all: INVALID_MESSAGE",
+    "a `handshake` with an empty `versions` list",
+)
+async def empty_versions(probe: Probe) -> str:
+    conn = await probe.dial()
+    wire = await probe.open(
+        conn, preamble(NODE_CONTROL) + handshake_frame(probe.own_id, versions=[])
+    )
+    return await expect_error(wire, ErrorCode.INVALID_MESSAGE)
+
+
+@case(
+    "node/5.5/6",
+    "keeps a silent established channel for 57 s (the runner never pings), then answers a ping",
+    "MUST NOT do so after less than 60 seconds of silence.",
+    trusted=True,
+    timeout=90,
+)
+async def silence(probe: Probe) -> str:
+    session = await open_control(probe)
+    # Just under the 60 s a node must wait: a ping then still gets its pong.
+    quiet_until = trio.current_time() + 57
+    while (left := quiet_until - trio.current_time()) > 0:
+        with trio.move_on_after(left):
+            message = await session.next(limit=left + 5)
+            if isinstance(message, Ended):
+                raise CaseFailed(
+                    f"the node ended the channel ({message}) within 60 s", probe.evidence
+                )
+            payload = message["payload"]
+            if payload.get("type") == "error":
+                raise CaseFailed(
+                    f"the node ended the channel within 60 s: {payload!r:.200}", probe.evidence
+                )
+            if (
+                payload.get("type") == "ping"
+            ):  # a responder may ping; answering is no silence of ours
+                raise CaseFailed("the node pinged: the case cannot stay silent", probe.evidence)
+    await session.send("ping", nonce=60)
+    await session.expect("pong")
+    return "still established after 57 s of silence; pong 60"

@@ -177,19 +177,11 @@ def _register(role: str) -> None:
 def _not_served(role: str, n: int, name: str, code: int) -> None:
     @case(
         f"{role}/3.3/{n}",
-        f"rejects a {name} stream, a type it does not serve",
-        "A receiver that knows a stream type but does not serve it in its role",
+        f"rejects a {name} stream, a type it does not serve, with STREAM_TYPE_NOT_SERVED",
+        "MUST reject the stream (§3.5) with STREAM_TYPE_NOT_SERVED (106), not UNKNOWN_STREAM_TYPE",
     )
     async def not_served(probe: Probe) -> str:
-        conn = await probe.dial()
-        wire = await probe.open(conn, preamble(code))
-        value = await wire.value()
-        got = error_code(value)
-        if got is None:
-            raise CaseFailed(f"expected a rejection, got {value!r:.200}", probe.evidence)
-        if got // 100 not in (1, 3):
-            raise CaseFailed(f"rejected with {got}: not a 1xx or 3xx code", probe.evidence)
-        return f"rejected with {got}"
+        return await _rejected(probe, preamble(code), ErrorCode.STREAM_TYPE_NOT_SERVED)
 
 
 for _role in ("node", "relay"):

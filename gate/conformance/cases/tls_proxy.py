@@ -65,8 +65,13 @@ async def _routed(probe: Probe, session: RelaySession, sent: bytes) -> Wire:
     if not isinstance(header, bytes):
         raise CaseFailed(f"the stream {header} before its TlsProxyHeader", probe.evidence)
     value = unpack(header)
-    if value.get("type") != "tls_proxy_header" or str(value.get("sni", "")).lower().rstrip(".") != session.domain:
-        raise CaseFailed(f"header {value!r:.200}; expected the sni {session.domain}", probe.evidence)
+    if (
+        value.get("type") != "tls_proxy_header"
+        or str(value.get("sni", "")).lower().rstrip(".") != session.domain
+    ):
+        raise CaseFailed(
+            f"header {value!r:.200}; expected the sni {session.domain}", probe.evidence
+        )
     rest = wire.decoder.take_remaining()
     with trio.fail_after(STEP_TIMEOUT):
         while len(rest) < len(sent):
@@ -152,7 +157,9 @@ async def both_ways(probe: Probe) -> str:
                 break
             got += data
     if got != down:
-        raise CaseFailed(f"the client got {len(got)} bytes that differ from the {len(down)} sent", probe.evidence)
+        raise CaseFailed(
+            f"the client got {len(got)} bytes that differ from the {len(down)} sent", probe.evidence
+        )
     up = bytes(range(255, -1, -1)) * 40
     await client.send_all(up)
     got = b""
@@ -163,7 +170,9 @@ async def both_ways(probe: Probe) -> str:
                 break
             got += data
     if got != up:
-        raise CaseFailed(f"the node got {len(got)} bytes that differ from the {len(up)} sent", probe.evidence)
+        raise CaseFailed(
+            f"the node got {len(got)} bytes that differ from the {len(up)} sent", probe.evidence
+        )
     return f"{len(down)} bytes down, {len(up)} up, unchanged"
 
 
@@ -218,8 +227,7 @@ _refused(
 _refused(
     9,
     "closes a connection whose first record is not a handshake (an alert)",
-    "records other than handshake, another handshake message, broken lengths, duplicate "
-    "extensions",
+    "records other than handshake, another handshake message, broken lengths, duplicate extensions",
     lambda s: b"\x15\x03\x03\x00\x02\x02\x28",
 )
 
@@ -279,4 +287,3 @@ async def slow_hello(probe: Probe) -> str:
     if waiting.cancelled_caught:
         raise CaseFailed("still open after 30 s", probe.evidence)
     return f"closed after {trio.current_time() - start:.1f} s"
-
