@@ -175,6 +175,16 @@ class Wire:
             pass
         return item
 
+    async def quiet(self, seconds: float = 3.0) -> str:
+        """After the channel closed on our side: the target sends no frame (it may end
+        the stream, or keep its half open: the spec does not make it finish)."""
+        with trio.move_on_after(seconds):
+            item = await self.frame(seconds + 1)
+            if isinstance(item, Ended):
+                return f"the stream {item}"
+            raise CaseFailed(f"the target sent a frame on a closed channel", self.probe.evidence)
+        return f"no frame within {seconds:g} s"
+
     async def raw(self, timeout: float = STEP_TIMEOUT) -> bytes:
         """Raw bytes (after the framed part of a tls_proxy stream); b"" at the end."""
         with trio.fail_after(timeout):
