@@ -93,7 +93,9 @@ async def read_response(
         try:
             message = _check(item)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise CaseFailed(f"the target sent an invalid HttpFrame: {exc}", wire.probe.evidence)
+            raise CaseFailed(
+                f"the target sent an invalid HttpFrame: {exc}", wire.probe.evidence
+            ) from None
         kind = type(message).__struct_config__.tag
         if kind == "response_head":
             response.status, response.headers = message.status, [list(h) for h in message.headers]  # type: ignore[union-attr]
@@ -132,7 +134,8 @@ def complete(response: Response, wire: Wire) -> str:
                 f"content-length {value} for a body of {len(response.body)} bytes",
                 wire.probe.evidence,
             )
-    return f"{response.status}, {len(response.body)} body bytes in {response.body_frames} frame(s), end"
+    frames = response.body_frames
+    return f"{response.status}, {len(response.body)} body bytes in {frames} frame(s), end"
 
 
 async def models_of(probe: Probe, conn: Connection) -> list[str]:

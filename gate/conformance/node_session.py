@@ -4,6 +4,7 @@ malformed message fails the case that reads it."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import msgspec
@@ -46,13 +47,13 @@ class ControlSession:
             _check(item)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             value: Any = None
-            try:
+            with contextlib.suppress(msgspec.DecodeError):
                 value = msgspec.msgpack.decode(item)
-            except msgspec.DecodeError:
-                pass
             if error_code(value) is not None:  # a bare error (§3.5): the caller decides
                 return {"payload": value}
-            raise CaseFailed(f"the target sent an invalid NodeMessage: {exc}", self.probe.evidence)
+            raise CaseFailed(
+                f"the target sent an invalid NodeMessage: {exc}", self.probe.evidence
+            ) from None
         message: dict[str, Any] = msgspec.msgpack.decode(item)
         if message.get("version") != 1:
             raise CaseFailed(
@@ -68,7 +69,7 @@ class ControlSession:
             message = await self.next()
             if isinstance(message, Ended):
                 raise CaseFailed(f"the stream {message} before {tag}", self.probe.evidence)
-            payload = message["payload"]
+            payload: dict[str, Any] = message["payload"]
             kind = payload.get("type")
             if kind == tag:
                 return payload

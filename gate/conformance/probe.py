@@ -131,11 +131,11 @@ class Wire:
         self.note(f"reset the stream (code {code})")
         await self.stream.reset(code)
 
-    async def frame(self, timeout: float = STEP_TIMEOUT) -> bytes | Ended:
+    async def frame(self, limit: float = STEP_TIMEOUT) -> bytes | Ended:
         """The next frame from the target, or how the stream ended between frames. A
         stream that ends inside a frame fails the case (§3.4)."""
         try:
-            with trio.fail_after(timeout):
+            with trio.fail_after(limit):
                 while (item := self.decoder.next_frame()) is not EOF:
                     if isinstance(item, bytes):
                         self.note(f"received frame {hexdump(item)}")
@@ -145,21 +145,23 @@ class Wire:
                         self.note("received the end of the stream (finish)")
                     self.decoder.receive_data(data)
         except trio.TooSlowError:
-            self.note(f"nothing within {timeout:g} s")
-            raise CaseFailed(f"no answer within {timeout:g} s", self.probe.evidence) from None
+            self.note(f"nothing within {limit:g} s")
+            raise CaseFailed(f"no answer within {limit:g} s", self.probe.evidence) from None
         except StreamReset as exc:
             self.note(f"the target reset the stream (code {exc.code})")
             return Ended(exc.code)
         except ProtocolError as exc:
-            raise CaseFailed(f"the target's bytes are not frames: {exc}", self.probe.evidence)
+            raise CaseFailed(
+                f"the target's bytes are not frames: {exc}", self.probe.evidence
+            ) from None
         except TransportError as exc:
             self.note(f"the connection ended: {exc}")
             return Ended(-1)
         return Ended()
 
-    async def value(self, timeout: float = STEP_TIMEOUT) -> Any:
+    async def value(self, limit: float = STEP_TIMEOUT) -> Any:
         """The next frame as a msgpack value, or Ended."""
-        item = await self.frame(timeout)
+        item = await self.frame(limit)
         if isinstance(item, Ended):
             return item
         try:
@@ -167,11 +169,11 @@ class Wire:
         except ValueError as exc:
             raise CaseFailed(
                 f"the target sent a frame that is not msgpack: {exc}", self.probe.evidence
-            )
+            ) from None
 
-    async def ends(self, timeout: float = STEP_TIMEOUT) -> Ended:
+    async def ends(self, limit: float = STEP_TIMEOUT) -> Ended:
         """Read to the end of the stream, whatever comes; fail if it does not end."""
-        while not isinstance(item := await self.frame(timeout), Ended):
+        while not isinstance(item := await self.frame(limit), Ended):
             pass
         return item
 
@@ -182,12 +184,12 @@ class Wire:
             item = await self.frame(seconds + 1)
             if isinstance(item, Ended):
                 return f"the stream {item}"
-            raise CaseFailed(f"the target sent a frame on a closed channel", self.probe.evidence)
+            raise CaseFailed("the target sent a frame on a closed channel", self.probe.evidence)
         return f"no frame within {seconds:g} s"
 
-    async def raw(self, timeout: float = STEP_TIMEOUT) -> bytes:
+    async def raw(self, limit: float = STEP_TIMEOUT) -> bytes:
         """Raw bytes (after the framed part of a tls_proxy stream); b"" at the end."""
-        with trio.fail_after(timeout):
+        with trio.fail_after(limit):
             data = await self.stream.receive_some(65536)
         self.note(f"received {hexdump(data)}")
         return data

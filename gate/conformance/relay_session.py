@@ -39,7 +39,9 @@ class RelaySession:
             value = msgspec.msgpack.decode(item)
             if error_code(value) is not None:
                 return dict(value)
-            raise CaseFailed(f"the relay sent an invalid RelayMessage: {exc}", self.probe.evidence)
+            raise CaseFailed(
+                f"the relay sent an invalid RelayMessage: {exc}", self.probe.evidence
+            ) from None
         payload: dict[str, Any] = msgspec.msgpack.decode(item)["payload"]
         return payload
 

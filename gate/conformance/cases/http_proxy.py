@@ -284,7 +284,8 @@ async def cancel_streaming(probe: Probe) -> str:
         raise CaseFailed("the response ended before it could be cancelled", probe.evidence)
     await wire.send(frame({"type": "error", "code": ErrorCode.CANCELLED}))
     ended = await _stops(probe, wire)
-    return f"cancelled after {first.body_frames} body frame(s); {ended}; then {await _served(probe, conn)}"
+    then = await _served(probe, conn)
+    return f"cancelled after {first.body_frames} body frame(s); {ended}; then {then}"
 
 
 @case(

@@ -15,7 +15,7 @@ from gate.protocol import ErrorCode, NodeId
 
 # --- the state table before a handshake (a stranger may open node_control) -------------
 
-_BEFORE_HANDSHAKE = [
+_BEFORE_HANDSHAKE: list[tuple[str, dict[str, object]]] = [
     ("ping", {"nonce": 1}),
     ("pong", {"nonce": 1}),
     ("capability_request", {}),

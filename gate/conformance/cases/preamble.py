@@ -83,7 +83,8 @@ def _register(role: str) -> None:
     @case(
         f"{role}/3.2/1",
         "refuses major version 2 with UNSUPPORTED_VERSION",
-        "A receiver MUST reject a stream whose major version it does not support with UNSUPPORTED_VERSION.",
+        "A receiver MUST reject a stream whose major version it does not support with "
+        "UNSUPPORTED_VERSION.",
     )
     async def version_2(probe: Probe) -> str:
         return await _rejected(probe, preamble(served, version=2), ErrorCode.UNSUPPORTED_VERSION)
@@ -107,7 +108,8 @@ def _register(role: str) -> None:
     @case(
         f"{role}/3.3/1",
         "refuses stream type 200 with UNKNOWN_STREAM_TYPE",
-        "A receiver MUST reject a stream with an unknown stream type code with UNKNOWN_STREAM_TYPE.",
+        "A receiver MUST reject a stream with an unknown stream type code with "
+        "UNKNOWN_STREAM_TYPE.",
     )
     async def type_200(probe: Probe) -> str:
         return await _rejected(probe, preamble(200), ErrorCode.UNKNOWN_STREAM_TYPE)
@@ -115,7 +117,7 @@ def _register(role: str) -> None:
     @case(
         f"{role}/3.3/2",
         "refuses stream type 0 with UNKNOWN_STREAM_TYPE",
-        "Codes 0 and 5–255 are unassigned.",
+        "A receiver MUST reject a stream with an unknown stream type code",
     )
     async def type_0(probe: Probe) -> str:
         return await _rejected(probe, preamble(0), ErrorCode.UNKNOWN_STREAM_TYPE)
@@ -123,7 +125,7 @@ def _register(role: str) -> None:
     @case(
         f"{role}/3.3/3",
         "refuses stream type 5 with UNKNOWN_STREAM_TYPE",
-        "Codes 0 and 5–255 are unassigned.",
+        "A receiver MUST reject a stream with an unknown stream type code",
     )
     async def type_5(probe: Probe) -> str:
         return await _rejected(probe, preamble(5), ErrorCode.UNKNOWN_STREAM_TYPE)
