@@ -21,6 +21,7 @@ tests do) checks that code against the spec.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterator
 from typing import Any, Final, Protocol
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 MIB: Final = 1 << 20
-I, R = "initiator", "responder"
+INIT, RESP = "initiator", "responder"
 
 
 class PreambleFeed(Protocol):
@@ -104,11 +105,11 @@ def check_preamble_reader(make: Callable[[], PreambleFeed]) -> None:
         reader = make()
         result = None
         for i in range(len(data)):
-            raised, code, result = _raises(lambda i=i: reader.feed(data[i : i + 1]))
+            raised, code, result = _raises(functools.partial(reader.feed, data[i : i + 1]))
             if raised:
                 return i, code, None
         if end:
-            raised, code, _ = _raises(lambda: reader.feed(b""))
+            raised, code, _ = _raises(functools.partial(reader.feed, b""))
             if raised:
                 return len(data), code, None
         return None, None, result
@@ -150,8 +151,8 @@ def check_frame_decoder(make: Callable[[], FrameReader]) -> None:
     stream = b"".join(len(f).to_bytes(4, "big") + f for f in frames)
     for at in range(1, len(stream)):  # b"" would mean the end of the stream
         reader = make()
-        raised, code, first = _raises(lambda at=at: reader.feed(stream[:at]))
-        raised2, code2, second = _raises(lambda at=at: reader.feed(stream[at:]))
+        raised, code, first = _raises(functools.partial(reader.feed, stream[:at]))
+        raised2, code2, second = _raises(functools.partial(reader.feed, stream[at:]))
         if raised or raised2 or list(first) + list(second) != frames:
             bad(f"split at byte {at}: got {first}/{second}, errors {code}/{code2}")
     reader = make()
@@ -170,7 +171,7 @@ def check_frame_decoder(make: Callable[[], FrameReader]) -> None:
     for cut, where in ((2, "header"), (6, "payload")):
         reader = make()
         reader.feed(stream[:cut])
-        raised, code, _ = _raises(lambda reader=reader: reader.feed(b""))
+        raised, code, _ = _raises(functools.partial(reader.feed, b""))
         if code != 105:
             bad(f"a stream that ends inside a frame {where}: expected 105, got {code}")
     raised, code, out = _raises(lambda: make().feed(b""))
@@ -183,16 +184,16 @@ def check_frame_decoder(make: Callable[[], FrameReader]) -> None:
 
 _NODE_ESTABLISHED = ("ping", "pong", "capability_request", "capability_response")
 NODE_TABLE: Final = {
-    ("await_handshake", I, "handshake"): "await_response",
-    ("await_handshake", I, "error"): "closed",
-    ("await_handshake", R, "error"): "closed",
-    ("await_response", R, "handshake_accepted"): "established",
-    ("await_response", R, "handshake_refused"): "closed",
-    ("await_response", I, "error"): "closed",
-    ("await_response", R, "error"): "closed",
-    **{("established", s, e): "established" for s in (I, R) for e in _NODE_ESTABLISHED},
-    ("established", I, "error"): "closed",
-    ("established", R, "error"): "closed",
+    ("await_handshake", INIT, "handshake"): "await_response",
+    ("await_handshake", INIT, "error"): "closed",
+    ("await_handshake", RESP, "error"): "closed",
+    ("await_response", RESP, "handshake_accepted"): "established",
+    ("await_response", RESP, "handshake_refused"): "closed",
+    ("await_response", INIT, "error"): "closed",
+    ("await_response", RESP, "error"): "closed",
+    **{("established", s, e): "established" for s in (INIT, RESP) for e in _NODE_ESTABLISHED},
+    ("established", INIT, "error"): "closed",
+    ("established", RESP, "error"): "closed",
 }
 _RELAY_WAIT = {
     "domain_request": ("await_domain", "domain_response"),
@@ -200,37 +201,37 @@ _RELAY_WAIT = {
     "activate_domain": ("await_activation", "activation_response"),
 }
 RELAY_TABLE: Final = {
-    **{("idle", I, req): wait for req, (wait, _) in _RELAY_WAIT.items()},
-    **{(wait, R, answer): "idle" for wait, answer in _RELAY_WAIT.values()},
-    **{(wait, R, "error"): "idle" for wait, _ in _RELAY_WAIT.values()},
-    **{(wait, I, "error"): "closed" for wait, _ in _RELAY_WAIT.values()},
-    ("idle", I, "error"): "closed",
-    ("idle", R, "error"): "closed",
+    **{("idle", INIT, req): wait for req, (wait, _) in _RELAY_WAIT.items()},
+    **{(wait, RESP, answer): "idle" for wait, answer in _RELAY_WAIT.values()},
+    **{(wait, RESP, "error"): "idle" for wait, _ in _RELAY_WAIT.values()},
+    **{(wait, INIT, "error"): "closed" for wait, _ in _RELAY_WAIT.values()},
+    ("idle", INIT, "error"): "closed",
+    ("idle", RESP, "error"): "closed",
 }
 HTTP_TABLE: Final = {  # the reachable rows of §7.2, verbatim
-    (("head", "head"), I, "request_head"): ("body", "head"),
-    (("head", "head"), I, "error"): ("failed", "failed"),
-    (("head", "head"), R, "error"): ("failed", "failed"),
-    (("body", "head"), I, "body"): ("body", "head"),
-    (("body", "head"), I, "end"): ("done", "head"),
-    (("body", "head"), R, "response_head"): ("body", "body"),
-    (("body", "head"), I, "error"): ("failed", "failed"),
-    (("body", "head"), R, "error"): ("failed", "failed"),
-    (("body", "body"), I, "body"): ("body", "body"),
-    (("body", "body"), I, "end"): ("done", "body"),
-    (("body", "body"), R, "body"): ("body", "body"),
-    (("body", "body"), R, "end"): ("body", "done"),
-    (("body", "body"), I, "error"): ("failed", "failed"),
-    (("body", "body"), R, "error"): ("failed", "failed"),
-    (("body", "done"), I, "body"): ("body", "done"),
-    (("body", "done"), I, "end"): ("done", "done"),
-    (("done", "head"), R, "response_head"): ("done", "body"),
-    (("done", "head"), I, "error"): ("failed", "failed"),
-    (("done", "head"), R, "error"): ("failed", "failed"),
-    (("done", "body"), R, "body"): ("done", "body"),
-    (("done", "body"), R, "end"): ("done", "done"),
-    (("done", "body"), I, "error"): ("failed", "failed"),
-    (("done", "body"), R, "error"): ("failed", "failed"),
+    (("head", "head"), INIT, "request_head"): ("body", "head"),
+    (("head", "head"), INIT, "error"): ("failed", "failed"),
+    (("head", "head"), RESP, "error"): ("failed", "failed"),
+    (("body", "head"), INIT, "body"): ("body", "head"),
+    (("body", "head"), INIT, "end"): ("done", "head"),
+    (("body", "head"), RESP, "response_head"): ("body", "body"),
+    (("body", "head"), INIT, "error"): ("failed", "failed"),
+    (("body", "head"), RESP, "error"): ("failed", "failed"),
+    (("body", "body"), INIT, "body"): ("body", "body"),
+    (("body", "body"), INIT, "end"): ("done", "body"),
+    (("body", "body"), RESP, "body"): ("body", "body"),
+    (("body", "body"), RESP, "end"): ("body", "done"),
+    (("body", "body"), INIT, "error"): ("failed", "failed"),
+    (("body", "body"), RESP, "error"): ("failed", "failed"),
+    (("body", "done"), INIT, "body"): ("body", "done"),
+    (("body", "done"), INIT, "end"): ("done", "done"),
+    (("done", "head"), RESP, "response_head"): ("done", "body"),
+    (("done", "head"), INIT, "error"): ("failed", "failed"),
+    (("done", "head"), RESP, "error"): ("failed", "failed"),
+    (("done", "body"), RESP, "body"): ("done", "body"),
+    (("done", "body"), RESP, "end"): ("done", "done"),
+    (("done", "body"), INIT, "error"): ("failed", "failed"),
+    (("done", "body"), RESP, "error"): ("failed", "failed"),
 }
 
 
@@ -246,7 +247,7 @@ def _http_finish(state: Any, role: str) -> bool:
     request, response = state
     if state == ("failed", "failed"):
         return True
-    return request == "done" if role == I else response == "done"
+    return bool(request == "done" if role == INIT else response == "done")
 
 
 _NODE_ID = "a" * 52
@@ -281,7 +282,8 @@ _PAYLOADS: Final[dict[str, dict[str, Any]]] = {
     "body": {"type": "body", "data": b"x"},
     "end": {"type": "end"},
 }
-CHANNELS: Final = {
+Table = dict[tuple[Any, str, str], Any]
+CHANNELS: Final[dict[str, tuple[Table, Any, Callable[[Any, str], bool]]]] = {
     "node_control": (NODE_TABLE, "await_handshake", _node_finish),
     "relay_control": (RELAY_TABLE, "idle", _relay_finish),
     "http_proxy": (HTTP_TABLE, ("head", "head"), _http_finish),
@@ -299,7 +301,7 @@ def payload(channel: str, event: str) -> bytes:
 
 def _paths(table: dict[Any, Any], initial: Any) -> Iterator[tuple[Any, list[tuple[str, str]]]]:
     """Every state reachable from `initial`, with one shortest path to it."""
-    seen = {initial: []}
+    seen: dict[Any, list[tuple[str, str]]] = {initial: []}
     queue = [initial]
     while queue:
         state = queue.pop(0)
@@ -321,7 +323,7 @@ def check_channel(channel: str, make: Callable[[str], ChannelEnd]) -> None:
         events += ["handshake_accepted", "handshake_refused"]
     bad = _Violations(f"{channel} channel")
     for state, path in _paths(table, initial):
-        for me, sender in itertools.product((I, R), (I, R)):
+        for me, sender in itertools.product((INIT, RESP), (INIT, RESP)):
             # §4.3 SHOULD: after one's own `error` a side discards what still arrives.
             own_error = bool(path) and path[-1] == (me, "error")
             if state in _TERMINAL and (own_error or sender != me):
@@ -332,10 +334,9 @@ def check_channel(channel: str, make: Callable[[str], ChannelEnd]) -> None:
                     break
                 allowed = (state, sender, event) in table
                 frame = payload(channel, event)
-                call = (lambda e=end, f=frame: e.send(f)) if sender == me else (
-                    lambda e=end, f=frame: e.receive(f)
+                raised, code, _ = _raises(
+                    functools.partial(end.send if sender == me else end.receive, frame)
                 )
-                raised, code, _ = _raises(call)
                 where = f"in {state} as {me}: {sender} {event}"
                 if allowed and raised:
                     bad(f"{where} is in the table, but was refused ({code})")
@@ -347,8 +348,7 @@ def check_channel(channel: str, make: Callable[[str], ChannelEnd]) -> None:
             if end is None or own_error:
                 continue
             allowed = may_finish(state, sender)
-            call = end.finish if sender == me else end.receive_finish
-            raised, code, _ = _raises(call)
+            raised, code, _ = _raises(end.finish if sender == me else end.receive_finish)
             where = f"in {state} as {me}: {sender} finishes"
             if allowed and raised:
                 bad(f"{where}: may_finish allows it, but it was refused ({code})")
@@ -360,12 +360,18 @@ def check_channel(channel: str, make: Callable[[str], ChannelEnd]) -> None:
 
 
 def _replay(
-    channel: str, make: Callable[[str], ChannelEnd], me: str, path: list[tuple[str, str]], bad: _Violations
+    channel: str,
+    make: Callable[[str], ChannelEnd],
+    me: str,
+    path: list[tuple[str, str]],
+    bad: _Violations,
 ) -> ChannelEnd | None:
     end = make(me)
     for sender, event in path:
         frame = payload(channel, event)
-        raised, code, _ = _raises(lambda: end.send(frame) if sender == me else end.receive(frame))
+        raised, code, _ = _raises(
+            functools.partial(end.send if sender == me else end.receive, frame)
+        )
         if raised:
             bad(f"as {me}, the path {path} was refused at {sender} {event} ({code})")
             return None

@@ -270,8 +270,9 @@ async def cancel_by_reset(probe: Probe) -> str:
 
 @case(
     "node/7.3/3",
-    "a streamed response cancelled mid-way by CANCELLED: the node stops and the stream ends",
-    "A responder that sees either MUST stop producing the response",
+    "a streamed response cancelled mid-way by CANCELLED after the request's end: it stops",
+    "So a responder MUST keep reading the request half after `end`, until the response ends, "
+    "to see a cancel",
     trusted=True,
 )
 async def cancel_streaming(probe: Probe) -> str:
@@ -349,3 +350,34 @@ async def unknown_model(probe: Probe) -> str:
     wire = await request(probe, head("POST", CHAT, JSON), body(data), end())
     response = await read_response(wire)
     return complete(response, wire)
+
+
+@case(
+    "node/7.2/9",
+    "lets the requester send body frames and end a second after the response head",
+    "A responder MUST NOT stop the request half (STOP_SENDING) before that half is `done` or "
+    "the channel has failed",
+    trusted=True,
+)
+async def late_request_end(probe: Probe) -> str:
+    wire = await request(probe, head())
+    response = Response()
+    with trio.move_on_after(1.0):
+        await read_response(wire, until_end=False, response=response)
+    await wire.send(body(b""))
+    await trio.sleep(0.5)
+    await wire.send(end())  # a write error here: the request half was stopped
+    return complete(await read_response(wire, response=response), wire)
+
+
+@case(
+    "node/2.3/1",
+    "a request reset with an unknown code (12345): the connection goes on serving",
+    'it MUST understand an unknown code by its class (§9), 0 as "no error".',
+    trusted=True,
+)
+async def unknown_reset_code(probe: Probe) -> str:
+    conn = await peer_connection(probe)
+    wire = await request(probe, head("POST", CHAT, JSON), body(b'{"model"'), conn=conn)
+    await wire.reset(12345)
+    return f"reset; then {await _served(probe, conn)}"

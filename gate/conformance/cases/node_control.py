@@ -45,8 +45,8 @@ for _n, (_tag, _fields) in enumerate(_BEFORE_HANDSHAKE, start=1):
 @case(
     "node/5.2/5",
     "a handshake_response from the initiator: UNEXPECTED_MESSAGE",
-    "A message whose (state, sender, event) is not in the table MUST be treated as "
-    "UNEXPECTED_MESSAGE",
+    "A valid message that the channel's table does not allow in the current state from its "
+    "sender MUST be treated as UNEXPECTED_MESSAGE",
 )
 async def response_from_initiator(probe: Probe) -> str:
     conn = await probe.dial()
@@ -102,7 +102,7 @@ async def _expect_channel_error(session: ControlSession, code: int) -> str:
 @case(
     "node/5.2/8",
     "an unsolicited pong is not an error; the channel goes on",
-    "A node MAY ignore a `pong` whose nonce it did not send.",
+    "it MUST NOT treat one as an error.",
     trusted=True,
 )
 async def unsolicited_pong(probe: Probe) -> str:
@@ -205,9 +205,8 @@ async def accepted(probe: Probe) -> str:
 
 @case(
     "node/5.4/4",
-    "after refusing a handshake, serves no other stream on that connection",
-    "After refusing, the responder MUST NOT process any other stream from that peer on the "
-    "connection",
+    "after refusing a handshake, serves no http_proxy stream on that connection",
+    "MUST NOT serve any on a connection where it refused that peer's handshake.",
     trusted=True,
 )
 async def nothing_after_refusal(probe: Probe) -> str:
@@ -314,7 +313,7 @@ async def own_capabilities(probe: Probe) -> str:
 @case(
     "node/5.5/1",
     "answers ping with pong carrying the same nonce",
-    "A node that receives `ping` MUST answer with `pong` carrying the same `nonce`.",
+    "A node that receives `ping` MUST answer with `pong` carrying the same `nonce`",
     trusted=True,
 )
 async def ping(probe: Probe) -> str:
@@ -329,7 +328,7 @@ async def ping(probe: Probe) -> str:
 @case(
     "node/5.5/2",
     "echoes the largest nonce, 2^63-1",
-    "A node that receives `ping` MUST answer with `pong` carrying the same `nonce`.",
+    "A node that receives `ping` MUST answer with `pong` carrying the same `nonce`",
     trusted=True,
 )
 async def ping_max(probe: Probe) -> str:
@@ -344,7 +343,7 @@ async def ping_max(probe: Probe) -> str:
 @case(
     "node/5.5/3",
     "answers three pings sent in one write, in order",
-    "A node that receives `ping` MUST answer with `pong` carrying the same `nonce`.",
+    "A node that receives `ping` MUST answer with `pong` carrying the same `nonce`",
     trusted=True,
 )
 async def pings(probe: Probe) -> str:
@@ -454,3 +453,45 @@ async def silence(probe: Probe) -> str:
     await session.send("ping", nonce=60)
     await session.expect("pong")
     return "still established after 57 s of silence; pong 60"
+
+
+@case(
+    "node/5.4/6",
+    "after refusing a handshake, processes no other node_control stream on that connection",
+    "After refusing, the responder MUST NOT process any other stream from that peer on the "
+    "connection",
+    trusted=True,
+)
+async def no_second_control(probe: Probe) -> str:
+    conn = await probe.dial(trusted=True)
+    other = str(NodeId(NodeIdentity.generate().public_key_bytes))
+    wire = await probe.open(conn, preamble(NODE_CONTROL) + handshake_frame(other))
+    answer = await ControlSession(probe, wire).expect("handshake_response")
+    if answer.get("accepted"):
+        raise CaseFailed("accepted a handshake naming another node", probe.evidence)
+    own = str(probe.friend.node_id)
+    try:
+        second = await probe.open(conn, preamble(NODE_CONTROL) + handshake_frame(own), "again")
+        value = await second.value()
+    except Exception as exc:  # the connection closed: nothing was processed
+        return f"refused, then the connection closed ({type(exc).__name__})"
+    if isinstance(value, Ended):
+        return f"refused, then the second stream {value}"
+    if error_code(value) != ErrorCode.UNAUTHORIZED:
+        raise CaseFailed(f"a second handshake after the refusal got {value!r:.200}", probe.evidence)
+    return "refused, then the second stream was rejected with 300"
+
+
+@case(
+    "node/5.1/4",
+    "answers a ping whose reply_to matches nothing",
+    "A receiver MUST NOT require it, nor reject a message for a `reply_to` it cannot match.",
+    trusted=True,
+)
+async def stray_reply_to(probe: Probe) -> str:
+    session = await open_control(probe)
+    await session.wire.send(frame(envelope({"type": "ping", "nonce": 8}, reply_to=2**62)))
+    pong = await session.expect("pong")
+    if pong.get("nonce") != 8:
+        raise CaseFailed(f"pong nonce {pong.get('nonce')}", probe.evidence)
+    return "pong 8"
