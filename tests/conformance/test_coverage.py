@@ -88,3 +88,12 @@ def test_there_are_at_least_60_cases_and_every_id_is_stable_and_unique():
     for c in cases:
         role, section, number = c.id.split("/")
         assert role == c.role.value and section == c.section and number.isdigit()
+
+
+def test_the_case_list_in_conformance_md_is_current():
+    from spec.generate import conformance_doc
+
+    doc = SPEC.parent / "CONFORMANCE.md"
+    text = doc.read_text()
+    assert "<!-- cases: generated" in text
+    assert conformance_doc(text) == text, "stale: run `python -m spec.generate` (or make spec)"
