@@ -2,7 +2,8 @@
 any make, against spec/protocol.md over iroh, case by case.
 
 - registry: what a case is (a stable id `node/3.2/1`, a level, the spec's words it
-  checks) and every case by id; cases/: the cases, one module per part of the spec.
+  checks); cases/: the cases, one module per part of the spec; catalog: all of them,
+  and the ones a run selects.
 - probe, wire, node_session, http_client, relay_session, tls_hello: how a case talks to
   the target (and writes down the evidence).
 - runner: runs cases against a target; report: text, JSON, JUnit XML, Markdown.
@@ -11,8 +12,9 @@ any make, against spec/protocol.md over iroh, case by case.
 - uncovered: the MUSTs of the spec no live case checks, each with the reason.
 """
 
+from gate.conformance.catalog import all_cases, select
 from gate.conformance.probe import Target
-from gate.conformance.registry import Case, Level, Outcome, Result, Role, all_cases, select
+from gate.conformance.registry import Case, Level, Outcome, Result, Role
 from gate.conformance.runner import run_cases
 
 __all__ = [

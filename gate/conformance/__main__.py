@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from gate.conformance.registry import all_cases
+from gate.conformance.catalog import all_cases
 from gate.conformance.report import as_markdown, listing
 
 

@@ -1,6 +1,8 @@
 """The case registry of the conformance suite: what a case is, how it reports, and
 every case by its stable id.
 
+The cases register themselves here when gate.conformance.catalog imports them.
+
 A case id is `ROLE/SECTION/N` (`node/3.2/1`): the role it checks, the section of
 spec/protocol.md whose requirement it tests, and a number within that section that
 never changes meaning once published (new cases take the next number). Each case
@@ -15,10 +17,7 @@ import enum
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
-
-if TYPE_CHECKING:
-    from gate.conformance.probe import Probe
+from typing import Any, Final
 
 __all__ = [
     "CASES",
@@ -30,7 +29,6 @@ __all__ = [
     "Result",
     "Role",
     "case",
-    "select",
 ]
 
 
@@ -62,7 +60,9 @@ class CaseSkipped(Exception):
     """The case cannot run here (no trusted identity, the target serves no model...)."""
 
 
-CaseBody = Callable[["Probe"], Awaitable[str]]
+# A case gets a gate.conformance.probe.Probe (not imported here: the probe reports
+# through this module's exceptions).
+CaseBody = Callable[[Any], Awaitable[str]]
 
 
 @dataclass(frozen=True)
@@ -117,39 +117,3 @@ def case(
         return body
 
     return register
-
-
-def _sort_key(case_id: str) -> tuple[str, tuple[int, ...], int]:
-    role, section, number = case_id.split("/")
-    return role, tuple(int(p) for p in section.split(".")), int(number)
-
-
-def select(role: Role, *, strict: bool = False, only: str | None = None) -> list[Case]:
-    """The cases to run for `role`, in id order: the MUSTs (and SHOULDs with `strict`),
-    narrowed by `only`, a comma-separated list of sections (`3.2`) or case numbers
-    (`5.4/2`, run whatever its level). A selector that matches no case is a ValueError."""
-    import gate.conformance.cases  # noqa: F401  (registers every case)
-
-    mine = [c for c in CASES.values() if c.role is role]
-    if only is None:
-        chosen = [c for c in mine if strict or c.level is Level.MUST]
-    else:
-        chosen = []
-        for selector in (s.strip() for s in only.split(",") if s.strip()):
-            selector = selector.removeprefix(f"{role.value}/")
-            if "/" in selector:  # one case, named: run it whatever its level
-                hits = [c for c in mine if c.id == f"{role.value}/{selector}"]
-            else:  # a section: its MUSTs, and its SHOULDs with --strict
-                hits = [
-                    c for c in mine if c.section == selector and (strict or c.level is Level.MUST)
-                ]
-            if not hits:
-                raise ValueError(f"no {role.value} case matches {selector!r}")
-            chosen += [c for c in hits if c not in chosen]
-    return sorted(chosen, key=lambda c: _sort_key(c.id))
-
-
-def all_cases() -> list[Case]:
-    import gate.conformance.cases  # noqa: F401  (registers every case)
-
-    return sorted(CASES.values(), key=lambda c: _sort_key(c.id))

@@ -86,7 +86,8 @@ def as_junit(results: Sequence[Result], name: str = "gate conformance") -> str:
 def listing(cases: Sequence[Case]) -> str:
     """The cases, one a line, as `--list` prints them."""
     return "\n".join(
-        f"{c.id:<16} {c.level.value:<6} {'trusted ' if c.trusted else ''}{c.title}" for c in cases
+        f"{c.id:<16} {c.level.value:<6} {'trusted' if c.trusted else '':<7} {c.title}"
+        for c in cases
     )
 
 
