@@ -59,19 +59,21 @@ def tester_key(make_node, tmp_path):
     return tester, key
 
 
-def test_a_gate_node_passes_every_node_case(make_node, tester_key, llama_engine, tmp_path):
+def test_a_gate_node_passes_every_node_case_should_included(make_node, tester_key, llama_engine, tmp_path):
     tester, key = tester_key
     node = start(make_node("a"), trust=[tester], engine=llama_engine)
     junit = tmp_path / "node.xml"
-    result = conformance(node.address, "--identity", str(key), "--junit", str(junit), env=node.env)
+    result = conformance(
+        node.address, "--identity", str(key), "--strict", "--junit", str(junit), env=node.env
+    )
     assert result.returncode == 0, failures(result)
     got = outcomes(result)
-    must = {c.id for c in select(Role.NODE)}
-    assert set(got) == must
+    every = {c.id for c in select(Role.NODE, strict=True)}
+    assert set(got) == every
     assert all(outcome == "pass" for outcome in got.values()), got
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None and suite.get("failures") == "0"
-    assert int(suite.get("tests", "0")) == len(must) >= 60
+    assert int(suite.get("tests", "0")) == len(every) >= 60
 
 
 def test_a_stranger_runs_the_untrusted_cases_and_skips_the_rest(make_node):
