@@ -26,13 +26,12 @@ def select(role: Role, *, strict: bool = False, only: str | None = None) -> list
         for selector in (s.strip() for s in only.split(",") if s.strip()):
             selector = selector.removeprefix(f"{role.value}/")
             if "/" in selector:  # one case, named: run it whatever its level
-                hits = [c for c in mine if c.id == f"{role.value}/{selector}"]
+                named = [c for c in mine if c.id == f"{role.value}/{selector}"]
             else:  # a section: its MUSTs, and its SHOULDs with --strict
-                hits = [
-                    c for c in mine if c.section == selector and (strict or c.level is Level.MUST)
-                ]
-            if not hits:
+                named = [c for c in mine if c.section == selector]
+            if not named:
                 raise ValueError(f"no {role.value} case matches {selector!r}")
+            hits = [c for c in named if "/" in selector or strict or c.level is Level.MUST]
             chosen += [c for c in hits if c not in chosen]
     return sorted(chosen, key=lambda c: _sort_key(c.id))
 
