@@ -4,8 +4,8 @@ node_control on a node, relay_control on a relay."""
 from __future__ import annotations
 
 from gate.conformance.cases.first_message import STREAM, answered, first_message, padded
-from gate.conformance.probe import Probe, expect_error
-from gate.conformance.registry import case
+from gate.conformance.probe import Probe, error_code, expect_error
+from gate.conformance.registry import CaseFailed, case
 from gate.conformance.wire import MIB, frame, preamble
 from gate.protocol import ErrorCode
 
@@ -118,6 +118,30 @@ def _register(role: str) -> None:
         wire = await opened(probe)
         await wire.send_pieces(frame(padded(first_message(role, probe), MIB - 1)), 65536)
         return await answered(role, wire)
+
+    @case(
+        f"{role}/3.5/2",
+        "an error about the first frame is the channel's own error message, not a bare one",
+        "from then on every error the responder sends on that stream, about its first frame "
+        "included (an oversized or undecodable first frame, a first message out of turn), is "
+        "that channel's own `error` message",
+    )
+    async def running_channel(probe: Probe) -> str:
+        seen = []
+        for label, first in (
+            ("oversized", (MIB + 1).to_bytes(4, "big")),
+            ("undecodable", frame(b"\xc1")),
+        ):
+            wire = await opened(probe, first)
+            value = await wire.value()
+            if not (isinstance(value, dict) and isinstance(value.get("payload"), dict)):
+                raise CaseFailed(
+                    f"the {label} first frame was answered with {value!r:.200}, not an "
+                    f"{'NodeMessage' if role == 'node' else 'RelayMessage'} error",
+                    probe.evidence,
+                )
+            seen.append(f"{label}: error {error_code(value)} in an envelope")
+        return "; ".join(seen)
 
 
 for _role in ("node", "relay"):

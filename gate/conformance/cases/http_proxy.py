@@ -381,3 +381,20 @@ async def unknown_reset_code(probe: Probe) -> str:
     wire = await request(probe, head("POST", CHAT, JSON), body(b'{"model"'), conn=conn)
     await wire.reset(12345)
     return f"reset; then {await _served(probe, conn)}"
+
+
+@case(
+    "node/3.4/10",
+    "refuses an http_proxy frame over 1 MiB with a StreamError FRAME_TOO_LARGE",
+    "A receiver MUST check the length against its maximum from the 4-byte header alone",
+    trusted=True,
+)
+async def oversized_request(probe: Probe) -> str:
+    wire = await request(probe, (MIB + 1).to_bytes(4, "big"))
+    response = await read_response(wire)
+    if response.error != ErrorCode.FRAME_TOO_LARGE:
+        raise CaseFailed(
+            f"expected StreamError 103, got error {response.error}, status {response.status}",
+            probe.evidence,
+        )
+    return "StreamError 103"

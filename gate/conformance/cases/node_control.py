@@ -100,6 +100,20 @@ async def _expect_channel_error(session: ControlSession, code: int) -> str:
 
 
 @case(
+    "node/5.2/10",
+    "a refused handshake_response from the initiator once established: UNEXPECTED_MESSAGE",
+    "A message whose (state, sender, event) is not in the table MUST be treated as "
+    "UNEXPECTED_MESSAGE",
+    trusted=True,
+)
+async def late_refusal(probe: Probe) -> str:
+    session = await open_control(probe)
+    own = str(probe.friend.node_id)
+    await session.send("handshake_response", node_id=own, accepted=False, reason="no")
+    return await _expect_channel_error(session, ErrorCode.UNEXPECTED_MESSAGE)
+
+
+@case(
     "node/5.2/8",
     "an unsolicited pong is not an error; the channel goes on",
     "it MUST NOT treat one as an error.",

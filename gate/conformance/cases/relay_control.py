@@ -150,3 +150,14 @@ async def in_turn(probe: Probe) -> str:
     await session.ask("activate_domain", "activation_response", domain=name)
     await session.name()
     return "domain, activation, domain"
+
+
+@case(
+    "relay/6.2/6",
+    "an error from the node in idle closes the channel: the relay answers nothing",
+    "| idle | initiator | error | closed |",
+)
+async def node_error(probe: Probe) -> str:
+    session = await open_relay_control(probe)
+    await session.send("error", code=500, message="conformance")
+    return await session.wire.quiet()

@@ -137,6 +137,20 @@ async def large_split(probe: Probe) -> str:
 
 
 @case(
+    "relay/7.4/13",
+    "routes a ClientHello of 16 KiB of handshake, in 2 records and 1000-byte segments",
+    "up to a bound of at least 16 KiB of handshake",
+)
+async def bound(probe: Probe) -> str:
+    session = await _registered(probe)
+    hello = records(client_hello(session.domain, size=16 * 1024), 9000)
+    client = await _client(probe)
+    await _send_segments(probe, client, hello, 1000)
+    await _routed(probe, session, hello)
+    return f"{len(hello)} bytes forwarded unchanged"
+
+
+@case(
     "relay/7.4/3",
     "forwards bytes both ways unchanged after the ClientHello",
     "the relay forwards every byte it received from the client",
