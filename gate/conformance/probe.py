@@ -11,7 +11,6 @@ says nothing fails the case with "no answer", never hangs the run.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -187,13 +186,6 @@ class Wire:
             raise CaseFailed("the target sent a frame on a closed channel", self.probe.evidence)
         return f"no frame within {seconds:g} s"
 
-    async def raw(self, limit: float = STEP_TIMEOUT) -> bytes:
-        """Raw bytes (after the framed part of a tls_proxy stream); b"" at the end."""
-        with trio.fail_after(limit):
-            data = await self.stream.receive_some(65536)
-        self.note(f"received {hexdump(data)}")
-        return data
-
     async def close(self) -> None:
         with contextlib.suppress(TransportError, trio.BrokenResourceError):
             await self.stream.aclose()
@@ -225,12 +217,3 @@ async def expect_error(wire: Wire, code: int, *, bare_only: bool = False) -> str
         raise CaseFailed(f"error code {got}; expected {code}", wire.probe.evidence)
     message = value.get("payload", value).get("message", "")
     return f"error {got}: {message}"
-
-
-@contextlib.contextmanager
-def fails_on_transport(probe: Probe) -> Iterator[None]:
-    """A broken stream or connection where the case expected to go on fails the case."""
-    try:
-        yield
-    except (TransportError, trio.BrokenResourceError) as exc:
-        raise CaseFailed(f"the transport failed: {exc}", probe.evidence) from None

@@ -74,3 +74,22 @@ def test_list_prints_the_cases_without_a_target():
     ]
     markdown = runner.invoke(conformance, ["--list", "--markdown", "--strict"])
     assert markdown.output == as_markdown(select(Role.NODE, strict=True))
+
+
+def test_identity_takes_a_pem_raw_bytes_or_hex(tmp_path):
+    from gate.cli.conformance import _identity
+    from gate.identity import NodeIdentity
+
+    key = NodeIdentity.generate()
+    files = {
+        "key.pem": key.to_pem(None),
+        "key.raw": key.secret_key_bytes,
+        "key.hex": key.secret_key_bytes.hex().encode() + b"\n",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        assert _identity(tmp_path / name) == key, name
+    (tmp_path / "bad").write_bytes(b"not a key")
+    with pytest.raises(SystemExit) as exited:
+        _identity(tmp_path / "bad")
+    assert exited.value.code == 2

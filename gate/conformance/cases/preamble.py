@@ -3,9 +3,17 @@ stream is rejected), for both roles: a node and a relay read preambles alike."""
 
 from __future__ import annotations
 
-from gate.conformance.probe import Ended, Probe, error_code, expect_error
+from gate.conformance.cases.first_message import answered, first_message
+from gate.conformance.probe import Probe, expect_error
 from gate.conformance.registry import CaseFailed, Level, case
-from gate.conformance.wire import HTTP_PROXY, NODE_CONTROL, RELAY_CONTROL, TLS_PROXY, preamble
+from gate.conformance.wire import (
+    HTTP_PROXY,
+    NODE_CONTROL,
+    RELAY_CONTROL,
+    TLS_PROXY,
+    frame,
+    preamble,
+)
 from gate.protocol import ErrorCode
 from gate.services.transport.quic import ConnectError
 
@@ -159,21 +167,12 @@ def _register(role: str) -> None:
         "The minor version and the reserved byte MUST be sent as 0 and MUST be ignored on receipt.",
     )
     async def minor_ignored(probe: Probe) -> str:
-        # A stream type code this role serves to strangers, so the answer is not a
-        # rejection: the unknown-type code 200 proves only the minor/reserved bytes were read.
+        # The stream type this role serves to strangers: its first message is answered
+        # only if the preamble was read as version 1.
         conn = await probe.dial()
-        wire = await probe.open(conn, preamble(200, minor=7, reserved=0xFF))
-        detail = await expect_error(wire, ErrorCode.UNKNOWN_STREAM_TYPE, bare_only=True)
-        wire2 = await probe.open(conn, preamble(served, minor=7, reserved=0xFF) + b"\x00\x00")
-        await wire2.finish()
-        # A stream that is read as `served` ends inside a frame: TRUNCATED, not 101/100.
-        value = await wire2.value()
-        if isinstance(value, Ended) or value is None:
-            return f"{detail}; minor 7 and reserved ff accepted"
-        code = error_code(value)
-        if code in (ErrorCode.MALFORMED_PREAMBLE, ErrorCode.UNSUPPORTED_VERSION):
-            raise CaseFailed(f"minor 7 / reserved ff rejected with {code}", probe.evidence)
-        return f"{detail}; minor 7 and reserved ff read as version 1 (answer {code})"
+        first = frame(first_message(role, probe))
+        wire = await probe.open(conn, preamble(served, minor=7, reserved=0xFF) + first)
+        return await answered(role, wire)
 
 
 def _not_served(role: str, n: int, name: str, code: int) -> None:
