@@ -88,6 +88,7 @@ def main() -> None:
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("--upstream", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080")
     source.add_argument("--canned", help="answer every request with this text")
+    source.add_argument("--echo", action="store_true", help="answer with the request's head")
     run.add_argument("--model", action="append", default=[], help="a model to advertise")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=0)

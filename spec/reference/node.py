@@ -107,7 +107,7 @@ class Node:
     secret_key: bytes
     trusted: set[str]
     upstream: str | None = None  # an OpenAI-compatible server, e.g. http://127.0.0.1:8080
-    canned: str | None = None  # else every request gets this text as a chat completion
+    canned: str | None = None  # else this text as a chat completion (None: echo requests)
     models: list[str] = field(default_factory=list)
     endpoint: iroh.Endpoint | None = None
     tasks: set[asyncio.Task] = field(default_factory=set)  # asyncio keeps weak references
@@ -263,15 +263,18 @@ class Node:
         await stream.finish()
 
     async def answer(self, exchange: Exchange, head: dict, body: bytes) -> None:
-        if self.upstream is None:  # canned: the model list, else the canned completion
-            if head["target"].startswith("/v1/models"):
+        if self.upstream is None:  # no upstream: echo, or the model list and canned text
+            if self.canned is None:  # echo: the request as this node received it
+                seen = {k: head.get(k) for k in ("method", "target", "headers")}
+                reply = json.dumps({**seen, "body_length": len(body)}).encode()
+            elif head["target"].startswith("/v1/models"):
                 listing = {
                     "object": "list",
                     "data": [{"id": m, "object": "model"} for m in self.models],
                 }
                 reply = json.dumps(listing).encode()
             else:
-                reply = canned((self.canned or "").encode())
+                reply = canned(self.canned.encode())
             await exchange.respond(200, [("content-type", "application/json")], reply)
             return
         headers = [(k, v) for k, v in head.get("headers") or [] if k.lower() not in HOP_BY_HOP]

@@ -99,7 +99,8 @@ def test_gate_uses_the_reference_node_as_a_peer(make_node, reference, llama_engi
     wait_for(lambda: gate.peer_status(ref) == "connected", "gate -> reference")
     ref.wait_for_line(f"handshake accepted {gate.node_id}")
     url = f"{gate.url}/v1/chat/completions"
-    by_header = httpx.post(url, json=chat(False), headers={"x-target-node": ref.node_id}, timeout=60)
+    to_ref = {"x-target-node": ref.node_id}
+    by_header = httpx.post(url, json=chat(False), headers=to_ref, timeout=60)
     assert by_header.status_code == 200, by_header.text
     assert by_header.json()["choices"][0]["message"]["content"]
     # No engine of its own: the model is the reference node's, from its capabilities.
@@ -134,10 +135,11 @@ def test_the_reference_node_uses_gate(make_node, llama_engine, tmp_path):  # noq
     assert models.returncode == 0, models.stderr
     status, _, body = models.stdout.partition(b"\n")
     assert status == b"status 200" and MODEL in json.loads(body)["data"][0]["id"]
-    whole = ask(key, gate, "-X", "POST", "--data", json.dumps(chat(False)), "/v1/chat/completions")
+    post = ("-X", "POST", "/v1/chat/completions", "--data")
+    whole = ask(key, gate, *post, json.dumps(chat(False)))
     assert whole.returncode == 0, whole.stderr
     assert json.loads(whole.stdout.partition(b"\n")[2])["choices"][0]["message"]["content"]
-    streamed = ask(key, gate, "-X", "POST", "--data", json.dumps(chat(True)), "/v1/chat/completions")
+    streamed = ask(key, gate, *post, json.dumps(chat(True)))
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout.rstrip().endswith(b"data: [DONE]")
     # An untrusted key is refused at the handshake (§5.4).
@@ -176,10 +178,10 @@ def test_cancellation_from_the_reference_node_reaches_gates_engine(
     gate = start(
         make_node("gate"), trust=[type("R", (), {"address": key_id(key)})], engine=llama_engine
     )
+    body = json.dumps(LONG_STREAM)
     cancelled = ask(
-        key, gate, "-X", "POST", "--data", json.dumps(LONG_STREAM), "--cancel-after", "3",
-        "/v1/chat/completions",
-    )  # fmt: skip
+        key, gate, "-X", "POST", "--data", body, "--cancel-after", "3", "/v1/chat/completions"
+    )
     assert cancelled.returncode == 0 and cancelled.stdout.rstrip().endswith(b"cancelled")
     assert engine_is_free(f"{gate.url}/v1/chat/completions") < 4
 
@@ -202,3 +204,30 @@ def test_the_reference_node_passes_gate_conformance(make_node, reference, tmp_pa
         if c["outcome"] != "pass"
     ]
     assert result.returncode == 0 and not failed, "\n".join(failed)
+
+
+def test_gate_forwards_no_credentials_to_a_peer(make_node, reference):  # noqa: F811
+    """§7.1: end-to-end headers reach the peer; the credentials the client presented to
+    Gate (its key, a cookie, proxy credentials) and Gate's routing header do not."""
+    gate = make_node("gate")
+    ref = reference("--echo", "--model", MODEL, "--trust", gate.node_id)
+    start(gate, trust=[ref])
+    wait_for(lambda: gate.peer_status(ref) == "connected", "gate -> reference")
+    sent = {
+        "authorization": "Bearer gate-key",
+        "x-api-key": "gate-key",
+        "proxy-authorization": "Basic cHJveHk=",
+        "cookie": "gate_session=secret",
+        "x-target-node": ref.node_id,
+        "anthropic-version": "2023-06-01",
+        "x-custom": "kept",
+    }
+    reply = httpx.post(
+        f"{gate.url}/v1/chat/completions", json=chat(False), headers=sent, timeout=60
+    )
+    assert reply.status_code == 200, reply.text
+    seen = {name.lower(): value for name, value in reply.json()["headers"]}
+    assert seen["x-custom"] == "kept" and seen["anthropic-version"] == "2023-06-01"
+    assert seen["content-type"] == "application/json"
+    for name in ("authorization", "x-api-key", "proxy-authorization", "cookie", "x-target-node"):
+        assert name not in seen, name

@@ -22,9 +22,11 @@ from gate.services.transport.quic import TransportError
 
 __all__ = ["PeerForwarding"]
 
-# What a request keeps when it goes to a peer: not its Gate key (peers trust node ids),
-# not the target header (the peer serves it locally), not the hop-by-hop headers.
-_NOT_TO_PEERS: Final = HOP_BY_HOP | {b"authorization", b"x-api-key", b"x-target-node"}
+# What a request keeps when it goes to a peer (spec §7.1): not the credentials its client
+# presented here, whether Gate's key or a browser's cookie (peers trust node ids), not the
+# target header (the peer serves it locally), not the hop-by-hop headers.
+_CREDENTIALS: Final = {b"authorization", b"x-api-key", b"proxy-authorization", b"cookie"}
+_NOT_TO_PEERS: Final = HOP_BY_HOP | _CREDENTIALS | {b"x-target-node"}
 
 
 class PeerForwarding:
