@@ -59,7 +59,8 @@ def tester_key(make_node, tmp_path):
     return tester, key
 
 
-def test_a_gate_node_passes_every_node_case_should_included(make_node, tester_key, llama_engine, tmp_path):
+def test_a_gate_node_passes_every_node_case(make_node, tester_key, llama_engine, tmp_path):
+    """MUSTs and SHOULDs (--strict), with a trusted key, a JUnit report written."""
     tester, key = tester_key
     node = start(make_node("a"), trust=[tester], engine=llama_engine)
     junit = tmp_path / "node.xml"
