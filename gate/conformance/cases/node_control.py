@@ -509,3 +509,20 @@ async def stray_reply_to(probe: Probe) -> str:
     if pong.get("nonce") != 8:
         raise CaseFailed(f"pong nonce {pong.get('nonce')}", probe.evidence)
     return "pong 8"
+
+
+@case(
+    "node/5.5/7",
+    "takes an unasked capability_response (a refresh) and goes on answering",
+    "A node MAY also send `capability_response` unasked when its capabilities change",
+    trusted=True,
+)
+async def refresh(probe: Probe) -> str:
+    session = await open_control(probe)
+    mine = {"node_id": str(probe.friend.node_id), "load_factor": 0.5}
+    await session.send("capability_response", capabilities=mine)
+    await session.send("ping", nonce=77)
+    pong = await session.expect("pong")
+    if pong.get("nonce") != 77:
+        raise CaseFailed(f"pong nonce {pong.get('nonce')}", probe.evidence)
+    return "refresh taken; pong 77"
