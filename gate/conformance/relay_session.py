@@ -42,7 +42,10 @@ class RelaySession:
             raise CaseFailed(
                 f"the relay sent an invalid RelayMessage: {exc}", self.probe.evidence
             ) from None
-        payload: dict[str, Any] = msgspec.msgpack.decode(item)["payload"]
+        message = msgspec.msgpack.decode(item)
+        if message.get("version") != 1:  # §3.2: the envelope's version is the preamble's
+            raise CaseFailed(f"envelope version {message.get('version')}", self.probe.evidence)
+        payload: dict[str, Any] = message["payload"]
         return payload
 
     async def ask(self, tag: str, expected: str, **fields: Any) -> dict[str, Any]:

@@ -398,3 +398,25 @@ async def oversized_request(probe: Probe) -> str:
             probe.evidence,
         )
     return "StreamError 103"
+
+
+@case(
+    "node/7.1/7",
+    "a Content-Length the node sends equals the length of the body frames' data",
+    "when sent it MUST equal the total length of the `data` of the `body` frames.",
+    trusted=True,
+)
+async def content_length(probe: Probe) -> str:
+    conn = await peer_connection(probe)
+    model = (await models_of(probe, conn))[0]
+    seen = []
+    for label, frames in (
+        ("GET /v1/models", [head(), end()]),
+        ("a chat completion", [head("POST", CHAT, JSON), body(_chat(model, stream=False)), end()]),
+    ):
+        wire = await request(probe, *frames, conn=conn, label=label)
+        response = await read_response(wire)
+        complete(response, wire)  # checks Content-Length against the body, when sent
+        sent = any(name.lower() == "content-length" for name, _ in response.headers)
+        seen.append(f"{label}: {'checked' if sent else 'none sent'}")
+    return "; ".join(seen)

@@ -3,6 +3,7 @@ handshake and its checks, heartbeat, capabilities) against a node."""
 
 from __future__ import annotations
 
+import re
 import trio
 
 from gate.conformance.http_client import end, head
@@ -526,3 +527,54 @@ async def refresh(probe: Probe) -> str:
     if pong.get("nonce") != 77:
         raise CaseFailed(f"pong nonce {pong.get('nonce')}", probe.evidence)
     return "refresh taken; pong 77"
+
+
+@case(
+    "node/2.1/4",
+    "the NodeIds a node sends (its handshake_response, its capabilities) are canonical",
+    "They MUST be zero: the last character is always `a` or `q`.",
+    trusted=True,
+)
+async def canonical_ids(probe: Probe) -> str:
+    session = await open_control(probe)
+    answer = session.answer  # type: ignore[attr-defined]
+    ids = [answer.get("node_id"), (answer.get("capabilities") or {}).get("node_id")]
+    await session.send("capability_request")
+    ids.append((await session.expect("capability_response"))["capabilities"].get("node_id"))
+    for node_id in filter(None, ids):
+        if not re.fullmatch(r"[a-z2-7]{51}[aq]", node_id):
+            raise CaseFailed(f"a NodeId not in canonical form: {node_id!r}", probe.evidence)
+    return f"{len(list(filter(None, ids)))} NodeIds, all canonical"
+
+
+@case(
+    "node/3.2/8",
+    "every envelope a node sends carries the preamble's version, 1",
+    "MUST equal the major version in that stream's preamble.",
+    trusted=True,
+)
+async def envelope_versions(probe: Probe) -> str:
+    # ControlSession.next fails the case on any envelope whose version is not 1.
+    session = await open_control(probe)
+    await session.send("ping", nonce=1)
+    await session.expect("pong")
+    await session.send("capability_request")
+    await session.expect("capability_response")
+    return "handshake_response, pong and capability_response: version 1"
+
+
+@case(
+    "node/2.3/2",
+    "a refusal is read whole before the node closes the connection, five times over",
+    "A side that has just written a frame the peer must read (a refusal, §3.5, §5.4) MUST NOT "
+    "close the connection until the peer has read it",
+)
+async def refusal_read(probe: Probe) -> str:
+    # A node that closes the connection right after writing its refusal loses it now
+    # and then: QUIC's CONNECTION_CLOSE discards what is not yet acknowledged.
+    for _ in range(5):
+        session = await open_control(probe, trusted=False, accepted=False)
+        if session.answer.get("accepted"):  # type: ignore[attr-defined]
+            raise CaseFailed("accepted a stranger", probe.evidence)
+        probe.close()
+    return "5 refusals read whole"
