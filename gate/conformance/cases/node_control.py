@@ -4,6 +4,7 @@ handshake and its checks, heartbeat, capabilities) against a node."""
 from __future__ import annotations
 
 import re
+
 import trio
 
 from gate.conformance.http_client import end, head
