@@ -581,12 +581,29 @@ def all_vectors() -> dict[str, dict]:
     }
 
 
+CASES_START = "<!-- cases: generated, do not edit -->\n"
+CASES_END = "<!-- end of cases -->\n"
+
+
+def conformance_doc(text: str) -> str:
+    """CONFORMANCE.md's `text` with its list of conformance cases made current (the
+    Markdown of `python -m gate.conformance --list --markdown`)."""
+    from gate.conformance import all_cases
+    from gate.conformance.report import as_markdown
+
+    head, _, rest = text.partition(CASES_START)
+    _, _, tail = rest.partition(CASES_END)
+    return head + CASES_START + "\n" + as_markdown(all_cases()) + "\n" + CASES_END + tail
+
+
 def main() -> None:
     for filename, text in render_schemas().items():
         (SPEC / "schema" / filename).write_text(text)
     for filename, data in all_vectors().items():
         (SPEC / "vectors" / filename).write_text(json.dumps(data, indent=2) + "\n")
-    print(f"wrote {SPEC / 'schema'} and {SPEC / 'vectors'}")
+    doc = SPEC / "CONFORMANCE.md"
+    doc.write_text(conformance_doc(doc.read_text()))
+    print(f"wrote {SPEC / 'schema'}, {SPEC / 'vectors'} and the case list in {doc}")
 
 
 if __name__ == "__main__":

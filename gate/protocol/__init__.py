@@ -79,6 +79,7 @@ from gate.protocol.proxy import (
     ResponseHead,
     StreamError,
     TlsProxyHeader,
+    http_status_of,
 )
 from gate.protocol.sni import DEFAULT_MAX_CLIENT_HELLO, ClientHelloReader
 
@@ -150,6 +151,7 @@ __all__ = [
     "TlsProxyHeader",
     "encode_frame",
     "encode_preamble",
+    "http_status_of",
     "key_problem",
     "negotiate_version",
 ]

@@ -51,6 +51,7 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_STREAM_TYPE = 102
     FRAME_TOO_LARGE = 103
     TRUNCATED = 105
+    STREAM_TYPE_NOT_SERVED = 106  # known, but not served in this role or configuration
     # 2xx: messages and state
     INVALID_MESSAGE = 200
     UNEXPECTED_MESSAGE = 201

@@ -17,6 +17,7 @@ from typing import Annotated
 
 import msgspec
 
+from gate.protocol.errors import ErrorCode
 from gate.protocol.messages import WireErrorCode
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "ResponseHead",
     "StreamError",
     "TlsProxyHeader",
+    "http_status_of",
 ]
 
 #: Header fields as [name, value] pairs: order and repeated names are kept, as on HTTP/1.1.
@@ -65,6 +67,21 @@ class StreamError(_Frame, frozen=True, tag="error"):
 
 
 HttpFrame = RequestHead | ResponseHead | Body | End | StreamError
+
+# spec §7.5: the HTTP status a requesting node gives its client for a StreamError that
+# came before any response head. Every other code (refused, protocol errors, the
+# peer's own failure, codes this node does not know) means the peer failed: 502.
+_STATUS_OF_CODE: dict[int, int] = {
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.TIMEOUT: 504,
+}
+
+
+def http_status_of(code: int) -> int:
+    """The status for a peer's StreamError `code` received before a response head."""
+    return _STATUS_OF_CODE.get(code, 502)
 
 
 class TlsProxyHeader(_Frame, frozen=True, tag="tls_proxy_header"):

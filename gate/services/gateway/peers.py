@@ -16,15 +16,17 @@ from gate.services.gateway.exchange import ApiError, ApiRoute, Exchange, api_err
 from gate.services.gateway.metrics import Metrics
 from gate.services.gateway.response import pass_through
 from gate.services.http.router import Scope, Send
-from gate.services.p2p.http_over_stream import request_over_stream
+from gate.services.p2p.http_over_stream import PeerRefused, request_over_stream
 from gate.services.p2p.service import P2PService, PeerState
 from gate.services.transport.quic import TransportError
 
 __all__ = ["PeerForwarding"]
 
-# What a request keeps when it goes to a peer: not its Gate key (peers trust node ids),
-# not the target header (the peer serves it locally), not the hop-by-hop headers.
-_NOT_TO_PEERS: Final = HOP_BY_HOP | {b"authorization", b"x-api-key", b"x-target-node"}
+# What a request keeps when it goes to a peer (spec §7.1): not the credentials its client
+# presented here, whether Gate's key or a browser's cookie (peers trust node ids), not the
+# target header (the peer serves it locally), not the hop-by-hop headers.
+_CREDENTIALS: Final = {b"authorization", b"x-api-key", b"proxy-authorization", b"cookie"}
+_NOT_TO_PEERS: Final = HOP_BY_HOP | _CREDENTIALS | {b"x-target-node"}
 
 
 class PeerForwarding:
@@ -99,6 +101,8 @@ class PeerForwarding:
                 )
             except TransportError as exc:
                 raise api_error(exc, f"peer {peer.node_id}") from None
+            except PeerRefused as exc:  # spec §7.5: the status its code maps to
+                raise ApiError(exc.status, str(exc)) from None
             except UpstreamError as exc:  # its message names the peer
                 raise api_error(exc) from None
             async with response:

@@ -1,8 +1,9 @@
 """Incoming streams by type: the preamble says what a stream carries (spec §3.1), and a
 table says, for each stream type this node serves, who may open it and what serves it.
 
-A type not in the table is refused with UNKNOWN_STREAM_TYPE, a known one included
-(§3.3: a receiver that does not serve a type in its role rejects it); a stream from a
+A known type not in the table is refused with STREAM_TYPE_NOT_SERVED (§3.3: the code
+is known, this node does not serve it; an unknown code is UNKNOWN_STREAM_TYPE, from the
+preamble reader); a stream from a
 node its row does not admit is refused with UNAUTHORIZED. Either refusal is one bare
 error frame, then the stream is closed (§3.5). A relay's table has the one row
 relay_control (gate.services.relay); a node's tls_proxy row admits only the relays it
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -68,6 +70,9 @@ class IncomingStream:
     remote: NodeId  # the NodeId the transport authenticated
     stream: QuicStream
     trailing: bytes  # what arrived after the preamble: the start of the body
+    # Called when this node refuses the peer's handshake on `conn`: from then on every
+    # other stream of that connection is refused (spec §5.4).
+    refuse_connection: Callable[[], None] = lambda: None
 
 
 StreamHandler = Callable[[IncomingStream], Awaitable[None]]
@@ -122,6 +127,8 @@ class StreamDispatch:
         self.routes = routes
         self._trusted = trusted
         self._relay = relay
+        # Connections whose handshake this node refused (spec §5.4), until they go.
+        self._refused: weakref.WeakSet[Connection] = weakref.WeakSet()
 
     def admits(self, opener: Opener, remote: NodeId) -> bool:
         if opener is Opener.TRUSTED_PEER:
@@ -152,9 +159,12 @@ class StreamDispatch:
         if route is None:  # §3.3: known, but not served by this node
             await reject(
                 stream,
-                ErrorCode.UNKNOWN_STREAM_TYPE,
+                ErrorCode.STREAM_TYPE_NOT_SERVED,
                 f"this node does not serve {kind.value} streams",
             )
+            return
+        if conn in self._refused:  # §5.4: nothing more of a refused connection
+            await reject(stream, ErrorCode.UNAUTHORIZED, "this node refused your handshake")
             return
         if not self.admits(route.opener, remote):
             log.warning(
@@ -163,7 +173,11 @@ class StreamDispatch:
             )
             await reject(stream, ErrorCode.UNAUTHORIZED, f"only {route.opener.value} may open this")
             return
-        await route.handler(IncomingStream(conn, remote, stream, reader.trailing_data))
+        await route.handler(
+            IncomingStream(
+                conn, remote, stream, reader.trailing_data, lambda: self._refused.add(conn)
+            )
+        )
 
 
 async def reject(stream: QuicStream, code: int, message: str) -> None:

@@ -45,6 +45,7 @@ from gate.protocol import (
     StreamError,
     StreamType,
     encode_preamble,
+    http_status_of,
 )
 from gate.services.engines.client import (
     StreamedResponse,
@@ -56,7 +57,7 @@ from gate.services.engines.client import (
 from gate.services.http.router import ASGIApp, Door
 from gate.services.transport.framed import ByteStream, FramedStream, close_quietly
 
-__all__ = ["PeerResponse", "request_over_stream", "serve_http_stream"]
+__all__ = ["PeerRefused", "PeerResponse", "request_over_stream", "serve_http_stream"]
 
 log = logging.getLogger("gate.p2p.http")
 
@@ -65,6 +66,16 @@ CHUNK: Final = 256 * 1024
 
 
 # --- requester ---------------------------------------------------------------------
+
+
+class PeerRefused(UpstreamError):
+    """The peer answered with StreamError before any response head; `status` is what the
+    client gets for its code (spec §7.5: UNAVAILABLE 503, NOT_FOUND 404, ...)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = http_status_of(code)
 
 
 class PeerResponse(StreamedResponse):
@@ -155,7 +166,9 @@ async def request_over_stream(
                 if isinstance(event, ResponseHead):
                     return PeerResponse(frames, event, peer, read_timeout)
                 if isinstance(event, StreamError):
-                    raise UpstreamDisconnected(f"peer {peer} refused: {event.message}")
+                    raise PeerRefused(
+                        f"peer {peer} refused (code {event.code}): {event.message}", event.code
+                    )
                 raise UpstreamDisconnected(f"peer {peer}: stream ended before a response")
     except trio.TooSlowError:
         await close_quietly(stream)
@@ -240,6 +253,10 @@ class _ExchangeOverStream:
         self.request_done = False
         self.response_done = False
         self.cancelled = trio.Event()  # the requester cancelled or went away
+        # The request's End arrived. The response's End waits for it (spec §7.2): only a
+        # complete request gets a complete response, so a requester that finishes early
+        # gets TRUNCATED every time, whether or not the app has answered already.
+        self.request_ended = trio.Event()
         self._app_scope = trio.CancelScope()
         self.protocol_error: ProtocolError | None = None
         self._pending = b""  # a response head waiting to go out with the first body part
@@ -248,6 +265,8 @@ class _ExchangeOverStream:
         self._whole = False
         self._gone_early = False  # the buffer ended the request with an error or EOF
         self._parse_buffered()
+        if self._whole:
+            self.request_ended.set()
         self._body_send: trio.MemorySendChannel[bytes | None] | None = None
         self._body_receive: trio.MemoryReceiveChannel[bytes | None] | None = None
         if not (self._whole or self._gone_early):
@@ -313,10 +332,15 @@ class _ExchangeOverStream:
                 async with self._body_send:
                     while True:
                         event = await self.frames.receive()
+                        # Once the app has answered, it reads no more: the rest of the
+                        # body is read and dropped (the channel is closed then).
                         if isinstance(event, Body):
-                            await self._body_send.send(event.data)
+                            with contextlib.suppress(trio.BrokenResourceError):
+                                await self._body_send.send(event.data)
                         elif isinstance(event, End):
-                            await self._body_send.send(None)
+                            self.request_ended.set()
+                            with contextlib.suppress(trio.BrokenResourceError):
+                                await self._body_send.send(None)
                             break
                         else:  # StreamError (cancel) or the stream ended mid-request
                             return
@@ -378,6 +402,16 @@ class _ExchangeOverStream:
                 if data:
                     await self._write(data)
                 return
+            if not self.request_ended.is_set():
+                # Head and body go now; End once the request's End is in. If the request
+                # half fails instead, the reader cancels the app here and the stream is
+                # failed with the reader's error (TRUNCATED for an early finish).
+                if data:
+                    await self._write(data)
+                    data = b""
+                if self._body_receive is not None:
+                    self._body_receive.close()  # the reader drops the rest of the body
+                await self.request_ended.wait()
             self.response_done = True
             data += self._frame(End())
             self.frames.channel.send_finish()

@@ -45,6 +45,7 @@ from gate.protocol import (
     Connecting,
     ConnectionStatus,
     Disconnected,
+    ErrorCode,
     Failed,
     NodeId,
     ProtocolError,
@@ -206,10 +207,12 @@ class P2PService:
                 attempt += 1
                 self._set_status(peer, Connecting(attempt=attempt))
                 reason = ""  # why the connection is dropped: its streams' errors say it
+                code = 0  # spec §2.3: 0 unless the reason has a code of its own
                 try:
                     await self._session(peer)
                     attempt = 0  # a session that got connected resets the backoff
                 except Refused as exc:
+                    code = ErrorCode.UNAUTHORIZED  # §5.4: a refused dialer closes so
                     self._set_status(peer, Failed(reason=str(exc)))
                     log.warning(
                         "peer refused us", extra={"peer": str(peer.node_id), "reason": str(exc)}
@@ -233,7 +236,7 @@ class P2PService:
                     )
                 finally:
                     if peer.connection is not None:
-                        peer.connection.close(0, reason)
+                        peer.connection.close(code, reason)
                     peer.connection = None
                 delay = min(_BACKOFF_MAX, _BACKOFF_INITIAL * 2 ** min(attempt, 6))
                 await trio.sleep(delay * self._rng.uniform(0.5, 1.0))  # jittered

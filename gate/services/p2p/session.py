@@ -3,11 +3,15 @@ capabilities both ways.
 
 - Responder (`NodeControl.respond`, the NodeControl row of the dispatch table): the
   claimed node id must be the authenticated one and a trusted peer, and a version must be
-  shared, else the answer is a refusal with the reason and the connection is closed
-  (§5.4). Then it answers Pings and capability requests until the dialer stops.
+  shared, else the answer is a refusal with the reason; no other stream of that
+  connection is served, and the connection is closed once the dialer has read the
+  refusal (§5.4, §2.3). Then it answers Pings and capability requests until the dialer
+  stops; a dialer silent for a minute (§5.5: no node may enforce less) gets error
+  TIMEOUT and its connection is closed, which ends the session on both sides.
 - Initiator (`NodeControl.handshake`, then `NodeControl.heartbeat`): handshake
-  (learning the peer's capabilities), then a Ping every `heartbeat_interval`; a Pong
-  missing for three intervals ends the session (TransportError). While requests to the
+  (learning the peer's capabilities), then a Ping every `heartbeat_interval` (at most
+  every 20 s, §5.5); a Pong missing for three intervals ends the session
+  (TransportError). While requests to the
   peer are in flight the heartbeat quickens (a Ping every second, a Pong more than four
   seconds late means the peer is gone), so a stream from a peer that died mid-answer ends
   within seconds: iroh's Python binding does not expose QUIC's keep-alive or idle
@@ -66,6 +70,13 @@ _MODELS_POLL_INTERVAL: Final = 0.5  # how soon a change of this node's models re
 # for a lost packet to be sent again on a slow path. Idle peers keep the configured pace.
 _BUSY_PING_INTERVAL: Final = 1.0
 _BUSY_PONG_TIMEOUT: Final = 4.0
+# spec §5.5: the dialer sends something at least every 20 s, and no node may end a
+# channel for less than 60 s of silence, so a peer that only answers pings keeps it.
+_MAX_PING_INTERVAL: Final = 20.0
+_MIN_SILENCE_LIMIT: Final = 60.0
+# spec §2.3: how long a refusal or a TIMEOUT error may take to be read before the
+# connection is closed (closing at once could discard it).
+_CLOSE_GRACE: Final = 5.0
 
 log = logging.getLogger("gate.p2p")
 
@@ -148,12 +159,12 @@ class NodeControl:
                 reason = f"no common protocol version (this node speaks {SUPPORTED_VERSIONS})"
             if reason is not None:
                 log.warning("refused a handshake", extra={"peer": str(remote), "reason": reason})
+                incoming.refuse_connection()  # §5.4: no other stream of it is served
                 await control.send(
                     HandshakeResponse(node_id=str(self.node_id), accepted=False, reason=reason),
                     reply_to=first.id,
                 )
-                await trio.sleep(0.2)  # let the refusal reach the peer before closing
-                conn.close(int(ErrorCode.UNAUTHORIZED), reason[:100])
+                await _close_after_read(conn, stream, ErrorCode.UNAUTHORIZED, reason)
                 return
             await control.send(
                 HandshakeResponse(
@@ -166,10 +177,17 @@ class NodeControl:
             )
             if hello.capabilities is not None:
                 self.note_capabilities(remote, hello.capabilities)
-            interval = self._heartbeat_interval()
             while True:
-                with trio.fail_after(interval * 3):  # the dialer pings every interval
+                silence = max(_MIN_SILENCE_LIMIT, 3 * self._heartbeat_interval())
+                with trio.move_on_after(silence) as waiting:
                     message = await control.receive()
+                if waiting.cancelled_caught:  # §5.5: the session ends, for both sides
+                    log.info("peer silent; ending its session", extra={"peer": str(remote)})
+                    await control.send(
+                        NodeError(code=ErrorCode.TIMEOUT, message=f"silent for {silence:g}s")
+                    )
+                    await _close_after_read(conn, stream, ErrorCode.TIMEOUT, "peer silent")
+                    return
                 if message is None:
                     return
                 payload = message.payload
@@ -262,11 +280,11 @@ class NodeControl:
         raise TransportError(f"no pong within {deadline - sent:g}s of a ping")
 
     def _ping_interval(self, peer: PeerState) -> float:
-        interval = self._heartbeat_interval()
+        interval = min(self._heartbeat_interval(), _MAX_PING_INTERVAL)
         return min(interval, _BUSY_PING_INTERVAL) if peer.in_flight else interval
 
     def _pong_timeout(self, peer: PeerState) -> float:
-        limit = self._heartbeat_interval() * 3
+        limit = min(self._heartbeat_interval(), _MAX_PING_INTERVAL) * 3
         return min(limit, _BUSY_PONG_TIMEOUT) if peer.in_flight else limit
 
     # --- capabilities ------------------------------------------------------------
@@ -291,6 +309,18 @@ class NodeControl:
         peer = self._peers.get(remote)
         if peer is not None and capabilities.node_id == str(remote):
             peer.capabilities = capabilities
+
+
+async def _close_after_read(conn: Connection, stream: QuicStream, code: int, reason: str) -> None:
+    """Finish `stream`, whose last frame the peer must read, then close `conn` with
+    `code` once the peer has closed it or finished its half (it does either only after
+    reading), or after _CLOSE_GRACE: spec §2.3, CONNECTION_CLOSE would drop unread data."""
+    gone = (TransportError, trio.BrokenResourceError, trio.ClosedResourceError)
+    with trio.move_on_after(_CLOSE_GRACE), contextlib.suppress(*gone):
+        await stream.send_eof()
+        while await stream.receive_some(4096):
+            pass
+    conn.close(int(code), reason[:100])
 
 
 def _model_set(capabilities: Capabilities) -> frozenset[tuple[str, str | None]]:
