@@ -22,7 +22,12 @@ import trio
 
 __all__ = ["SpliceResult", "abort", "splice"]
 
-_CHUNK = 64 * 1024
+# Reads start small and grow while they come back full: a stream moving a large answer
+# then crosses in few large reads (a read from iroh costs per call as well as per byte),
+# while a quiet connection's pending read stays small (iroh sets aside the whole size
+# for a read in progress).
+_MIN_READ = 16 * 1024
+_MAX_READ = 256 * 1024
 
 
 @dataclass
@@ -43,8 +48,10 @@ async def splice(
 
     async def pump(src: trio.abc.Stream, dst: trio.abc.HalfCloseableStream, forward: bool) -> None:
         nonlocal last
-        while data := await src.receive_some(_CHUNK):
+        size = _MIN_READ
+        while data := await src.receive_some(size):
             last = trio.current_time()
+            size = min(size * 4, _MAX_READ) if len(data) >= size else _MIN_READ
             await dst.send_all(data)
             last = trio.current_time()
             if forward:
