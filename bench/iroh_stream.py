@@ -382,7 +382,7 @@ def main() -> None:
         f"One stream, {args.megabytes} MB per transfer, {args.rounds} rounds taking turns:"
         " median (min-max)\n"
     )
-    print(f"{'way':18}{'write/read':>11}{'MB/s':>20}{'reader CPU ms/MB':>22}{'writer':>20}")
+    print(f"{'way':18}{'write/read':>11}{'MB/s':>20}{'reader CPU ms/MB':>24}{'writer':>24}")
     for size in SIZES:
         for way in ways:
             if (way, size) not in results:
@@ -391,8 +391,8 @@ def main() -> None:
             print(
                 f"{way:18}{f'{size // 1024} KiB':>11}"
                 f"{spread([r['mbps'] for r in runs]):>20}"
-                f"{spread([r['reader_ms_per_mb'] for r in runs], 2):>22}"
-                f"{spread([r['writer_ms_per_mb'] for r in runs], 2):>20}"
+                f"{spread([r['reader_ms_per_mb'] for r in runs], 2):>24}"
+                f"{spread([r['writer_ms_per_mb'] for r in runs], 2):>24}"
             )
     print(
         f"\nExchanges ({args.exchanges} per way and round): open a stream (tcp: a connection),"
