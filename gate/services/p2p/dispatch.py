@@ -13,6 +13,7 @@ that accepts streams goes on.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import weakref
@@ -50,6 +51,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("gate.p2p")
+# How a stream that is already gone answers a last write or reset.
+_GONE: Final = (TransportError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 PREAMBLE_TIMEOUT: Final = 10.0
 _encode = msgspec.msgpack.Encoder().encode
@@ -187,11 +190,8 @@ class StreamDispatch:
                 "a stream's handler failed; the stream is reset",
                 extra={"peer": str(remote), "stream_type": kind.value},
             )
-            with trio.move_on_after(1, shield=True):
-                try:
-                    await stream.reset(ErrorCode.INTERNAL)
-                except (TransportError, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+            with trio.move_on_after(1, shield=True), contextlib.suppress(*_GONE):
+                await stream.reset(ErrorCode.INTERNAL)
 
 
 async def reject(stream: QuicStream, code: int, message: str) -> None:
