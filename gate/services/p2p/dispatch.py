@@ -202,6 +202,6 @@ async def reject(stream: QuicStream, code: int, message: str) -> None:
                 encode_frame(_encode(StreamError(code=code, message=message[:200])))
             )
             await stream.send_eof()
-        except (TransportError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except _GONE:
             pass
     await close_quietly(stream)
