@@ -272,7 +272,11 @@ _PAYLOADS: Final[dict[str, dict[str, Any]]] = {
     "capability_response": {"type": "capability_response", "capabilities": {"node_id": _NODE_ID}},
     "domain_request": {"type": "domain_request", "node_id": _NODE_ID},
     "domain_response": {"type": "domain_response", "domain": f"{_NODE_ID}.relay.test"},
-    "dns_challenge": {"type": "dns_challenge", "domain": "x.relay.test", "txt_value": "t"},
+    "dns_challenge": {
+        "type": "dns_challenge",
+        "domain": f"_acme-challenge.{_NODE_ID}.relay.test",
+        "txt_value": "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0",  # 43 base64url (§6.1)
+    },
     "dns_challenge_response": {"type": "dns_challenge_response", "ok": True},
     "activate_domain": {"type": "activate_domain", "domain": f"{_NODE_ID}.relay.test"},
     "activation_response": {"type": "activation_response", "ok": True},

@@ -63,6 +63,17 @@ REASONS: Final[dict[str, str]] = {
     "about a peer is not visible on the wire",
     "MUST likewise consider the session over": "a node's own state about a peer is not "
     "visible on the wire",
+    # §6.4 (its first MUST, the check order, has cases relay/6.4/2-9; that a refused
+    # request published nothing is not visible to the runner either, for the reasons below)
+    "The relay MUST remove a node's challenge records, whichever comes first": "the "
+    "records live at the relay's DNS provider, which the runner does not query (it knows "
+    "neither the zone's servers nor how long they cache); Gate's tests/e2e/test_relay_dns.py "
+    "checks each removal with DNS queries to pebble-challtestsrv",
+    "A record whose publication failed MUST NOT be left behind either.": "the runner cannot "
+    "make the relay's DNS provider fail, nor see the provider's records",
+    "A node MUST answer its ACME challenge only after `ok = true`": "the target as a relay's "
+    "client and an ACME client: it would have to register with the runner as its relay and "
+    "be validated by the runner's CA",
     # §7.1
     "order and repeated names MUST be preserved": "needs an upstream that echoes headers; "
     "tests/e2e of Gate check it through real engines",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -16,6 +17,7 @@ from gate.conformance import Outcome, Role, Target, run_cases, select
 from gate.identity import NodeIdentity
 from gate.protocol import NodeId
 from gate.services.transport.quic import Connection, TransportError, bind_endpoint
+from tests.pebble.challtestsrv import Challtestsrv
 
 from . import test_peers
 from .gate_process import GateServe, run_gate
@@ -90,8 +92,10 @@ def test_a_stranger_runs_the_untrusted_cases_and_skips_the_rest(make_node):
     assert skipped and all("--identity" in c["detail"] for c in skipped)
 
 
-@pytest.fixture
-def relay(tmp_path, gate_env):
+@pytest.fixture(params=["no-dns", "challtestsrv"])
+def relay(request, tmp_path, gate_env):
+    """A Gate relay: one without a DNS backend (dns_challenge answered ok=false), one that
+    publishes to a real pebble-challtestsrv (ok=true, rate-limited at 6 a minute)."""
     env = {
         **gate_env,
         "GATE_RELAYD_DOMAIN": "relay.test",
@@ -104,17 +108,21 @@ def relay(tmp_path, gate_env):
         "GATE_RELAYD_STATUS_BIND": "127.0.0.1:0",
         "GATE_RELAYD_HELLO_TIMEOUT": "3",
     }
-    server = GateServe(env, serve=("relay", "serve"), ready=r"TLS listening on (\S+)")
-    server.start()
-    p2p = next(line for line in server.stdout_lines if line.startswith("P2P address "))
-    try:
-        yield server, p2p.removeprefix("P2P address ").strip(), env
-    finally:
-        server.close()
+    with contextlib.ExitStack() as stack:
+        if request.param == "challtestsrv":
+            dns = stack.enter_context(Challtestsrv())
+            env |= {"GATE_RELAYD_DNS__BACKEND": "challtestsrv", "GATE_RELAYD_DNS__URL": dns.url}
+        server = GateServe(env, serve=("relay", "serve"), ready=r"TLS listening on (\S+)")
+        server.start()
+        stack.callback(server.close)
+        p2p = next(line for line in server.stdout_lines if line.startswith("P2P address "))
+        yield server, p2p.removeprefix("P2P address ").strip(), env, request.param
 
 
 def test_a_gate_relay_passes_every_relay_case(relay, tmp_path):
-    server, address, env = relay
+    """Every case passes, but a relay that publishes no DNS records has no rate limit to
+    show (§6.4): its two rate-limit cases are skipped, and say why."""
+    server, address, env, dns = relay
     junit = tmp_path / "relay.xml"
     result = conformance(
         address,
@@ -128,9 +136,24 @@ def test_a_gate_relay_passes_every_relay_case(relay, tmp_path):
         env=env,
     )
     assert result.returncode == 0, failures(result)
-    got = outcomes(result)
-    assert set(got) == {c.id for c in select(Role.RELAY, strict=True)}
-    assert all(outcome == "pass" for outcome in got.values()), got
+    cases = {c["id"]: c for c in json.loads(result.stdout)}
+    assert set(cases) == {c.id for c in select(Role.RELAY, strict=True)}
+    rate_cases = {"relay/6.4/8", "relay/6.4/9"}
+    for case_id, c in cases.items():
+        expected = "skip" if dns == "no-dns" and case_id in rate_cases else "pass"
+        assert c["outcome"] == expected, c
+    published = cases["relay/6.4/1"]["detail"]
+    if dns == "no-dns":
+        assert published.count("ok=False this relay publishes no DNS records") == 2, published
+        assert "published none of 8" in cases["relay/6.4/8"]["detail"]
+    else:  # 6.3/6 and 6.4/1 took 3 of the 6 tokens (one comes back every 10 s)
+        assert published == "dns_challenge_response ok=True; dns_challenge_response ok=True"
+        limited = re.fullmatch(
+            r"RATE_LIMITED at request (\d) \((\d) published before it\)",
+            cases["relay/6.4/8"]["detail"],
+        )
+        assert limited and 4 <= int(limited[1]) <= 6 and int(limited[2]) == int(limited[1]) - 1
+        assert cases["relay/6.4/9"]["detail"].startswith("RATE_LIMITED at request ")
 
 
 def test_bad_input_is_refused_clearly(make_node):
