@@ -1,7 +1,9 @@
 """The conformance suite (`gate conformance`) in CI: against a Gate node serving the real
-llama.cpp engine, against a Gate relay, against the independent reference node
-(tests/e2e/test_reference_node.py), and against an endpoint that only echoes, to show the suite
-can tell them apart. A failure names each failing case id with its evidence."""
+llama.cpp engine, against a Gate relay (without a DNS backend, and publishing to a real
+pebble-challtestsrv), against the independent reference node
+(tests/e2e/test_reference_node.py), against an endpoint that only echoes, and against
+Gate's RelayControl server with faults put in, to show the suite can tell them apart. A
+failure names each failing case id with its evidence."""
 
 from __future__ import annotations
 
@@ -15,7 +17,13 @@ import trio
 
 from gate.conformance import Outcome, Role, Target, run_cases, select
 from gate.identity import NodeIdentity
-from gate.protocol import NodeId
+from gate.protocol import DnsChallenge, ErrorCode, NodeId, RelayError, RelayPayload, StreamType
+from gate.services.engines.client import UpstreamClient
+from gate.services.p2p.dispatch import Opener, Route, StreamDispatch
+from gate.services.relay.control import RelayControlServer
+from gate.services.relay.dns.challenges import ChallengeRecords, RateLimited
+from gate.services.relay.dns.challtestsrv import ChalltestsrvBackend
+from gate.services.relay.registry import NameRegistry
 from gate.services.transport.quic import Connection, TransportError, bind_endpoint
 from tests.pebble.challtestsrv import Challtestsrv
 
@@ -221,3 +229,71 @@ async def test_an_endpoint_that_only_echoes_fails_the_suite():
         "node/5.5/1",
         "node/7.1/1",
     }
+
+
+class _RateFirst(RelayControlServer):
+    """A relay that breaks §6.4's order: the node's rate before its name."""
+
+    async def answer(self, remote: NodeId, request: RelayPayload) -> RelayPayload:
+        if isinstance(request, DnsChallenge):
+            try:
+                self.challenges.admit(remote)
+            except RateLimited as exc:
+                return RelayError(code=ErrorCode.RATE_LIMITED, message=str(exc))
+        return await super().answer(remote, request)
+
+
+@pytest.mark.parametrize(
+    ("server", "per_minute", "expected"),
+    [
+        (RelayControlServer, 6, {"relay/6.4/8": Outcome.PASS, "relay/6.4/9": Outcome.PASS}),
+        (_RateFirst, 6, {"relay/6.4/8": Outcome.PASS, "relay/6.4/9": Outcome.FAIL}),
+        (RelayControlServer, 1000, {"relay/6.4/8": Outcome.FAIL, "relay/6.4/9": Outcome.SKIP}),
+    ],
+    ids=["as-specified", "rate-before-name", "no-limit"],
+)
+async def test_the_dns_challenge_cases_tell_a_wrong_relay(server, per_minute, expected, tmp_path):
+    """Gate's own RelayControl server in-process over iroh, publishing to a real
+    challtestsrv, as specified and with two faults put in: the rate checked before the
+    name (§6.4's order), and no rate limit (a SHOULD). The §6.4 cases see each."""
+    cases = select(Role.RELAY, strict=True, only="6.4")
+    registry = NameRegistry.open(tmp_path / "relay.db")
+    relay = await bind_endpoint(NodeIdentity.generate().secret_key_bytes, host="127.0.0.1")
+    try:
+        with Challtestsrv() as dns:
+            client = UpstreamClient()
+            async with contextlib.aclosing(client), trio.open_nursery() as nursery:
+                records = ChallengeRecords(
+                    ChalltestsrvBackend(dns.url, client), lifetime=600, per_minute=per_minute
+                )
+                await nursery.start(records.run)
+                control = server("relay.test", registry, records)
+                dispatch = StreamDispatch(
+                    {StreamType.RELAY_CONTROL: Route(Opener.ANY_NODE, control.serve)},
+                    trusted=lambda _: False,
+                )
+
+                async def serve(conn: Connection) -> None:
+                    async with trio.open_nursery() as streams:
+                        while True:
+                            try:
+                                stream = await conn.accept_stream()
+                            except TransportError:
+                                return
+                            streams.start_soon(dispatch.serve, conn, conn.remote_id, stream)
+
+                await nursery.start(relay.serve, serve)
+                target = Target(NodeId(relay.node_id.bytes), relay.direct_addresses)
+                results = await run_cases(target, cases, host="127.0.0.1")
+                nursery.cancel_scope.cancel()
+    finally:
+        await relay.aclose()
+        registry.close()
+    got = {r.case.id: r for r in results}
+    assert {case_id: got[case_id].outcome for case_id in expected} == expected, [
+        (r.case.id, r.outcome, r.detail) for r in results
+    ]
+    others = [r for r in results if r.case.id not in expected]
+    assert len(others) == 7 and all(r.outcome is Outcome.PASS for r in others)
+    if server is _RateFirst:
+        assert "expected error 300" in got["relay/6.4/9"].detail
