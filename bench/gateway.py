@@ -229,7 +229,8 @@ base_url = "http://127.0.0.1:{upstream.resp_sse_port}"
 """)
     env = {
         **os.environ,
-        "XDG_DATA_HOME": str(workdir / "gate-data"),
+        # A data dir per tree: an older tree refuses a database a newer one migrated.
+        "XDG_DATA_HOME": str(workdir / f"gate-data-{'against' if tree else 'this'}"),
         "XDG_CONFIG_HOME": str(workdir / "gate-config"),
         "GATE_LOG": "warning",
     }
@@ -407,6 +408,19 @@ def measure(proxy: Proxy, workdir: Path) -> tuple[float, ...]:
     )
 
 
+def answers_responses(proxy: Proxy) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    try:
+        conn.request(
+            "POST", "/v1/responses", RESPONSES_REQUEST, {"content-type": "application/json"}
+        )
+        response = conn.getresponse()
+        response.read()
+        return response.status == 200
+    finally:
+        conn.close()
+
+
 def measure_responses(proxy: Proxy) -> tuple[float, ...]:
     """The Responses API through Gate to an engine without it (translated to chat
     completions; the first request learns that, in the warm-up): p50, p99, stream TTFB."""
@@ -437,7 +451,8 @@ def run(upstream: Upstream, starters: list, workdir: Path, rounds: int = 1) -> N
             proxy = start()
             try:
                 measured.setdefault(proxy.name, []).append(measure(proxy, workdir))
-                if proxy.name.startswith("Gate"):
+                # A tree from before the Responses translation answers 404 there.
+                if proxy.name.startswith("Gate") and answers_responses(proxy):
                     translated.setdefault(proxy.name, []).append(measure_responses(proxy))
             finally:
                 proxy.stop()

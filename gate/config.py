@@ -254,19 +254,43 @@ class RelayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     domain: str = ""
 
 
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+
+
 class TlsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The certificate the node's relay door presents (PEM files). Empty: a self-signed
-    one for the node's relay names, made in the data dir. `listen`: the same door on a
-    TCP port too (HTTPS straight to the node, e.g. behind an SNI router of your own);
-    it needs the files, as a self-signed certificate names only relay names."""
+    """The certificate the node's relay door presents (PEM files). Empty: one from the
+    ACME CA at `acme_directory` for each relay domain (gate.services.acme), and until it
+    comes a self-signed one made in the data dir. `listen`: the same door on a TCP port
+    too (HTTPS straight to the node, e.g. behind an SNI router of your own); it needs the
+    files, as the other certificates name only relay names."""
 
     cert_file: str = ""
     key_file: str = ""
     listen: str = ""  # host:port; empty: none
+    acme_directory: str = LETS_ENCRYPT_DIRECTORY  # any RFC 8555 directory URL
+    acme_email: str = ""  # the account's contact; empty: none
+    acme_ca_bundle: str = ""  # PEM roots trusted for the ACME server itself; empty: the system's
+    # External account binding, for CAs that need it: the key id and its HMAC key
+    # (base64url), or the name of an environment variable that holds the HMAC key.
+    acme_eab_kid: str = ""
+    acme_eab_hmac_key: str = ""
+    acme_eab_hmac_key_env: str = ""
 
     def __post_init__(self) -> None:
         if bool(self.cert_file) != bool(self.key_file):
             raise _FieldError("cert_file", "cert_file and key_file go together")
+        if not is_http_url(self.acme_directory):
+            raise _FieldError(
+                "acme_directory", f"expected an https:// URL, got {self.acme_directory!r}"
+            )
+        if self.acme_eab_hmac_key and self.acme_eab_hmac_key_env:
+            raise _FieldError(
+                "acme_eab_hmac_key", "give acme_eab_hmac_key or acme_eab_hmac_key_env, not both"
+            )
+        if bool(self.acme_eab_kid) != bool(self.acme_eab_hmac_key or self.acme_eab_hmac_key_env):
+            raise _FieldError(
+                "acme_eab_kid", "acme_eab_kid and an HMAC key (or its env variable) go together"
+            )
         if self.listen and not self.cert_file:
             raise _FieldError("listen", "listen needs cert_file and key_file")
         if self.listen:
@@ -274,6 +298,9 @@ class TlsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
                 parse_bind(self.listen)
             except ValueError as exc:
                 raise _FieldError("listen", str(exc)) from None
+
+    def __repr__(self) -> str:
+        return _masked_repr(self, ("acme_eab_hmac_key",))
 
 
 class SecurityConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -729,6 +756,8 @@ def config_to_dict(config: Config, *, mask_secrets: bool = True) -> dict[str, An
             engine["api_key"] = _MASK if engine["api_key"] else ""
         security = data["security"]
         security["control_token"] = _MASK if security["control_token"] else ""
+        tls = data["tls"]
+        tls["acme_eab_hmac_key"] = _MASK if tls["acme_eab_hmac_key"] else ""
     return data
 
 

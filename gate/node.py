@@ -42,6 +42,7 @@ from gate.nursery import (
 )
 from gate.protocol import Capabilities, ModelInfo, NodeId, PeerInfo
 from gate.reload import LIVE_KEYS, changed_keys, merge_live
+from gate.services.acme.issuer import AcmeIssuer
 from gate.services.control.events import EventBus, EventLogHandler
 from gate.services.control.node_api import FoundEngine, NodeStatus, NotStarted
 from gate.services.control.rpc import RpcService
@@ -138,6 +139,22 @@ class Node:
             authorized=lambda scope: self.gateway is not None and self.gateway.authorized(scope),
         )
         self.peer_app = build_app(node_id=str(self.node_id), door=Door.PEER)
+        if self.relay_client is not None and self.relay_client.acme is not None:
+            acme = self.relay_client.acme
+            self.metrics.register_family(
+                "gate_certificate_expiry_days",
+                "gauge",
+                "Days until the certificate from the ACME CA for each relay name expires.",
+                "domain",
+                acme.days_left,
+            )
+            self.metrics.register_family(
+                "gate_certificate_failures",
+                "gauge",
+                "Failed issuance or renewal attempts in a row, per relay name.",
+                "domain",
+                acme.failures,
+            )
         self.metrics.register_counter(
             "gate_usage_dropped_total",
             "Usage records dropped because the writer fell behind.",
@@ -152,8 +169,14 @@ class Node:
         if not (config.relay.enabled and config.relay.servers):
             return None
         certificate = self._certificate(config)
+        acme = None
+        if not config.tls.cert_file:  # no certificate given: one from the CA per relay domain
+            try:
+                acme = AcmeIssuer(config.tls, config.data_dir, certificate, self.env)
+            except ValueError as exc:
+                raise ConfigError(f"tls: {exc}") from None
         try:
-            return RelayClient(config.relay.servers, self.node_id, certificate)
+            return RelayClient(config.relay.servers, self.node_id, certificate, acme)
         except ValueError as exc:  # a relay entry that is not NODE_ID[@host:port]
             raise ConfigError(f"relay.servers: {exc}") from None
 

@@ -6,6 +6,10 @@ Keys are flat (`domain = "relay.example.com"`); the environment sets any of them
 else ``$GATE_RELAY_CONFIG``, else relay.toml beside gate.toml (a default file that does
 not exist means the defaults; `domain` has none, so it must then come from the
 environment).
+
+`[dns]` is the one table: how the relay publishes nodes' ACME DNS-01 challenges
+(``GATE_RELAYD_DNS__BACKEND=challtestsrv``). The Cloudflare token is never in the file:
+`api_token_env` names the variable that holds it, checked here, at start.
 """
 
 from __future__ import annotations
@@ -32,9 +36,49 @@ from gate.config import (
 )
 from gate.errors import ConfigError
 
-__all__ = ["RELAY_SCHEMA", "RelayServerConfig", "default_relay_config_path", "load_relay_config"]
+__all__ = [
+    "DNS_BACKENDS",
+    "RELAY_SCHEMA",
+    "DnsConfig",
+    "RelayServerConfig",
+    "default_relay_config_path",
+    "load_relay_config",
+]
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+DNS_BACKENDS: Final = ("none", "challtestsrv", "cloudflare")
+CLOUDFLARE_API: Final = "https://api.cloudflare.com/client/v4"
+
+
+class DnsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # none: dns_challenge is answered ok=false (the relay publishes nothing).
+    backend: str = "none"
+    url: str = ""  # challtestsrv: its management API, e.g. http://127.0.0.1:8055
+    zone_id: str = ""  # cloudflare: the zone that holds the relay's domain
+    api_token_env: str = ""  # cloudflare: the variable holding an API token (DNS edit)
+    api_base: str = CLOUDFLARE_API
+    ttl: Annotated[int, msgspec.Meta(ge=30, le=86400)] = 60  # of each TXT record, seconds
+    # Every record goes after this long whatever else happens (spec §6.4).
+    record_lifetime: Seconds = 600.0
+    # Per node: a bucket of this many dns_challenge requests, refilled over a minute.
+    challenges_per_minute: PositiveInt = 6
+    api_timeout: Seconds = 30.0  # one call to the backend's API
+
+    def __post_init__(self) -> None:
+        one_of("backend", self.backend, DNS_BACKENDS)
+        if self.backend == "challtestsrv" and not self.url.startswith(("http://", "https://")):
+            raise FieldError("url", f"challtestsrv needs its management URL, got {self.url!r}")
+        if self.backend == "cloudflare":
+            if not self.zone_id:
+                raise FieldError("zone_id", "required with backend = cloudflare")
+            if not self.api_token_env:
+                raise FieldError(
+                    "api_token_env",
+                    "required with backend = cloudflare: the name of the environment "
+                    "variable that holds the API token",
+                )
+            if not self.api_base.startswith(("http://", "https://")):
+                raise FieldError("api_base", f"expected an http(s) URL, got {self.api_base!r}")
 
 
 class RelayServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -59,6 +103,7 @@ class RelayServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     max_connections: PositiveInt = 4096
     max_connections_per_node: PositiveInt = 1024
     max_connections_per_client: PositiveInt = 256
+    dns: DnsConfig = msgspec.field(default_factory=DnsConfig)
 
     def __post_init__(self) -> None:
         domain = self.domain.strip().strip(".").lower()
@@ -104,5 +149,11 @@ def load_relay_config(
         raise ConfigError(
             f"{file}: domain: required (the relay's DNS name, e.g. relay.example.com; "
             "or GATE_RELAYD_DOMAIN)"
+        )
+    dns = config.dns
+    if dns.backend == "cloudflare" and not env.get(dns.api_token_env, "").strip():
+        raise ConfigError(
+            f"the environment variable {dns.api_token_env} is not set: dns.api_token_env "
+            "names it as the one holding the Cloudflare API token"
         )
     return config

@@ -12,6 +12,10 @@ declare -A NEEDED=(
   # node, npm: the official Node SDKs, Claude Code and Codex CLI (tests/clients/node)
   [nodejs]=node
   [npm]=npm
+  # pebble, pebble-challtestsrv: an ACME test CA and the DNS it asks (ACME DNS-01 tests)
+  [pebble]=pebble-challtestsrv
+  # certutil: puts pebble's root in a test Chromium's own NSS database (tests/e2e/test_relay_acme.py)
+  [libnss3-tools]=certutil
 )
 
 missing=()

@@ -100,7 +100,8 @@ RELAY_PAYLOADS: Final[dict[str, RelayPayload]] = {
     "domain_request": DomainRequest(node_id=NODE_A),
     "domain_response": DomainResponse(domain=f"{NODE_A}.relay.example"),
     "dns_challenge": DnsChallenge(
-        domain=f"_acme-challenge.{NODE_A}.relay.example", txt_value="3q2-7w"
+        domain=f"_acme-challenge.{NODE_A}.relay.example",
+        txt_value="LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0",
     ),
     "dns_challenge_response": DnsChallengeResponse(ok=True),
     "activate_domain": ActivateDomain(domain=f"{NODE_A}.relay.example"),

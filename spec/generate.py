@@ -539,6 +539,28 @@ def all_vectors() -> dict[str, dict]:
         ),
     ]
     relay_vectors = message_vectors("RelayControl", "RelayMessage", relay)
+    challenge = f"_acme-challenge.{'a' * 52}.relay.example"
+    relay_vectors["invalid"] = [
+        invalid(
+            f"dns_challenge txt_value {what}",
+            _encode(
+                {
+                    "version": 1,
+                    "id": 1,
+                    "timestamp": 0,
+                    "payload": {"type": "dns_challenge", "domain": challenge, "txt_value": value},
+                }
+            ),
+            ErrorCode.INVALID_MESSAGE,
+        )
+        for what, value in (
+            ("of 42 characters", "A" * 42),
+            ("of 44 characters", "A" * 44),
+            ("with base64 padding", "A" * 42 + "="),
+            ("with a character outside base64url", "A" * 42 + "+"),
+            ("ending in a newline", "A" * 42 + "\n"),
+        )
+    ]
     http_vectors = message_vectors("HttpProxy", "HttpFrame", HTTP_FRAMES)
     http_vectors["invalid"] = [
         invalid(
@@ -559,12 +581,29 @@ def all_vectors() -> dict[str, dict]:
     }
 
 
+CASES_START = "<!-- cases: generated, do not edit -->\n"
+CASES_END = "<!-- end of cases -->\n"
+
+
+def conformance_doc(text: str) -> str:
+    """CONFORMANCE.md's `text` with its list of conformance cases made current (the
+    Markdown of `python -m gate.conformance --list --markdown`)."""
+    from gate.conformance import all_cases
+    from gate.conformance.report import as_markdown
+
+    head, _, rest = text.partition(CASES_START)
+    _, _, tail = rest.partition(CASES_END)
+    return head + CASES_START + "\n" + as_markdown(all_cases()) + "\n" + CASES_END + tail
+
+
 def main() -> None:
     for filename, text in render_schemas().items():
         (SPEC / "schema" / filename).write_text(text)
     for filename, data in all_vectors().items():
         (SPEC / "vectors" / filename).write_text(json.dumps(data, indent=2) + "\n")
-    print(f"wrote {SPEC / 'schema'} and {SPEC / 'vectors'}")
+    doc = SPEC / "CONFORMANCE.md"
+    doc.write_text(conformance_doc(doc.read_text()))
+    print(f"wrote {SPEC / 'schema'}, {SPEC / 'vectors'} and the case list in {doc}")
 
 
 if __name__ == "__main__":

@@ -211,6 +211,14 @@ def status(config_path: Path | None, as_json: bool) -> None:
         state = relay["state"] + (f" ({relay['reason']})" if relay["reason"] else "")
         url = f"  {relay['url']}" if relay["url"] else ""
         click.echo(f"relay     {relay['relay_id']}  {state}{url}")
+        if relay.get("certificate"):  # with ACME: the name's certificate from the CA
+            expires = relay.get("certificate_expires", "")
+            line = relay["certificate"] + (f", expires {expires}" if expires else "")
+            if relay.get("certificate_error"):
+                line += f"; last attempt failed: {relay['certificate_error']}"
+            if relay.get("certificate_next"):
+                line += f"; next attempt {relay['certificate_next']}"
+            click.echo(f"          certificate {line}")
 
 
 @click.command()

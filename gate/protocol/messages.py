@@ -203,9 +203,15 @@ class DomainResponse(_Message, frozen=True, tag="domain_response"):
     domain: str
 
 
+# An ACME DNS-01 TXT value: the unpadded base64url SHA-256 digest of a key authorization
+# (RFC 8555 §8.4), always 43 characters. The lengths keep `$` from accepting a final
+# newline (msgspec matches with re.search).
+TxtValue = Annotated[str, msgspec.Meta(min_length=43, max_length=43, pattern="^[A-Za-z0-9_-]{43}$")]
+
+
 class DnsChallenge(_Message, frozen=True, tag="dns_challenge"):
     domain: str
-    txt_value: str
+    txt_value: TxtValue
 
 
 class DnsChallengeResponse(_Message, frozen=True, tag="dns_challenge_response"):

@@ -158,11 +158,15 @@ class Node:
                 rest = b""
                 while reader.stream_type is None:
                     rest = reader.feed(await stream.read())
+            # §5.4: after a refused handshake no other stream from that peer is processed.
+            if peer.refused:
+                await stream.reject(wire.UNAUTHORIZED, "handshake refused on this connection")
+                return
             if reader.stream_type == wire.NODE_CONTROL:
                 await self.control_responder(peer, stream, rest)
                 return
-            # §5.4: http_proxy only from a trusted peer, never after a refused handshake.
-            if peer.refused or peer.node_id not in self.trusted:
+            # §5.4: http_proxy only from a trusted peer.
+            if peer.node_id not in self.trusted:
                 await stream.reject(wire.UNAUTHORIZED, "not a trusted peer")
                 return
             await self.http_responder(peer, stream, rest)

@@ -1,3 +1,5 @@
+import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -5,7 +7,7 @@ import pytest
 
 from tests.engine.fixtures import require_llama
 
-from .gate_process import GateServe
+from .gate_process import GateServe, detached_daemons
 from .plain_install import install_plain
 
 # Real clients' prompts are large and the tiny model reads one token per byte: Claude
@@ -58,3 +60,12 @@ def long_context_engine(tiny_model_path: Path, tmp_path_factory: pytest.TempPath
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def detached(gate_env):
+    """Whatever `gate serve --background` started in this test is killed at teardown,
+    whether the test got as far as reading its pid or not."""
+    yield
+    for pid in detached_daemons(gate_env):
+        os.kill(pid, signal.SIGKILL)

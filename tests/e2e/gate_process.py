@@ -153,3 +153,29 @@ def wait_for(predicate, what: str, timeout: float = 20.0):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
     return value
+
+
+def alive(pid: int) -> bool:
+    """True while the process runs (a zombie nobody reaped yet counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def detached_daemons(env: dict[str, str]) -> list[int]:
+    """`gate serve --detached` processes started with this test's data dir."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        mine = f"XDG_DATA_HOME={env['XDG_DATA_HOME']}".encode() in environ
+        if mine and b"--detached" in cmdline and alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found

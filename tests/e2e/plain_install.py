@@ -26,14 +26,12 @@ def clean_env(env: dict[str, str]) -> dict[str, str]:
     return {**os.environ, **env, "PYTHONPATH": "", "PYTHONHOME": "", "VIRTUAL_ENV": ""}
 
 
-def install_plain(root: Path) -> Path:
-    """A virtualenv under `root` with only `pip install <this checkout>`; its `gate`."""
-    # A copy of the source: pip builds in the tree it is given, and would leave build/
-    # and gate.egg-info in the checkout.
-    source = root / "source"
+def copy_checkout(dest: Path) -> Path:
+    """This checkout's files at `dest`, as a fresh clone has them (no virtualenv, no
+    build or cache folders, no installed Node modules)."""
     shutil.copytree(
         REPO,
-        source,
+        dest,
         ignore=shutil.ignore_patterns(
             ".git",
             ".venv",
@@ -43,8 +41,17 @@ def install_plain(root: Path) -> Path:
             ".*_cache",
             ".hypothesis",
             "artifacts",
+            "node_modules",
         ),
     )
+    return dest
+
+
+def install_plain(root: Path) -> Path:
+    """A virtualenv under `root` with only `pip install <this checkout>`; its `gate`."""
+    # A copy of the source: pip builds in the tree it is given, and would leave build/
+    # and gate.egg-info in the checkout.
+    source = copy_checkout(root / "source")
     venv = root / "venv"
     env = clean_env({})
     subprocess.run([sys.executable, "-m", "venv", venv], check=True, env=env, timeout=120)

@@ -29,7 +29,7 @@ from gate.identity import load_or_create_identity
 from gate.protocol import NodeId
 
 from .conftest import engine_config
-from .gate_process import GATE, GateServe, data_dir, run_gate, wait_for
+from .gate_process import GATE, GateServe, alive, data_dir, detached_daemons, run_gate, wait_for
 from .test_gateway import HI, MODEL
 
 pytestmark = pytest.mark.e2e
@@ -74,41 +74,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def alive(pid: int) -> bool:
-    """True while the process runs (a zombie nobody reaped yet counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def detached_daemons(env: dict[str, str]) -> list[int]:
-    """`gate serve --detached` processes started with this test's data dir."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        mine = f"XDG_DATA_HOME={env['XDG_DATA_HOME']}".encode() in environ
-        if mine and b"--detached" in cmdline and alive(int(proc.name)):
-            found.append(int(proc.name))
-    return found
-
-
-@pytest.fixture
-def detached(gate_env):
-    """Whatever `gate serve --background` started in this test is killed at teardown,
-    whether the test got as far as reading its pid or not."""
-    yield
-    for pid in detached_daemons(gate_env):
-        os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -855,7 +855,9 @@ def test_usage_is_recorded_and_metrics_exposed(start_gate, llama_engine, gate_en
     with sqlite3.connect(data_dir(gate_env) / "gate.db") as db:
         rows = db.execute(
             "SELECT endpoint, model, provider, status, tokens_in, tokens_out, ttft_ms, latency_ms"
-            " FROM usage ORDER BY id"
+            # A row is written when its request ends: a stream's end (after the client
+            # has read [DONE]) can come after the next request's, so order by start.
+            " FROM usage ORDER BY ts - latency_ms / 1000.0"
         ).fetchall()
     assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
         ("chat.completions", MODEL, "llama", 200),
@@ -867,7 +869,10 @@ def test_usage_is_recorded_and_metrics_exposed(start_gate, llama_engine, gate_en
     assert rows[1][5] == 2  # counted from the stream
     assert all(r[6] is not None and 0 < r[6] <= r[7] for r in (rows[0], rows[1], rows[3]))
     jsonl = (data_dir(gate_env) / "requests.jsonl").read_text().splitlines()
-    assert len(jsonl) == 4 and json.loads(jsonl[2])["status"] == 404
+    lines = sorted(
+        (json.loads(line) for line in jsonl), key=lambda r: r["ts"] - r["latency_ms"] / 1000
+    )
+    assert len(lines) == 4 and lines[2]["status"] == 404
     requests_line = (
         'gate_requests_total{provider="llama",model="tiny-llama",'
         'endpoint="chat.completions",status="200"} 2'

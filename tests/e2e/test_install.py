@@ -15,10 +15,11 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from .gate_process import GateServe, data_dir
-from .plain_install import REPO, check_clean, clean_env, run_plain
+from .plain_install import REPO, check_clean, clean_env, copy_checkout, run_plain
 
 NOWHERE = "127.0.0.1:9"  # the discard port: no daemon answers there
 EXIT_NO_DAEMON = 3
@@ -110,3 +111,39 @@ def test_serve_status_and_stop(plain_gate, gate_env):
     logs = run_plain(plain_gate, "logs", env=env)  # from its file, now that it stopped
     assert "no daemon running; reading" in check_clean(logs, 0)
     assert "database open" in logs.stdout.decode()
+
+
+@pytest.mark.e2e
+def test_the_first_make_serve_shows_the_banner_first(tmp_path, gate_env):
+    """The README's first command in a fresh clone, at a terminal: what a newcomer sees
+    before the banner is make's own command lines, not pip's or setuptools' warnings nor
+    log lines (the log file keeps those). Ctrl-C then says at once that Gate drains."""
+    checkout = copy_checkout(tmp_path / "clone")
+    home = tmp_path / "home"
+    home.mkdir()
+    # Port 0 and the test's own dirs: the quick start's defaults but for where it listens.
+    env = clean_env({**gate_env, "HOME": str(home), "GATE_SERVER__BIND": "127.0.0.1:0"})
+    child = pexpect.spawn(
+        "make", ["serve"], cwd=checkout, env=env, timeout=600, encoding="utf-8", echo=False
+    )
+    try:
+        child.expect(r"API listening on http://127\.0\.0\.1:\d+")
+        before_banner = child.before.splitlines()
+        child.expect(r"data \S+")
+        child.sendintr()
+        child.expect("shutting down", timeout=5)
+        child.expect(pexpect.EOF, timeout=30)
+    finally:
+        child.close(force=True)
+    shown = [
+        line
+        for line in before_banner
+        # This machine's pip configuration names package folders that may be absent:
+        # pip's own notice about them is the machine's, not Gate's.
+        if line.strip() and not line.startswith("WARNING: Location 'file://")
+    ]
+    *commands, banner = shown
+    assert banner.startswith("Gate ") and " node " in banner, shown
+    assert all(
+        line.startswith(("python3 -m venv", ".venv/bin/", "PYTHONWARNINGS=")) for line in commands
+    ), shown

@@ -8,7 +8,6 @@ node (exit 4) and changes nothing.
 """
 
 import json
-import os
 import signal
 import tomllib
 from pathlib import Path
@@ -18,18 +17,10 @@ import pytest
 
 from gate.identity import load_or_create_identity
 
-from .gate_process import GateServe, data_dir, run_gate
-from .test_cli import EXIT_FAILURE, alive, detached_daemons, err, free_port, out
+from .gate_process import GateServe, alive, data_dir, run_gate
+from .test_cli import EXIT_FAILURE, err, free_port, out
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def detached(gate_env):
-    """Whatever `gate serve --background` started here is killed at teardown."""
-    yield
-    for pid in detached_daemons(gate_env):
-        os.kill(pid, signal.SIGKILL)
 
 
 EXIT_WRONG_NODE = 4

@@ -193,17 +193,24 @@ def test_cancellation_from_the_reference_node_reaches_gates_engine(
     assert engine_is_free(f"{gate.url}/v1/chat/completions") < 4
 
 
-def test_the_reference_node_passes_gate_conformance(make_node, reference, tmp_path):  # noqa: F811
-    """The live checks of `gate conformance`, as a stranger and with a trusted key."""
+def test_the_reference_node_passes_gate_conformance(make_node, reference, tmp_path, llama_engine):  # noqa: F811
+    """Every node case of `gate conformance`, as a stranger and with a trusted key, the
+    reference node serving the real engine (the streamed and cancelled cases need one)."""
     tester = make_node("tester")  # never started: only its key is used
     pem = tmp_path / "tester.pem"
     assert run_gate("identity", "export", "-o", str(pem), env=tester.env).returncode == 0
-    ref = reference("--canned", "hello", "--model", MODEL, "--trust", tester.node_id)
-    options = ("--identity", str(pem), "--bind-host", "127.0.0.1", "--json")
-    result = run_gate("conformance", ref.address, *options, env=tester.env, timeout=120)
-    checks = json.loads(result.stdout)
-    failed = [c for c in checks if not c["passed"]]
-    assert result.returncode == 0 and not failed, failed
+    ref = reference("--upstream", llama_engine.root_url, "--trust", tester.node_id)
+    result = run_gate(
+        "conformance", ref.address, "--identity", str(pem), "--bind-host", "127.0.0.1",
+        "--json", env=tester.env, timeout=600,
+    )  # fmt: skip
+    cases = json.loads(result.stdout)
+    failed = [
+        f"{c['id']}: {c['detail']}\n    " + "\n    ".join(c["evidence"])
+        for c in cases
+        if c["outcome"] != "pass"
+    ]
+    assert result.returncode == 0 and not failed, "\n".join(failed)
 
 
 def test_gate_forwards_no_credentials_to_a_peer(make_node, reference):  # noqa: F811

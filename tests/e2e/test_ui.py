@@ -26,10 +26,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.pebble.ca import have_pebble
+
 from .conftest import engine_config
+from .gate_process import wait_for
 from .test_gateway import HI, MODEL
 from .test_relay import DOMAIN as RELAY_DOMAIN
 from .test_relay import relay_and_node  # noqa: F401  (the fixture)
+from .test_relay_acme import AcmeWorld
 from .test_rpc import OTHER_NODE, result, rpc
 
 pytestmark = pytest.mark.e2e
@@ -234,6 +238,24 @@ def test_the_dashboard_shows_the_relay_and_the_public_url(browser, relay_and_nod
         expect(fact.locator(".badge")).to_have_text("registered")
         expect(fact.locator("code.url")).to_have_text(f"https://{node_id}.{RELAY_DOMAIN}")
         assert problems.items == []
+
+
+def test_the_dashboard_shows_the_certificate_from_the_acme_ca(browser, tmp_path, gate_env):
+    if not have_pebble():
+        pytest.skip("scripts/system-deps.sh installs pebble")
+    world = AcmeWorld(tmp_path, gate_env, None)
+    try:
+        world.start_node()
+        wait_for(world.issued, "a certificate pebble issued", 60)
+        relay_id = world.relays[0].address.partition("@")[0]
+        assert world.node is not None
+        with open_ui(browser, world.node) as (page, problems):
+            fact = page.locator(f"#node-status [data-relay='{relay_id}'] .certificate")
+            expect(fact.locator(".badge")).to_have_text("valid")
+            expect(fact).to_contain_text("expires 20")
+            assert problems.items == []
+    finally:
+        world.close()
 
 
 # --- peers ------------------------------------------------------------------------------

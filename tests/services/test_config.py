@@ -291,6 +291,15 @@ FILE_ERRORS = [
     ("[server]\nbind = 'h:8o'\n", "server.bind", "expected HOST:PORT"),
     ("[database]\nurl = 'postgres://u:hunter2@db/g'\n", "database.url", "only sqlite"),
     ("[database]\nurl = 'sqlite://x.db'\n", "database.url", "sqlite:///relative.db"),
+    ("[tls]\nacme_directory = 'letsencrypt'\n", "tls.acme_directory", "https:// URL"),
+    ("[tls]\nacme_eab_kid = 'kid-1'\n", "tls.acme_eab_kid", "go together"),
+    ("[tls]\nacme_eab_hmac_key = 'hunter2'\n", "tls.acme_eab_kid", "go together"),
+    (
+        "[tls]\nacme_eab_kid = 'k'\nacme_eab_hmac_key = 'hunter2'\nacme_eab_hmac_key_env = 'E'\n",
+        "tls.acme_eab_hmac_key",
+        "not both",
+    ),
+    ("[tls]\nacme_emial = 'a@b.c'\n", "tls.acme_emial", "unknown key"),
 ]
 
 
@@ -819,3 +828,22 @@ def test_an_edit_by_the_new_name_replaces_the_old_name_in_the_file(tmp_path):
     edit_config_file(path, lambda d: d["p2p"].update(port=8), env={})
     assert load_config(path, env={})[0].p2p.iroh_relay_mode == "disabled"
     assert path.read_text() == "[p2p]\nrelay_mode = 'disabled'\nport = 8\n"  # as written
+
+
+def test_acme_settings_default_to_lets_encrypt_and_take_the_environment(tmp_path):
+    config, _ = load_config(env={})
+    assert config.tls.acme_directory == "https://acme-v02.api.letsencrypt.org/directory"
+    staging = "https://acme-staging-v02.api.letsencrypt.org/directory"
+    path = write(tmp_path / "gate.toml", "[tls]\nacme_email = 'ops@example.com'\n")
+    config, _ = load_config(
+        path,
+        env={
+            "GATE_TLS__ACME_DIRECTORY": staging,
+            "GATE_TLS__ACME_EAB_KID": "kid-1",
+            "GATE_TLS__ACME_EAB_HMAC_KEY": "c2VjcmV0",
+        },
+    )
+    assert config.tls.acme_directory == staging
+    assert config.tls.acme_email == "ops@example.com"
+    assert "c2VjcmV0" not in repr(config.tls)  # the HMAC key never reaches a log
+    assert config_to_dict(config)["tls"]["acme_eab_hmac_key"] == "***"  # nor `config show`

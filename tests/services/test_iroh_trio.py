@@ -362,6 +362,86 @@ async def test_result_reported_before_await_survives_a_pending_cancel():
     assert scope.cancelled_caught
 
 
+# A stream's own close interrupts its call through the bridge (no cancel scope per call).
+
+
+class _Closed(Exception):
+    pass
+
+
+async def test_an_interrupt_raises_in_the_waiting_task_and_a_late_result_is_ignored():
+    future = TrioEventLoopShim().create_future()
+    record: list[object] = []
+
+    async def waiter(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started(trio.lowlevel.current_task())
+        try:
+            await future
+        except _Closed:
+            record.append("interrupted")
+
+    async with trio.open_nursery() as nursery:
+        task = await nursery.start(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        iroh_trio.interrupt(task, _Closed())
+        assert future.cancelled()  # the generated code frees the Rust future...
+        iroh_ffi._uniffi_set_future_result(future, READY)  # ...whose last word is ignored
+    assert record == ["interrupted"]
+    iroh_trio.end_interruptible(task)
+
+
+async def test_an_interrupt_lets_a_completed_call_deliver_its_result():
+    """READY in flight: the bytes Rust has read are not thrown away (as for an abort)."""
+    future = TrioEventLoopShim().create_future()
+    record: list[object] = []
+
+    async def waiter(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started(trio.lowlevel.current_task())
+        record.append(await future)
+
+    async with trio.open_nursery() as nursery:
+        task = await nursery.start(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        future._code = READY
+        iroh_trio.interrupt(task, _Closed())
+        assert not future.cancelled()
+        future.set_result(READY)
+        iroh_trio.end_interruptible(task)  # the call ended: the kept interrupt goes
+    assert record == [READY]
+    assert not iroh_trio._interrupts
+
+
+async def test_an_interrupt_between_two_polls_lands_on_the_next_one():
+    """The generated code polls in a loop, a new future each time: an interrupt that
+    finds the task between two is kept for its next wait, not lost."""
+    shim = TrioEventLoopShim()
+    record: list[object] = []
+    between = trio.Event()
+    go_on = trio.Event()
+
+    async def waiter(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task = trio.lowlevel.current_task()
+        task_status.started(task)
+        between.set()
+        await go_on.wait()  # not on an iroh future
+        future = shim.create_future()
+        try:
+            await future
+        except _Closed:
+            record.append(future.cancelled())
+        finally:
+            iroh_trio.end_interruptible(task)
+
+    async with trio.open_nursery() as nursery:
+        task = await nursery.start(waiter)
+        await between.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        iroh_trio.interrupt(task, _Closed())
+        go_on.set()
+    assert record == [True]
+    assert not iroh_trio._interrupts
+
+
 async def test_wakeup_from_another_thread_reschedules_the_task():
     shim = TrioEventLoopShim()
     future = shim.create_future()

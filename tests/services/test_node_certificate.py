@@ -18,13 +18,17 @@ from gate.services.http.tls import CERT_FILE, KEY_FILE, NodeCertificate, _write_
 NAME = "n.relay.test"
 
 
-def served_certificate(context: ssl.SSLContext) -> bytes:
-    """The DER certificate a client sees in a handshake with `context` (in memory)."""
-    client_ctx = ssl.create_default_context()
-    client_ctx.check_hostname = False
-    client_ctx.verify_mode = ssl.CERT_NONE
+def served_certificate(
+    context: ssl.SSLContext, name: str = NAME, client_ctx: ssl.SSLContext | None = None
+) -> bytes:
+    """The DER certificate a client sees in a handshake with `context` (in memory) for
+    the server name `name`; `client_ctx` checks it (default: no check)."""
+    if client_ctx is None:
+        client_ctx = ssl.create_default_context()
+        client_ctx.check_hostname = False
+        client_ctx.verify_mode = ssl.CERT_NONE
     c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=NAME)
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=name)
     server = context.wrap_bio(s_in, s_out, server_side=True)
     for _ in range(10):  # a handshake is a few flights; bounded
         for side in (client, server):
@@ -103,3 +107,28 @@ def test_a_self_signed_certificate_not_matching_its_key_is_made_anew(tmp_path):
     context = restarted.context()
     assert context is not None
     assert served_certificate(context) == pem_of(tmp_path / CERT_FILE)
+
+
+def test_an_installed_certificate_serves_its_name_and_the_self_signed_one_the_rest(tmp_path):
+    """What ACME issuance installs (gate.services.acme): the SNI callback picks it for its
+    name from the next handshake on; other names keep the self-signed certificate; a
+    connection set up before keeps what it got."""
+    other = "n.other.test"
+    certificate = NodeCertificate(TlsConfig(), tmp_path)
+    certificate.cover([NAME, other])
+    context = certificate.context()
+    assert context is not None
+    self_signed = served_certificate(context, NAME)
+
+    issued_dir = tmp_path / "issued"
+    issued_dir.mkdir()
+    _write_self_signed(issued_dir / "c.pem", issued_dir / "k.pem", [NAME])
+    both = issued_dir / "both.pem"  # the store's layout: the key, then the chain
+    both.write_bytes((issued_dir / "k.pem").read_bytes() + (issued_dir / "c.pem").read_bytes())
+    certificate.install(NAME.upper(), both)  # names compare case-insensitively
+
+    expected = x509.load_pem_x509_certificate((issued_dir / "c.pem").read_bytes())
+    der = expected.public_bytes(serialization.Encoding.DER)
+    assert certificate.context() is context  # the same context: nothing restarts
+    assert served_certificate(context, NAME) == der
+    assert served_certificate(context, other) == self_signed

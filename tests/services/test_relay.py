@@ -5,6 +5,7 @@ The whole path, with real processes, is tests/e2e/test_relay.py."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import ssl
 
@@ -191,6 +192,54 @@ async def test_splice_ends_after_idle_time_but_not_while_bytes_flow(autojump_clo
         assert not results
         await trio.sleep(11)  # silence
     assert results[0].outcome == "idle"
+
+
+class _AskedSizes(trio.abc.HalfCloseableStream):
+    """A stream that notes the size of every read asked of it."""
+
+    def __init__(self, inner: trio.abc.HalfCloseableStream) -> None:
+        self.inner = inner
+        self.asked: list[int | None] = []
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        self.asked.append(max_bytes)
+        return await self.inner.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_splice_reads_grow_while_a_large_answer_flows_and_stay_small_when_quiet():
+    # A read from iroh costs per call as well as per byte, so a large answer should
+    # cross in large reads; but iroh sets aside the whole size asked for a read in
+    # progress, and a relay holds one pending read per open connection: a quiet
+    # connection's must stay small (64 KiB each made ~53 KB of RSS per connection).
+    client, client_far = trio.testing.memory_stream_pair()
+    node, node_far = trio.testing.memory_stream_pair()
+    node_side = _AskedSizes(node_far)
+    answer = bytes(3 * 1024 * 1024)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(splice, client_far, node_side, idle_timeout=10))
+        with trio.fail_after(5):
+            await node.send_all(answer)
+            got = 0
+            while got < len(answer):
+                got += len(await client.receive_some(1024 * 1024))
+            await trio.testing.wait_all_tasks_blocked()
+            assert max(node_side.asked) == 256 * 1024  # grown while the answer came
+            assert node_side.asked[-1] == 16 * 1024  # the pending read of a quiet stream
+            await node.send_eof()
+            await client.send_eof()
+            assert await client.receive_some(10) == b""
 
 
 # --- the relay door ----------------------------------------------------------------------

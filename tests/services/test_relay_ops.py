@@ -15,6 +15,7 @@ import trio.testing
 
 from gate.relay_config import RelayServerConfig
 from gate.services.http.server import serve_http
+from gate.services.relay.dns.challenges import ChallengeRecords
 from gate.services.relay.front import OVER_CAP_ALERT, TlsFront
 from gate.services.relay.registry import NameRegistry
 from gate.services.relay.status import status_app
@@ -100,8 +101,15 @@ async def test_status_serves_health_and_metrics(tmp_path):
     front, conn, node, registry = await front_for(tmp_path, max_connections_per_node=1)
     await registry.request(new_node(), f"{new_node()}.{DOMAIN}")  # asked, never activated
     relay_id = new_node()
+    challenges = ChallengeRecords(None, lifetime=600, per_minute=6)
+    challenges.refuse()
     app = status_app(
-        node_id=relay_id, domain=DOMAIN, front=front, registry=registry, connected=lambda: 1
+        node_id=relay_id,
+        domain=DOMAIN,
+        front=front,
+        registry=registry,
+        connected=lambda: 1,
+        challenges=challenges,
     )
     async with trio.open_nursery() as nursery:
         addresses = await nursery.start(front.serve)
@@ -129,6 +137,16 @@ async def test_status_serves_health_and_metrics(tmp_path):
             assert health["domain"] == DOMAIN
             assert (health["registered_nodes"], health["connected_nodes"]) == (1, 1)
             assert health["open_connections"] == 1
+            assert health["dns"] == {
+                "backend": "none",
+                "records": 0,
+                "removed": 0,
+                "backend_errors": 0,
+                "published": 0,
+                "refused": 1,
+                "rate_limited": 0,
+                "failed": 0,
+            }
             assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
             samples = {
                 line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
@@ -145,6 +163,11 @@ async def test_status_serves_health_and_metrics(tmp_path):
             assert samples['gate_relay_bytes_total{direction="in"}'] > 200  # the ClientHello
             assert samples["gate_relay_registered_nodes"] == 1
             assert samples["gate_relay_connected_nodes"] == 1
+            assert samples['gate_relay_dns_challenges_total{outcome="refused"}'] == 1
+            assert samples['gate_relay_dns_challenges_total{outcome="published"}'] == 0
+            assert samples["gate_relay_dns_backend_errors_total"] == 0
+            assert samples["gate_relay_dns_records"] == 0
+            assert samples["gate_relay_dns_records_removed_total"] == 0
             await close_routed(*routed)
             async with httpx.AsyncClient(base_url=urls[0]) as http:
                 text = (await http.get("/metrics")).text

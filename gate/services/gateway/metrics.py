@@ -235,6 +235,16 @@ class Metrics:
     def register_counter(self, name: str, help: str, fn: Callable[[], float]) -> None:
         self.values.register_counter(name, help, fn)
 
+    def register_family(
+        self,
+        name: str,
+        kind: Literal["gauge", "counter"],
+        help: str,
+        label: str,
+        fn: Callable[[], Mapping[str, float]],
+    ) -> None:
+        self.values.register_family(name, kind, help, label, fn)
+
     # --- the scrape ---
 
     def render(self) -> bytes:

@@ -41,36 +41,56 @@ def ask_for_usage(body: bytes) -> bytes | None:
 
 class UsageStrip:
     """Takes the engine's stream in whatever pieces it arrives, gives it back event by
-    event without what the client did not ask for (see the module's doc)."""
+    event without what the client did not ask for (see the module's doc).
 
-    __slots__ = ("_pending",)
+    Linear in the stream's size however it is cut: a piece is searched once, with the 3
+    bytes before it (where a blank line may begin), and the pieces of an unfinished event
+    are joined once, when it ends. A node relaying a large answer spent a third of its
+    time here when every piece was joined to the rest and searched from the start."""
+
+    __slots__ = ("_pending", "_tail")
 
     def __init__(self) -> None:
-        self._pending = b""
+        self._pending: list[bytes] = []  # the unfinished event, as it came
+        self._tail = b""  # its last 3 bytes
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self._pending + chunk
-        end = max(data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n"))
+        window = self._tail + chunk
+        end = max(window.rfind(b"\n\n"), window.rfind(b"\r\n\r\n"))
         if end < 0:
-            self._pending = data
+            if chunk:
+                self._pending.append(chunk)
+            self._tail = window[-3:]
             return b""
-        end += 4 if data[end : end + 4] == b"\r\n\r\n" else 2
-        self._pending = data[end:]
-        return b"".join(_strip(event) for event in _events(data[:end]))
+        end += 4 if window[end : end + 4] == b"\r\n\r\n" else 2
+        cut = end - len(self._tail)  # > 0: what came before holds no whole blank line
+        events = b"".join([*self._pending, chunk[:cut]])
+        rest = chunk[cut:]
+        self._pending = [rest] if rest else []
+        self._tail = rest[-3:]
+        if b'"usage"' not in events:  # the common case: nothing to strip
+            return events
+        return b"".join(_strip(event) for event in _events(events))
 
     def rest(self) -> bytes:
         """What is left when the stream ends (an event without its blank line)."""
-        rest, self._pending = self._pending, b""
+        rest = b"".join(self._pending)
+        self._pending, self._tail = [], b""
         return _strip(rest)
 
 
 def _events(data: bytes) -> list[bytes]:
-    """Whole events, each with its terminating blank line."""
+    """Whole events, each with its terminating blank line. Each kind of blank line is
+    searched for again only once the cut has passed the last one found."""
     out, start = [], 0
+    lf, crlf = data.find(b"\n\n"), data.find(b"\r\n\r\n")
     while start < len(data):
-        cut = [i for i in (data.find(b"\n\n", start), data.find(b"\r\n\r\n", start)) if i >= 0]
-        end = min(cut)
-        end += 4 if data[end : end + 4] == b"\r\n\r\n" else 2
+        if 0 <= lf < start:
+            lf = data.find(b"\n\n", start)
+        if 0 <= crlf < start:
+            crlf = data.find(b"\r\n\r\n", start)
+        end = min(i for i in (lf, crlf) if i >= 0)
+        end += 4 if end == crlf else 2
         out.append(data[start:end])
         start = end
     return out

@@ -5,7 +5,10 @@ configured, a self-signed certificate for the node's relay names (`<node-id>.<do
 of each relay it registered with), made when a name first needs it and kept in the data
 dir (`relay-cert.pem`, `relay-key.pem`, 0600, each written atomically); a new relay name
 makes a new one covering every name. Browsers do not trust a self-signed certificate:
-it serves clients told to trust it, until ACME issuance (a later step) plugs in here.
+it serves clients told to trust it until a certificate from the CA is installed for a
+name (`install`, by gate.services.acme.issuer). Then a handshake whose server name is
+that name switches to it (the self-signed context's SNI callback), so each relay domain
+gets its own certificate and a new one is served from the next handshake on.
 
 Files from the config are watched: each new handshake asks for the context, which stats
 both files (two `stat` calls) and loads them again when either changed, so a renewed
@@ -46,6 +49,9 @@ class NodeCertificate:
         self.data_dir = data_dir
         self._context: ssl.SSLContext | None = None
         self._loaded: tuple[object, ...] | None = None  # the configured files' stat when read
+        # Certificates from the CA, by the name they serve; replaced whole, never mutated,
+        # as the SNI callback reads it from the handshake of any connection.
+        self._issued: dict[str, ssl.SSLContext] = {}
         if config.cert_file:
             files = Path(config.cert_file), Path(config.key_file)
             self._loaded = _signature(files)
@@ -84,7 +90,24 @@ class NodeCertificate:
             _write_self_signed(cert_path, key_path, sorted(have | set(names)))
             log.info("made a self-signed certificate", extra={"names": ",".join(sorted(names))})
         if self._context is None or not have.issuperset(names):
-            self._context = _context(cert_path, key_path)
+            context = _context(cert_path, key_path)
+            context.sni_callback = self._by_name
+            self._context = context
+
+    def install(self, name: str, path: Path) -> None:
+        """Serve the key and chain in `path` (one PEM file) to handshakes for `name` from
+        now on (blocking: run it in a thread). Connections already open keep theirs."""
+        context = _context(path, path)
+        self._issued = {**self._issued, name.lower(): context}
+        log.info("certificate reloaded", extra={"domain": name})
+
+    def _by_name(
+        self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: object
+    ) -> None:
+        """The SNI callback: a name with a certificate from the CA gets that one."""
+        context = self._issued.get((server_name or "").lower())
+        if context is not None:
+            connection.context = context
 
 
 def _context(cert: Path, key: Path) -> ssl.SSLContext:

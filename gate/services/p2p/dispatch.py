@@ -3,15 +3,17 @@ table says, for each stream type this node serves, who may open it and what serv
 
 A known type not in the table is refused with STREAM_TYPE_NOT_SERVED (§3.3: the code
 is known, this node does not serve it; an unknown code is UNKNOWN_STREAM_TYPE, from the
-preamble reader); a stream from a
-node its row does not admit is refused with UNAUTHORIZED. Either refusal is one bare
-error frame, then the stream is closed (§3.5). A relay's table has the one row
-relay_control (gate.services.relay); a node's tls_proxy row admits only the relays it
-registered with (gate.services.p2p.relay_client).
+preamble reader); a stream from a node its row does not admit is refused with
+UNAUTHORIZED. Either refusal is one bare error frame, then the stream is closed (§3.5).
+A relay's table has the one row relay_control (gate.services.relay); a node's tls_proxy
+row admits only the relays it registered with (gate.services.p2p.relay_client). A
+handler that raises resets its own stream with INTERNAL and is logged; the service
+that accepts streams goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import weakref
@@ -49,6 +51,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("gate.p2p")
+# How a stream that is already gone answers a last write or reset.
+_GONE: Final = (TransportError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 PREAMBLE_TIMEOUT: Final = 10.0
 _encode = msgspec.msgpack.Encoder().encode
@@ -173,11 +177,21 @@ class StreamDispatch:
             )
             await reject(stream, ErrorCode.UNAUTHORIZED, f"only {route.opener.value} may open this")
             return
-        await route.handler(
-            IncomingStream(
-                conn, remote, stream, reader.trailing_data, lambda: self._refused.add(conn)
+        try:
+            await route.handler(
+                IncomingStream(
+                    conn, remote, stream, reader.trailing_data, lambda: self._refused.add(conn)
+                )
             )
-        )
+        except Exception:
+            # A bug met by one stream ends that stream with INTERNAL, never the node or
+            # relay serving it, nor the other streams of its connection.
+            log.exception(
+                "a stream's handler failed; the stream is reset",
+                extra={"peer": str(remote), "stream_type": kind.value},
+            )
+            with trio.move_on_after(1, shield=True), contextlib.suppress(*_GONE):
+                await stream.reset(ErrorCode.INTERNAL)
 
 
 async def reject(stream: QuicStream, code: int, message: str) -> None:
@@ -188,6 +202,6 @@ async def reject(stream: QuicStream, code: int, message: str) -> None:
                 encode_frame(_encode(StreamError(code=code, message=message[:200])))
             )
             await stream.send_eof()
-        except (TransportError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except _GONE:
             pass
     await close_quietly(stream)

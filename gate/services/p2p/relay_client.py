@@ -11,6 +11,12 @@ its application (a relay killed without a goodbye is noticed after `_SILENT_LIMI
 seconds of silence), and a domain_request every `_KEEPALIVE` seconds, answered within
 `_ANSWER_TIMEOUT` (the relay's service itself still answers). When either fails, or the
 connection drops, the task reconnects with jittered exponential backoff.
+
+With ACME (`acme`: no `tls.cert_file`), each registered link also keeps its name
+certified (gate.services.acme.issuer) in the background: registration never waits for
+the CA, the self-signed certificate serves until the first issuance. The issuer's
+dns_challenge and activate_domain share the RelayControl stream with the keep-alive, one
+request at a time (spec §6.2), so every request takes the link's lock.
 """
 
 from __future__ import annotations
@@ -27,14 +33,18 @@ from gate.peers_config import parse_peer_spec
 from gate.protocol import (
     ActivateDomain,
     ActivationResponse,
+    DnsChallenge,
+    DnsChallengeResponse,
     DomainRequest,
     DomainResponse,
     NodeId,
     ProtocolError,
+    RelayPayload,
     Role,
     StreamType,
     encode_preamble,
 )
+from gate.services.acme.issuer import AcmeIssuer, IssuanceFailed
 from gate.services.http.tls import NodeCertificate
 from gate.services.relay.control_stream import RelayControlStream, RelayRefused
 from gate.services.transport.framed import close_quietly
@@ -57,6 +67,9 @@ _LINK_FAILURES: Final = (
 RELAY_STREAMS: Final = 4096
 _CONNECT_TIMEOUT: Final = 10.0
 _ANSWER_TIMEOUT: Final = 10.0
+# Publishing a TXT record waits for the relay's DNS provider: a Cloudflare relay tries a
+# call up to 4 times (30 s each at most, with waits between), so allow it all.
+_DNS_TIMEOUT: Final = 300.0
 _KEEPALIVE: Final = 15.0
 _PROBE_EVERY: Final = 1.0
 # Several probes unanswered, with room for a busy machine's scheduling delays.
@@ -76,6 +89,7 @@ class RelayLink:
     domain: str = ""  # this node's name there, once the relay gave it
     error: str = ""
     attempts: int = field(default=0)
+    certificate: Callable[[str], dict[str, str]] | None = None  # the name's, from the issuer
 
     @property
     def url(self) -> str:
@@ -83,22 +97,34 @@ class RelayLink:
         return f"https://{self.domain}" if self.domain else ""
 
     def describe(self) -> dict[str, str]:
-        return {
+        out = {
             "relay_id": str(self.relay_id),
             "state": self.state,
             "reason": self.error if self.state == "failed" else "",
             "url": self.url,
         }
+        if self.certificate is not None and self.domain:
+            out |= self.certificate(self.domain)
+        return out
 
 
 class RelayClient:
-    def __init__(self, servers: list[str], node_id: NodeId, certificate: NodeCertificate) -> None:
+    def __init__(
+        self,
+        servers: list[str],
+        node_id: NodeId,
+        certificate: NodeCertificate,
+        acme: AcmeIssuer | None = None,
+    ) -> None:
         self.node_id = node_id
         self.certificate = certificate
+        self.acme = acme
         self.links: dict[NodeId, RelayLink] = {}
         for spec in servers:
             relay_id, addresses = parse_peer_spec(spec)
-            self.links[relay_id] = RelayLink(relay_id, addresses)
+            self.links[relay_id] = RelayLink(
+                relay_id, addresses, certificate=acme.status if acme else None
+            )
         self._rng = random.Random()
 
     def registered(self, node_id: NodeId) -> bool:
@@ -148,7 +174,7 @@ class RelayClient:
             with trio.fail_after(_CONNECT_TIMEOUT):
                 stream = await conn.open_stream()
                 await stream.send_all(encode_preamble(StreamType.RELAY_CONTROL))
-            control = RelayControlStream(stream, Role.INITIATOR)
+            control = _LockedControl(RelayControlStream(stream, Role.INITIATOR))
             try:
                 domain = await self._register(control)
                 link.domain, link.state, link.error = domain, "registered", ""
@@ -159,6 +185,8 @@ class RelayClient:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._keepalive, control, conn)
                     nursery.start_soon(self._probe, conn)
+                    if self.acme is not None:
+                        nursery.start_soon(self.acme.keep, domain, _Challenges(control))
                     while True:  # the relay's tls_proxy streams, until the connection ends
                         try:
                             incoming = await conn.accept_stream()
@@ -173,30 +201,27 @@ class RelayClient:
             link.state = "registering"
             conn.close(0, "relay session ended")
 
-    async def _register(self, control: RelayControlStream) -> str:
-        with trio.fail_after(_ANSWER_TIMEOUT):
-            answer = await control.request(DomainRequest(node_id=str(self.node_id)))
+    async def _register(self, control: _LockedControl) -> str:
+        answer = await control.request(DomainRequest(node_id=str(self.node_id)))
         if not isinstance(answer, DomainResponse):
             raise ConnectionError(f"unexpected answer {type(answer).__name__}")
         domain = answer.domain.lower()
         if not domain.startswith(f"{self.node_id}."):
             raise ConnectionError(f"the relay gave a name not this node's: {domain}")
         await trio.to_thread.run_sync(self.certificate.cover, [domain])
-        with trio.fail_after(_ANSWER_TIMEOUT):
-            activated = await control.request(ActivateDomain(domain=domain))
+        activated = await control.request(ActivateDomain(domain=domain))
         if not isinstance(activated, ActivationResponse) or not activated.ok:
             reason = getattr(activated, "reason", None) or "activation refused"
             raise ConnectionError(reason)
         return domain
 
-    async def _keepalive(self, control: RelayControlStream, conn: Connection) -> None:
+    async def _keepalive(self, control: _LockedControl, conn: Connection) -> None:
         """Ask again now and then: an answer says the relay is still there; no answer
         closes the connection, which ends the session."""
         try:
             while True:
                 await trio.sleep(_KEEPALIVE)
-                with trio.fail_after(_ANSWER_TIMEOUT):
-                    await control.request(DomainRequest(node_id=str(self.node_id)))
+                await control.request(DomainRequest(node_id=str(self.node_id)))
         except _LINK_FAILURES as exc:
             conn.close(0, f"relay keepalive failed: {exc or type(exc).__name__}")
 
@@ -216,3 +241,44 @@ class RelayClient:
                     return
         except TransportError:
             return  # the connection is gone already: accept_stream ends the session
+
+
+class _LockedControl:
+    """The link's RelayControl stream, one request at a time (spec §6.2): the
+    keep-alive and the issuer share it. `answer_within` bounds the answer, not the wait for
+    the lock (a slow dns_challenge must not fail a keep-alive behind it)."""
+
+    def __init__(self, control: RelayControlStream) -> None:
+        self._control = control
+        self._lock = trio.Lock()
+
+    async def request(
+        self, payload: RelayPayload, answer_within: float = _ANSWER_TIMEOUT
+    ) -> RelayPayload:
+        async with self._lock:
+            with trio.fail_after(answer_within):
+                return await self._control.request(payload)
+
+
+class _Challenges:
+    """The issuer's way to the relay's DNS (gate.services.acme.issuer.ChallengeRelay)."""
+
+    def __init__(self, control: _LockedControl) -> None:
+        self._control = control
+
+    async def publish(self, domain: str, txt_value: str) -> None:
+        try:
+            answer = await self._control.request(
+                DnsChallenge(domain=domain, txt_value=txt_value), answer_within=_DNS_TIMEOUT
+            )
+        except _LINK_FAILURES as exc:
+            raise IssuanceFailed(f"dns_challenge: {exc or type(exc).__name__}") from exc
+        if not isinstance(answer, DnsChallengeResponse) or not answer.ok:
+            reason = getattr(answer, "reason", None) or "not published"
+            raise IssuanceFailed(f"the relay did not publish the challenge: {reason}")
+
+    async def done(self, name: str) -> None:
+        try:
+            await self._control.request(ActivateDomain(domain=name))
+        except _LINK_FAILURES as exc:
+            raise IssuanceFailed(f"activate_domain: {exc or type(exc).__name__}") from exc

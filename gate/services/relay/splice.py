@@ -22,7 +22,12 @@ import trio
 
 __all__ = ["SpliceResult", "abort", "splice"]
 
-_CHUNK = 64 * 1024
+# Reads start small and grow while they come back full: a stream moving a large answer
+# then crosses in few large reads (a read from iroh costs per call as well as per byte),
+# while a quiet connection's pending read stays small (iroh sets aside the whole size
+# for a read in progress).
+_MIN_READ = 16 * 1024
+_MAX_READ = 256 * 1024
 
 
 @dataclass
@@ -39,51 +44,45 @@ async def splice(
     idle_timeout: float,
 ) -> SpliceResult:
     result = SpliceResult()
-    last = trio.current_time()
-
-    async def pump(src: trio.abc.Stream, dst: trio.abc.HalfCloseableStream, forward: bool) -> None:
-        nonlocal last
-        while data := await src.receive_some(_CHUNK):
-            last = trio.current_time()
-            await dst.send_all(data)
-            last = trio.current_time()
-            if forward:
-                result.a_to_b += len(data)
-            else:
-                result.b_to_a += len(data)
-        await dst.send_eof()
-
-    async def watch_idle(done: trio.CancelScope) -> None:
-        while True:
-            await trio.sleep_until(last + idle_timeout)
-            if trio.current_time() >= last + idle_timeout:
-                result.outcome = "idle"
-                done.cancel()
-                return
-
     failed = False
-    async with trio.open_nursery() as nursery:
-        directions = trio.CancelScope()
+    # The idle timeout is the deadline of one cancel scope around both directions, moved
+    # on by every byte: no watcher task, and one task per direction, the calling task
+    # being one of them (a relay splices every connection: each task costs).
+    with trio.CancelScope(deadline=trio.current_time() + idle_timeout) as idle:
 
-        async def run(src: trio.abc.Stream, dst: trio.abc.HalfCloseableStream, fwd: bool) -> None:
-            nonlocal failed
-            try:
-                await pump(src, dst, fwd)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                failed = True
-                nursery.cancel_scope.cancel()
+        async def pump(
+            src: trio.abc.Stream, dst: trio.abc.HalfCloseableStream, forward: bool
+        ) -> None:
+            size = _MIN_READ
+            while data := await src.receive_some(size):
+                idle.deadline = trio.current_time() + idle_timeout
+                size = min(size * 4, _MAX_READ) if len(data) >= size else _MIN_READ
+                await dst.send_all(data)
+                idle.deadline = trio.current_time() + idle_timeout
+                if forward:
+                    result.a_to_b += len(data)
+                else:
+                    result.b_to_a += len(data)
+            await dst.send_eof()
 
-        async def both() -> None:
-            with directions:
-                async with trio.open_nursery() as pumps:
-                    pumps.start_soon(run, a, b, True)
-                    pumps.start_soon(run, b, a, False)
-            nursery.cancel_scope.cancel()  # both ended: stop the idle watch
+        async with trio.open_nursery() as nursery:
 
-        nursery.start_soon(watch_idle, nursery.cancel_scope)
-        nursery.start_soon(both)
+            async def run(
+                src: trio.abc.Stream, dst: trio.abc.HalfCloseableStream, fwd: bool
+            ) -> None:
+                nonlocal failed
+                try:
+                    await pump(src, dst, fwd)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    failed = True
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run, a, b, True)
+            await run(b, a, False)
     if failed:
         result.outcome = "reset"
+    elif idle.cancelled_caught:
+        result.outcome = "idle"
     if result.outcome == "closed":
         for stream in (a, b):
             with contextlib.suppress(Exception):

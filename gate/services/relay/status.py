@@ -1,7 +1,8 @@
 """The relay's status on `status_bind`, plain HTTP, for its operator: `GET /health`
 (JSON) and `GET /metrics` (Prometheus text). Served by the node's own HTTP machinery
 (gate.services.http: the accept loop and the router) and rendered by the node's
-metrics code (gate.services.gateway.metrics.Values): one copy of each."""
+metrics code (gate.services.gateway.metrics.Values): one copy of each. The DNS
+challenge counters come from gate.services.relay.dns.challenges."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from gate import __version__
 from gate.protocol import NodeId
 from gate.services.gateway.metrics import Values, send_exposition
 from gate.services.http.router import Receive, Router, Scope, Send, send_json
+from gate.services.relay.dns.challenges import OUTCOMES as DNS_OUTCOMES
+from gate.services.relay.dns.challenges import ChallengeRecords
 from gate.services.relay.front import TlsFront
 from gate.services.relay.registry import NameRegistry
 
@@ -40,6 +43,7 @@ def status_app(
     front: TlsFront,
     registry: NameRegistry,
     connected: Callable[[], int],
+    challenges: ChallengeRecords,
 ) -> Router:
     started = time.monotonic()
 
@@ -87,6 +91,28 @@ def status_app(
         "gate_relay_connected_nodes", "Nodes with a connection to this relay now.", connected
     )
 
+    values.register_family(
+        "gate_relay_dns_challenges_total",
+        "counter",
+        "dns_challenge requests by outcome: published, refused (another node's name, or no"
+        " DNS backend), rate_limited, failed (the backend could not publish).",
+        "outcome",
+        lambda: {outcome: challenges.outcomes[outcome] for outcome in DNS_OUTCOMES},
+    )
+    values.register_counter(
+        "gate_relay_dns_backend_errors_total",
+        "Calls to the DNS backend that failed (publish, remove, the look for leftovers).",
+        lambda: challenges.backend_errors,
+    )
+    values.register_gauge(
+        "gate_relay_dns_records", "Challenge TXT records published now.", lambda: len(challenges)
+    )
+    values.register_counter(
+        "gate_relay_dns_records_removed_total",
+        "Challenge TXT records removed (activation, disconnect, lifetime, stop, failure).",
+        lambda: challenges.removed,
+    )
+
     async def health(scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(
             send,
@@ -100,6 +126,13 @@ def status_app(
                 "registered_nodes": registered(),
                 "connected_nodes": connected(),
                 "open_connections": front.open_connections,
+                "dns": {
+                    "backend": challenges.backend.name if challenges.backend else "none",
+                    "records": len(challenges),
+                    "removed": challenges.removed,
+                    "backend_errors": challenges.backend_errors,
+                    **{outcome: challenges.outcomes[outcome] for outcome in DNS_OUTCOMES},
+                },
             },
         )
 

@@ -99,7 +99,9 @@ __all__ = [
     "BridgeError",
     "TrioEventLoopShim",
     "TrioFuture",
+    "end_interruptible",
     "install",
+    "interrupt",
     "is_installed",
     "pending_continuations",
 ]
@@ -163,6 +165,17 @@ class TrioFuture:
         self._state = _CANCELLED
         return True
 
+    def interrupt(self, exc: BaseException) -> bool:
+        """Raise `exc` in the task waiting on this future, as a cancellation would (the
+        generated code then frees the Rust future), unless Rust has completed the call:
+        then its result is delivered, as an abort would refuse (see the module doc)."""
+        if self._state is not _PENDING or self._task is None or self._code == _POLL_READY:
+            return False
+        task, self._task = self._task, None
+        self._state = _CANCELLED
+        trio.lowlevel.reschedule(task, outcome.Error(exc))
+        return True
+
     def result(self) -> Any:
         if self._outcome is None:
             raise BridgeError(f"future is {self._state}, it has no result")
@@ -172,7 +185,12 @@ class TrioFuture:
         if self._state is _PENDING:
             if self._task is not None:
                 raise BridgeError("a uniffi future can be awaited by one task only")
-            self._task = trio.lowlevel.current_task()
+            task = trio.lowlevel.current_task()
+            if _interrupts and (exc := _interrupts.pop(task, None)) is not None:
+                self._state = _CANCELLED  # as after an abort: the generated code frees it
+                raise exc
+            self._task = task
+            task.custom_sleep_data = self  # how interrupt() finds the future it waits on
             # __await__ must be a generator, so trio's awaitables are delegated to with
             # `yield from`: their yields are trio's own traps, passed through untouched.
             parked = trio.lowlevel.wait_task_rescheduled(self._abort)  # noqa: ASYNC105
@@ -325,6 +343,27 @@ def _logged(fn: Callable[..., object]) -> Callable[..., None]:
             log.exception("iroh callback %r failed under the trio bridge", fn)
 
     return run
+
+
+# Interrupts waiting for a task that was between two iroh futures (see interrupt()).
+_interrupts: dict[trio.lowlevel.Task, BaseException] = {}
+
+
+def interrupt(task: trio.lowlevel.Task, exc: BaseException) -> None:
+    """Make the iroh call `task` is in raise `exc`: at once if it waits on Rust, else when
+    it next would (the generated code polls in a loop, one future per poll). Cheaper than
+    a cancel scope around every call, which is what it replaces for a stream's own close;
+    the caller ends the call with `end_interruptible(task)` however it ended."""
+    future = task.custom_sleep_data
+    if isinstance(future, TrioFuture) and future._task is task and future.interrupt(exc):
+        return
+    _interrupts[task] = exc
+
+
+def end_interruptible(task: trio.lowlevel.Task) -> None:
+    """The call `task` was in has ended: an interrupt that did not reach it is dropped."""
+    if _interrupts:
+        _interrupts.pop(task, None)
 
 
 _SHIM = TrioEventLoopShim()

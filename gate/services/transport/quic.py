@@ -22,8 +22,10 @@ Streams
     for the acceptor to speak first would hang; Gate's preamble is sent by the opener.
 
     iroh keeps each stream half behind a mutex that an in-flight read or write holds.
-    So ``aclose``/``reset`` first cancel our own in-flight call on that half (dropping
-    its Rust future releases the lock), then issue the close, shielded and bounded.
+    So ``aclose``/``reset`` first interrupt our own in-flight call on that half (it
+    raises ClosedResourceError and its Rust future is dropped, which releases the
+    lock; :func:`gate.services.transport.iroh_trio.interrupt`), then issue the close,
+    shielded and bounded.
 
 Connections
     ``close(code, reason)`` is QUIC's immediate close: data sent but not yet
@@ -235,15 +237,15 @@ def _check_code(code: int) -> int:
 
 class _DirectionState:
     """Our use of one direction (sending or receiving) of a QuicStream: busy, closed,
-    sticky error, in-flight cancel scope."""
+    sticky error, the task in an iroh call on it."""
 
-    __slots__ = ("busy", "closed", "error", "scope")
+    __slots__ = ("busy", "closed", "error", "task")
 
     def __init__(self) -> None:
         self.busy = False
         self.closed = False  # closed by us: further use is ClosedResourceError
         self.error: TransportError | None = None  # broken by the peer: sticky
-        self.scope: trio.CancelScope | None = None
+        self.task: trio.lowlevel.Task | None = None  # in an iroh call on this half
 
 
 class QuicStream(trio.abc.HalfCloseableStream):
@@ -363,29 +365,32 @@ class QuicStream(trio.abc.HalfCloseableStream):
     async def _run(
         self, half: _DirectionState, call: Callable[[], Awaitable[Any]], doing: str
     ) -> Any:
-        """One iroh call on one half, interruptible by our own close, errors sticky."""
-        scope = trio.CancelScope()
-        half.scope = scope
+        """One iroh call on one half, interruptible by our own close, errors sticky.
+
+        Our close interrupts the call through the bridge (iroh_trio.interrupt), not a
+        cancel scope: a scope around every call was half the CPU time of a small write."""
+        task = trio.lowlevel.current_task()
+        half.task = task
         try:
-            with scope:
-                return await _call(call, doing)
+            return await _call(call, doing)
         except TransportError as exc:
             if half.error is None:
                 half.error = self.connection._explain(exc)
             raise half.error from None
         finally:
-            half.scope = None
-        # Only our own close cancels this scope.
-        raise trio.ClosedResourceError("stream was closed while in use")
+            half.task = None
+            iroh_trio.end_interruptible(task)
 
     async def _close(self, code: int | None) -> None:
-        send_interrupted = self._send.scope is not None
+        send_interrupted = self._send.task is not None
         first = not self.is_closed
         self._send.closed = True
         self._recv.closed = True
         for half in (self._send, self._recv):
-            if half.scope is not None:
-                half.scope.cancel()
+            if half.task is not None:
+                iroh_trio.interrupt(
+                    half.task, trio.ClosedResourceError("stream was closed while in use")
+                )
         if first:
             if code is None and not send_interrupted:
                 # Graceful: let go of both halves. Dropping iroh's (quinn's) stream

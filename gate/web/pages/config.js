@@ -12,20 +12,23 @@ const CHOICES = {
   "server.log_level": ["debug", "info", "warning", "error"],
   "p2p.iroh_relay_mode": ["default", "disabled", "custom"],
 };
-const SECRETS = new Set(["security.control_token"]);
+const SECRETS = new Set(["security.control_token", "tls.acme_eab_hmac_key"]);
 const PLACEHOLDERS = {
   "server.data_dir": "the platform's data directory",
   "database.url": "gate.db in the data directory",
   "relay.domain": "none",
-  "tls.cert_file": "a self-signed certificate",
-  "tls.key_file": "a self-signed certificate",
+  "tls.cert_file": "a certificate from the ACME CA",
+  "tls.key_file": "a certificate from the ACME CA",
+  "tls.acme_email": "none",
+  "tls.acme_ca_bundle": "the system's roots",
+  "tls.acme_eab_kid": "none (the CA needs no binding)",
 };
 const ABOUT = {
   server: "The HTTP API: where it listens, its limits and timeouts.",
   p2p: "Peer-to-peer: the QUIC endpoint, iroh's relays and what trusted peers may ask.",
   providers: "Engines are added and tested on the Providers and Setup pages.",
   relay: "Gate relays this node registers with, for public HTTPS (not iroh's relays, which are under p2p).",
-  tls: "The certificate the relay door presents; empty: a self-signed one made in the data directory.",
+  tls: "The certificate the relay door presents; empty: one from the ACME CA (Let's Encrypt by default) for each relay name, self-signed until it comes.",
   security: "API keys and the control token.",
   web: "This web UI.",
   database: "Where requests are recorded.",

@@ -61,6 +61,19 @@ export default {
       return `${running}; ${notRunning.map(([name, st]) => `${name} ${st.state}${st.last_error ? ` (${st.last_error})` : ""}`).join(", ")}`;
     }
 
+    // The name's certificate from the ACME CA (absent with certificate files of one's own).
+    function certificate(r) {
+      const good = r.certificate === "valid" && !r.certificate_error;
+      return h(
+        "div",
+        { class: "certificate" },
+        "Certificate ",
+        h("span", { class: `badge ${good ? "ok" : r.certificate_error ? "bad" : ""}` }, r.certificate),
+        r.certificate_expires ? ` expires ${r.certificate_expires.slice(0, 10)}` : "",
+        r.certificate_error ? ` — last attempt failed: ${r.certificate_error}` : "",
+      );
+    }
+
     // One fact per relay: its state (why, if it failed) and this node's public URL there.
     function relay(r) {
       const state = h("span", { class: `badge ${r.state === "registered" ? "ok" : r.state === "failed" ? "bad" : ""}` }, r.state);
@@ -75,6 +88,7 @@ export default {
             state,
             r.reason ? ` ${r.reason}` : "",
             r.url ? [" ", h("code", { class: "url" }, r.url), " ", copyButton(() => r.url, "Copy", "public URL")] : "",
+            r.certificate ? certificate(r) : "",
           ),
         ),
       );

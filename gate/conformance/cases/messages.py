@@ -1,0 +1,280 @@
+"""Cases for §2.1 (NodeIds in fields), §4.1-§4.3 (encoding, invalid messages, ending a
+stream), §5.1 (timestamps) and §9 (unknown codes), for both roles, on the stream type
+each serves to strangers."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from gate.conformance.cases.first_message import STREAM, answered, first_message
+from gate.conformance.probe import Ended, Probe, expect_error
+from gate.conformance.registry import CaseFailed, case
+from gate.conformance.wire import envelope, frame, packed, preamble
+from gate.protocol import ErrorCode
+
+
+def wide(value: Any) -> bytes:
+    """msgpack with the widest representation of everything (uint64 integers, map16,
+    str16...): valid, and not what any encoder writes by default (§4.1: receivers MUST
+    accept any valid representation)."""
+    if value is None:
+        return b"\xc0"
+    if isinstance(value, bool):
+        return b"\xc3" if value else b"\xc2"
+    if isinstance(value, int):
+        return b"\xcf" + struct.pack(">Q", value)
+    if isinstance(value, str):
+        raw = value.encode()
+        return b"\xda" + struct.pack(">H", len(raw)) + raw
+    if isinstance(value, bytes):
+        return b"\xc6" + struct.pack(">I", len(value)) + value
+    if isinstance(value, list):
+        return b"\xdc" + struct.pack(">H", len(value)) + b"".join(wide(v) for v in value)
+    assert isinstance(value, dict)
+    items = b"".join(wide(k) + wide(v) for k, v in value.items())
+    return b"\xde" + struct.pack(">H", len(value)) + items
+
+
+def _reversed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _reversed(v) for k, v in reversed(list(value.items()))}
+    return value
+
+
+def _register(role: str) -> None:
+    kind = STREAM[role]
+    id_field = "node_id"  # a NodeId field of the first message, in both roles
+
+    async def sent(probe: Probe, payload: bytes):  # type: ignore[no-untyped-def]
+        conn = await probe.dial()
+        return await probe.open(conn, preamble(kind) + frame(payload))
+
+    async def invalid(probe: Probe, payload: bytes) -> str:
+        wire = await sent(probe, payload)
+        return await expect_error(wire, ErrorCode.INVALID_MESSAGE)
+
+    def first(probe: Probe, **payload_changes: Any) -> dict[str, Any]:
+        message = first_message(role, probe)
+        message["payload"] = {**message["payload"], **payload_changes}
+        return message
+
+    @case(
+        f"{role}/4.1/1",
+        "bytes after the msgpack value: INVALID_MESSAGE",
+        "Each frame payload MUST be exactly one msgpack value, with no trailing bytes.",
+    )
+    async def trailing(probe: Probe) -> str:
+        return await invalid(probe, packed(first(probe)) + b"\xc0")
+
+    @case(
+        f"{role}/4.1/2",
+        "accepts any key order and the widest integer, string and map encodings",
+        "Receivers MUST accept any key order and any valid representation.",
+    )
+    async def any_representation(probe: Probe) -> str:
+        wire = await sent(probe, wide(_reversed(first(probe))))
+        return await answered(role, wire)
+
+    @case(
+        f"{role}/4.1/3",
+        "treats nil in an optional field as absent",
+        "A receiver MUST treat an absent field as its default, and nil in an optional "
+        "(`T?`) field as absent.",
+    )
+    async def nil_optional(probe: Probe) -> str:
+        message = first(probe)
+        message["reply_to"] = None
+        if role == "node":
+            message["payload"]["capabilities"] = None
+        wire = await sent(probe, packed(message))
+        return await answered(role, wire)
+
+    @case(
+        f"{role}/4.2/1",
+        "a payload that is not msgpack (c1): INVALID_MESSAGE",
+        "A frame whose payload does not decode as the channel's message type MUST be treated as "
+        "INVALID_MESSAGE.",
+    )
+    async def not_msgpack(probe: Probe) -> str:
+        return await invalid(probe, b"\xc1")
+
+    @case(
+        f"{role}/4.2/2",
+        "a payload that is not a map: INVALID_MESSAGE",
+        "That covers: not msgpack or trailing bytes; not a map;",
+    )
+    async def not_a_map(probe: Probe) -> str:
+        return await invalid(probe, packed([1, 2, 3]))
+
+    @case(
+        f"{role}/4.2/3",
+        "an unknown payload tag: INVALID_MESSAGE",
+        "An unknown *tag* is not ignorable: it is INVALID_MESSAGE.",
+    )
+    async def unknown_tag(probe: Probe) -> str:
+        return await invalid(probe, packed(envelope({"type": "conformance_unknown"})))
+
+    @case(
+        f"{role}/4.2/4",
+        "a tag from another channel (request_head): INVALID_MESSAGE",
+        "a missing, unknown or wrongly typed `type` tag (a tag from another channel included)",
+    )
+    async def other_channel_tag(probe: Probe) -> str:
+        head = {"type": "request_head", "method": "GET", "target": "/"}
+        return await invalid(probe, packed(envelope(head)))
+
+    @case(
+        f"{role}/4.2/5",
+        "a missing required field: INVALID_MESSAGE",
+        "a missing required field; a value of the wrong type;",
+    )
+    async def missing_field(probe: Probe) -> str:
+        message = first(probe)
+        del message["payload"][id_field]
+        return await invalid(probe, packed(message))
+
+    @case(
+        f"{role}/4.2/6",
+        "a value of the wrong type (an integer NodeId): INVALID_MESSAGE",
+        "a missing required field; a value of the wrong type;",
+    )
+    async def wrong_type(probe: Probe) -> str:
+        return await invalid(probe, packed(first(probe, **{id_field: 7})))
+
+    @case(
+        f"{role}/4.2/7",
+        "invalid UTF-8 in a string: INVALID_MESSAGE",
+        "a violated constraint (range, length, pattern); invalid UTF-8 in a string.",
+    )
+    async def bad_utf8(probe: Probe) -> str:
+        placeholder = "z" * 52
+        raw = packed(first(probe, **{id_field: placeholder}))
+        return await invalid(probe, raw.replace(placeholder.encode(), b"\xff\xfe" * 26))
+
+    @case(
+        f"{role}/4.2/8",
+        "a missing envelope field (timestamp): INVALID_MESSAGE",
+        "a missing required field; a value of the wrong type;",
+    )
+    async def missing_envelope_field(probe: Probe) -> str:
+        message = first(probe)
+        del message["timestamp"]
+        return await invalid(probe, packed(message))
+
+    @case(
+        f"{role}/4.2/9",
+        "ignores unknown keys in the envelope and the payload",
+        "A receiver MUST ignore map keys it does not know, at every level of nesting.",
+    )
+    async def unknown_keys(probe: Probe) -> str:
+        message = first(probe, conformance_extra={"nested": [1, "x"]})
+        message["conformance_extra"] = b"\x00\x01"
+        if role == "node":
+            model = {"id": "m", "conformance_extra": 1}
+            message["payload"]["capabilities"] = {
+                "node_id": probe.own_id,
+                "supported_models": [model],
+                "conformance_extra": True,
+            }
+        wire = await sent(probe, packed(message))
+        return await answered(role, wire)
+
+    @case(
+        f"{role}/4.2/10",
+        "an envelope version out of range (0): INVALID_MESSAGE",
+        "a violated constraint (range, length, pattern)",
+    )
+    async def version_range(probe: Probe) -> str:
+        message = first(probe)
+        message["version"] = 0
+        return await invalid(probe, packed(message))
+
+    @case(
+        f"{role}/2.1/1",
+        "a NodeId whose last character is not a or q: INVALID_MESSAGE",
+        "A receiver MUST reject every other spelling (in a message field: INVALID_MESSAGE)",
+    )
+    async def unused_bits(probe: Probe) -> str:
+        bad = probe.own_id[:-1] + ("b" if probe.own_id[-1] == "a" else "r")
+        return await invalid(probe, packed(first(probe, **{id_field: bad})))
+
+    @case(
+        f"{role}/2.1/2",
+        "an uppercase NodeId in a field: INVALID_MESSAGE",
+        "It MUST NOT send those forms on the wire; a message field that is not "
+        "`^[a-z2-7]{51}[aq]$` is INVALID_MESSAGE (§4.2).",
+    )
+    async def uppercase(probe: Probe) -> str:
+        return await invalid(probe, packed(first(probe, **{id_field: probe.own_id.upper()})))
+
+    @case(
+        f"{role}/2.1/3",
+        "a hex NodeId in a field: INVALID_MESSAGE",
+        "A NodeId on the wire (in any message field), in a DNS name and in a TLS SNI MUST be in "
+        "the canonical text form.",
+    )
+    async def hex_form(probe: Probe) -> str:
+        hex_id = probe.stranger.node_id.bytes.hex()
+        return await invalid(probe, packed(first(probe, **{id_field: hex_id})))
+
+    @case(
+        f"{role}/5.1/1",
+        "accepts timestamps of 0 and 2^63-1 (no clock check)",
+        "A receiver MUST NOT reject a message because of clock skew.",
+    )
+    async def clock_skew(probe: Probe) -> str:
+        for stamp in (0, 2**63 - 1):
+            message = first(probe)
+            message["timestamp"] = stamp
+            wire = await sent(probe, packed(message))
+            await answered(role, wire)
+        return "answered both"
+
+    @case(
+        f"{role}/9/1",
+        "an error with an unknown code (499, 65535) is understood, not INVALID_MESSAGE",
+        "A receiver MUST accept any integer code in 0 … 65535",
+    )
+    async def unknown_code(probe: Probe) -> str:
+        seen = []
+        for code in (499, 65535):
+            # The channel is closed by it (an initiator's error): nothing may follow.
+            wire = await sent(probe, packed(envelope({"type": "error", "code": code})))
+            seen.append(f"{code}: {await wire.quiet()}")
+        return "; ".join(seen)
+
+    if role == "node":
+
+        @case(
+            "node/4.3/1",
+            "a peer that finishes before the handshake: TRUNCATED",
+            "A receiver whose peer finishes in a state that `may_finish` does not list for the "
+            "peer MUST treat the stream as TRUNCATED",
+        )
+        async def finish_early(probe: Probe) -> str:
+            conn = await probe.dial()
+            wire = await probe.open(conn, preamble(kind))
+            await wire.finish()
+            return await expect_error(wire, ErrorCode.TRUNCATED)
+
+    else:
+
+        @case(
+            "relay/4.3/1",
+            "a node that finishes in idle: the relay ends its side too, without error",
+            "Each channel lists `may_finish`, the (state, sender) pairs in which that sender may "
+            "finish",
+        )
+        async def finish_idle(probe: Probe) -> str:
+            conn = await probe.dial()
+            wire = await probe.open(conn, preamble(kind))
+            await wire.finish()
+            value = await wire.value()
+            if not isinstance(value, Ended):
+                raise CaseFailed(f"answered a clean finish with {value!r:.200}", probe.evidence)
+            return f"the stream {value}"
+
+
+for _role in ("node", "relay"):
+    _register(_role)

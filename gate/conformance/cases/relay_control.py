@@ -1,0 +1,313 @@
+"""Cases for §6 (RelayControl: the state table, authorization by the authenticated
+NodeId, and the checks on `dns_challenge`) against a relay. Any key may register, so
+these run from a stranger's key.
+
+The runner's `dns_challenge` requests for its own name are real: a relay with a DNS
+provider publishes them (the relay removes them when the runner's connection ends,
+§6.4). Every case sends a handful at most; the rate-limit cases (§6.4) send up to
+RATE_PROBES."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any, Final
+
+from gate.conformance.probe import Probe, error_code
+from gate.conformance.registry import CaseFailed, CaseSkipped, Level, case
+from gate.conformance.relay_session import RelaySession, open_relay_control
+from gate.identity import NodeIdentity
+from gate.protocol import ErrorCode, NodeId
+
+UNAUTHORIZED = ErrorCode.UNAUTHORIZED
+INVALID_MESSAGE = ErrorCode.INVALID_MESSAGE
+RATE_LIMITED = ErrorCode.RATE_LIMITED
+# Enough to pass the reference's bucket of 6 (§6.4) even when no earlier case took one.
+RATE_PROBES: Final = 8
+
+
+def _other() -> str:
+    return str(NodeId(NodeIdentity.generate().public_key_bytes))
+
+
+def txt_value(seed: str) -> str:
+    """A valid `txt_value` (§6.1): as DNS-01 makes one, the base64url SHA-256 of some
+    bytes without padding, 43 characters. Distinct seeds give distinct values."""
+    digest = hashlib.sha256(f"gate conformance {seed}".encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+@case(
+    "relay/6.3/1",
+    "answers a domain_request for the node's own id with <node-id>.<domain>",
+    "`domain_request`: `node_id` MUST equal N; the answer is `N.D`.",
+)
+async def own_name(probe: Probe) -> str:
+    session = await open_relay_control(probe)
+    return f"named {await session.name()}"
+
+
+@case(
+    "relay/6.3/2",
+    "refuses a domain_request for another node's id with UNAUTHORIZED",
+    "The relay MUST answer a request that fails these checks with `error` code UNAUTHORIZED",
+)
+async def other_id(probe: Probe) -> str:
+    session = await open_relay_control(probe)
+    return await session.refused("domain_request", UNAUTHORIZED, node_id=_other())
+
+
+def _refused_names(n: int, title: str, tag: str, make: object) -> None:
+    @case(
+        f"relay/6.3/{n}",
+        f"refuses {title} with UNAUTHORIZED",
+        "The relay MUST authorize every request by N alone.",
+    )
+    async def refused(probe: Probe) -> str:
+        session = await open_relay_control(probe)
+        await session.name()
+        own, domain = probe.own_id, session.relay_domain
+        names = make(own, domain, _other())  # type: ignore[operator]
+        for name in names:
+            fields = {"domain": name}
+            if tag == "dns_challenge":
+                fields["txt_value"] = txt_value(name)
+            await session.refused(tag, UNAUTHORIZED, **fields)
+        return f"{len(names)} name(s) refused: {', '.join(names)}"
+
+
+_refused_names(
+    3,
+    "an activate_domain for another node's name, the bare domain, a subdomain",
+    "activate_domain",
+    lambda own, d, other: [f"{other}.{d}", d, f"x.{own}.{d}", f"{own}.{d}.evil.test"],
+)
+_refused_names(
+    4,
+    "a dns_challenge for another node's name or not under _acme-challenge",
+    "dns_challenge",
+    lambda own, d, other: [f"_acme-challenge.{other}.{d}", f"{own}.{d}", f"_acme-challenge.{d}"],
+)
+
+
+@case(
+    "relay/6.3/5",
+    "activates the node's own name",
+    "`activate_domain`: `domain` MUST be `N.D`.",
+)
+async def activate_own(probe: Probe) -> str:
+    session = await open_relay_control(probe)
+    name = await session.name()
+    answer = await session.ask("activate_domain", "activation_response", domain=name)
+    return f"activation_response ok={answer.get('ok')}"
+
+
+@case(
+    "relay/6.3/6",
+    "answers a dns_challenge for _acme-challenge.<own name> (ok or a reason)",
+    "`dns_challenge`: `domain` MUST be `_acme-challenge.N.D`.",
+)
+async def challenge_own(probe: Probe) -> str:
+    session = await open_relay_control(probe)
+    name = await session.name()
+    answer = await session.ask(
+        "dns_challenge",
+        "dns_challenge_response",
+        domain=f"_acme-challenge.{name}",
+        txt_value=txt_value("6.3/6"),
+    )
+    return _ok_or_reason(answer, probe)
+
+
+def _ok_or_reason(answer: dict[str, Any], probe: Probe) -> str:
+    """A dns_challenge_response: ok=true, or ok=false with a reason (§6.1, §6.4)."""
+    if not answer.get("ok") and not answer.get("reason"):
+        raise CaseFailed("ok = false without a reason", probe.evidence)
+    return f"dns_challenge_response ok={answer.get('ok')} {answer.get('reason') or ''}".strip()
+
+
+@case(
+    "relay/6.3/7",
+    "compares names case-insensitively: the own name in upper case is activated",
+    "Domain names are compared case-insensitively.",
+)
+async def case_insensitive(probe: Probe) -> str:
+    session = await open_relay_control(probe)
+    name = await session.name()
+    answer = await session.ask("activate_domain", "activation_response", domain=name.upper())
+    return f"activation_response ok={answer.get('ok')}"
+
+
+@case(
+    "relay/6.2/1",
+    "a refused request returns the channel to idle: the next request is answered",
+    "An `error` from the relay answers the outstanding request and returns the channel to `idle`",
+)
+async def idle_after_error(probe: Probe) -> str:
+    session = await open_relay_control(probe)
+    await session.refused("domain_request", UNAUTHORIZED, node_id=_other())
+    return f"refused, then named {await session.name()}"
+
+
+def _answer_from_node(n: int, tag: str, fields: dict[str, object]) -> None:
+    @case(
+        f"relay/6.2/{n}",
+        f"a {tag} from the node: UNEXPECTED_MESSAGE",
+        "an answer nobody asked for is UNEXPECTED_MESSAGE.",
+    )
+    async def unasked(probe: Probe) -> str:
+        session = await open_relay_control(probe)
+        payload = dict(fields)
+        if tag == "domain_response":
+            payload["domain"] = f"{probe.own_id}.example"
+        return await session.refused(tag, ErrorCode.UNEXPECTED_MESSAGE, **payload)
+
+
+_answer_from_node(2, "domain_response", {})
+_answer_from_node(3, "activation_response", {"ok": True})
+_answer_from_node(4, "dns_challenge_response", {"ok": True})
+
+
+@case(
+    "relay/6.2/5",
+    "answers requests one after another on one stream",
+    "The node sends one request and waits for its answer: one request is outstanding at a time.",
+)
+async def in_turn(probe: Probe) -> str:
+    session = await open_relay_control(probe)
+    name = await session.name()
+    await session.ask("activate_domain", "activation_response", domain=name)
+    await session.name()
+    return "domain, activation, domain"
+
+
+@case(
+    "relay/6.2/6",
+    "an error from the node in idle closes the channel: the relay answers nothing",
+    "| idle | initiator | error | closed |",
+)
+async def node_error(probe: Probe) -> str:
+    session = await open_relay_control(probe)
+    await session.send("error", code=500, message="conformance")
+    return await session.wire.quiet()
+
+
+# --- §6.4: dns_challenge, checked in order: decodes, own name, rate ------------------------
+
+
+@case(
+    "relay/6.4/1",
+    "answers two dns_challenges for its own name in turn (ok, or ok = false with a reason)",
+    "it answers `ok = true` only once its DNS provider has accepted the record; "
+    "`ok = false` with a `reason` if it could not publish (its provider failed, or it "
+    "publishes no records).",
+)
+async def challenge_answered(probe: Probe) -> str:
+    session = await open_relay_control(probe)
+    challenge = f"_acme-challenge.{await session.name()}"
+    seen = []
+    for n in (1, 2):  # two values at one name: DNS-01 allows it (§6.4)
+        answer = await session.ask(
+            "dns_challenge",
+            "dns_challenge_response",
+            domain=challenge,
+            txt_value=txt_value(f"6.4/1 {n}"),
+        )
+        seen.append(_ok_or_reason(answer, probe))
+    return "; ".join(seen)
+
+
+def _bad_value(n: int, what: str, value: str) -> None:
+    @case(
+        f"relay/6.4/{n}",
+        f"a dns_challenge for its own name, txt_value {what}: INVALID_MESSAGE",
+        "the message decodes, `txt_value` included (else INVALID_MESSAGE, §4.2)",
+    )
+    async def refused(probe: Probe) -> str:
+        session = await open_relay_control(probe)
+        challenge = f"_acme-challenge.{await session.name()}"
+        got = await session.refused(
+            "dns_challenge", INVALID_MESSAGE, domain=challenge, txt_value=value
+        )
+        return f"{got}, then {await session.wire.quiet(2.0)}"
+
+
+_VALID = txt_value("6.4 invalid")
+_bad_value(2, "of 42 characters", _VALID[:42])
+_bad_value(3, "of 44 characters", _VALID + "A")
+_bad_value(4, "padded (42 characters and '=')", _VALID[:42] + "=")
+_bad_value(5, "with '+' (base64, not base64url)", _VALID[:42] + "+")
+_bad_value(6, "ending in a newline", _VALID[:42] + "\n")
+
+
+@case(
+    "relay/6.4/7",
+    "a bad txt_value for another node's name: INVALID_MESSAGE, not UNAUTHORIZED",
+    "The relay MUST check `dns_challenge` in this order",
+)
+async def decoded_first(probe: Probe) -> str:
+    session = await open_relay_control(probe)
+    await session.name()
+    theirs = f"_acme-challenge.{_other()}.{session.relay_domain}"
+    got = await session.refused("dns_challenge", INVALID_MESSAGE, domain=theirs, txt_value="x")
+    return f"{got} (the message is decoded before the name is authorized)"
+
+
+async def _until_limited(session: RelaySession, seed: str) -> tuple[int | None, int]:
+    """Valid dns_challenges for the own name, up to RATE_PROBES, until one is answered
+    RATE_LIMITED: (which request was, None if none; how many were published). Each
+    other answer must be a dns_challenge_response (ok, or ok = false with a reason)."""
+    challenge = f"_acme-challenge.{session.domain}"
+    published = 0
+    for n in range(1, RATE_PROBES + 1):
+        await session.send("dns_challenge", domain=challenge, txt_value=txt_value(f"{seed} {n}"))
+        answer = await session.answer()
+        if error_code(answer) == RATE_LIMITED:
+            return n, published
+        if answer.get("type") != "dns_challenge_response":
+            raise CaseFailed(f"dns_challenge answered with {answer!r:.200}", session.probe.evidence)
+        _ok_or_reason(answer, session.probe)
+        published += bool(answer.get("ok"))
+    return None, published
+
+
+@case(
+    "relay/6.4/8",
+    f"limits a node's dns_challenges: RATE_LIMITED within {RATE_PROBES} in a row",
+    "A relay SHOULD limit each node's `dns_challenge` requests",
+    level=Level.SHOULD,
+    timeout=120.0,
+)
+async def rate_limited(probe: Probe) -> str:
+    session = await open_relay_control(probe)
+    await session.name()
+    limited_at, published = await _until_limited(session, "6.4/8")
+    if limited_at is not None:
+        return f"RATE_LIMITED at request {limited_at} ({published} published before it)"
+    if not published:  # ok = false every time: no DNS provider's quota to spend
+        raise CaseSkipped(f"the relay published none of {RATE_PROBES} (ok = false)")
+    raise CaseFailed(
+        f"{RATE_PROBES} dns_challenges in a row, {published} published, none RATE_LIMITED",
+        probe.evidence,
+    )
+
+
+@case(
+    "relay/6.4/9",
+    "past its rate: another node's name is still UNAUTHORIZED, a bad txt_value still "
+    "INVALID_MESSAGE",
+    "`domain` is the node's own (else UNAUTHORIZED, §6.3); the node's rate (else RATE_LIMITED).",
+    timeout=120.0,
+)
+async def order_past_the_rate(probe: Probe) -> str:
+    session = await open_relay_control(probe)
+    name = await session.name()
+    limited_at, _ = await _until_limited(session, "6.4/9")
+    if limited_at is None:
+        raise CaseSkipped(f"no RATE_LIMITED within {RATE_PROBES}: the order is not visible")
+    theirs = f"_acme-challenge.{_other()}.{session.relay_domain}"
+    await session.refused("dns_challenge", UNAUTHORIZED, domain=theirs, txt_value=txt_value(name))
+    await session.refused(
+        "dns_challenge", INVALID_MESSAGE, domain=f"_acme-challenge.{name}", txt_value="x"
+    )
+    return f"RATE_LIMITED at request {limited_at}, then UNAUTHORIZED, then INVALID_MESSAGE"
