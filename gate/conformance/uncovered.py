@@ -84,6 +84,8 @@ REASONS: Final[dict[str, str]] = {
     # §7.2
     "A requester that has read the response's `end` MUST treat the exchange as complete": "the "
     "target as requester",
+    "A requester MUST send its `end` without waiting for any part of the response": "the "
+    "target as requester",
     # §7.3
     "MUST be reported to the HTTP client as an error, never as a truncated success": "the "
     "target as requester, seen by its HTTP client: Gate's tests/e2e/test_peer_wire.py",
