@@ -123,6 +123,10 @@ def test_the_first_make_serve_shows_the_banner_first(tmp_path, gate_env):
     home.mkdir()
     # Port 0 and the test's own dirs: the quick start's defaults but for where it listens.
     env = clean_env({**gate_env, "HOME": str(home), "GATE_SERVER__BIND": "127.0.0.1:0"})
+    # A newcomer's make is not run by another make (as `make test` runs these tests):
+    # without these, make prints "Entering directory" lines of its own.
+    for inherited in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES"):
+        env.pop(inherited, None)
     child = pexpect.spawn(
         "make", ["serve"], cwd=checkout, env=env, timeout=600, encoding="utf-8", echo=False
     )
