@@ -194,15 +194,15 @@ def test_cancellation_from_the_reference_node_reaches_gates_engine(
 
 
 def test_the_reference_node_passes_gate_conformance(make_node, reference, tmp_path, llama_engine):  # noqa: F811
-    """Every node case of `gate conformance`, as a stranger and with a trusted key, the
-    reference node serving the real engine (the streamed and cancelled cases need one)."""
+    """Every node case of `gate conformance`, the SHOULDs included (--strict), with a
+    trusted key, the reference node serving the real engine (the streamed and cancelled cases need one)."""
     tester = make_node("tester")  # never started: only its key is used
     pem = tmp_path / "tester.pem"
     assert run_gate("identity", "export", "-o", str(pem), env=tester.env).returncode == 0
     ref = reference("--upstream", llama_engine.root_url, "--trust", tester.node_id)
     result = run_gate(
         "conformance", ref.address, "--identity", str(pem), "--bind-host", "127.0.0.1",
-        "--json", env=tester.env, timeout=600,
+        "--strict", "--json", env=tester.env, timeout=600,
     )  # fmt: skip
     cases = json.loads(result.stdout)
     failed = [
