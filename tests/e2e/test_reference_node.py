@@ -195,7 +195,8 @@ def test_cancellation_from_the_reference_node_reaches_gates_engine(
 
 def test_the_reference_node_passes_gate_conformance(make_node, reference, tmp_path, llama_engine):  # noqa: F811
     """Every node case of `gate conformance`, the SHOULDs included (--strict), with a
-    trusted key, the reference node serving the real engine (the streamed and cancelled cases need one)."""
+    trusted key, the reference node serving the real engine (the streamed and cancelled
+    cases need one)."""
     tester = make_node("tester")  # never started: only its key is used
     pem = tmp_path / "tester.pem"
     assert run_gate("identity", "export", "-o", str(pem), env=tester.env).returncode == 0
