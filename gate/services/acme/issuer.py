@@ -26,16 +26,16 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
-import requests
 import trio
-from josepy.errors import Error as JoseError
 
 from gate.config import TlsConfig
-from gate.services.acme.session import AcmeError, AcmeSession, describe_error
 from gate.services.acme.store import Issued, account_key, load_issued, new_key_pem, save_issued
 from gate.services.http.tls import NodeCertificate
+
+if TYPE_CHECKING:
+    from gate.services.acme.session import AcmeSession
 
 __all__ = ["AcmeIssuer", "ChallengeRelay", "IssuanceFailed"]
 
@@ -54,17 +54,10 @@ class IssuanceFailed(Exception):
     """An issuance step failed in a way that is not the CA's (e.g. the relay refused)."""
 
 
-# How an attempt fails: the CA's answers (problem documents, or ones the library cannot
-# parse), the network, the relay, the data dir. Each is retried after the backoff.
-_FAILURES: Final = (
-    AcmeError,
-    JoseError,
-    IssuanceFailed,
-    requests.RequestException,
-    OSError,
-    ValueError,
-    KeyError,
-)
+# How an attempt fails besides the ACME library's own failures (session.FAILURES: the
+# CA's problem documents, answers it cannot parse, the network): the relay, the data dir.
+# Each is retried after the backoff.
+_FAILURES: Final = (IssuanceFailed, OSError, ValueError, KeyError)
 
 
 class ChallengeRelay(Protocol):
@@ -177,10 +170,15 @@ class AcmeIssuer:
 
     async def _attempt(self, state: NameState, relay: ChallengeRelay) -> None:
         state.issuing = True
+        # The ACME library and its HTTP stack (requests, josepy, pyOpenSSL) cost a node
+        # ~11 MB and ~0.17 s at start: imported at the first issuance, never by a node
+        # with no relay or with certificate files of its own.
+        from gate.services.acme import session
+
         try:
-            await self._issue(state, relay)
-        except _FAILURES as exc:
-            self._failed(state, describe_error(exc))
+            await self._issue(state, relay, session.AcmeSession)
+        except (*session.FAILURES, *_FAILURES) as exc:
+            self._failed(state, session.describe_error(exc))
         except Exception as exc:  # a surprise from the library must not end the relay link
             self._failed(state, f"{type(exc).__name__}: {exc}", unexpected=True)
         else:
@@ -205,11 +203,13 @@ class AcmeIssuer:
             },
         )
 
-    async def _issue(self, state: NameState, relay: ChallengeRelay) -> None:
+    async def _issue(
+        self, state: NameState, relay: ChallengeRelay, acme_session: type[AcmeSession]
+    ) -> None:
         name = state.name
         run = trio.to_thread.run_sync
         key = await run(account_key, self.data_dir)
-        session = AcmeSession(self.config, key, self._eab_hmac_key)
+        session = acme_session(self.config, key, self._eab_hmac_key)
         await run(session.open, abandon_on_cancel=True)
         key_pem = new_key_pem()
         order, pending = await run(session.new_order, name, key_pem, abandon_on_cancel=True)

@@ -17,19 +17,23 @@ from typing import Any, Final
 import requests
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.errors import Error as JoseError
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
 from gate import __version__
 from gate.config import TlsConfig
 
-__all__ = ["AcmeError", "AcmeSession", "Challenge", "describe_error"]
+__all__ = ["FAILURES", "AcmeError", "AcmeSession", "Challenge", "describe_error"]
 
 log = logging.getLogger("gate.acme")
 
 _HTTP_TIMEOUT: Final = 30
 _BAD_NONCE_ROUNDS: Final = 4
 AcmeError = errors.Error  # every failure the library raises
+# How the library fails: the CA's answers (problem documents, or ones it cannot parse)
+# and the network.
+FAILURES: Final = (AcmeError, JoseError, requests.RequestException)
 
 
 class _Network(client.ClientNetwork):
