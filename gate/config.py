@@ -827,7 +827,11 @@ def config_file_locked(path: Path) -> Iterator[None]:
         except OSError as exc:
             raise ConfigError(f"{path}: cannot lock {lock_path}: {exc}") from exc
         try:
-            if not lock(fd, patience=EDIT_LOCK_PATIENCE):
+            try:
+                locked = lock(fd, patience=EDIT_LOCK_PATIENCE)
+            except OSError as exc:  # e.g. a file system without locks
+                raise ConfigError(f"{path}: cannot lock {lock_path}: {exc}") from exc
+            if not locked:
                 raise ConfigError(
                     f"{path}: another gate process is editing this file (it holds "
                     f"{lock_path}); gave up after {EDIT_LOCK_PATIENCE:g} s, nothing written"
