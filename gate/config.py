@@ -31,11 +31,14 @@ RPC methods that edit the file) resolves all three layers the same way: `load_co
 `edit_config_file`, which returns the config as it will run.
 
 Loading and writing block on the filesystem: call them from async code through
-``trio.to_thread.run_sync``. Edits within one process are serialized (`edit_config_file`).
+``trio.to_thread.run_sync``. Edits are serialized (`edit_config_file`), within one process
+and across processes: every process that edits the file takes its lock file first
+(`config_file_locked`, on ``.gate.toml.lock`` beside it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ipaddress
 import logging
@@ -47,7 +50,7 @@ import threading
 import time
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -59,6 +62,7 @@ import tomli_w
 
 from gate import toml_edit
 from gate.errors import ConfigError
+from gate.file_lock import lock, open_lock_file
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,8 @@ __all__ = [
     "TlsConfig",
     "WebConfig",
     "check_exposure",
+    "config_file_locked",
+    "config_lock_path",
     "config_to_dict",
     "default_config_path",
     "dump_toml",
@@ -796,8 +802,43 @@ def write_config_atomic(path: Path, text: str) -> None:
 
 
 # Read, edit and write of the file in one piece: two edits at once (worker threads of
-# concurrent RPC calls) would each write what they read, and the first would be lost.
+# concurrent RPC calls, or `gate peers add` beside the daemon) would each write what they
+# read, and the first would be lost. Threads take _EDIT_LOCK, processes the file lock.
 _EDIT_LOCK = threading.Lock()
+EDIT_LOCK_PATIENCE = 10.0  # seconds; an edit holds the lock for milliseconds
+
+
+def config_lock_path(path: Path) -> Path:
+    """The lock file of the config file `path`: beside it, and never deleted."""
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextlib.contextmanager
+def config_file_locked(path: Path) -> Iterator[None]:
+    """Hold the edit lock of the config file `path`, against this process's other
+    threads and every other process that edits it the same way: read, compare or edit,
+    and write inside. ConfigError when another process keeps it past EDIT_LOCK_PATIENCE
+    or the lock file cannot be opened."""
+    lock_path = config_lock_path(path)
+    with _EDIT_LOCK:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = open_lock_file(lock_path)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot lock {lock_path}: {exc}") from exc
+        try:
+            try:
+                locked = lock(fd, patience=EDIT_LOCK_PATIENCE)
+            except OSError as exc:  # e.g. a file system without locks
+                raise ConfigError(f"{path}: cannot lock {lock_path}: {exc}") from exc
+            if not locked:
+                raise ConfigError(
+                    f"{path}: another gate process is editing this file (it holds "
+                    f"{lock_path}); gave up after {EDIT_LOCK_PATIENCE:g} s, nothing written"
+                )
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
 
 STALE_TEMP_AGE = 60.0  # seconds; a write takes milliseconds
@@ -830,16 +871,19 @@ def edit_config_file(
     check: typing.Callable[[Config], None] | None = None,
     *,
     env: Mapping[str, str] | None = None,
+    written: typing.Callable[[], None] | None = None,
 ) -> Config:
     """Apply `edit` to the file's own TOML table (not the defaults), validate the result as
     `validate_config_file` would, and write it atomically. Returns the config as it will
     run: defaults, the file, then `env` (default: os.environ) on top, as `load_config`
-    resolves it; `check` sees that config first and may refuse it by raising.
+    resolves it; `check` sees that config first and may refuse it by raising. `written`
+    runs once the file is written, before any other edit can change it.
 
-    An exception leaves the file as it was. Edits within this process are serialized.
-    The file is changed in place: its comments and layout stay (`gate.toml_edit`)."""
+    An exception leaves the file as it was. Edits are serialized, within this process and
+    across processes (`config_file_locked`), so none is lost. The file is changed in
+    place: its comments and layout stay (`gate.toml_edit`)."""
     env = os.environ if env is None else env
-    with _EDIT_LOCK:
+    with config_file_locked(path):
         data = _read_toml(path, missing_ok=True) or {}
         before = copy.deepcopy(data)
         edit(data)
@@ -850,6 +894,8 @@ def edit_config_file(
         document = toml_edit.parse(_read_text(path))
         toml_edit.apply_changes(document, data)
         write_config_atomic(path, toml_edit.render(document))
+        if written is not None:
+            written()
     return config
 
 

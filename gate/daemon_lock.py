@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Final
 
 from gate.errors import GateError
+from gate.file_lock import lock, open_lock_file
 
 __all__ = ["LOCK_FILENAME", "DataDirLock", "DataDirLocked", "LockHolder", "lock_holder"]
 
@@ -69,26 +70,17 @@ class DataDirLock:
         dir cannot be used."""
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = data_dir / LOCK_FILENAME
-        # Not inherited by children, and closed by exec: `node_restart` re-executes
-        # `gate serve`, which takes the lock again.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + _ACQUIRE_PATIENCE
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    holder = _read(fd)
-                    os.close(fd)
-                    raise DataDirLocked(data_dir, holder) from None
-                time.sleep(0.02)
-            except BaseException:
-                os.close(fd)
-                raise
-        lock = cls(fd, path)
-        lock.write(LockHolder(pid=os.getpid()))
-        return lock
+        # Closed by exec: `node_restart` re-executes `gate serve`, which takes it again.
+        fd = open_lock_file(path)
+        try:
+            if not lock(fd, patience=_ACQUIRE_PATIENCE):
+                raise DataDirLocked(data_dir, _read(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        held = cls(fd, path)
+        held.write(LockHolder(pid=os.getpid()))
+        return held
 
     def write(self, holder: LockHolder) -> None:
         """Say who holds the lock (readers see the old text or the new: it is short)."""
@@ -116,9 +108,7 @@ def lock_holder(data_dir: Path) -> LockHolder | None:
     except OSError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not lock(fd, patience=0, shared=True):
             return _read(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None

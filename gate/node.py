@@ -283,12 +283,23 @@ class Node:
                 check(config)
             self._check_runnable(merge_live(self.config, config))
 
+        # The file as this edit wrote it, stamped before another process can write it:
+        # a stamp taken later could be of that process's edit, which the watcher would
+        # then take for this one and never apply.
+        stamps: list[_Stamp | None] = []
         async with self._config_lock:
             config = await trio.to_thread.run_sync(
-                partial(edit_config_file, self.config_file, edit, check_all, env=self.env)
+                partial(
+                    edit_config_file,
+                    self.config_file,
+                    edit,
+                    check_all,
+                    env=self.env,
+                    written=lambda: stamps.append(_stamp(self.config_file)),
+                )
             )
             engines_changed = self._swap_config(merge_live(self.config, config))
-            self._file_read(config, _stamp(self.config_file))
+            self._file_read(config, stamps[0])
         if engines_changed:
             await self.registry.refresh()  # outside the lock: it waits on the network
         return config

@@ -101,9 +101,10 @@ def config_edit(config_path: Path | None) -> None:
 
     A missing file starts from a commented template. An invalid edit is shown with the
     error and can be edited again; declined, the file stays as it was and the rejected
-    text is kept next to it. A running daemon applies what it can at once.
+    text is kept next to it. A file that changed while the editor was open (`gate peers
+    add`, the daemon) is not overwritten: the edit is kept next to it. A running daemon
+    applies what it can at once.
     """
-    from gate.config import write_config_atomic
 
     path = config_file(config_path)
     try:
@@ -138,14 +139,85 @@ def config_edit(config_path: Path | None) -> None:
         text = edited
 
     try:
-        write_config_atomic(path, edited)
-    except ConfigError as exc:
-        fail(str(exc), EXIT_FAILURE)
+        saved, current = _save_unless_changed(path, old_text, edited)
+    except ConfigError as exc:  # e.g. another process kept the lock: the edit stays
+        fail(f"{exc}; your edit is in {_keep_edit(path, edited)}", EXIT_FAILURE)
+    if not saved:
+        changed = _what_changed(path, old_text, current)
+        kept = _keep_edit(path, edited)
+        hint = command_hint("config edit", config_path)
+        fail(
+            f"{path} changed while you were editing it ({changed}); your edit was not saved,"
+            f" so as not to undo that change: it is in {kept}. Run `{hint}` and make your"
+            " change again on the file as it is now",
+            EXIT_FAILURE,
+        )
     click.echo(f"saved {path}")
     # With the old file broken, where the daemon runs (on its last good config) is not
     # known here: look where the new file puts it, as the daemon would read it.
     running = running_config or _load(config_path) or new_config
     _tell_running_daemon(config_path, running, old_config, new_config)
+
+
+def _save_unless_changed(path: Path, before: str | None, edited: str) -> tuple[bool, str | None]:
+    """Write `edited` unless the file is no longer `before` (None: missing), as the
+    editor was given it: (whether it was written, the file's text before).
+
+    Under the file's edit lock, so no gate process changes it between the comparison and
+    the write. The editor does not hold the lock: an edit may take minutes, and the
+    daemon's edits must not wait that long. ConfigError when the file cannot be read,
+    locked or written."""
+    from gate.config import config_file_locked, write_config_atomic
+
+    with config_file_locked(path):
+        try:
+            current: str | None = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            current = None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        if current != before:
+            return False, current
+        write_config_atomic(path, edited)
+    return True, current
+
+
+def _what_changed(path: Path, before: str | None, now: str | None) -> str:
+    """What another writer changed in the file: the keys (their values may be secrets),
+    or what happened to the text when the keys cannot tell."""
+    from gate.reload import changed_keys
+
+    if now is None:
+        return "it was removed"
+    if before is None:
+        return "it was created"
+    old, new = _check(path, before)[0], _check(path, now)[0]
+    if old is None or new is None:
+        return "its text changed"
+    keys = changed_keys(old, new)
+    return f"changed: {', '.join(sorted(keys))}" if keys else "its comments or layout changed"
+
+
+def _keep_edit(path: Path, text: str) -> Path:
+    """Save an edit that was not written beside the file, as gate.toml.edit-<UTC time>
+    (0600: it may hold secrets), never over an older one."""
+    import time
+
+    from gate.identity import write_secret_file_atomic
+
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for n in range(1, 100):
+        kept = path.with_name(f"{path.name}.edit-{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            write_secret_file_atomic(kept, text.encode(), overwrite=False)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            fail(f"{path} was not written, and your edit could not be kept: {exc}")
+        return kept
+    fail(f"{path} was not written, and your edit could not be kept: too many copies")
 
 
 def _load(config_path: Path | None) -> Config | None:

@@ -25,7 +25,7 @@ import httpx
 import pexpect
 import pytest
 
-from gate.identity import load_or_create_identity
+from gate.identity import NodeIdentity, load_or_create_identity
 from gate.protocol import NodeId
 
 from .conftest import engine_config
@@ -370,6 +370,32 @@ def test_logs_in_plain_form_show_every_field(gate_env):
     )
 
 
+def test_peers_add_from_many_processes_at_once_keeps_every_peer(gate_env, tmp_path):
+    """`gate peers add` run six times at once with no daemon: each process edits the file
+    under its lock, so none writes over another's peer."""
+    config = tmp_path / "gate.toml"
+    config.write_text("# peers added at once\n")
+    peers = sorted(str(NodeId(NodeIdentity.generate().public_key_bytes)) for _ in range(6))
+    env = {**os.environ, **gate_env, "GATE_SERVER__BIND": NOWHERE}
+    processes = [
+        subprocess.Popen(
+            [*GATE, "peers", "add", peer, "--config", str(config)], env=env, stderr=subprocess.PIPE
+        )
+        for peer in peers
+    ]
+    try:
+        for process in processes:
+            _, stderr = process.communicate(timeout=60)
+            assert process.returncode == 0, stderr
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate(timeout=10)
+    assert sorted(tomllib.loads(config.read_text())["p2p"]["trusted_peers"]) == peers
+    assert config.read_text().startswith("# peers added at once\n")
+
+
 def test_peers_add_keeps_the_comments_and_engine_blocks_of_gate_toml(gate_env, tmp_path):
     written = (
         "# my laptop\n[providers]\nhealth_interval = 30.0  # seconds\n\n"
@@ -686,6 +712,62 @@ def test_config_edit_keeps_a_rejected_edit_private(gate_env, tmp_path, editor):
         "gate.toml",
         "gate.toml.rejected",
     ]  # no temp file left
+
+
+SLOW_EDITOR_SCRIPT = """\
+import pathlib, sys, time
+steps, target = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+(steps / "editing").write_text(target.read_text())
+deadline = time.monotonic() + 30
+while not (steps / "go").exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+target.write_text((steps / "text").read_text())
+"""
+
+
+def test_config_edit_keeps_a_change_made_while_the_editor_was_open(gate_env, tmp_path):
+    """The editor stays open while `gate peers add` edits the file: saving does not
+    undo that peer; the user's text is kept beside the file, and the message says so."""
+    config = tmp_path / "gate.toml"
+    config.write_text("[server]\nlog_level = 'info'\n")
+    steps = tmp_path / "editor-steps"
+    steps.mkdir()
+    mine = "[server]\nlog_level = 'debug'\n"
+    (steps / "text").write_text(mine)
+    script = tmp_path / "slow-editor.py"
+    script.write_text(SLOW_EDITOR_SCRIPT)
+    env = {**os.environ, **gate_env, "GATE_SERVER__BIND": NOWHERE}
+    editing = subprocess.Popen(
+        [*GATE, "config", "edit", "--config", str(config)],
+        env={**env, "EDITOR": f"{sys.executable} {script} {steps}", "VISUAL": ""},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: (steps / "editing").exists(), "the editor to open", timeout=30)
+        added = run_gate("peers", "add", OTHER_NODE, "--config", str(config), env=env)
+        assert added.returncode == 0, err(added)
+        (steps / "go").touch()
+        stdout, stderr = editing.communicate(timeout=60)
+    finally:
+        if editing.poll() is None:
+            editing.kill()
+            editing.communicate(timeout=10)
+    assert editing.returncode == EXIT_FAILURE, stderr
+    assert stdout == b""
+    (kept,) = tmp_path.glob("gate.toml.edit-*")
+    assert stderr.decode() == (
+        f"gate: error: {config} changed while you were editing it (changed: "
+        f"p2p.trusted_peers); your edit was not saved, so as not to undo that change: it is "
+        f"in {kept}. Run `gate config edit --config {config}` and make your change again on "
+        "the file as it is now\n"
+    )
+    assert re.fullmatch(r"gate\.toml\.edit-\d{8}T\d{6}Z", kept.name)
+    assert kept.read_text() == mine and kept.stat().st_mode & 0o777 == 0o600
+    assert tomllib.loads(config.read_text()) == {
+        "server": {"log_level": "info"},
+        "p2p": {"trusted_peers": [OTHER_NODE]},
+    }
 
 
 # --- setup ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ keeps running with their old values.
 """
 
 import os
+import subprocess
 import time
 import tomllib
 from pathlib import Path
@@ -198,6 +199,52 @@ def test_twenty_concurrent_add_peer_are_all_kept(start_gate):
     assert sorted(node["node_id"] for node in result(gate, "list_peers")) == peers
     written = tomllib.loads(config_path(gate).read_text())["p2p"]["trusted_peers"]
     assert sorted(written) == peers
+
+
+def test_add_peer_beside_cli_processes_editing_the_file_keeps_every_peer(start_gate, tmp_path):
+    """The daemon adds peers over the RPC while `gate peers add` processes that find no
+    daemon (their environment names another data dir and address) write the same file:
+    every peer is in the file, and the daemon runs with all of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gate.identity import NodeIdentity
+    from gate.protocol import NodeId
+
+    from .gate_process import GATE
+
+    gate = start_gate(NO_ENGINE)
+    by_rpc, by_cli = (
+        [str(NodeId(NodeIdentity.generate().public_key_bytes)) for _ in range(4)] for _ in "ab"
+    )
+    elsewhere = {
+        **gate.env,
+        "GATE_SERVER__DATA_DIR": str(tmp_path / "other-data"),
+        "GATE_SERVER__BIND": "127.0.0.1:9",  # the discard port: no daemon answers there
+    }
+    add = [*GATE, "peers", "add", "--config", str(config_path(gate))]
+    clis = [
+        subprocess.Popen([*add, peer], env=elsewhere, stderr=subprocess.PIPE) for peer in by_cli
+    ]
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda p: result(gate, "add_peer", {"peer": p}), by_rpc))
+        for process in clis:
+            _, stderr = process.communicate(timeout=60)
+            assert process.returncode == 0, stderr
+            assert b"no daemon running; wrote" in stderr
+    finally:
+        for process in clis:
+            if process.poll() is None:
+                process.kill()
+                process.communicate(timeout=10)
+    every = sorted(by_rpc + by_cli)
+    written = tomllib.loads(config_path(gate).read_text())["p2p"]["trusted_peers"]
+    assert sorted(written) == every
+    wait_for(
+        lambda: sorted(node["node_id"] for node in result(gate, "list_peers")) == every,
+        "the daemon to run with every peer",
+        timeout=LIVE_WITHIN,
+    )
 
 
 def test_serve_removes_a_temp_file_a_killed_write_left_behind(gate_env, start_gate):

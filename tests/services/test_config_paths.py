@@ -8,6 +8,8 @@ The same through a real `gate serve`: tests/e2e/test_reload.py.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -197,6 +199,42 @@ async def test_concurrent_update_config_last_acknowledged_wins_and_the_watcher_k
             assert node.config.server.client_burst == last
             ctx.shutdown.set()
     assert len(acknowledged) == 20
+
+
+ADD_PEER = """\
+import sys
+from pathlib import Path
+from gate.peers_config import add_trusted_peer
+add_trusted_peer(Path(sys.argv[1]), sys.argv[2])
+"""
+
+
+async def test_another_process_editing_right_after_the_node_is_applied_too(
+    rpc, node, path, monkeypatch
+):
+    """`gate peers add` in another process (say, one that found no daemon at its
+    address) writes the file just after the node's own edit: the node stamped the file
+    as its edit left it, so the watcher sees the other edit and applies it."""
+    other = str(NodeId(NodeIdentity.generate().public_key_bytes))
+    real = gate.node.edit_config_file
+
+    def then_another_process(*args: object, **kwargs: object) -> Config:
+        config = real(*args, **kwargs)  # type: ignore[arg-type]
+        subprocess.run([sys.executable, "-c", ADD_PEER, str(path), other], check=True, timeout=60)
+        return config
+
+    monkeypatch.setattr(gate.node, "edit_config_file", then_another_process)
+    both = sorted([PEER, other])
+    ctx = ServiceContext("config-watch")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node._watch_config, ctx)
+            await rpc.add_peer(PeerParams(peer=PEER))
+            while sorted(node.config.p2p.trusted_peers) != both:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            ctx.shutdown.set()
+    assert sorted(load_config(path)[0].p2p.trusted_peers) == both
+    assert sorted(p.node_id for p in await rpc.list_peers(NoParams())) == both
 
 
 @pytest.mark.parametrize("whose", ["own", "all-a", "own-hex@address"])
