@@ -256,13 +256,13 @@ async def test_a_rate_limit_is_waited_out_as_the_ca_says(tmp_path, pebble, monke
             )
             status = issuer.status(NAME)
             assert status["certificate"] == "retrying"
+            # The next attempt is shown, as the CA said (to the second).
+            next_at = datetime.datetime.fromisoformat(status["certificate_next"])
+            assert next_at - front.refused[0] >= datetime.timedelta(seconds=3)
             assert status["certificate_error"] == (
                 "urn:ietf:params:acme:error:rateLimited: too many certificates (front)"
                 " (Retry-After 4 s)"
             )
-            # The next attempt is shown, as the CA said (to the second).
-            next_at = datetime.datetime.fromisoformat(status["certificate_next"])
-            assert next_at - front.refused[0] >= datetime.timedelta(seconds=3)
             await wait_until(lambda: len(front.refused) == 2, "the second attempt", within=15)
             front.refuse_orders = None  # the limit is over
             await wait_until(lambda: issuer.status(NAME)["certificate"] == "valid", "issuance")
@@ -309,7 +309,6 @@ async def test_the_renewal_window_is_read_again_and_renews_early_when_moved(tmp_
             # Read after issuance, for this certificate; the renewal time is in the window.
             await wait_until(lambda: len(front.ari_asked) >= 1, "the window read")
             assert front.ari_asked[0][1] == first_id
-            assert state.window == front.window
             assert front.window[0] <= state.renew_at <= front.window[1]
             assert issuer.status(NAME)["certificate_next"] == state.renew_at.isoformat(
                 timespec="seconds"
