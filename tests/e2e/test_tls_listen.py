@@ -84,7 +84,7 @@ def test_the_relay_door_on_a_tcp_port(tmp_path, gate_env, llama_engine):
 
         rows = wait_for(lambda: history(limit=10) or None, "the usage row")
         assert [(r["door"], r["endpoint"], r["status"]) for r in rows] == [
-            ("tls", "/v1/chat/completions", 200)
+            ("tls", "chat.completions", 200)
         ]
         assert history(door="relay") == []
 
