@@ -272,7 +272,6 @@ class AcmeIssuer:
             chain = await run(session.download, order, abandon_on_cancel=True)
             issued = await run(save_issued, self.data_dir, name, key_pem, chain)
             await self._install(state, issued)
-            await self._read_window(state, session)
         except trio.TooSlowError:
             raise IssuanceFailed("the CA did not validate or issue in time") from None
         finally:
@@ -282,6 +281,7 @@ class AcmeIssuer:
                         await relay.done(name)
                     except IssuanceFailed as exc:  # the relay drops them after a while anyway
                         log.info("could not ask the relay to clean up", extra={"error": str(exc)})
+        await self._read_window(state, session)
 
     async def _read_window(self, state: NameState, acme: AcmeSession | None = None) -> None:
         """Read the CA's renewal window for the certificate held (with `acme`'s session,
@@ -300,9 +300,11 @@ class AcmeIssuer:
                 acme = session.AcmeSession(self.config, key, self._eab_hmac_key)
                 await run(acme.open_directory, abandon_on_cancel=True)
             window = await run(acme.renewal_info, issued.chain_pem, abandon_on_cancel=True)
-        except (*session.FAILURES, *_FAILURES) as exc:
-            log.info(
+        except Exception as exc:  # the certificate is served whatever this says
+            surprise = not isinstance(exc, (*session.FAILURES, *_FAILURES))
+            (log.warning if surprise else log.info)(
                 "could not read the renewal window",
+                exc_info=surprise,
                 extra={"domain": state.name, "error": session.describe_error(exc)},
             )
             refused = exc.retry_after if isinstance(exc, session.CaRefused) else None
