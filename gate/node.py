@@ -111,8 +111,14 @@ class Node:
             else None
         )
         tls_door = TlsDoor(certificate, lambda: relay_door) if certificate is not None else None
-        # `tls.listen`: the relay door on a TCP port as well (no relay in between).
-        self.tls_listener = tls_door if config.tls.listen else None
+        # `tls.listen`: the relay door on a TCP port as well (no relay in between), its
+        # requests marked as that door's (the usage log).
+        tcp_door = with_door(self.relay_app, Door.TLS)
+        self.tls_listener = (
+            TlsDoor(certificate, lambda: tcp_door)
+            if certificate is not None and config.tls.listen
+            else None
+        )
         self.p2p = (
             P2PService(
                 config.p2p,

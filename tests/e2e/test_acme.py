@@ -8,7 +8,9 @@ node's certificate contexts (in memory), checked by a client that trusts pebble'
 
 from __future__ import annotations
 
+import base64
 import datetime
+import itertools
 import logging
 import ssl
 import stat
@@ -23,6 +25,7 @@ from gate.services.acme.issuer import AcmeIssuer
 from gate.services.acme.store import ACME_DIR
 from gate.services.http.tls import NodeCertificate
 from tests.pebble.ca import Pebble, have_pebble
+from tests.pebble.front import AcmeFront
 from tests.services.test_node_certificate import served_certificate
 
 pytestmark = [
@@ -63,9 +66,11 @@ def pebble(tmp_path):
 
 
 def node_certificate(
-    tmp_path, pebble: Pebble, names: list[str]
+    tmp_path, pebble: Pebble, names: list[str], directory: str = ""
 ) -> tuple[NodeCertificate, AcmeIssuer]:
-    config = TlsConfig(acme_directory=pebble.directory_url, acme_ca_bundle=str(pebble.ca_bundle))
+    config = TlsConfig(
+        acme_directory=directory or pebble.directory_url, acme_ca_bundle=str(pebble.ca_bundle)
+    )
     certificate = NodeCertificate(config, tmp_path / "data")
     certificate.cover(names)  # the self-signed one, as registration makes it
     return certificate, AcmeIssuer(config, tmp_path / "data", certificate)
@@ -232,4 +237,104 @@ async def test_renewal_at_two_thirds_and_a_ca_down_meanwhile(tmp_path, monkeypat
             renewed.serial_number != x509.load_pem_x509_certificate(first.chain_pem).serial_number
         )
     finally:
+        ca.close()
+
+
+async def test_a_rate_limit_is_waited_out_as_the_ca_says(tmp_path, pebble, monkeypatch):
+    # pebble 2.4 never rate-limits: the front (tests/pebble/front.py) refuses the orders
+    # with a 429 `rateLimited` and `Retry-After: 4`, as Let's Encrypt does; the rest is
+    # pebble's. The backoff alone would try again within 0.25-0.5 s.
+    monkeypatch.setattr(issuer_module, "_RETRY_MIN", 0.5)
+    front = AcmeFront(pebble).start()
+    front.refuse_orders = 4
+    try:
+        _, issuer = node_certificate(tmp_path, pebble, [NAME], directory=front.directory_url)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(issuer.keep, NAME, DirectDns(pebble))
+            await wait_until(
+                lambda: NAME in issuer.names and issuer.names[NAME].failures == 1, "the refusal"
+            )
+            status = issuer.status(NAME)
+            assert status["certificate"] == "retrying"
+            # The next attempt is shown, as the CA said (to the second).
+            next_at = datetime.datetime.fromisoformat(status["certificate_next"])
+            assert next_at - front.refused[0] >= datetime.timedelta(seconds=3)
+            assert status["certificate_error"] == (
+                "urn:ietf:params:acme:error:rateLimited: too many certificates (front)"
+                " (Retry-After 4 s)"
+            )
+            await wait_until(lambda: len(front.refused) == 2, "the second attempt", within=15)
+            front.refuse_orders = None  # the limit is over
+            await wait_until(lambda: issuer.status(NAME)["certificate"] == "valid", "issuance")
+            nursery.cancel_scope.cancel()
+        gap = (front.refused[1] - front.refused[0]).total_seconds()
+        assert gap >= 4.0, gap
+        assert len(front.refused) == 2  # and not asked again before its time
+        assert issuer.names[NAME].failures == 0
+    finally:
+        front.close()
+
+
+def ari_id(chain_pem: bytes) -> str:
+    """RFC 9773 §4.1: the certificate's identifier, base64url(AKI keyIdentifier) "."
+    base64url(serial's DER bytes), written here from the RFC."""
+    leaf = x509.load_pem_x509_certificate(chain_pem)
+    aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    serial = leaf.serial_number.to_bytes((leaf.serial_number.bit_length() + 8) // 8, "big")
+
+    def b64(data: bytes | None) -> str:
+        return base64.urlsafe_b64encode(data or b"").decode().rstrip("=")
+
+    return f"{b64(aki.key_identifier)}.{b64(serial)}"
+
+
+async def test_the_renewal_window_is_read_again_and_renews_early_when_moved(tmp_path):
+    # pebble 2.4 serves no renewal information: the front serves the window (the test
+    # sets it), pebble issues. A 60 s certificate: the window is read again at most every
+    # 3 s (a twentieth of the lifetime), here as often since the CA says 1 s.
+    ca = Pebble(tmp_path / "pebble", validity_s=60).start()
+    front = AcmeFront(ca).start()
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    front.window = (now + datetime.timedelta(seconds=45), now + datetime.timedelta(seconds=55))
+    front.ari_retry_after = 1
+    try:
+        certificate, issuer = node_certificate(tmp_path, ca, [NAME], directory=front.directory_url)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(issuer.keep, NAME, DirectDns(ca))
+            await wait_until(lambda: issuer.status(NAME)["certificate"] == "valid", "issuance")
+            state = issuer.names[NAME]
+            first = state.issued
+            assert first is not None and state.renew_at is not None
+            first_id = ari_id(first.chain_pem)
+            # Read after issuance, for this certificate; the renewal time is in the window.
+            await wait_until(lambda: len(front.ari_asked) >= 1, "the window read")
+            assert front.ari_asked[0][1] == first_id
+            assert front.window[0] <= state.renew_at <= front.window[1]
+            assert issuer.status(NAME)["certificate_next"] == state.renew_at.isoformat(
+                timespec="seconds"
+            )
+            # Read again while the certificate is held, no oftener than every 3 s.
+            await wait_until(lambda: len(front.ari_asked) >= 3, "the window read again", 15)
+            times = [when for when, _ in front.ari_asked[:3]]
+            assert all((b - a).total_seconds() >= 2.9 for a, b in itertools.pairwise(times)), times
+            # The CA moves this certificate's window into the past (a revocation, say):
+            # the node renews at its next read, well before the old window.
+            moved = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+            front.windows[first_id] = (
+                moved - datetime.timedelta(seconds=10),
+                moved - datetime.timedelta(seconds=5),
+            )
+            await wait_until(lambda: state.issued is not first, "the early renewal", within=15)
+            renewed_at = datetime.datetime.now(datetime.UTC)
+            nursery.cancel_scope.cancel()
+        assert renewed_at < front.window[0], (renewed_at, front.window)
+        renewed = served(certificate, NAME, ca.root_pem())
+        assert (
+            renewed.serial_number != x509.load_pem_x509_certificate(first.chain_pem).serial_number
+        )
+        # The new certificate's window is the CA's usual one, asked for by its own id.
+        assert state.issued is not None and state.window == front.window
+        assert front.ari_asked[-1][1] == ari_id(state.issued.chain_pem)
+    finally:
+        front.close()
         ca.close()

@@ -1,7 +1,7 @@
 """`tls.listen`: the relay door's TLS on a TCP port of the node, no relay in between (what
 an SNI router of your own, such as nginx's ssl_preread, forwards to; bench/relay.py
 compares the two ways in). A real `gate serve` with a certificate from a test CA and the
-real llama.cpp engine behind it."""
+real llama.cpp engine behind it; the usage log names the door `tls`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import socket
 import ssl
 
+import httpx
 import msgspec
 import pytest
 
@@ -17,7 +18,7 @@ from gate.errors import ConfigError
 
 from .conftest import engine_config
 from .gate_process import GateServe, run_gate, wait_for
-from .test_gateway import MODEL
+from .test_gateway import HI, MODEL, NO_EOS
 from .test_relay import NOWHERE, LocalCA, RelayedHTTPS
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +55,7 @@ def test_the_relay_door_on_a_tcp_port(tmp_path, gate_env, llama_engine):
         finally:
             conn.close()
 
-    with GateServe(gate_env, config=config):
+    with GateServe(gate_env, config=config) as node:
         auth = {"Authorization": f"Bearer {key}"}
         wait_for(lambda: MODEL in get("/v1/models", auth)[1].decode(), "the engine's model")
         # The relay door's rules: an API key always, no control plane, no web UI.
@@ -62,6 +63,30 @@ def test_the_relay_door_on_a_tcp_port(tmp_path, gate_env, llama_engine):
         for path in ("/rpc/events", "/", "/metrics"):
             assert get(path, auth)[0] == 404, path
         assert get("/health", auth) == (200, b'{"status":"ok"}')
+
+        # The usage log records this door as its own, `tls`: no relay was in between.
+        conn = RelayedHTTPS(hostname, ("127.0.0.1", port), context)
+        request = {"model": MODEL, "messages": HI, "max_tokens": 2, "logit_bias": NO_EOS}
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=json.dumps(request),
+            headers={**auth, "Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        response.read()
+        conn.close()
+
+        def history(**params):
+            call = {"jsonrpc": "2.0", "id": 1, "method": "request_history", "params": params}
+            return httpx.post(f"{node.url}/rpc", json=call, timeout=30).json()["result"]
+
+        rows = wait_for(lambda: history(limit=10) or None, "the usage row")
+        assert [(r["door"], r["endpoint"], r["status"]) for r in rows] == [
+            ("tls", "chat.completions", 200)
+        ]
+        assert history(door="relay") == []
 
 
 def test_listen_needs_certificate_files():

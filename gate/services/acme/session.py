@@ -1,5 +1,10 @@
 """One ACME account at one CA, step by step, with certbot's `acme` library (RFC 8555:
-JWS, nonces and a badNonce retry, the order flow, ARI). Every method blocks on HTTP
+JWS, nonces and a badNonce retry, the order flow). Two things it leaves out are done
+here: a refusal's Retry-After (a rate limit, RFC 8555 §6.6: the library raises the
+problem document and drops the header; `CaRefused` keeps it), and the renewal window
+itself (ARI, RFC 9773: the library's `renewal_time` gives one random time in it and a
+naive local time to ask again; `renewal_info` gives the window and the CA's
+Retry-After, so that the issuer can tell when the CA moved it). Every method blocks on HTTP
 (each request bounded by `_HTTP_TIMEOUT`): the issuer runs each in a worker thread, so
 cancelling the issuer cancels between steps and abandons a step in flight.
 
@@ -10,12 +15,14 @@ It is synchronous, which costs a thread per step here and nothing else."""
 from __future__ import annotations
 
 import datetime
+import email.utils
 import logging
 from dataclasses import dataclass
 from typing import Any, Final
 
 import requests
 from acme import challenges, client, crypto_util, errors, messages
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.errors import Error as JoseError
 from josepy.jwa import ES256
@@ -24,7 +31,15 @@ from josepy.jwk import JWKEC
 from gate import __version__
 from gate.config import TlsConfig
 
-__all__ = ["FAILURES", "AcmeError", "AcmeSession", "Challenge", "describe_error"]
+__all__ = [
+    "FAILURES",
+    "AcmeError",
+    "AcmeSession",
+    "CaRefused",
+    "Challenge",
+    "RenewalWindow",
+    "describe_error",
+]
 
 log = logging.getLogger("gate.acme")
 
@@ -36,10 +51,56 @@ AcmeError = errors.Error  # every failure the library raises
 FAILURES: Final = (AcmeError, JoseError, requests.RequestException)
 
 
+# The statuses a CA says "not now" with: a rate limit (429, RFC 8555 §6.6) or overload.
+_COME_BACK_LATER: Final = (429, 503)
+
+
+class CaRefused(errors.Error):
+    """The CA refused a request for now (a rate limit, or overloaded) and said, in its
+    Retry-After, how long to wait before asking again."""
+
+    def __init__(self, problem: messages.Error | None, retry_after: float) -> None:
+        super().__init__(problem, retry_after)
+        self.problem = problem
+        self.retry_after = retry_after  # seconds from when the answer came
+
+
+def retry_after_s(response: requests.Response) -> float | None:
+    """A response's Retry-After in seconds from now (RFC 9110 §10.2.3: seconds, or an
+    HTTP date), or None when it has none or none that parses."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
+
+
 class _Network(client.ClientNetwork):
     """The library's network, with a request the CA refused for a stale nonce (badNonce,
     RFC 8555 §6.5) sent again a few times rather than once (each time with the fresh
-    nonce the refusal carried): CAs reject nonces at will."""
+    nonce the refusal carried): CAs reject nonces at will. A refusal for now (429 or
+    503, or a `rateLimited` problem) that says when to come back is `CaRefused`."""
+
+    @classmethod
+    def _check_response(
+        cls, response: requests.Response, content_type: str | None = None
+    ) -> requests.Response:
+        try:
+            return super()._check_response(response, content_type)
+        except (messages.Error, errors.ClientError) as error:
+            wait = retry_after_s(response)
+            problem = error if isinstance(error, messages.Error) else None
+            rate_limited = problem is not None and problem.code == "rateLimited"
+            if wait is None or not (response.status_code in _COME_BACK_LATER or rate_limited):
+                raise
+            raise CaRefused(problem, wait) from error
 
     def post(self, *args: Any, **kwargs: Any) -> requests.Response:
         for _ in range(_BAD_NONCE_ROUNDS - 1):
@@ -50,6 +111,16 @@ class _Network(client.ClientNetwork):
                     raise
                 log.debug("the CA refused a nonce again; retrying")
         return super().post(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class RenewalWindow:
+    """The CA's suggested renewal window for a certificate (RFC 9773 §4.2), and how long
+    it asks to wait before asking again (its Retry-After; None when it gave none)."""
+
+    start: datetime.datetime
+    end: datetime.datetime
+    retry_after: float | None
 
 
 @dataclass(frozen=True)
@@ -87,10 +158,16 @@ class AcmeSession:
             raise RuntimeError("open() first")
         return self._client
 
-    def open(self) -> None:
-        """Fetch the directory and register the account, or find it (same key)."""
+    def open_directory(self) -> None:
+        """Fetch the directory: enough for what needs no account (renewal information)."""
         directory = client.ClientV2.get_directory(self.config.acme_directory, self._net)
         self._client = client.ClientV2(directory, self._net)
+
+    def open(self) -> None:
+        """Fetch the directory and register the account, or find it (same key)."""
+        self.open_directory()
+        assert self._client is not None
+        directory = self._client.directory
         eab = None
         if self.config.acme_eab_kid:
             eab = messages.ExternalAccountBinding.from_data(
@@ -105,7 +182,7 @@ class AcmeSession:
         if eab is not None:
             fields["external_account_binding"] = eab
         try:
-            self._client.new_account(messages.NewRegistration.from_data(**fields))
+            self.acme.new_account(messages.NewRegistration.from_data(**fields))
         except errors.ConflictError as exc:  # this key has an account already: use it
             self._net.account = messages.RegistrationResource(
                 uri=exc.location, body=messages.Registration()
@@ -192,23 +269,35 @@ class AcmeSession:
         # RFC 8555 §6.3: an authenticated GET is a POST with an empty payload.
         return self._net.post(url, None, new_nonce_url=self.acme.directory["newNonce"])
 
-    def _retry_after(self, response: requests.Response) -> float | None:
-        if "Retry-After" not in response.headers:
-            return None
-        until = self.acme.retry_after(response, 1) - datetime.datetime.now()
-        return max(0.0, until.total_seconds())
+    @staticmethod
+    def _retry_after(response: requests.Response) -> float | None:
+        return retry_after_s(response)
 
-    def renewal_time(self, chain_pem: bytes) -> datetime.datetime | None:
-        """When the CA's renewal information (ARI, RFC 9773) says to renew, or None when
-        the CA has none (or it fails: the caller falls back to two thirds)."""
+    def renewal_info(self, chain_pem: bytes) -> RenewalWindow | None:
+        """The CA's renewal window for the chain's leaf (ARI, RFC 9773), or None when the
+        CA serves none (no `renewalInfo` in its directory). A failure to fetch or read it
+        raises (one of FAILURES, or ValueError)."""
         try:
-            when, _ = self.acme.renewal_time(chain_pem)
-        except (errors.Error, requests.RequestException) as exc:
-            log.info("no renewal information from the CA", extra={"error": str(exc)})
+            url = str(self.acme.directory["renewalInfo"])
+        except KeyError:
             return None
-        if when is not None and when.tzinfo is None:
-            when = when.astimezone(datetime.UTC)
-        return when
+        leaf = x509.load_pem_x509_certificate(chain_pem)
+        # The certificate's ARI identifier (§4.1): the library's own function.
+        response = self._net.get(
+            f"{url.rstrip('/')}/{client._renewal_info_path_component(leaf)}",
+            content_type="application/json",
+        )
+        window = messages.RenewalInfo.from_json(response.json()).suggested_window
+        start, end = (_utc(window.start), _utc(window.end))
+        if start is None or end is None or end < start:
+            raise ValueError(f"the CA's renewal window is not one: {start} to {end}")
+        return RenewalWindow(start, end, retry_after_s(response))
+
+
+def _utc(when: datetime.datetime | None) -> datetime.datetime | None:
+    if when is not None and when.tzinfo is None:
+        return when.replace(tzinfo=datetime.UTC)
+    return when
 
 
 def describe_error(exc: BaseException) -> str:
@@ -224,6 +313,9 @@ def describe_error(exc: BaseException) -> str:
         return "validation failed: " + ("; ".join(problems) or "no detail from the CA")
     if isinstance(exc, errors.IssuanceError):
         return "issuance failed: " + _problem(exc.error)
+    if isinstance(exc, CaRefused):
+        said = _problem(exc.problem) if exc.problem is not None else "refused for now"
+        return f"{said} (Retry-After {exc.retry_after:.0f} s)"
     if isinstance(exc, messages.Error):
         return _problem(exc)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -122,7 +122,7 @@ class HistoryParams(_Strict):
     model: str | None = None
     client: str | None = None
     since: float | None = None
-    door: str | None = None  # local, peer or relay
+    door: str | None = None  # local, peer, relay or tls
 
 
 class LogsParams(_Strict):

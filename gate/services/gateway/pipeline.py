@@ -92,6 +92,7 @@ from gate.services.gateway.translated import (
 from gate.services.http.router import (
     EVERY_DOOR,
     LOCAL_ONLY,
+    PUBLIC_DOORS,
     BodyError,
     Door,
     Receive,
@@ -328,10 +329,10 @@ class Gateway:
         """The client's identity: its API key id, or its address when keys are optional.
 
         A request from a trusted peer (its stream was authorized by node id) is that peer.
-        Through a relay (`Door.RELAY`) a key is always required. A Gate key (`gk_...`)
-        that is wrong or revoked is refused (401) even when keys are optional: its sender
-        means to be that key's client and should hear that it is not. Any other value (the
-        "unused" an SDK needs) is no key at all.
+        Through a relay or on `tls.listen` (`PUBLIC_DOORS`) a key is always required. A
+        Gate key (`gk_...`) that is wrong or revoked is refused (401) even when keys are
+        optional: its sender means to be that key's client and should hear that it is
+        not. Any other value (the "unused" an SDK needs) is no key at all.
         """
         extensions = scope.get("extensions", {})
         peer = extensions.get("gate.peer")
@@ -344,8 +345,9 @@ class Gateway:
         if (
             self.security.require_api_keys
             or (key and key.startswith(KEY_PREFIX))
-            # Through a relay, anyone on the internet: a key always (spec §7.4).
-            or extensions.get("gate.door") is Door.RELAY
+            # Through a relay, anyone on the internet: a key always (spec §7.4); on the
+            # node's own TLS port too.
+            or door_of(scope) in PUBLIC_DOORS
         ):
             raise ApiError(401, "invalid or missing API key (Authorization: Bearer or x-api-key)")
         client = scope.get("client")

@@ -12,10 +12,12 @@ Each door into the node has a router of its own, built where the door is built: 
 HTTP listener's (`Door.LOCAL`) serves everything; the one trusted peers' HttpProxy
 streams reach (`Door.PEER`) and the one a relay's tls_proxy streams reach (`Door.RELAY`:
 anyone on the internet, TLS ended by this node) hold only the routes declared for them
-(`Route.doors`). A path missing from a door's router is a plain 404 there, as if it did
-not exist; no check runs per request. A request on a door other than the local one
-carries it in `scope["extensions"]["gate.door"]` (`with_door`, or set by the peer
-stream's scope); `door_of` reads it, and the usage log records it.
+(`Route.doors`); `tls.listen` serves the relay door's router as a door of its own
+(`Door.TLS`), so that the usage log tells the two apart. A path missing from a door's
+router is a plain 404 there, as if it did not exist; no check runs per request. A
+request on a door other than the local one carries it in
+`scope["extensions"]["gate.door"]` (`with_door`, or set by the peer stream's scope);
+`door_of` reads it, and the usage log records it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "EVERY_DOOR",
     "LOCAL_ONLY",
     "PEER_ONLY",
+    "PUBLIC_DOORS",
     "REMOTE_DOORS",
     "ASGIApp",
     "BodyError",
@@ -128,12 +131,17 @@ class Door(enum.Enum):
     # tls_proxy streams from a relay this node registered with: the public internet.
     # An API key is always required there, whatever server.bind is.
     RELAY = "relay"
+    # `tls.listen`: the relay door's TLS and router on a TCP port of the node, no relay
+    # in between (a LAN, an SNI router of your own); the same rules as RELAY.
+    TLS = "tls"
 
 
 EVERY_DOOR: Final = frozenset(Door)
 LOCAL_ONLY: Final = frozenset({Door.LOCAL})
 PEER_ONLY: Final = frozenset({Door.PEER})
-REMOTE_DOORS: Final = frozenset({Door.PEER, Door.RELAY})
+REMOTE_DOORS: Final = frozenset({Door.PEER, Door.RELAY, Door.TLS})
+# The doors anyone may reach (a relay's or the node's own TLS port): a key always.
+PUBLIC_DOORS: Final = frozenset({Door.RELAY, Door.TLS})
 
 
 def door_of(scope: Scope) -> Door:

@@ -12,9 +12,11 @@
    client gets the alert too. Then `splice` both ways.
 
 Caps on open connections (relay.toml): in all and per client address, checked as a
-connection arrives, before anything is read; per node, once its name is known. Past one,
-the client gets a TLS `internal_error` alert and the connection is closed, counted as
-`over_cap_<which>`. Every connection ends counted under one outcome (`outcomes`), a bad
+connection arrives, before anything is read; per node, once its name is known; and the
+node's own, the streams it lets this relay have open at once (a stream not granted
+within `connect_timeout`). Past one, the client gets a TLS `internal_error` alert and
+the connection is closed, counted as `over_cap_<which>` (`global`, `client`, `node`,
+`node_streams`). Every connection ends counted under one outcome (`outcomes`), a bad
 ClientHello also by its reason (`bad_hello`), a routed one also by how its splice ended
 (`ended`): gate.services.relay.status serves them as metrics.
 """
@@ -75,7 +77,8 @@ class TlsFront:
         self.registry = registry
         self._connection_to = connection_to
         # Connections by outcome: routed, bad_client_hello, hello_timeout, unknown_name,
-        # not_activated, node_unreachable, node_refused, over_cap_{global,client,node}.
+        # not_activated, node_unreachable, node_refused,
+        # over_cap_{global,client,node,node_streams}.
         self.outcomes: collections.Counter[str] = collections.Counter()
         self.bad_hello: collections.Counter[str] = collections.Counter()  # by reason
         self.ended: collections.Counter[str] = collections.Counter()  # routed: closed|idle|reset
@@ -185,15 +188,30 @@ class TlsFront:
         node_id: NodeId,
         conn: Connection,
     ) -> None:
+        deadline = trio.current_time() + self.config.connect_timeout
         try:
-            with trio.fail_after(self.config.connect_timeout):
+            with trio.fail_at(deadline):
                 stream = await conn.open_stream()
+        except trio.TooSlowError:
+            # QUIC opens a stream at once within the node's allowance (its MAX_STREAMS,
+            # RELAY_STREAMS in gate.services.p2p.relay_client) and waits past it: the
+            # node holds that many of this relay's connections now. A cap, the node's.
+            self._refuse("over_cap_node_streams", client_addr, sni=name)
+            await _send_alert(client, OVER_CAP_ALERT)
+            return
+        except (TransportError, trio.BrokenResourceError) as exc:
+            self._refuse("node_unreachable", client_addr, sni=name, error=str(exc))
+            await _send_alert(client)
+            return
+        try:
+            with trio.fail_at(deadline):
                 header = _encode(TlsProxyHeader(sni=name, client_addr=client_addr))
                 await stream.send_all(
                     encode_preamble(StreamType.TLS_PROXY) + encode_frame(header) + reader.received
                 )
         except (TransportError, trio.BrokenResourceError, trio.TooSlowError) as exc:
             self._refuse("node_unreachable", client_addr, sni=name, error=str(exc))
+            await abort(stream)
             await _send_alert(client)
             return
         self.bytes_in += len(reader.received)

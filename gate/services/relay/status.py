@@ -31,6 +31,7 @@ OUTCOMES = (
     "over_cap_global",
     "over_cap_client",
     "over_cap_node",
+    "over_cap_node_streams",
     "bad_client_hello",
     "hello_timeout",
 )

@@ -77,7 +77,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE usage ADD COLUMN tokens_source TEXT;
     """,
-    # 4: the door each request came through: local, peer or relay.
+    # 4: the door each request came through: local, peer, relay or tls.
     """
     ALTER TABLE usage ADD COLUMN door TEXT;
     """,

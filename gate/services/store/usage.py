@@ -80,7 +80,8 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     # with the engine's tokenizer or one per streamed token), "estimate" (UTF-8 bytes / 4).
     tokens_source: str | None = None
     # The door it came through: "local" (the HTTP listener), "peer" (a trusted peer's
-    # stream) or "relay" (a browser's TLS through a relay); None in rows from before.
+    # stream), "relay" (a browser's TLS through a relay) or "tls" (the node's own TLS
+    # port, `tls.listen`); None in rows from before.
     door: str | None = None
 
 

@@ -134,7 +134,7 @@ export default {
         h("td", {}, fmt.time(r.ts)),
         h("td", { class: "model" }, r.model ?? "–"),
         h("td", {}, servedBy),
-        // The door, when not this machine's listener: a peer's stream or a relay.
+        // The door, when not this machine's listener: a peer's stream, a relay, tls.listen.
         h("td", {}, r.door && r.door !== "local" ? `${r.client ?? "–"} (${r.door})` : r.client ?? "–"),
         h(
           "td",
