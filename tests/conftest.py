@@ -25,6 +25,9 @@ def gate_env(tmp_path, monkeypatch):
         # llama.cpp, ... on their default ports): a test that looks for engines points
         # providers.probe_urls at engines it started itself.
         "GATE_PROVIDERS__PROBE_URLS": "{}",
+        # A relay's status port, unless a test sets it: not its default 127.0.0.1:31146,
+        # where this machine's own relay (or another test's) may listen.
+        "GATE_RELAYD_STATUS_BIND": "127.0.0.1:0",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
