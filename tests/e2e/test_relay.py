@@ -6,20 +6,14 @@ Chromium itself, restarts and the rest: test_relay_world.py)."""
 
 from __future__ import annotations
 
-import datetime
 import http.client
 import json
 import re
 import socket
 import ssl
-from pathlib import Path
 
 import pytest
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gate.identity import NodeIdentity
 from gate.protocol import (
@@ -34,6 +28,7 @@ from gate.protocol import (
 )
 from gate.services.relay.control_stream import RelayControlStream
 from gate.services.transport.quic import bind_endpoint
+from tests.local_ca import LocalCA
 
 from .conftest import engine_config
 from .gate_process import GateServe, run_gate, wait_for
@@ -43,71 +38,6 @@ pytestmark = pytest.mark.e2e
 
 DOMAIN = "relay.test"
 NOWHERE = "127.0.0.1:9"  # no daemon answers there: `gate keys create` writes gate.db
-
-
-class LocalCA:
-    """A certificate authority of the test's own, trusted by its client alone."""
-
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Gate relay test CA")])
-        now = datetime.datetime.now(datetime.UTC)
-        self.name = name
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-
-    def pem(self) -> str:
-        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
-
-    def issue(self, hostname: str, directory: Path) -> tuple[Path, Path]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
-            .issuer_name(self.name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        directory.mkdir(parents=True, exist_ok=True)
-        cert_file, key_file = directory / "node-cert.pem", directory / "node-key.pem"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        key_file.chmod(0o600)
-        return cert_file, key_file
 
 
 class RelayedHTTPS(http.client.HTTPSConnection):

@@ -37,11 +37,12 @@ from gate.protocol import (
 from gate.services.p2p.http_over_stream import request_over_stream
 from gate.services.transport.framed import receive_event
 from gate.services.transport.quic import bind_endpoint
+from tests.local_ca import LocalCA
 
 from .conftest import engine_config
 from .gate_process import GateServe, run_gate, wait_for
 from .test_gateway import HI, MODEL, NO_EOS
-from .test_relay import DOMAIN, NOWHERE, LocalCA, RelayedHTTPS, _get
+from .test_relay import DOMAIN, NOWHERE, RelayedHTTPS, _get
 
 pytestmark = pytest.mark.e2e
 

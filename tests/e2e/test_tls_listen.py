@@ -14,11 +14,12 @@ import pytest
 
 from gate.config import Config
 from gate.errors import ConfigError
+from tests.local_ca import LocalCA
 
 from .conftest import engine_config
 from .gate_process import GateServe, run_gate, wait_for
 from .test_gateway import MODEL
-from .test_relay import NOWHERE, LocalCA, RelayedHTTPS
+from .test_relay import NOWHERE, RelayedHTTPS
 
 pytestmark = pytest.mark.e2e
 
