@@ -31,7 +31,7 @@ from gate.services.transport.quic import bind_endpoint
 from tests.local_ca import LocalCA
 
 from .conftest import engine_config
-from .gate_process import GateServe, run_gate, wait_for
+from .gate_process import GateServe, p2p_address, relay_env, relay_serve, run_gate, wait_for
 from .test_gateway import HI, MODEL, NO_EOS
 
 pytestmark = pytest.mark.e2e
@@ -54,27 +54,24 @@ class RelayedHTTPS(http.client.HTTPSConnection):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as browsers do
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
+    def post_json(self, path: str, body: dict, key: str) -> http.client.HTTPResponse:
+        """POST `body` as JSON, `key` as the bearer token; the response."""
+        self.request(
+            "POST",
+            path,
+            body=json.dumps(body),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        return self.getresponse()
+
 
 @pytest.fixture
 def relay_and_node(tmp_path, gate_env, llama_engine):
     """A relay for relay.test and a node registered with it, serving llama.cpp's model
     behind an API key; yields (relay, node, node_id, key, client context)."""
-    relay_env = {
-        **gate_env,
-        "GATE_RELAYD_DOMAIN": DOMAIN,
-        "GATE_RELAYD_LISTEN": "127.0.0.1:0",
-        "GATE_RELAYD_P2P_PORT": "0",
-        "GATE_RELAYD_P2P_BIND_HOST": "127.0.0.1",
-        "GATE_RELAYD_IROH_RELAY_MODE": "disabled",
-        "GATE_RELAYD_DISCOVERY": "false",
-        "GATE_RELAYD_DATA_DIR": str(tmp_path / "relay-data"),
-        "GATE_RELAYD_IDLE_TIMEOUT": "30",
-        "GATE_RELAYD_STATUS_BIND": "127.0.0.1:0",
-    }
-    relay = GateServe(relay_env, serve=("relay", "serve"), ready=r"TLS listening on (\S+)")
-    relay.start()
-    p2p = next(line for line in relay.stdout_lines if line.startswith("P2P address "))
-    relay_address = p2p.removeprefix("P2P address ").strip()
+    env = relay_env(gate_env, DOMAIN, tmp_path / "relay-data")
+    relay = relay_serve({**env, "GATE_RELAYD_IDLE_TIMEOUT": "30"}).start()
+    relay_address = p2p_address(relay)
 
     node_env = dict(gate_env)
     node_id = json.loads(run_gate("identity", "show", "--json", env=node_env).stdout)["node_id"]
@@ -142,13 +139,7 @@ def test_https_through_the_relay_reaches_the_node_behind_an_api_key(relay_and_no
         "stream": True,
         "logit_bias": NO_EOS,
     }
-    conn.request(
-        "POST",
-        "/v1/chat/completions",
-        body=json.dumps(request),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    response = conn.getresponse()
+    response = conn.post_json("/v1/chat/completions", request, key)
     assert response.status == 200
     assert response.getheader("content-type").startswith("text/event-stream")
     events = [line for line in response.read().decode().splitlines() if line.startswith("data: ")]
