@@ -143,12 +143,11 @@ def relay_env(
     *,
     listen: str = "127.0.0.1:0",
     p2p_port: int = 0,
-    status_bind: str | None = "127.0.0.1:0",
 ) -> dict[str, str]:
     """`env` and what `gate relay serve` for `domain` needs to stay on loopback: random
-    ports unless given, no iroh relays, no discovery; its data in `data_dir`.
-    `status_bind=None` leaves the status server at its default address."""
-    relay = {
+    ports unless given (its status server's too: the default, 31146, may be taken by
+    another relay on this machine), no iroh relays, no discovery; its data in `data_dir`."""
+    return {
         **env,
         "GATE_RELAYD_DOMAIN": domain,
         "GATE_RELAYD_LISTEN": listen,
@@ -157,10 +156,8 @@ def relay_env(
         "GATE_RELAYD_IROH_RELAY_MODE": "disabled",
         "GATE_RELAYD_DISCOVERY": "false",
         "GATE_RELAYD_DATA_DIR": str(data_dir),
+        "GATE_RELAYD_STATUS_BIND": "127.0.0.1:0",
     }
-    if status_bind is not None:
-        relay["GATE_RELAYD_STATUS_BIND"] = status_bind
-    return relay
 
 
 def relay_serve(env: dict[str, str]) -> GateServe:

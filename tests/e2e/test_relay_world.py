@@ -68,7 +68,6 @@ class World:
                 tmp_path / "relay-data",
                 listen=f"127.0.0.1:{self.tcp_port}",
                 p2p_port=free_port(socket.SOCK_DGRAM),
-                status_bind=None,
             ),
             "GATE_RELAYD_IDLE_TIMEOUT": "30",
             "GATE_RELAYD_CONNECT_TIMEOUT": "3",
