@@ -198,11 +198,24 @@ def children(pid: int) -> list[int]:
     return kids + [g for k in kids for g in children(k)]
 
 
+def spawn_gate(
+    *args: str, env: dict[str, str], tree: Path | None = None, stdout=subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """`python -m gate ARGS` of this checkout, or of `tree` (run there, it imports that
+    tree's package first), its stderr discarded."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gate", *args],
+        env=env,
+        cwd=tree or Path(__file__).resolve().parents[1],
+        stdout=stdout,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def start_gate(
     upstream: Upstream, workdir: Path, tree: Path | None = None, name: str = "Gate"
 ) -> Proxy:
-    """`gate serve` of this checkout, or of `tree` (`python -m gate` run there imports
-    that tree's package first)."""
+    """`gate serve` of this checkout, or of `tree`."""
     port = free_port()
     config = workdir / "gate.toml"
     config.write_text(f"""
@@ -235,13 +248,7 @@ base_url = "http://127.0.0.1:{upstream.resp_sse_port}"
         "GATE_LOG": "warning",
     }
     began = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gate", "serve", "--config", str(config)],
-        env=env,
-        cwd=tree or Path(__file__).resolve().parents[1],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = spawn_gate("serve", "--config", str(config), env=env, tree=tree)
     wait_http(port, "/health", deadline=began + 30)
     return Proxy(name, port, proc, time.monotonic() - began)
 

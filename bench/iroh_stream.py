@@ -33,6 +33,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.turns import turn_order
+
 SIZES = (16 * 1024, 64 * 1024, 256 * 1024, 1024 * 1024)
 ALPN = b"gate-bench/1"
 TIMEOUT = 120.0  # seconds for one transfer, writer and reader alike
@@ -159,11 +161,6 @@ def gate_side(role: str, total: int, size: int, peer: str) -> None:
     from gate.protocol import NodeId
     from gate.services.transport.quic import bind_endpoint
 
-    async def answer(stream) -> None:  # type: ignore[no-untyped-def]
-        await receive_exactly(stream, HELLO)
-        await stream.send_all(REPLY)
-        await stream.send_eof()
-
     async def main() -> None:
         with trio.fail_after(TIMEOUT):
             await transfer()
@@ -180,44 +177,22 @@ def gate_side(role: str, total: int, size: int, peer: str) -> None:
                             stream = await conn.accept_stream()
                         except trio.BrokenResourceError:
                             break
-                        nursery.start_soon(answer, stream)
+                        nursery.start_soon(answer, stream, stream.send_eof)
                 await endpoint.aclose()
                 return
             stream = await conn.accept_stream()
-            first = await stream.receive_some(size)
-            began_cpu, began = cpu(), time.perf_counter()
-            got = len(first)
-            while data := await stream.receive_some(size):
-                got += len(data)
-            report(seconds=time.perf_counter() - began, cpu=cpu() - began_cpu, bytes=got)
-            await stream.send_all(b"k")
+            await read_transfer(stream, size)
             await stream.send_eof()
             await trio.sleep(0.2)
         else:
             node, _, addr = peer.partition("@")
             conn = await endpoint.connect(NodeId.parse(node), [addr], alpn=ALPN)
             if not size:
-                times = []
-                for _ in range(total):
-                    began = time.perf_counter()
-                    stream = await conn.open_stream()
-                    await stream.send_all(HELLO_BYTES)
-                    await receive_exactly(stream, len(REPLY))
-                    times.append(time.perf_counter() - began)
-                    await stream.aclose()
-                    await trio.sleep(PAUSE)
-                report(times=times)
+                await exchanges(conn.open_stream, total)
                 conn.close(0, "done")
                 await endpoint.aclose()
                 return
-            stream = await conn.open_stream()
-            chunk = os.urandom(size)
-            began_cpu = cpu()
-            for _ in range(total // size):
-                await stream.send_all(chunk)
-            await stream.send_eof()
-            report(cpu=cpu() - began_cpu)
-            await stream.receive_some(1)
+            await write_transfer(await conn.open_stream(), total, size)
         await endpoint.aclose()
 
     trio.run(main)
@@ -238,44 +213,73 @@ def tcp_side(role: str, total: int, size: int, peer: str) -> None:
                 if not size:  # exchanges: a new connection each (what nginx opens)
                     for _ in range(total):
                         stream = await listeners[0].accept()
-                        await receive_exactly(stream, HELLO)
-                        await stream.send_all(REPLY)
-                        await stream.aclose()
+                        await answer(stream, stream.aclose)
                     return
                 stream = await listeners[0].accept()
-                first = await stream.receive_some(size)
-                began_cpu, began = cpu(), time.perf_counter()
-                got = len(first)
-                while data := await stream.receive_some(size):
-                    got += len(data)
-                report(seconds=time.perf_counter() - began, cpu=cpu() - began_cpu, bytes=got)
-                await stream.send_all(b"k")
+                await read_transfer(stream, size)
                 await stream.aclose()
             else:
                 port = int(peer.rpartition(":")[2])
                 if not size:
-                    times = []
-                    for _ in range(total):
-                        began = time.perf_counter()
-                        stream = await trio.open_tcp_stream("127.0.0.1", port)
-                        await stream.send_all(HELLO_BYTES)
-                        await receive_exactly(stream, len(REPLY))
-                        times.append(time.perf_counter() - began)
-                        await stream.aclose()
-                        await trio.sleep(PAUSE)
-                    report(times=times)
+                    await exchanges(
+                        functools.partial(trio.open_tcp_stream, "127.0.0.1", port), total
+                    )
                     return
                 stream = await trio.open_tcp_stream("127.0.0.1", port)
-                chunk = os.urandom(size)
-                began_cpu = cpu()
-                for _ in range(total // size):
-                    await stream.send_all(chunk)
-                await stream.send_eof()
-                report(cpu=cpu() - began_cpu)
-                await stream.receive_some(1)
+                await write_transfer(stream, total, size)
                 await stream.aclose()
 
     trio.run(main)
+
+
+# -- what the gate and tcp ways do alike, on trio's stream interface ----------------------
+
+
+async def read_transfer(stream, size: int) -> None:  # type: ignore[no-untyped-def]
+    """The reader's half of a transfer: timed from its first bytes to the writer's end,
+    reported, then acknowledged (the writer's CPU figure waits for it)."""
+    first = await stream.receive_some(size)
+    began_cpu, began = cpu(), time.perf_counter()
+    got = len(first)
+    while data := await stream.receive_some(size):
+        got += len(data)
+    report(seconds=time.perf_counter() - began, cpu=cpu() - began_cpu, bytes=got)
+    await stream.send_all(b"k")
+
+
+async def write_transfer(stream, total: int, size: int) -> None:  # type: ignore[no-untyped-def]
+    """The writer's half: `total` bytes in writes of `size`, its CPU reported, then the
+    reader's acknowledgement awaited."""
+    chunk = os.urandom(size)
+    began_cpu = cpu()
+    for _ in range(total // size):
+        await stream.send_all(chunk)
+    await stream.send_eof()
+    report(cpu=cpu() - began_cpu)
+    await stream.receive_some(1)
+
+
+async def exchanges(open_stream, total: int) -> None:  # type: ignore[no-untyped-def]
+    """`total` exchanges, each on a stream `open_stream()` opens; their times reported."""
+    import trio
+
+    times = []
+    for _ in range(total):
+        began = time.perf_counter()
+        stream = await open_stream()
+        await stream.send_all(HELLO_BYTES)
+        await receive_exactly(stream, len(REPLY))
+        times.append(time.perf_counter() - began)
+        await stream.aclose()
+        await trio.sleep(PAUSE)
+    report(times=times)
+
+
+async def answer(stream, end) -> None:  # type: ignore[no-untyped-def]
+    """The other side of an exchange; `end()` then ends the stream (or connection)."""
+    await receive_exactly(stream, HELLO)
+    await stream.send_all(REPLY)
+    await end()
 
 
 async def receive_exactly(stream, count: int) -> bytes:  # type: ignore[no-untyped-def]
@@ -367,7 +371,7 @@ def main() -> None:
     results: dict[tuple[str, int], list[dict[str, float]]] = {}
     exchanges: dict[str, list[tuple[float, float]]] = {}
     for round_ in range(args.rounds):
-        order = ways if round_ % 2 == 0 else list(reversed(ways))
+        order = turn_order(ways, round_)
         for way in order:
             times = run_pair(way, args.exchanges, 0)[1]["times"][10:]  # after a warm-up
             exchanges.setdefault(way, []).append(

@@ -39,9 +39,11 @@ from bench.gateway import (
     free_port,
     nginx_escape,
     pct,
+    spawn_gate,
     stop_cleanly_on_sigterm,
     wait_http,
 )
+from bench.turns import taking_turns
 
 EVENTS = 2000
 STREAM_BODY = (
@@ -138,13 +140,7 @@ def start_gate(
     port = free_port()
     path = workdir / f"gate-{port}.toml"
     path.write_text(f'[server]\nbind = "127.0.0.1:{port}"\n{config}')
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gate", "serve", "--config", str(path)],
-        env=env,
-        cwd=tree,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = spawn_gate("serve", "--config", str(path), env=env, tree=tree)
     wait_http(port, "/health", time.monotonic() + 30)
     return proc, port
 
@@ -168,7 +164,6 @@ def interleaved_latency(ports: dict[str, int], count: int) -> dict[str, list[flo
         name: http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         for name, port in ports.items()
     }
-    samples: dict[str, list[float]] = {name: [] for name in ports}
 
     def one(name: str) -> float:
         began = time.perf_counter()
@@ -178,21 +173,11 @@ def interleaved_latency(ports: dict[str, int], count: int) -> dict[str, list[flo
         assert response.status == 200, response.status
         return time.perf_counter() - began
 
-    try:
-        for name in ports:  # warm up the connections and both nodes' pools
-            for _ in range(20):
-                one(name)
-        stop = time.monotonic() + TIME_LIMIT
-        turn = 0
-        while min(len(s) for s in samples.values()) < count and time.monotonic() < stop:
-            order = list(ports) if turn % 2 == 0 else list(reversed(ports))
-            for name in order:
-                samples[name].extend(one(name) for _ in range(BLOCK))
-            turn += 1
+    try:  # the warm-up fills the connections and both nodes' pools
+        return taking_turns(list(ports), count, one, block=BLOCK, warmup=20, time_limit=TIME_LIMIT)
     finally:
         for conn in conns.values():
             conn.close()
-    return samples
 
 
 def stream_rate(port: int, rounds: int = 20) -> float:

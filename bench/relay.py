@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import http.client
 import json
 import os
@@ -52,14 +51,13 @@ import time
 from pathlib import Path
 
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gateway import free_port, pct, stop_cleanly_on_sigterm, wait_http
+from bench.gateway import free_port, pct, spawn_gate, stop_cleanly_on_sigterm, wait_http
+from bench.turns import taking_turns as taking_turns_of
+from bench.turns import turn_order
+from tests.local_ca import LocalCA
 
 HERE = Path(__file__).resolve().parents[1]
 DOMAIN = "relay.bench"
@@ -77,45 +75,52 @@ RELOADS = 200  # installs timed in process
 KEPT_WINDOW = 15.0  # seconds of requests on one open connection across renewals
 
 
-def make_ca_and_cert(hostname: str, directory: Path) -> tuple[str, Path, Path]:
-    """A CA of the benchmark's own (its PEM) and a certificate for `hostname` it issued."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Gate relay bench CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "node-cert.pem", directory / "node-key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_file.chmod(0o600)
-    return ca.public_bytes(serialization.Encoding.PEM).decode(), cert_file, key_file
+# A node on loopback alone: no fixed port, no iroh relays, no discovery.
+LOOPBACK_NODE = {
+    "GATE_P2P__BIND_HOST": "127.0.0.1",
+    "GATE_P2P__IROH_RELAY_MODE": "disabled",
+    "GATE_P2P__DISCOVERY": "false",
+    "GATE_P2P__PORT": "0",
+}
+
+
+def relay_env(base: dict[str, str], port: int, data_dir: Path) -> dict[str, str]:
+    """`gate relay serve` for DOMAIN on TCP `port`, iroh on loopback alone."""
+    return {
+        **base,
+        "GATE_RELAYD_DOMAIN": DOMAIN,
+        "GATE_RELAYD_LISTEN": f"127.0.0.1:{port}",
+        "GATE_RELAYD_P2P_PORT": "0",
+        "GATE_RELAYD_P2P_BIND_HOST": "127.0.0.1",
+        "GATE_RELAYD_IROH_RELAY_MODE": "disabled",
+        "GATE_RELAYD_DISCOVERY": "false",
+        "GATE_RELAYD_DATA_DIR": str(data_dir),
+        "GATE_RELAYD_STATUS_BIND": "127.0.0.1:0",
+    }
+
+
+def start_relay(env: dict[str, str], out: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`gate relay serve`, its stdout in `out`; returns it and its P2P address, once it
+    has printed that."""
+    relay = spawn_gate("relay", "serve", env=env, stdout=out.open("wb"))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        for line in out.read_text().splitlines():
+            if line.startswith("P2P address "):
+                return relay, line.removeprefix("P2P address ").strip()
+    stop_all([relay])
+    raise RuntimeError("the relay did not start")
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """The last started first."""
+    for proc in reversed(procs):
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def gate(*args: str, env: dict[str, str]) -> str:
@@ -212,16 +217,8 @@ class Setup:
         engine, engine_port = start_engine(self.workdir)
         self.procs.append(engine)
         relay_port = free_port()
-        relay_env = {
-            **base,
-            "GATE_RELAYD_DOMAIN": DOMAIN,
-            "GATE_RELAYD_LISTEN": f"127.0.0.1:{relay_port}",
-            "GATE_RELAYD_P2P_PORT": "0",
-            "GATE_RELAYD_P2P_BIND_HOST": "127.0.0.1",
-            "GATE_RELAYD_IROH_RELAY_MODE": "disabled",
-            "GATE_RELAYD_DISCOVERY": "false",
-            "GATE_RELAYD_DATA_DIR": str(self.workdir / "relay"),
-            "GATE_RELAYD_STATUS_BIND": "127.0.0.1:0",
+        env = {
+            **relay_env(base, relay_port, self.workdir / "relay"),
             # Every connection comes from 127.0.0.1 to one node: the caps (256 per client
             # address, 1,024 per node) would stop the concurrency steps, which measure the
             # relay, not its caps.
@@ -229,36 +226,16 @@ class Setup:
             "GATE_RELAYD_MAX_CONNECTIONS_PER_CLIENT": "100000",
             "GATE_RELAYD_MAX_CONNECTIONS_PER_NODE": "100000",
         }
-        relay_out = self.workdir / "relay.out"
-        self.relay = subprocess.Popen(
-            [sys.executable, "-m", "gate", "relay", "serve"],
-            env=relay_env,
-            cwd=HERE,
-            stdout=relay_out.open("wb"),
-            stderr=subprocess.DEVNULL,
-        )
+        self.relay, relay_address = start_relay(env, self.workdir / "relay.out")
         self.procs.append(self.relay)
-        relay_address = ""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not relay_address:
-            time.sleep(0.1)
-            for line in relay_out.read_text().splitlines():
-                if line.startswith("P2P address "):
-                    relay_address = line.removeprefix("P2P address ").strip()
-        if not relay_address:
-            raise RuntimeError("the relay did not start")
 
-        node_env = {**base, "GATE_P2P__BIND_HOST": "127.0.0.1"}
-        node_env["GATE_P2P__IROH_RELAY_MODE"] = "disabled"
-        node_env["GATE_P2P__DISCOVERY"] = "false"
-        node_env["GATE_P2P__PORT"] = "0"
+        node_env = {**base, **LOOPBACK_NODE}
         self.node_id = json.loads(gate("identity", "show", "--json", env=node_env))["node_id"]
         self.hostname = f"{self.node_id}.{DOMAIN}"
         http_port, self.tls_port = free_port(), free_port()
-        tls_dir = self.workdir / "tls"
-        tls_dir.mkdir()
-        ca_pem, cert_file, key_file = make_ca_and_cert(self.hostname, tls_dir)
-        self.context = ssl.create_default_context(cadata=ca_pem)
+        ca = LocalCA("Gate relay bench CA")
+        cert_file, key_file = ca.issue(self.hostname, self.workdir / "tls")
+        self.context = ssl.create_default_context(cadata=ca.pem())
         config = self.workdir / "gate.toml"
         config.write_text(
             f'[server]\nbind = "127.0.0.1:{http_port}"\n'
@@ -276,15 +253,8 @@ class Setup:
             env={**node_env, "GATE_SERVER__BIND": "127.0.0.1:9"},
         )
         self.key = json.loads(created)["key"]
-        node = subprocess.Popen(
-            [sys.executable, "-m", "gate", "serve", "--config", str(config)],
-            env=node_env,
-            cwd=HERE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.procs.append(node)
-        self.node = node
+        self.node = spawn_gate("serve", "--config", str(config), env=node_env)
+        self.procs.append(self.node)
         wait_http(http_port, "/health", time.monotonic() + 30)
         self.nginx, nginx_port = start_passthrough(self.workdir, self.tls_port)
         self.procs.append(self.nginx)
@@ -306,12 +276,7 @@ class Setup:
             time.sleep(0.2)
 
     def close(self) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(self.procs)
 
     def connect(self, path: str) -> ssl.SSLSocket:
         sock = socket.create_connection(("127.0.0.1", self.ports[path]), timeout=30)
@@ -355,20 +320,11 @@ def nginx_worker(master: int) -> int:
     return int(children[0]) if children else master
 
 
-def taking_turns(setup: Setup, count: int, one) -> dict[str, list[float]]:
+def taking_turns(count: int, one) -> dict[str, list[float]]:
     """`one(path)` seconds, the two paths taking turns in blocks of BLOCK."""
-    samples: dict[str, list[float]] = {"relay": [], "nginx": []}
-    for path in samples:  # warm up
-        for _ in range(10):
-            one(path)
-    stop = time.monotonic() + TIME_LIMIT
-    turn = 0
-    while min(len(s) for s in samples.values()) < count and time.monotonic() < stop:
-        order = ["relay", "nginx"] if turn % 2 == 0 else ["nginx", "relay"]
-        for path in order:
-            samples[path].extend(one(path) for _ in range(BLOCK))
-        turn += 1
-    return samples
+    return taking_turns_of(
+        ("relay", "nginx"), count, one, block=BLOCK, warmup=10, time_limit=TIME_LIMIT
+    )
 
 
 def handshakes(setup: Setup) -> dict[str, list[float]]:
@@ -379,7 +335,7 @@ def handshakes(setup: Setup) -> dict[str, list[float]]:
         sock.close()
         return seconds
 
-    return taking_turns(setup, HANDSHAKES, one)
+    return taking_turns(HANDSHAKES, one)
 
 
 def requests(setup: Setup) -> dict[str, list[float]]:
@@ -395,7 +351,7 @@ def requests(setup: Setup) -> dict[str, list[float]]:
         return time.perf_counter() - began
 
     try:
-        return taking_turns(setup, REQUESTS, one)
+        return taking_turns(REQUESTS, one)
     finally:
         for path, conn in conns.items():
             if getattr(conn, "reconnects", 0):  # the request times then include handshakes
@@ -422,7 +378,7 @@ def throughput(setup: Setup) -> dict[str, tuple[float, float, float, float]]:
     for round_ in range(THROUGHPUT_ROUNDS):
         if time.monotonic() > stop:
             break
-        for path in ("relay", "nginx") if round_ % 2 == 0 else ("nginx", "relay"):
+        for path in turn_order(("relay", "nginx"), round_):
             conn = setup.https(path)
             before = cpu_seconds(pids[path])
             node_before = cpu_seconds(setup.node.pid)
@@ -542,40 +498,19 @@ class AcmeSetup:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.base = {**os.environ, "GATE_LOG": "warning"}
         self.relay_port = free_port()
-        relay_env = {
-            **self.base,
-            "XDG_DATA_HOME": str(workdir / "relay-data"),
-            "GATE_RELAYD_DOMAIN": DOMAIN,
-            "GATE_RELAYD_LISTEN": f"127.0.0.1:{self.relay_port}",
-            "GATE_RELAYD_P2P_PORT": "0",
-            "GATE_RELAYD_P2P_BIND_HOST": "127.0.0.1",
-            "GATE_RELAYD_IROH_RELAY_MODE": "disabled",
-            "GATE_RELAYD_DISCOVERY": "false",
-            "GATE_RELAYD_DATA_DIR": str(workdir / "relay"),
-            "GATE_RELAYD_STATUS_BIND": "127.0.0.1:0",
+        env = {
+            **relay_env(
+                {**self.base, "XDG_DATA_HOME": str(workdir / "relay-data")},
+                self.relay_port,
+                workdir / "relay",
+            ),
             "GATE_RELAYD_DNS__BACKEND": "challtestsrv",
             "GATE_RELAYD_DNS__URL": self.pebble.challtestsrv_url,
             # A fresh node each run: more challenges a minute than the default allows.
             "GATE_RELAYD_DNS__CHALLENGES_PER_MINUTE": "1000",
         }
-        relay_out = workdir / "acme-relay.out"
-        relay = subprocess.Popen(
-            [sys.executable, "-m", "gate", "relay", "serve"],
-            env=relay_env,
-            cwd=HERE,
-            stdout=relay_out.open("wb"),
-            stderr=subprocess.DEVNULL,
-        )
+        relay, self.relay_address = start_relay(env, workdir / "acme-relay.out")
         self.procs.append(relay)
-        self.relay_address = ""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not self.relay_address:
-            time.sleep(0.1)
-            for line in relay_out.read_text().splitlines():
-                if line.startswith("P2P address "):
-                    self.relay_address = line.removeprefix("P2P address ").strip()
-        if not self.relay_address:
-            raise RuntimeError("the relay did not start")
         self.trusted = ssl.create_default_context(cadata=self.pebble.root_pem())
         self.anything = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self.anything.check_hostname, self.anything.verify_mode = False, ssl.CERT_NONE
@@ -587,10 +522,7 @@ class AcmeSetup:
             **self.base,
             "XDG_DATA_HOME": str(home / "data"),
             "XDG_CONFIG_HOME": str(home / "config"),
-            "GATE_P2P__BIND_HOST": "127.0.0.1",
-            "GATE_P2P__IROH_RELAY_MODE": "disabled",
-            "GATE_P2P__DISCOVERY": "false",
-            "GATE_P2P__PORT": "0",
+            **LOOPBACK_NODE,
         }
         node_id = json.loads(gate("identity", "show", "--json", env=env))["node_id"]
         key = json.loads(
@@ -605,13 +537,7 @@ class AcmeSetup:
             f"[tls]\nacme_directory = {json.dumps(self.pebble.directory_url)}\n"
             f"acme_ca_bundle = {json.dumps(str(self.pebble.ca_bundle))}\n"
         )
-        node = subprocess.Popen(
-            [sys.executable, "-m", "gate", "serve", "--config", str(config)],
-            env=env,
-            cwd=HERE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        node = spawn_gate("serve", "--config", str(config), env=env)
         self.procs.append(node)
         return node, f"{node_id}.{DOMAIN}", key, home / "data" / "gate"
 
@@ -635,12 +561,7 @@ class AcmeSetup:
             return False
 
     def close(self) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(self.procs)
         self.pebble.close()
 
 

@@ -46,6 +46,8 @@ def test_every_subsystem_package_is_in_the_layout():
 
 
 def imported_modules(path: Path) -> set[str]:
+    """The modules a file imports by absolute name (a relative import names one of its
+    own package's, never a library's)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):

@@ -3,13 +3,13 @@ replays the spec's vectors as any third party's implementation would."""
 
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 
 import pytest
 
 from spec.reference import wire
+from tests.test_layout import imported_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "spec" / "reference"
@@ -27,14 +27,8 @@ def test_the_reference_node_imports_nothing_from_gate():
     files = sorted(REFERENCE.glob("*.py"))
     assert files
     for path in files:
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and not node.level:
-                names = [node.module or ""]
-            for name in names:
-                assert name.split(".")[0] != "gate", f"{path.name} imports {name}"
+        for name in imported_modules(path):
+            assert name.split(".")[0] != "gate", f"{path.name} imports {name}"
 
 
 def test_preamble_vectors():

@@ -1,4 +1,5 @@
-"""OpenAI chat.completion.chunk builders and a Hypothesis strategy for realistic streams."""
+"""OpenAI chat.completion.chunk builders, and Hypothesis strategies for realistic streams
+and for any chunk a stream may hold (well-formed or not)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,26 @@ def realistic_streams(
     first_seen = sorted(range(len(tools)), key=slots.index)  # blocks follow first appearance
     expected = [{"id": tools[i][0], "name": tools[i][1], "input": tools[i][3]} for i in first_seen]
     return chunks, texts, expected, finish
+
+
+# Any chunk, in any order: the translators must give a well-formed stream whatever comes.
+any_chunk = st.one_of(
+    st.text(max_size=3).map(text),
+    st.builds(
+        tool_start,
+        st.integers(0, 3),
+        st.sampled_from(["a", "b", ""]),
+        st.sampled_from(["f", ""]),
+        st.text(max_size=3),
+    ),
+    st.builds(tool_args, st.integers(0, 3), st.text(max_size=3)),
+    st.sampled_from(["stop", "length", "tool_calls", "content_filter"]).map(
+        lambda f: chunk(finish=f)
+    ),
+    st.builds(usage, st.integers(0, 9), st.integers(0, 9)),
+    st.just(ROLE),
+    st.just(chunk({"refusal": "no"})),
+    st.just(chunk({"tool_calls": [{"id": "z", "function": {"name": "h", "arguments": "{"}}]})),
+    st.just({"choices": [{"index": 2, "delta": {"content": "x"}}]}),
+    st.just({"usage": None, "choices": None}),
+)

@@ -21,6 +21,7 @@ from tests.dialects.conformance import (
 )
 from tests.dialects.streams import (
     ROLE,
+    any_chunk,
     chunk,
     realistic_streams,
     text,
@@ -292,28 +293,6 @@ def test_random_realistic_streams_accumulate_to_the_right_message(
         assert message.stop_reason == "tool_use"
     else:
         assert message.stop_reason == "end_turn"
-
-
-any_chunk = st.one_of(
-    st.text(max_size=3).map(text),
-    st.builds(
-        tool_start,
-        st.integers(0, 3),
-        st.sampled_from(["a", "b", ""]),
-        st.sampled_from(["f", ""]),
-        st.text(max_size=3),
-    ),
-    st.builds(tool_args, st.integers(0, 3), st.text(max_size=3)),
-    st.sampled_from(["stop", "length", "tool_calls", "content_filter"]).map(
-        lambda f: chunk(finish=f)
-    ),
-    st.builds(usage, st.integers(0, 9), st.integers(0, 9)),
-    st.just(ROLE),
-    st.just(chunk({"refusal": "no"})),
-    st.just(chunk({"tool_calls": [{"id": "z", "function": {"name": "h", "arguments": "{"}}]})),
-    st.just({"choices": [{"index": 2, "delta": {"content": "x"}}]}),
-    st.just({"usage": None, "choices": None}),
-)
 
 
 @settings(max_examples=300, deadline=None)

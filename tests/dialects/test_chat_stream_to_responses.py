@@ -26,6 +26,7 @@ from gate.dialects import (
 from tests.dialects.conformance import openai_client
 from tests.dialects.streams import (
     ROLE,
+    any_chunk,
     chunk,
     realistic_streams,
     text,
@@ -271,28 +272,6 @@ def test_random_realistic_streams_accumulate_to_the_right_response(
         {"id": c.call_id, "name": c.name, "input": json.loads(c.arguments)} for c in calls
     ] == tools
     assert response.status == ("incomplete" if finish == "length" else "completed")
-
-
-any_chunk = st.one_of(
-    st.text(max_size=3).map(text),
-    st.builds(
-        tool_start,
-        st.integers(0, 3),
-        st.sampled_from(["a", "b", ""]),
-        st.sampled_from(["f", ""]),
-        st.text(max_size=3),
-    ),
-    st.builds(tool_args, st.integers(0, 3), st.text(max_size=3)),
-    st.sampled_from(["stop", "length", "tool_calls", "content_filter"]).map(
-        lambda f: chunk(finish=f)
-    ),
-    st.builds(usage, st.integers(0, 9), st.integers(0, 9)),
-    st.just(ROLE),
-    st.just(chunk({"refusal": "no"})),
-    st.just(chunk({"tool_calls": [{"id": "z", "function": {"name": "h", "arguments": "{"}}]})),
-    st.just({"choices": [{"index": 2, "delta": {"content": "x"}}]}),
-    st.just({"usage": None, "choices": None}),
-)
 
 
 @settings(max_examples=300, deadline=None)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ast
 import pathlib
 import subprocess
 import sys
 
 import gate.dialects
+from tests.test_layout import imported_modules
 
 DIALECTS_DIR = pathlib.Path(gate.dialects.__file__).parent
 IO_MODULES = {
@@ -26,15 +26,8 @@ FORBIDDEN = IO_MODULES | {"time", "datetime"}  # time is an argument (STYLE §1)
 
 def test_no_module_imports_io_libraries_in_source() -> None:
     for path in sorted(DIALECTS_DIR.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            else:
-                continue
-            for name in names:
-                assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
+        for name in imported_modules(path):
+            assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
 
 
 def test_importing_the_package_pulls_in_no_io_module() -> None:

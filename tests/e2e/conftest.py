@@ -52,14 +52,9 @@ def long_context_engine(tiny_model_path: Path, tmp_path_factory: pytest.TempPath
     require_llama()
     from tests.engine.llama_server import LlamaServer
 
-    server = LlamaServer(
-        tiny_model_path, n_ctx=LONG_CONTEXT, log_dir=tmp_path_factory.mktemp("long-engine")
-    )
-    server.start()
-    try:
+    log_dir = tmp_path_factory.mktemp("long-engine")
+    with LlamaServer(tiny_model_path, n_ctx=LONG_CONTEXT, log_dir=log_dir) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -126,6 +127,48 @@ class GateServe:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A loopback port, TCP or (SOCK_DGRAM) UDP, free a moment ago."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def relay_env(
+    env: dict[str, str],
+    domain: str,
+    data_dir: Path,
+    *,
+    listen: str = "127.0.0.1:0",
+    p2p_port: int = 0,
+) -> dict[str, str]:
+    """`env` and what `gate relay serve` for `domain` needs to stay on loopback: random
+    ports unless given (its status server's too: the default, 31146, may be taken by
+    another relay on this machine), no iroh relays, no discovery; its data in `data_dir`."""
+    return {
+        **env,
+        "GATE_RELAYD_DOMAIN": domain,
+        "GATE_RELAYD_LISTEN": listen,
+        "GATE_RELAYD_P2P_PORT": str(p2p_port),
+        "GATE_RELAYD_P2P_BIND_HOST": "127.0.0.1",
+        "GATE_RELAYD_IROH_RELAY_MODE": "disabled",
+        "GATE_RELAYD_DISCOVERY": "false",
+        "GATE_RELAYD_DATA_DIR": str(data_dir),
+        "GATE_RELAYD_STATUS_BIND": "127.0.0.1:0",
+    }
+
+
+def relay_serve(env: dict[str, str]) -> GateServe:
+    """`gate relay serve` (not started yet): ready once its TLS port listens."""
+    return GateServe(env, serve=("relay", "serve"), ready=r"TLS listening on (\S+)")
+
+
+def p2p_address(gate: GateServe) -> str:
+    """The `node_id@ip:port` a started `gate serve` or `gate relay serve` printed."""
+    line = next(line for line in gate.stdout_lines if line.startswith("P2P address "))
+    return line.removeprefix("P2P address ").strip()
 
 
 def announced(gate) -> list[str]:

@@ -28,7 +28,7 @@ from gate.services.transport.quic import Connection, TransportError, bind_endpoi
 from tests.pebble.challtestsrv import Challtestsrv
 
 from . import test_peers
-from .gate_process import GateServe, run_gate
+from .gate_process import p2p_address, relay_env, relay_serve, run_gate
 from .test_peers import start
 
 make_node = test_peers.make_node  # the fixture: nodes with their own dirs and UDP ports
@@ -105,26 +105,17 @@ def relay(request, tmp_path, gate_env):
     """A Gate relay: one without a DNS backend (dns_challenge answered ok=false), one that
     publishes to a real pebble-challtestsrv (ok=true, rate-limited at 6 a minute)."""
     env = {
-        **gate_env,
-        "GATE_RELAYD_DOMAIN": "relay.test",
-        "GATE_RELAYD_LISTEN": "127.0.0.1:0",
-        "GATE_RELAYD_P2P_PORT": "0",
-        "GATE_RELAYD_P2P_BIND_HOST": "127.0.0.1",
-        "GATE_RELAYD_IROH_RELAY_MODE": "disabled",
-        "GATE_RELAYD_DISCOVERY": "false",
-        "GATE_RELAYD_DATA_DIR": str(tmp_path / "relay-data"),
-        "GATE_RELAYD_STATUS_BIND": "127.0.0.1:0",
+        **relay_env(gate_env, "relay.test", tmp_path / "relay-data"),
         "GATE_RELAYD_HELLO_TIMEOUT": "3",
     }
     with contextlib.ExitStack() as stack:
         if request.param == "challtestsrv":
             dns = stack.enter_context(Challtestsrv())
             env |= {"GATE_RELAYD_DNS__BACKEND": "challtestsrv", "GATE_RELAYD_DNS__URL": dns.url}
-        server = GateServe(env, serve=("relay", "serve"), ready=r"TLS listening on (\S+)")
+        server = relay_serve(env)
         server.start()
         stack.callback(server.close)
-        p2p = next(line for line in server.stdout_lines if line.startswith("P2P address "))
-        yield server, p2p.removeprefix("P2P address ").strip(), env, request.param
+        yield server, p2p_address(server), env, request.param
 
 
 def test_a_gate_relay_passes_every_relay_case(relay, tmp_path):

@@ -41,10 +41,26 @@ WEATHER_TOOL = {
     },
 }
 HI = [{"role": "user", "content": "hi"}]
+# A stream of 1,900 tokens that cannot stop early: ~10 s on this engine, to cut or leave.
+LONG_STREAM = {
+    "model": MODEL,
+    "messages": HI,
+    "max_tokens": 1900,
+    "stream": True,
+    "logit_bias": NO_EOS,
+}
 ANTHROPIC_WEATHER_TOOL = {  # the same tool in Anthropic's shape
     "name": "get_weather",
     "description": "Current weather for a city",
     "input_schema": WEATHER_TOOL["function"]["parameters"],
+}
+# A Messages request that must call the tool (the enum lets random weights finish it).
+FORCED_WEATHER = {
+    "model": MODEL,
+    "max_tokens": 64,
+    "messages": HI,
+    "tools": [ANTHROPIC_WEATHER_TOOL],
+    "tool_choice": {"type": "tool", "name": "get_weather"},
 }
 
 
@@ -77,6 +93,36 @@ def sse_lines(url: str, body: dict, **kwargs) -> list[str]:
     with httpx.stream("POST", url, json=body, timeout=60, **kwargs) as response:
         assert response.status_code == 200, response.read()
         return [line for line in response.iter_lines() if line]
+
+
+def cut_stream(url: str, body: dict, cut, *, after: int = 5, **kwargs) -> list[str]:
+    """The lines of a stream whose source `cut()` stops once `after` lines have come. The
+    framing must tell the failure too: no terminating chunk, an incomplete chunked read."""
+    lines: list[str] = []
+    with (
+        httpx.stream("POST", url, json=body, timeout=60, **kwargs) as response,
+        pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"),
+    ):
+        for line in response.iter_lines():
+            if line:
+                lines.append(line)
+            if len(lines) == after:
+                cut()
+    return lines
+
+
+def hang_up_then_ask(url: str, body: dict) -> float:
+    """Read five lines of a stream of `body` and hang up; then the seconds a one-token
+    request to the same `url` takes to be answered (200), which is long if the stream
+    left behind goes on taking the engine's time."""
+    with httpx.stream("POST", url, json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        for _ in range(5):
+            next(lines)
+    started = time.monotonic()
+    reply = httpx.post(url, json={"model": MODEL, "messages": HI, "max_tokens": 1}, timeout=60)
+    assert reply.status_code == 200
+    return time.monotonic() - started
 
 
 # --- OpenAI dialect, passed through ------------------------------------------------
@@ -277,20 +323,8 @@ def test_anthropic_stream_has_the_exact_event_grammar(gate):
 
 def test_anthropic_tool_use_translated_both_ways(gate):
     with ant(gate) as client:
-        message = client.messages.create(
-            model=MODEL,
-            max_tokens=64,
-            messages=HI,
-            tools=[ANTHROPIC_WEATHER_TOOL],
-            tool_choice={"type": "tool", "name": "get_weather"},
-        )
-        with client.messages.stream(
-            model=MODEL,
-            max_tokens=64,
-            messages=HI,
-            tools=[ANTHROPIC_WEATHER_TOOL],
-            tool_choice={"type": "tool", "name": "get_weather"},
-        ) as stream:
+        message = client.messages.create(**FORCED_WEATHER)
+        with client.messages.stream(**FORCED_WEATHER) as stream:
             streamed = stream.get_final_message()
         # ...and the tool result goes back in the next turn.
         use = next(b for b in message.content if b.type == "tool_use")
@@ -318,13 +352,7 @@ def test_anthropic_tool_use_translated_both_ways(gate):
 def test_anthropic_forced_tool_use_is_one_block_not_streamed(gate):
     """llama.cpp answers one call as both `tool_calls` and the legacy `function_call`."""
     with ant(gate) as client:
-        message = client.messages.create(
-            model=MODEL,
-            max_tokens=64,
-            messages=HI,
-            tools=[ANTHROPIC_WEATHER_TOOL],
-            tool_choice={"type": "tool", "name": "get_weather"},
-        )
+        message = client.messages.create(**FORCED_WEATHER)
     uses = [b for b in message.content if b.type == "tool_use"]
     assert len(uses) == 1, message.content
     assert message.stop_reason == "tool_use" and uses[0].name == "get_weather"
@@ -441,25 +469,8 @@ def test_binding_beyond_loopback_needs_api_keys(gate_env):
 def test_engine_killed_mid_stream_ends_the_stream_with_an_error(start_gate, make_llama_engine):
     engine = make_llama_engine()
     gate = start_gate(engine_config(engine))
-    body = {
-        "model": MODEL,
-        "messages": HI,
-        "max_tokens": 1900,
-        "stream": True,
-        "logit_bias": NO_EOS,
-    }
-    lines = []
-    url = f"{gate.url}/v1/chat/completions"
     # The framing tells the failure too: no terminating chunk after the error event.
-    with (
-        httpx.stream("POST", url, json=body, timeout=60) as response,
-        pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"),
-    ):
-        for line in response.iter_lines():
-            if line:
-                lines.append(line)
-            if len(lines) == 5:
-                engine.kill()
+    lines = cut_stream(f"{gate.url}/v1/chat/completions", LONG_STREAM, engine.kill)
     assert lines[-1] != "data: [DONE]"
     error = json.loads(lines[-1].removeprefix("data: "))
     assert "engine" in error["error"]["message"]
@@ -545,16 +556,7 @@ def test_stream_cut_by_the_shutdown_drain_ends_with_an_error_event(
     else:
         url, headers = f"{gate.url}/v1/messages", {"anthropic-version": "2023-06-01"}
     body = {"model": MODEL, "messages": HI, "max_tokens": 60000, "stream": True}
-    lines = []
-    with (
-        httpx.stream("POST", url, json=body, headers=headers, timeout=60) as response,
-        pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"),
-    ):
-        for line in response.iter_lines():
-            if line:
-                lines.append(line)
-            if len(lines) == 10:
-                gate.signal(signal.SIGTERM)
+    lines = cut_stream(url, body, lambda: gate.signal(signal.SIGTERM), after=10, headers=headers)
     assert gate.wait() == 0
     error = json.loads(lines[-1].removeprefix("data: "))
     if dialect == "anthropic":
@@ -756,25 +758,7 @@ def test_engine_down_then_back_is_used_again_without_restart(start_gate, make_ll
 def test_client_disconnect_cancels_the_engine_request(gate):
     """The engine stops generating when the client goes away: the next request does not
     wait behind 1,900 tokens (~10 s on this engine, which serves one request at a time)."""
-    body = {
-        "model": MODEL,
-        "messages": HI,
-        "max_tokens": 1900,
-        "stream": True,
-        "logit_bias": NO_EOS,
-    }
-    with httpx.stream("POST", f"{gate.url}/v1/chat/completions", json=body, timeout=60) as response:
-        lines = response.iter_lines()
-        for _ in range(5):
-            next(lines)
-    started = time.monotonic()
-    reply = httpx.post(
-        f"{gate.url}/v1/chat/completions",
-        json={"model": MODEL, "messages": HI, "max_tokens": 1},
-        timeout=60,
-    )
-    assert reply.status_code == 200
-    assert time.monotonic() - started < 4
+    assert hang_up_then_ask(f"{gate.url}/v1/chat/completions", LONG_STREAM) < 4
     metrics = httpx.get(f"{gate.url}/metrics", timeout=10).text
     in_flight = [
         line for line in metrics.splitlines() if line.startswith("gate_requests_in_flight{")

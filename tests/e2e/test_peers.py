@@ -23,7 +23,7 @@ from gate.services.transport.quic import bind_endpoint
 
 from .conftest import engine_config
 from .gate_process import GateServe, data_dir, run_gate, wait_for
-from .test_gateway import HI, MODEL, NO_EOS
+from .test_gateway import HI, LONG_STREAM, MODEL, NO_EOS, cut_stream, hang_up_then_ask
 
 pytestmark = pytest.mark.e2e
 
@@ -32,13 +32,6 @@ PAUSE = 8.0  # seconds an engine stops for; longer than it takes to notice a dea
 
 
 # A stream of 1,900 tokens: the tiny model cannot end it early (its </s> is forbidden).
-LONG_STREAM = {
-    "model": MODEL,
-    "messages": HI,
-    "max_tokens": 1900,
-    "stream": True,
-    "logit_bias": NO_EOS,
-}
 
 
 def free_udp_port() -> int:
@@ -295,19 +288,9 @@ _JSON = {"content-type": "application/json"}
 
 def test_peer_killed_mid_stream_ends_the_stream_with_an_error(trio_of_nodes):
     a, b, _ = trio_of_nodes
-    lines = []
-    url = f"{b.url}/v1/chat/completions"
     # Spec §7.3: B aborts the client's response; after the error event (for SDKs) the
     # framing shows the failure too (no terminating chunk), not a completed response.
-    with (
-        httpx.stream("POST", url, json=LONG_STREAM, timeout=60) as r,
-        pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"),
-    ):
-        for line in r.iter_lines():
-            if line:
-                lines.append(line)
-            if len(lines) == 5:
-                a.gate.proc.kill()
+    lines = cut_stream(f"{b.url}/v1/chat/completions", LONG_STREAM, a.gate.proc.kill)
     assert lines[-1] != "data: [DONE]"
     assert "error" in json.loads(lines[-1].removeprefix("data: "))
 
@@ -351,18 +334,8 @@ def test_heartbeat_timeout_marks_the_peer_disconnected(trio_of_nodes):
 
 def test_client_disconnect_cancels_the_engine_request_across_the_network(trio_of_nodes):
     _a, b, _ = trio_of_nodes
-    with httpx.stream("POST", f"{b.url}/v1/chat/completions", json=LONG_STREAM, timeout=60) as r:
-        lines = r.iter_lines()
-        for _ in range(5):
-            next(lines)
-    started = time.monotonic()
-    reply = httpx.post(
-        f"{b.url}/v1/chat/completions",
-        timeout=60,
-        json={"model": MODEL, "messages": HI, "max_tokens": 1},
-    )
-    assert reply.status_code == 200
-    assert time.monotonic() - started < 4  # not waiting behind 1,900 tokens on A's engine
+    # not waiting behind 1,900 tokens on A's engine
+    assert hang_up_then_ask(f"{b.url}/v1/chat/completions", LONG_STREAM) < 4
 
 
 def test_peers_json_remembers_addresses(trio_of_nodes):
@@ -561,18 +534,9 @@ def test_responses_api_through_a_peer(make_node, make_llama_engine):
     final = events[-1].response
     assert final.previous_response_id == first.id and final.status in ("completed", "incomplete")
     body = {"model": MODEL, "input": "hi", "max_output_tokens": 1900, "stream": True}
-    lines: list[str] = []
-    with (
-        httpx.stream(
-            "POST", f"{b.url}/v1/responses", json={**body, "logit_bias": NO_EOS}, timeout=60
-        ) as r,
-        pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"),
-    ):
-        for line in r.iter_lines():
-            if line:
-                lines.append(line)
-            if len(lines) == 12:
-                engine.kill()
+    lines = cut_stream(
+        f"{b.url}/v1/responses", {**body, "logit_bias": NO_EOS}, engine.kill, after=12
+    )
     assert lines[-2] == "event: response.failed"
     failed = json.loads(lines[-1].removeprefix("data: "))["response"]
     assert failed["status"] == "failed" and "mid-stream" in failed["error"]["message"]

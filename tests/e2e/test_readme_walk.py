@@ -96,14 +96,9 @@ def readme_engine(tiny_model_path, tmp_path_factory):
     """llama.cpp serving the tiny model under the name the README's examples use."""
     from tests.engine.llama_server import LlamaServer
 
-    server = LlamaServer(
-        tiny_model_path, model=README_MODEL, log_dir=tmp_path_factory.mktemp("readme-engine")
-    )
-    server.start()
-    try:
+    log_dir = tmp_path_factory.mktemp("readme-engine")
+    with LlamaServer(tiny_model_path, model=README_MODEL, log_dir=log_dir) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def readme_gate_toml(engine, port: int) -> str:

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from .gate_process import run_gate, wait_for
-from .test_gateway import HI, MODEL, NO_EOS
-from .test_peers import LONG_STREAM, free_udp_port, make_node, start  # noqa: F401
+from .test_gateway import HI, LONG_STREAM, MODEL, NO_EOS
+from .test_peers import free_udp_port, make_node, start  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 

@@ -6,20 +6,14 @@ Chromium itself, restarts and the rest: test_relay_world.py)."""
 
 from __future__ import annotations
 
-import datetime
 import http.client
 import json
 import re
 import socket
 import ssl
-from pathlib import Path
 
 import pytest
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gate.identity import NodeIdentity
 from gate.protocol import (
@@ -34,80 +28,16 @@ from gate.protocol import (
 )
 from gate.services.relay.control_stream import RelayControlStream
 from gate.services.transport.quic import bind_endpoint
+from tests.local_ca import LocalCA
 
 from .conftest import engine_config
-from .gate_process import GateServe, run_gate, wait_for
+from .gate_process import GateServe, p2p_address, relay_env, relay_serve, run_gate, wait_for
 from .test_gateway import HI, MODEL, NO_EOS
 
 pytestmark = pytest.mark.e2e
 
 DOMAIN = "relay.test"
 NOWHERE = "127.0.0.1:9"  # no daemon answers there: `gate keys create` writes gate.db
-
-
-class LocalCA:
-    """A certificate authority of the test's own, trusted by its client alone."""
-
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Gate relay test CA")])
-        now = datetime.datetime.now(datetime.UTC)
-        self.name = name
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-
-    def pem(self) -> str:
-        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
-
-    def issue(self, hostname: str, directory: Path) -> tuple[Path, Path]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
-            .issuer_name(self.name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        directory.mkdir(parents=True, exist_ok=True)
-        cert_file, key_file = directory / "node-cert.pem", directory / "node-key.pem"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        key_file.chmod(0o600)
-        return cert_file, key_file
 
 
 class RelayedHTTPS(http.client.HTTPSConnection):
@@ -124,27 +54,24 @@ class RelayedHTTPS(http.client.HTTPSConnection):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as browsers do
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
+    def post_json(self, path: str, body: dict, key: str) -> http.client.HTTPResponse:
+        """POST `body` as JSON, `key` as the bearer token; the response."""
+        self.request(
+            "POST",
+            path,
+            body=json.dumps(body),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        return self.getresponse()
+
 
 @pytest.fixture
 def relay_and_node(tmp_path, gate_env, llama_engine):
     """A relay for relay.test and a node registered with it, serving llama.cpp's model
     behind an API key; yields (relay, node, node_id, key, client context)."""
-    relay_env = {
-        **gate_env,
-        "GATE_RELAYD_DOMAIN": DOMAIN,
-        "GATE_RELAYD_LISTEN": "127.0.0.1:0",
-        "GATE_RELAYD_P2P_PORT": "0",
-        "GATE_RELAYD_P2P_BIND_HOST": "127.0.0.1",
-        "GATE_RELAYD_IROH_RELAY_MODE": "disabled",
-        "GATE_RELAYD_DISCOVERY": "false",
-        "GATE_RELAYD_DATA_DIR": str(tmp_path / "relay-data"),
-        "GATE_RELAYD_IDLE_TIMEOUT": "30",
-        "GATE_RELAYD_STATUS_BIND": "127.0.0.1:0",
-    }
-    relay = GateServe(relay_env, serve=("relay", "serve"), ready=r"TLS listening on (\S+)")
-    relay.start()
-    p2p = next(line for line in relay.stdout_lines if line.startswith("P2P address "))
-    relay_address = p2p.removeprefix("P2P address ").strip()
+    env = relay_env(gate_env, DOMAIN, tmp_path / "relay-data")
+    relay = relay_serve({**env, "GATE_RELAYD_IDLE_TIMEOUT": "30"}).start()
+    relay_address = p2p_address(relay)
 
     node_env = dict(gate_env)
     node_id = json.loads(run_gate("identity", "show", "--json", env=node_env).stdout)["node_id"]
@@ -212,13 +139,7 @@ def test_https_through_the_relay_reaches_the_node_behind_an_api_key(relay_and_no
         "stream": True,
         "logit_bias": NO_EOS,
     }
-    conn.request(
-        "POST",
-        "/v1/chat/completions",
-        body=json.dumps(request),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    response = conn.getresponse()
+    response = conn.post_json("/v1/chat/completions", request, key)
     assert response.status == 200
     assert response.getheader("content-type").startswith("text/event-stream")
     events = [line for line in response.read().decode().splitlines() if line.startswith("data: ")]

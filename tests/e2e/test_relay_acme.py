@@ -27,7 +27,15 @@ from tests.pebble.ca import Pebble, have_pebble
 from tests.pebble.challtestsrv import Challtestsrv
 
 from .conftest import engine_config
-from .gate_process import GateServe, run_gate, wait_for
+from .gate_process import (
+    GateServe,
+    free_port,
+    p2p_address,
+    relay_env,
+    relay_serve,
+    run_gate,
+    wait_for,
+)
 from .test_gateway import HI, MODEL, NO_EOS
 from .test_relay import NOWHERE, RelayedHTTPS
 
@@ -40,12 +48,6 @@ DOMAIN = "relay.test"
 OTHER_DOMAIN = "other.test"
 
 
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Relay:
     """`gate relay serve` for `domain`, publishing challenges in `dns`'s challtestsrv."""
 
@@ -53,15 +55,13 @@ class Relay:
         self.domain = domain
         self.tcp_port = free_port(socket.SOCK_STREAM)
         self.env = {
-            **gate_env,
-            "GATE_RELAYD_DOMAIN": domain,
-            "GATE_RELAYD_LISTEN": f"127.0.0.1:{self.tcp_port}",
-            "GATE_RELAYD_P2P_PORT": str(free_port(socket.SOCK_DGRAM)),
-            "GATE_RELAYD_P2P_BIND_HOST": "127.0.0.1",
-            "GATE_RELAYD_IROH_RELAY_MODE": "disabled",
-            "GATE_RELAYD_DISCOVERY": "false",
-            "GATE_RELAYD_DATA_DIR": str(tmp / f"relay-{domain}"),
-            "GATE_RELAYD_STATUS_BIND": "127.0.0.1:0",
+            **relay_env(
+                gate_env,
+                domain,
+                tmp / f"relay-{domain}",
+                listen=f"127.0.0.1:{self.tcp_port}",
+                p2p_port=free_port(socket.SOCK_DGRAM),
+            ),
             "GATE_RELAYD_DNS__BACKEND": "challtestsrv",
             "GATE_RELAYD_DNS__URL": dns_url,
         }
@@ -69,10 +69,8 @@ class Relay:
         self.address = ""
 
     def start(self) -> Relay:
-        self.proc = GateServe(self.env, serve=("relay", "serve"), ready=r"TLS listening on (\S+)")
-        self.proc.start()
-        p2p = next(line for line in self.proc.stdout_lines if line.startswith("P2P address "))
-        self.address = p2p.removeprefix("P2P address ").strip()
+        self.proc = relay_serve(self.env).start()
+        self.address = p2p_address(self.proc)
         return self
 
     def stop(self) -> None:
@@ -364,15 +362,11 @@ def test_renewal_reaches_new_connections_while_an_open_one_keeps_its_certificate
     )
     assert renewed.not_valid_before_utc >= first.not_valid_before_utc
     # ...while the connection opened before streams on with the first one, no restart.
-    kept.request(
-        "POST",
+    response = kept.post_json(
         "/v1/chat/completions",
-        body=json.dumps(
-            {"model": MODEL, "messages": HI, "max_tokens": 8, "stream": True, "logit_bias": NO_EOS}
-        ),
-        headers={"Authorization": f"Bearer {w.key}", "Content-Type": "application/json"},
+        {"model": MODEL, "messages": HI, "max_tokens": 8, "stream": True, "logit_bias": NO_EOS},
+        w.key,
     )
-    response = kept.getresponse()
     assert response.status == 200
     events = [line for line in response.read().decode().splitlines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"

@@ -8,6 +8,9 @@ what a crash left removed at the next start."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 import trio
@@ -31,7 +34,7 @@ from gate.services.transport.quic import Connection, bind_endpoint
 from tests.pebble.challtestsrv import Challtestsrv
 from tests.services.cloudflare_api import TOKEN, ZONE, FakeCloudflare
 
-from .gate_process import GateServe, run_gate, wait_for
+from .gate_process import GateServe, p2p_address, relay_env, relay_serve, run_gate, wait_for
 from .test_relay_ops import samples, status_url
 
 pytestmark = pytest.mark.e2e
@@ -46,17 +49,9 @@ def challtestsrv():
         yield server
 
 
-def relay_env(gate_env, tmp_path, challtestsrv: Challtestsrv | None) -> dict[str, str]:
+def dns_relay_env(gate_env, tmp_path, challtestsrv: Challtestsrv | None) -> dict[str, str]:
     return {
-        **gate_env,
-        "GATE_RELAYD_DOMAIN": DOMAIN,
-        "GATE_RELAYD_LISTEN": "127.0.0.1:0",
-        "GATE_RELAYD_P2P_PORT": "0",
-        "GATE_RELAYD_P2P_BIND_HOST": "127.0.0.1",
-        "GATE_RELAYD_IROH_RELAY_MODE": "disabled",
-        "GATE_RELAYD_DISCOVERY": "false",
-        "GATE_RELAYD_DATA_DIR": str(tmp_path / "relay-data"),
-        "GATE_RELAYD_STATUS_BIND": "127.0.0.1:0",
+        **relay_env(gate_env, DOMAIN, tmp_path / "relay-data"),
         "GATE_RELAYD_DNS__BACKEND": "challtestsrv",
         "GATE_RELAYD_DNS__URL": challtestsrv.url if challtestsrv else "",
         "GATE_RELAYD_DNS__CHALLENGES_PER_MINUTE": "3",
@@ -65,11 +60,7 @@ def relay_env(gate_env, tmp_path, challtestsrv: Challtestsrv | None) -> dict[str
 
 @pytest.fixture
 def relay(gate_env, tmp_path, challtestsrv):
-    relay = GateServe(
-        relay_env(gate_env, tmp_path, challtestsrv),
-        serve=("relay", "serve"),
-        ready=r"TLS listening on (\S+)",
-    ).start()
+    relay = relay_serve(dns_relay_env(gate_env, tmp_path, challtestsrv)).start()
     try:
         yield relay
     finally:
@@ -77,8 +68,7 @@ def relay(gate_env, tmp_path, challtestsrv):
 
 
 def relay_address(relay: GateServe) -> tuple[NodeId, str]:
-    line = next(line for line in relay.stdout_lines if line.startswith("P2P address "))
-    relay_id, _, addr = line.removeprefix("P2P address ").strip().partition("@")
+    relay_id, _, addr = p2p_address(relay).partition("@")
     return NodeId.parse(relay_id), addr
 
 
@@ -101,6 +91,20 @@ class Node:
         stream = await self.conn.open_stream()
         await stream.send_all(encode_preamble(StreamType.RELAY_CONTROL))
         return RelayControlStream(stream, Role.INITIATOR)
+
+
+@contextlib.asynccontextmanager
+async def connected(relay: GateServe) -> AsyncIterator[tuple[Node, RelayControlStream]]:
+    """A new node connected to `relay`, with a RelayControl stream open; its endpoint is
+    closed after, whatever happened."""
+    node = Node(relay)
+    endpoint = await bind_endpoint(node.identity.secret_key_bytes, host="127.0.0.1")
+    try:
+        await node.connect(endpoint)
+        yield node, await node.stream()
+    finally:
+        with trio.CancelScope(shield=True):
+            await endpoint.aclose()
 
 
 async def ask(control: RelayControlStream, request) -> object:
@@ -134,11 +138,7 @@ def test_a_nodes_own_challenge_is_published_and_nothing_else(relay, challtestsrv
     status = status_url(relay)  # once: it reads the rest of what the relay printed
 
     async def main() -> None:
-        node = Node(relay)
-        endpoint = await bind_endpoint(node.identity.secret_key_bytes, host="127.0.0.1")
-        try:
-            await node.connect(endpoint)
-            control = await node.stream()
+        async with connected(relay) as (node, control):
             named = await ask(control, DomainRequest(node_id=str(node.node_id)))
             assert named == DomainResponse(domain=f"{node.node_id}.{DOMAIN}")
 
@@ -179,9 +179,6 @@ def test_a_nodes_own_challenge_is_published_and_nothing_else(relay, challtestsrv
             # The node's connection ends: its records go.
             node.conn.close()
             await eventually_empty(challtestsrv, node.challenge, status)
-        finally:
-            with trio.CancelScope(shield=True):
-                await endpoint.aclose()
 
     trio.run(main)
     metrics = samples(httpx.get(f"{status}/metrics", timeout=10).text)
@@ -235,7 +232,7 @@ def cloudflare():
 
 
 def cloudflare_env(gate_env, tmp_path, cloudflare) -> dict[str, str]:
-    env = relay_env(gate_env, tmp_path, None)
+    env = dns_relay_env(gate_env, tmp_path, None)
     env.update(
         {
             "GATE_RELAYD_DNS__BACKEND": "cloudflare",
@@ -265,23 +262,16 @@ def test_cloudflare_records_a_crash_left_are_removed_at_the_next_start(
     env = {**cloudflare_env(gate_env, tmp_path, cloudflare), "RELAY_TEST_CF_TOKEN": TOKEN}
     others = {"id": "f" * 32, "name": "_acme-challenge.x.relay.test", "type": "TXT"}
     cloudflare.records[others["id"]] = {**others, "content": VALUES[7], "comment": "gate relay b"}
-    relay = GateServe(env, serve=("relay", "serve"), ready=r"TLS listening on (\S+)").start()
+    relay = relay_serve(env).start()
     try:
 
         async def publish() -> str:
-            node = Node(relay)
-            endpoint = await bind_endpoint(node.identity.secret_key_bytes, host="127.0.0.1")
-            try:
-                await node.connect(endpoint)
-                control = await node.stream()
+            async with connected(relay) as (node, control):
                 ok = await ask(control, DnsChallenge(domain=node.challenge, txt_value=VALUES[0]))
                 assert ok == DnsChallengeResponse(ok=True)
                 relay.proc.kill()  # a crash, the node still connected
                 relay.wait()
                 return node.challenge
-            finally:
-                with trio.CancelScope(shield=True):
-                    await endpoint.aclose()
 
         name = trio.run(publish)
     finally:
@@ -289,7 +279,7 @@ def test_cloudflare_records_a_crash_left_are_removed_at_the_next_start(
     (record,) = [r for r in cloudflare.records.values() if r["name"] == name]
     assert (record["content"], record["comment"]) == (VALUES[0], f"gate relay {relay.node_id}")
 
-    again = GateServe(env, serve=("relay", "serve"), ready=r"TLS listening on (\S+)").start()
+    again = relay_serve(env).start()
     try:
         wait_for(lambda: list(cloudflare.records) == [others["id"]], "the leftover deleted")
     finally:
@@ -299,17 +289,16 @@ def test_cloudflare_records_a_crash_left_are_removed_at_the_next_start(
 def test_a_record_goes_after_record_lifetime_with_its_node_still_connected(
     gate_env, tmp_path, challtestsrv
 ):
-    env = {**relay_env(gate_env, tmp_path, challtestsrv), "GATE_RELAYD_DNS__RECORD_LIFETIME": "1"}
-    relay = GateServe(env, serve=("relay", "serve"), ready=r"TLS listening on (\S+)").start()
+    env = {
+        **dns_relay_env(gate_env, tmp_path, challtestsrv),
+        "GATE_RELAYD_DNS__RECORD_LIFETIME": "1",
+    }
+    relay = relay_serve(env).start()
     try:
         status = status_url(relay)
 
         async def main() -> None:
-            node = Node(relay)
-            endpoint = await bind_endpoint(node.identity.secret_key_bytes, host="127.0.0.1")
-            try:
-                await node.connect(endpoint)
-                control = await node.stream()
+            async with connected(relay) as (node, control):
                 ok = await ask(control, DnsChallenge(domain=node.challenge, txt_value=VALUES[0]))
                 assert ok == DnsChallengeResponse(ok=True)
                 published = trio.current_time()
@@ -317,9 +306,6 @@ def test_a_record_goes_after_record_lifetime_with_its_node_still_connected(
                 await eventually_empty(challtestsrv, node.challenge, status)
                 assert trio.current_time() - published >= 0.9
                 assert not node.conn.is_closed  # gone by its lifetime, not a disconnect
-            finally:
-                with trio.CancelScope(shield=True):
-                    await endpoint.aclose()
 
         trio.run(main)
     finally:

@@ -125,13 +125,7 @@ def test_200_concurrent_connections_with_streamed_answers_none_lost_or_mixed(rel
             "stream": True,
             "logit_bias": NO_EOS,
         }
-        conn.request(
-            "POST",
-            "/v1/chat/completions",
-            body=json.dumps(body),
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        )
-        response = conn.getresponse()
+        response = conn.post_json("/v1/chat/completions", body, key)
         text = response.read().decode()
         conn.close()
         assert response.status == 200, text

@@ -37,19 +37,22 @@ from gate.protocol import (
 from gate.services.p2p.http_over_stream import request_over_stream
 from gate.services.transport.framed import receive_event
 from gate.services.transport.quic import bind_endpoint
+from tests.local_ca import LocalCA
 
 from .conftest import engine_config
-from .gate_process import GateServe, run_gate, wait_for
+from .gate_process import (
+    GateServe,
+    free_port,
+    p2p_address,
+    relay_env,
+    relay_serve,
+    run_gate,
+    wait_for,
+)
 from .test_gateway import HI, MODEL, NO_EOS
-from .test_relay import DOMAIN, NOWHERE, LocalCA, RelayedHTTPS, _get
+from .test_relay import DOMAIN, NOWHERE, RelayedHTTPS, _get
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class World:
@@ -59,14 +62,13 @@ class World:
         self.tmp = tmp_path
         self.tcp_port = free_port(socket.SOCK_STREAM)
         self.relay_env = {
-            **gate_env,
-            "GATE_RELAYD_DOMAIN": DOMAIN,
-            "GATE_RELAYD_LISTEN": f"127.0.0.1:{self.tcp_port}",
-            "GATE_RELAYD_P2P_PORT": str(free_port(socket.SOCK_DGRAM)),
-            "GATE_RELAYD_P2P_BIND_HOST": "127.0.0.1",
-            "GATE_RELAYD_IROH_RELAY_MODE": "disabled",
-            "GATE_RELAYD_DISCOVERY": "false",
-            "GATE_RELAYD_DATA_DIR": str(tmp_path / "relay-data"),
+            **relay_env(
+                gate_env,
+                DOMAIN,
+                tmp_path / "relay-data",
+                listen=f"127.0.0.1:{self.tcp_port}",
+                p2p_port=free_port(socket.SOCK_DGRAM),
+            ),
             "GATE_RELAYD_IDLE_TIMEOUT": "30",
             "GATE_RELAYD_CONNECT_TIMEOUT": "3",
             "GATE_RELAYD_LOG_LEVEL": "debug",  # "connection routed" is a debug line
@@ -97,11 +99,8 @@ class World:
         return ("127.0.0.1", self.tcp_port)
 
     def start_relay(self) -> None:
-        self.relay = GateServe(
-            self.relay_env, serve=("relay", "serve"), ready=r"TLS listening on (\S+)"
-        ).start()
-        p2p = next(line for line in self.relay.stdout_lines if line.startswith("P2P address "))
-        self.relay_address = p2p.removeprefix("P2P address ").strip()
+        self.relay = relay_serve(self.relay_env).start()
+        self.relay_address = p2p_address(self.relay)
 
     def stop_relay(self) -> None:
         assert self.relay is not None
@@ -525,13 +524,7 @@ def test_the_usage_log_records_the_door_each_request_came_through(llama_world):
     w = llama_world
     request = {"model": MODEL, "messages": HI, "max_tokens": 4, "logit_bias": NO_EOS}
     conn = RelayedHTTPS(w.hostname, w.relay_port, w.context)
-    conn.request(
-        "POST",
-        "/v1/chat/completions",
-        body=json.dumps(request),
-        headers={"Authorization": f"Bearer {w.key}", "Content-Type": "application/json"},
-    )
-    response = conn.getresponse()
+    response = conn.post_json("/v1/chat/completions", request, w.key)
     assert response.status == 200, response.read()
     response.read()
     conn.close()

@@ -6,7 +6,6 @@ real llama.cpp engine behind it; the usage log names the door `tls`."""
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 
 import httpx
@@ -15,19 +14,14 @@ import pytest
 
 from gate.config import Config
 from gate.errors import ConfigError
+from tests.local_ca import LocalCA
 
 from .conftest import engine_config
-from .gate_process import GateServe, run_gate, wait_for
+from .gate_process import GateServe, free_port, run_gate, wait_for
 from .test_gateway import HI, MODEL, NO_EOS
-from .test_relay import NOWHERE, LocalCA, RelayedHTTPS
+from .test_relay import NOWHERE, RelayedHTTPS
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_relay_door_on_a_tcp_port(tmp_path, gate_env, llama_engine):
@@ -39,7 +33,7 @@ def test_the_relay_door_on_a_tcp_port(tmp_path, gate_env, llama_engine):
     hostname = f"{node_id}.relay.test"
     ca = LocalCA()
     cert_file, key_file = ca.issue(hostname, tmp_path / "tls")
-    port = _free_port()
+    port = free_port()
     config = engine_config(llama_engine) + (
         f"[tls]\ncert_file = {json.dumps(str(cert_file))}\n"
         f"key_file = {json.dumps(str(key_file))}\nlisten = '127.0.0.1:{port}'\n"

@@ -96,12 +96,8 @@ def llama_engine(
     """One llama.cpp server for the whole session (starts in about a second)."""
     from tests.engine.llama_server import LlamaServer
 
-    server = LlamaServer(tiny_model_path, log_dir=tmp_path_factory.mktemp("llama-engine"))
-    server.start()
-    try:
+    with LlamaServer(tiny_model_path, log_dir=tmp_path_factory.mktemp("llama-engine")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ the relay's `challtestsrv` DNS backend, or a test, sets them with. Validation is
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import shutil
@@ -25,11 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
+from tests.local_ca import LocalCA
 from tests.pebble.challtestsrv import Challtestsrv
 
 PEBBLE = shutil.which("pebble") or "/usr/bin/pebble"
@@ -47,52 +41,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _serving_cert(directory: Path) -> tuple[bytes, Path, Path]:
-    """A CA's PEM, and a certificate and key it issued for 127.0.0.1 and localhost."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pebble test serving CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_file, key_file = directory / "pebble-cert.pem", directory / "pebble-key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return ca.public_bytes(serialization.Encoding.PEM), cert_file, key_file
-
-
 class Pebble:
     """Both programs; `start`, `stop_ca`/`start_ca` (pebble alone, same ports), `close`."""
 
@@ -107,9 +55,11 @@ class Pebble:
         self.validity_s = validity_s
         self.nonce_reject = nonce_reject
         self.va_sleep_s = va_sleep_s
-        ca_pem, cert_file, key_file = _serving_cert(workdir)
+        # pebble serves its ACME directory for 127.0.0.1 (and localhost) under a CA of ours
+        ca = LocalCA("pebble test serving CA")
+        cert_file, key_file = ca.issue(["localhost", "127.0.0.1"], workdir, stem="pebble")
         self.ca_bundle = workdir / "pebble-serving-ca.pem"
-        self.ca_bundle.write_bytes(ca_pem)
+        self.ca_bundle.write_text(ca.pem())
         self.acme_port, self.management_port = free_port(), free_port()
         config: dict[str, object] = {
             "listenAddress": f"127.0.0.1:{self.acme_port}",
@@ -129,7 +79,7 @@ class Pebble:
         self.dns: Challtestsrv | None = None
         self.challtestsrv_url = ""
         self._pebble: subprocess.Popen[bytes] | None = None
-        self._context = ssl.create_default_context(cadata=ca_pem.decode())
+        self._context = ssl.create_default_context(cadata=ca.pem())
 
     def start(self) -> Pebble:
         self.dns = Challtestsrv().start()

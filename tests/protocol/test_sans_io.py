@@ -1,11 +1,11 @@
 """gate/protocol must stay free of IO (STYLE §1): checked two ways."""
 
-import ast
 import pathlib
 import subprocess
 import sys
 
 import gate.protocol
+from tests.test_layout import imported_modules
 
 IO_MODULES = {"trio", "socket", "ssl", "iroh", "asyncio", "selectors", "threading"}
 # Time is an argument, never a call (STYLE §1); the interpreter itself loads `time`,
@@ -16,16 +16,8 @@ PROTOCOL_DIR = pathlib.Path(gate.protocol.__file__).parent
 
 def test_no_module_imports_io_libraries_in_source():
     for path in sorted(PROTOCOL_DIR.glob("*.py")):
-        tree = ast.parse(path.read_text(), filename=str(path))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            else:
-                continue
-            for name in names:
-                assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
+        for name in imported_modules(path):
+            assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
 
 
 def test_importing_the_package_pulls_in_no_io_module():

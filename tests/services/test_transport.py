@@ -573,23 +573,32 @@ async def read_line(stream: trio.abc.ReceiveStream, buffer: bytearray) -> str:
     return line.decode()
 
 
+async def start_helper(
+    nursery: trio.Nursery, theirs: NodeIdentity, *, check: bool
+) -> tuple[trio.Process, bytearray, str, str]:
+    """This file run as a helper process with `theirs` key (_helper_echo_once); returns
+    it, the buffer its output is read through, and the node id and address it printed.
+    run_process kills it if anything in `nursery` fails or times out."""
+    process = await nursery.start(
+        functools.partial(
+            trio.run_process,
+            [sys.executable, __file__, theirs.secret_key_bytes.hex()],
+            stdout=subprocess.PIPE,
+            check=check,
+        )
+    )
+    assert process.stdout is not None
+    buffer = bytearray()
+    node_id, address = (await read_line(process.stdout, buffer)).split()
+    return process, buffer, node_id, address
+
+
 async def test_two_processes_connect_and_echo():
     ours, theirs = NodeIdentity.generate(), NodeIdentity.generate()
     payload = os.urandom(1024 * 1024 + 3)
     with trio.fail_after(30):
         async with await bind(ours.secret_key_bytes) as endpoint, trio.open_nursery() as nursery:
-            # run_process kills the helper if anything here fails or times out.
-            process = await nursery.start(
-                functools.partial(
-                    trio.run_process,
-                    [sys.executable, __file__, theirs.secret_key_bytes.hex()],
-                    stdout=subprocess.PIPE,
-                    check=True,
-                )
-            )
-            assert process.stdout is not None
-            buffer = bytearray()
-            node_id, address = (await read_line(process.stdout, buffer)).split()
+            process, buffer, node_id, address = await start_helper(nursery, theirs, check=True)
             assert NodeId.parse(node_id) == NodeId(theirs.public_key_bytes)
 
             conn = await endpoint.connect(NodeId.parse(node_id), [address])
@@ -621,17 +630,7 @@ async def test_probes_are_answered_until_the_peer_is_killed():
     ours, theirs = NodeIdentity.generate(), NodeIdentity.generate()
     with trio.fail_after(30):
         async with await bind(ours.secret_key_bytes) as endpoint, trio.open_nursery() as nursery:
-            process = await nursery.start(
-                functools.partial(
-                    trio.run_process,
-                    [sys.executable, __file__, theirs.secret_key_bytes.hex()],
-                    stdout=subprocess.PIPE,
-                    check=False,
-                )
-            )
-            assert process.stdout is not None
-            buffer = bytearray()
-            node_id, address = (await read_line(process.stdout, buffer)).split()
+            process, buffer, node_id, address = await start_helper(nursery, theirs, check=False)
             conn = await endpoint.connect(NodeId.parse(node_id), [address])
             stream = await conn.open_stream()
             await stream.send_all(b"x")  # the helper now echoes, alive, until we finish

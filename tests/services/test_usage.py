@@ -80,6 +80,14 @@ async def wait_written(recorder: UsageRecorder, n: int) -> None:
         await trio.sleep(0.005)
 
 
+async def drain(recorder: UsageRecorder, store: Store, jsonl_path: Path | None = None) -> None:
+    """The recorder run already told to stop: it writes what it holds, then returns."""
+    ctx = ServiceContext("usage")
+    ctx.shutdown.set()
+    with trio.fail_after(10):
+        await recorder.run(ctx, store, jsonl_path=jsonl_path)
+
+
 async def test_records_reach_the_database(store: CountingStore) -> None:
     recorder = UsageRecorder()
     ctx = ServiceContext("usage")
@@ -181,10 +189,7 @@ async def test_a_full_queue_drops_counts_and_warns_once(
     warnings = [r for r in caplog.records if "queue full" in r.getMessage()]
     assert len(warnings) == 1  # at most once per 10 s
 
-    ctx = ServiceContext("usage")
-    ctx.shutdown.set()
-    with trio.fail_after(10):
-        await recorder.run(ctx, store)
+    await drain(recorder, store)
     assert [r.tokens_in for r in await rows(store)] == [4, 3, 2, 1, 0]  # the first five
 
 
@@ -195,10 +200,8 @@ async def test_a_failed_write_is_retried_once(
     store.failures = 1
     for i in range(3):
         recorder.record(make(i))
-    ctx = ServiceContext("usage")
-    ctx.shutdown.set()
-    with caplog.at_level(logging.WARNING, logger="gate.usage"), trio.fail_after(10):
-        await recorder.run(ctx, store)
+    with caplog.at_level(logging.WARNING, logger="gate.usage"):
+        await drain(recorder, store)
     assert len(await rows(store)) == 3
     stats = recorder.statistics()
     assert (stats["written"], stats["dropped"], stats["store_errors"]) == (3, 0, 1)
@@ -212,10 +215,8 @@ async def test_a_batch_that_fails_twice_is_dropped_and_the_writer_goes_on(
     store.failures = 2
     for i in range(6):
         recorder.record(make(i))
-    ctx = ServiceContext("usage")
-    ctx.shutdown.set()
-    with caplog.at_level(logging.WARNING, logger="gate.usage"), trio.fail_after(10):
-        await recorder.run(ctx, store)
+    with caplog.at_level(logging.WARNING, logger="gate.usage"):
+        await drain(recorder, store)
     assert [r.tokens_in for r in await rows(store)] == [5, 4]  # the second batch
     stats = recorder.statistics()
     assert (stats["written"], stats["dropped"], stats["dropped_store_error"]) == (2, 4, 4)
@@ -227,10 +228,7 @@ async def test_a_closed_store_does_not_crash_the_writer(tmp_path: Path) -> None:
     await db.close()
     recorder = UsageRecorder()
     recorder.record(make(0))
-    ctx = ServiceContext("usage")
-    ctx.shutdown.set()
-    with trio.fail_after(10):
-        await recorder.run(ctx, db)
+    await drain(recorder, db)
     assert recorder.statistics()["dropped"] == 1
 
 
@@ -241,10 +239,7 @@ async def test_jsonl_lines_are_appended(store: CountingStore, tmp_path: Path) ->
     for run in (records[:10], records[10:]):  # two runs: the second one appends
         for rec in run:
             recorder.record(rec)
-        ctx = ServiceContext("usage")
-        ctx.shutdown.set()
-        with trio.fail_after(10):
-            await recorder.run(ctx, store, jsonl_path=path)
+        await drain(recorder, store, jsonl_path=path)
     lines = path.read_bytes().splitlines()
     assert [msgspec.json.decode(line, type=UsageRecord) for line in lines] == records
     assert msgspec.json.decode(lines[0])["endpoint"] == "/v1/chat/completions"
@@ -259,10 +254,7 @@ async def test_a_jsonl_failure_is_counted_and_the_database_still_written(
     blocker.write_text("")
     recorder = UsageRecorder()
     recorder.record(make(0))
-    ctx = ServiceContext("usage")
-    ctx.shutdown.set()
-    with trio.fail_after(10):
-        await recorder.run(ctx, store, jsonl_path=blocker / "usage.jsonl")
+    await drain(recorder, store, jsonl_path=blocker / "usage.jsonl")
     stats = recorder.statistics()
     assert (stats["written"], stats["jsonl_errors"]) == (1, 1)
 
@@ -276,10 +268,7 @@ async def filled(store: CountingStore) -> CountingStore:
     for i in range(30):
         recorder.record(make(i))
     recorder.record(make(30, ts=1_700_000_029.0))  # the same ts as record 29
-    ctx = ServiceContext("usage")
-    ctx.shutdown.set()
-    with trio.fail_after(10):
-        await recorder.run(ctx, store)
+    await drain(recorder, store)
     return store
 
 
@@ -317,10 +306,8 @@ async def test_the_door_is_recorded_and_filters(store: CountingStore) -> None:
     recorder = UsageRecorder()
     for i, door in enumerate(["local", "peer", "relay", "relay", None]):
         recorder.record(make(i, door=door))
-    ctx = ServiceContext("usage")
-    ctx.shutdown.set()
     with trio.fail_after(10):
-        await recorder.run(ctx, store)
+        await drain(recorder, store)
         everything = await query_usage(store)
         relayed = await query_usage(store, door="relay")
     assert [r.door for r in everything] == [None, "relay", "relay", "peer", "local"]
