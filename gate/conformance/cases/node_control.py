@@ -16,9 +16,16 @@ from gate.conformance.http_client import end, head
 from gate.conformance.node_session import ControlSession, handshake_frame, open_control
 from gate.conformance.probe import Ended, Probe, error_code, expect_error
 from gate.conformance.registry import CaseFailed, Level, Row, case, table
-from gate.conformance.wire import HTTP_PROXY, NODE_CONTROL, envelope, frame, node_frame, preamble
-from gate.identity import NodeIdentity
-from gate.protocol import ErrorCode, NodeId
+from gate.conformance.wire import (
+    HTTP_PROXY,
+    NODE_CONTROL,
+    envelope,
+    frame,
+    node_frame,
+    other_node_id,
+    preamble,
+)
+from gate.protocol import ErrorCode
 
 UNEXPECTED = ErrorCode.UNEXPECTED_MESSAGE
 _NOT_IN_TABLE = (
@@ -30,11 +37,6 @@ _NOT_IN_TABLE_RECEIVED = (
     "UNEXPECTED_MESSAGE, whether received (RemoteProtocolError)"
 )
 _PING_QUOTE = "A node that receives `ping` MUST answer with `pong` carrying the same `nonce`"
-
-
-def _other() -> str:
-    """A NodeId that is not the runner's."""
-    return str(NodeId(NodeIdentity.generate().public_key_bytes))
 
 
 def _friend(probe: Probe) -> str:
@@ -217,7 +219,7 @@ table(
 
 
 async def _after_refusal(probe: Probe, row: Row) -> str:
-    session = await open_control(probe, node_id=_other(), accepted=False)
+    session = await open_control(probe, node_id=other_node_id(), accepted=False)
     assert session.conn is not None
     what, first = row.send(probe)
     try:
@@ -310,7 +312,7 @@ async def stranger_refused(probe: Probe) -> str:
     trusted=True,
 )
 async def impostor(probe: Probe) -> str:
-    answer = (await open_control(probe, node_id=_other(), accepted=False)).answer
+    answer = (await open_control(probe, node_id=other_node_id(), accepted=False)).answer
     return f"refused: {answer.get('reason')}"
 
 

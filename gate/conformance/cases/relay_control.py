@@ -21,8 +21,8 @@ from typing import Any, Final
 from gate.conformance.probe import Probe, error_code
 from gate.conformance.registry import CaseFailed, CaseSkipped, Level, Row, case, table
 from gate.conformance.relay_session import RelaySession, open_relay_control
-from gate.identity import NodeIdentity
-from gate.protocol import ErrorCode, NodeId
+from gate.conformance.wire import other_node_id
+from gate.protocol import ErrorCode
 
 UNAUTHORIZED = ErrorCode.UNAUTHORIZED
 INVALID_MESSAGE = ErrorCode.INVALID_MESSAGE
@@ -32,10 +32,6 @@ RATE_LIMITED = ErrorCode.RATE_LIMITED
 RATE_PROBES: Final = 8
 
 Request = tuple[str, dict[str, Any]]
-
-
-def _other() -> str:
-    return str(NodeId(NodeIdentity.generate().public_key_bytes))
 
 
 def txt_value(seed: str) -> str:
@@ -77,7 +73,7 @@ table(
             "refuses a domain_request for another node's id with UNAUTHORIZED",
             "The relay MUST answer a request that fails these checks with `error` code "
             "UNAUTHORIZED",
-            send=lambda _: ("domain_request", {"node_id": _other()}),
+            send=lambda _: ("domain_request", {"node_id": other_node_id()}),
             expect=UNAUTHORIZED,
         ),
         Row(
@@ -128,7 +124,7 @@ table(
             "with UNAUTHORIZED",
             _BY_N_ALONE,
             send=lambda s: _activations(
-                f"{_other()}.{s.relay_domain}",
+                f"{other_node_id()}.{s.relay_domain}",
                 s.relay_domain,
                 f"x.{s.domain}",
                 f"{s.domain}.evil.test",
@@ -141,7 +137,7 @@ table(
             "UNAUTHORIZED",
             _BY_N_ALONE,
             send=lambda s: _challenges(
-                f"_acme-challenge.{_other()}.{s.relay_domain}",
+                f"_acme-challenge.{other_node_id()}.{s.relay_domain}",
                 s.domain,
                 f"_acme-challenge.{s.relay_domain}",
             ),
@@ -154,7 +150,10 @@ table(
             send=lambda s: [
                 (
                     "dns_challenge",
-                    {"domain": f"_acme-challenge.{_other()}.{s.relay_domain}", "txt_value": "x"},
+                    {
+                        "domain": f"_acme-challenge.{other_node_id()}.{s.relay_domain}",
+                        "txt_value": "x",
+                    },
                 )
             ],
             expect=INVALID_MESSAGE,
@@ -263,7 +262,7 @@ async def own_name(probe: Probe) -> str:
 )
 async def idle_after_error(probe: Probe) -> str:
     session = await open_relay_control(probe)
-    await session.refused("domain_request", UNAUTHORIZED, node_id=_other())
+    await session.refused("domain_request", UNAUTHORIZED, node_id=other_node_id())
     return f"refused, then named {await session.name()}"
 
 
@@ -363,7 +362,7 @@ async def order_past_the_rate(probe: Probe) -> str:
     limited_at, _ = await _until_limited(session, "6.4/9")
     if limited_at is None:
         raise CaseSkipped(f"no RATE_LIMITED within {RATE_PROBES}: the order is not visible")
-    theirs = f"_acme-challenge.{_other()}.{session.relay_domain}"
+    theirs = f"_acme-challenge.{other_node_id()}.{session.relay_domain}"
     await session.refused("dns_challenge", UNAUTHORIZED, domain=theirs, txt_value=txt_value(name))
     await session.refused(
         "dns_challenge", INVALID_MESSAGE, domain=f"_acme-challenge.{name}", txt_value="x"

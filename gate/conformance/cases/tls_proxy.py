@@ -14,9 +14,7 @@ from gate.conformance.probe import STEP_TIMEOUT, Probe, Wire
 from gate.conformance.registry import CaseFailed, CaseSkipped, Level, Row, case, table
 from gate.conformance.relay_session import RelaySession, open_relay_control
 from gate.conformance.tls_hello import client_hello, records
-from gate.conformance.wire import TLS_PROXY, hexdump, unpack
-from gate.identity import NodeIdentity
-from gate.protocol import NodeId
+from gate.conformance.wire import TLS_PROXY, hexdump, other_node_id, unpack
 
 # What the runner, as the node, answers first: a TLS record (the relay tells a refusal,
 # a frame starting 00, from TLS by the first byte, §3.5).
@@ -183,11 +181,6 @@ async def _refused(probe: Probe, row: Row) -> str:
     return await _no_stream(probe, session, client)
 
 
-def _stranger_name(session: RelaySession) -> str:
-    other = NodeId(NodeIdentity.generate().public_key_bytes)
-    return f"{other}.{session.relay_domain}"
-
-
 _ONLY_ITS_NODE = (
     "The relay MUST only open tls_proxy streams to the node whose NodeId is the first label of "
     "the SNI"
@@ -199,7 +192,7 @@ table(
             "closes a connection for a name no node activated, opening no stream",
             "The relay MUST only open tls_proxy streams to the node whose NodeId is the first "
             "label of the SNI, and only for a domain that node activated (§6.3).",
-            send=lambda s: records(client_hello(_stranger_name(s))),
+            send=lambda s: records(client_hello(f"{other_node_id()}.{s.relay_domain}")),
         ),
         Row(
             "relay/7.4/5",
