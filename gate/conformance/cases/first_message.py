@@ -63,7 +63,9 @@ async def answered(role: str, wire: Wire) -> str:
 DROP: Final = object()  # `changed`: remove the key
 
 
-def changed(message: dict[str, Any], *, payload: Any = None, **fields: Any) -> dict[str, Any]:
+def changed(
+    message: dict[str, Any], *, payload: dict[str, Any] | None = None, **fields: Any
+) -> dict[str, Any]:
     """A copy of `message` with these envelope `fields` and `payload` keys set (DROP
     removes one)."""
     out = {**message, **fields, "payload": {**message["payload"], **(payload or {})}}

@@ -20,7 +20,7 @@ from gate.conformance.cases.first_message import (
     first_message,
     first_stream,
 )
-from gate.conformance.probe import Ended, Probe
+from gate.conformance.probe import Ended, Probe, Wire
 from gate.conformance.registry import CaseFailed, Row, case, table
 from gate.conformance.wire import envelope, frame, packed, preamble
 from gate.protocol import ErrorCode
@@ -256,7 +256,7 @@ table(
 def _register(role: str) -> None:
     kind = STREAM[role]
 
-    async def sent(probe: Probe, payload: bytes):  # type: ignore[no-untyped-def]
+    async def sent(probe: Probe, payload: bytes) -> Wire:
         return await probe.stream(preamble(kind) + frame(payload))
 
     @case(
