@@ -115,22 +115,44 @@ table(
     _rejected,
     roles=("node", "relay"),
 )
+# The stream types each role does not serve (§3.3).
 table(
     [
         Row(
-            f"{role}/3.3/{n}",
-            f"rejects a {name} stream, a type it does not serve, with STREAM_TYPE_NOT_SERVED",
+            "node/3.3/4",
+            "rejects a relay_control stream, a type it does not serve, with STREAM_TYPE_NOT_SERVED",
             _NOT_SERVED_QUOTE,
-            send=preamble(code),
+            send=preamble(RELAY_CONTROL),
             expect=NOT_SERVED,
-        )
-        for role, n, name, code in [
-            ("node", 4, "relay_control", RELAY_CONTROL),
-            ("node", 5, "tls_proxy", TLS_PROXY),
-            ("relay", 4, "node_control", NODE_CONTROL),
-            ("relay", 5, "http_proxy", HTTP_PROXY),
-            ("relay", 6, "tls_proxy", TLS_PROXY),
-        ]
+        ),
+        Row(
+            "node/3.3/5",
+            "rejects a tls_proxy stream, a type it does not serve, with STREAM_TYPE_NOT_SERVED",
+            _NOT_SERVED_QUOTE,
+            send=preamble(TLS_PROXY),
+            expect=NOT_SERVED,
+        ),
+        Row(
+            "relay/3.3/4",
+            "rejects a node_control stream, a type it does not serve, with STREAM_TYPE_NOT_SERVED",
+            _NOT_SERVED_QUOTE,
+            send=preamble(NODE_CONTROL),
+            expect=NOT_SERVED,
+        ),
+        Row(
+            "relay/3.3/5",
+            "rejects a http_proxy stream, a type it does not serve, with STREAM_TYPE_NOT_SERVED",
+            _NOT_SERVED_QUOTE,
+            send=preamble(HTTP_PROXY),
+            expect=NOT_SERVED,
+        ),
+        Row(
+            "relay/3.3/6",
+            "rejects a tls_proxy stream, a type it does not serve, with STREAM_TYPE_NOT_SERVED",
+            _NOT_SERVED_QUOTE,
+            send=preamble(TLS_PROXY),
+            expect=NOT_SERVED,
+        ),
     ],
     _rejected,
 )

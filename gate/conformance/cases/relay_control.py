@@ -224,19 +224,42 @@ _DECODES = "the message decodes, `txt_value` included (else INVALID_MESSAGE, §4
 table(
     [
         Row(
-            f"relay/6.4/{n}",
-            f"a dns_challenge for its own name, txt_value {what}: INVALID_MESSAGE",
+            "relay/6.4/2",
+            "a dns_challenge for its own name, txt_value of 42 characters: INVALID_MESSAGE",
             _DECODES,
-            send=value,
+            send=_VALID[:42],
             expect=INVALID_MESSAGE,
-        )
-        for n, what, value in [
-            (2, "of 42 characters", _VALID[:42]),
-            (3, "of 44 characters", _VALID + "A"),
-            (4, "padded (42 characters and '=')", _VALID[:42] + "="),
-            (5, "with '+' (base64, not base64url)", _VALID[:42] + "+"),
-            (6, "ending in a newline", _VALID[:42] + "\n"),
-        ]
+        ),
+        Row(
+            "relay/6.4/3",
+            "a dns_challenge for its own name, txt_value of 44 characters: INVALID_MESSAGE",
+            _DECODES,
+            send=_VALID + "A",
+            expect=INVALID_MESSAGE,
+        ),
+        Row(
+            "relay/6.4/4",
+            "a dns_challenge for its own name, txt_value padded (42 characters and '='): "
+            "INVALID_MESSAGE",
+            _DECODES,
+            send=_VALID[:42] + "=",
+            expect=INVALID_MESSAGE,
+        ),
+        Row(
+            "relay/6.4/5",
+            "a dns_challenge for its own name, txt_value with '+' (base64, not base64url): "
+            "INVALID_MESSAGE",
+            _DECODES,
+            send=_VALID[:42] + "+",
+            expect=INVALID_MESSAGE,
+        ),
+        Row(
+            "relay/6.4/6",
+            "a dns_challenge for its own name, txt_value ending in a newline: INVALID_MESSAGE",
+            _DECODES,
+            send=_VALID[:42] + "\n",
+            expect=INVALID_MESSAGE,
+        ),
     ],
     _bad_txt_value,
 )
