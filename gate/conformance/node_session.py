@@ -104,14 +104,14 @@ async def open_control(
     probe: Probe,
     *,
     trusted: bool = True,
-    accepted: bool | None = True,
+    accepted: bool = True,
     conn: Connection | None = None,
     node_id: str | None = None,
     versions: list[int] | None = None,
 ) -> ControlSession:
     """Dial (or use `conn`), open node_control and handshake as this key (or naming
-    `node_id`), offering `versions` ([1]). `accepted`: True fails the case unless the
-    target accepts, False unless it refuses; None takes either (`session.answer`)."""
+    `node_id`), offering `versions` ([1]); the case fails unless the target accepts (or,
+    with `accepted=False`, refuses). The answer is `session.answer`."""
     if conn is None:
         conn = await probe.dial(trusted=trusted)
     own = str((probe.friend if trusted else probe.stranger).node_id)
@@ -124,7 +124,7 @@ async def open_control(
             f"handshake refused: {answer.get('reason')} (does the target trust {own}?)",
             probe.evidence,
         )
-    if accepted is False and answer.get("accepted"):
+    if not accepted and answer.get("accepted"):
         named = "" if node_id is None else f" naming {node_id}"
         raise CaseFailed(
             f"accepted a handshake{named} offering {versions or [1]} from "
