@@ -342,25 +342,36 @@ def check_channel(channel: str, make: Callable[[str], ChannelEnd]) -> None:
                     functools.partial(end.send if sender == me else end.receive, frame)
                 )
                 where = f"in {state} as {me}: {sender} {event}"
-                if allowed and raised:
-                    bad(f"{where} is in the table, but was refused ({code})")
-                elif not allowed and not raised:
-                    bad(f"{where} is not in the table, but was accepted")
-                elif not allowed and sender != me and code != 201:
-                    bad(f"{where}: expected 201, got {code}")
+                _judge(bad, where, "the table", allowed, raised, code, sender != me, 201)
             end = _replay(channel, make, me, path, bad)
             if end is None or own_error:
                 continue
             allowed = may_finish(state, sender)
             raised, code, _ = _raises(end.finish if sender == me else end.receive_finish)
             where = f"in {state} as {me}: {sender} finishes"
-            if allowed and raised:
-                bad(f"{where}: may_finish allows it, but it was refused ({code})")
-            elif not allowed and not raised:
-                bad(f"{where}: may_finish does not allow it, but it was accepted")
-            elif not allowed and sender != me and code != 105:
-                bad(f"{where}: expected 105 (TRUNCATED), got {code}")
+            _judge(bad, where, "may_finish", allowed, raised, code, sender != me, 105)
     bad.done()
+
+
+def _judge(
+    bad: _Violations,
+    where: str,
+    rule: str,
+    allowed: bool,
+    raised: bool,
+    code: int | None,
+    by_peer: bool,
+    refusal: int,
+) -> None:
+    """One step checked against its `rule`: accepted exactly when the rule allows it,
+    and a peer's step the rule does not allow refused with `refusal` (UNEXPECTED_MESSAGE
+    for an event, TRUNCATED for a finish)."""
+    if allowed and raised:
+        bad(f"{where} is in {rule}, but was refused ({code})")
+    elif not allowed and not raised:
+        bad(f"{where} is not in {rule}, but was accepted")
+    elif not allowed and by_peer and code != refusal:
+        bad(f"{where}: expected {refusal}, got {code}")
 
 
 def _replay(

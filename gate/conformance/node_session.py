@@ -31,9 +31,11 @@ def handshake_frame(node_id: str, versions: list[int] | None = None, **extra: An
 
 
 class ControlSession:
-    def __init__(self, probe: Probe, wire: Wire) -> None:
+    def __init__(self, probe: Probe, wire: Wire, conn: Connection | None = None) -> None:
         self.probe = probe
         self.wire = wire
+        self.conn = conn  # the connection the stream is on (open_control sets it)
+        self.answer: dict[str, Any] = {}  # the handshake_response, once read
 
     async def send(self, tag: str, **fields: Any) -> None:
         await self.wire.send(frame(envelope({"type": tag, **fields})))
@@ -78,22 +80,55 @@ class ControlSession:
             elif kind not in ("capability_response", "pong"):
                 raise CaseFailed(f"expected {tag}, got {payload!r:.200}", self.probe.evidence)
 
+    async def error(self, code: int) -> str:
+        """Read up to the channel's error message (answering pings, passing over pongs and
+        capability_responses); it must carry `code`."""
+        while True:
+            message = await self.next()
+            if isinstance(message, Ended):
+                raise CaseFailed(f"the stream {message} without an error", self.probe.evidence)
+            payload = message["payload"]
+            if payload.get("type") in ("ping", "pong", "capability_response"):
+                if payload.get("type") == "ping":
+                    await self.send("pong", nonce=payload["nonce"])
+                continue
+            got = error_code(payload)
+            if got != code:
+                raise CaseFailed(
+                    f"expected error {code}, got {payload!r:.200}", self.probe.evidence
+                )
+            return f"error {got}: {payload.get('message', '')}"
+
 
 async def open_control(
-    probe: Probe, *, trusted: bool = True, accepted: bool = True, conn: Connection | None = None
+    probe: Probe,
+    *,
+    trusted: bool = True,
+    accepted: bool = True,
+    conn: Connection | None = None,
+    node_id: str | None = None,
+    versions: list[int] | None = None,
 ) -> ControlSession:
-    """Dial (or use `conn`), open node_control and handshake; with `accepted`, fail
-    unless accepted."""
+    """Dial (or use `conn`), open node_control and handshake as this key (or naming
+    `node_id`), offering `versions` ([1]); the case fails unless the target accepts (or,
+    with `accepted=False`, refuses). The answer is `session.answer`."""
     if conn is None:
         conn = await probe.dial(trusted=trusted)
     own = str((probe.friend if trusted else probe.stranger).node_id)
-    wire = await probe.open(conn, preamble(NODE_CONTROL) + handshake_frame(own), "node_control")
-    session = ControlSession(probe, wire)
-    answer = await session.expect("handshake_response")
+    hello = handshake_frame(node_id or own, versions)
+    wire = await probe.open(conn, preamble(NODE_CONTROL) + hello, "node_control")
+    session = ControlSession(probe, wire, conn)
+    session.answer = answer = await session.expect("handshake_response")
     if accepted and not answer.get("accepted"):
         raise CaseFailed(
             f"handshake refused: {answer.get('reason')} (does the target trust {own}?)",
             probe.evidence,
         )
-    session.answer = answer  # type: ignore[attr-defined]
+    if not accepted and answer.get("accepted"):
+        named = "" if node_id is None else f" naming {node_id}"
+        raise CaseFailed(
+            f"accepted a handshake{named} offering {versions or [1]} from "
+            f"{'a trusted key' if trusted else 'a stranger'}; expected a refusal",
+            probe.evidence,
+        )
     return session

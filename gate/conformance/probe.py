@@ -92,6 +92,12 @@ class Probe:
             await wire.send(first)
         return wire
 
+    async def stream(
+        self, first: bytes = b"", *, trusted: bool = False, label: str = "stream"
+    ) -> Wire:
+        """A stream on a fresh connection (`dial`, then `open`), `first` sent."""
+        return await self.open(await self.dial(trusted=trusted), first, label)
+
     def close(self) -> None:
         for conn in self._connections:
             conn.close()

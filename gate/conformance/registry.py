@@ -1,7 +1,9 @@
 """The case registry of the conformance suite: what a case is, how it reports, and
 every case by its stable id.
 
-The cases register themselves here when gate.conformance.catalog imports them.
+The cases register themselves here when gate.conformance.catalog imports them: one at a
+time with the `case` decorator, or as a table (`table`), a `Row` per case, where several
+cases are one exchange with other data.
 
 A case id is `ROLE/SECTION/N` (`node/3.2/1`): the role it checks, the section of
 spec/protocol.md whose requirement it tests, and a number within that section that
@@ -13,6 +15,7 @@ coverage test matches it against the spec's MUSTs) and says whether that is a MU
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -28,7 +31,9 @@ __all__ = [
     "Outcome",
     "Result",
     "Role",
+    "Row",
     "case",
+    "table",
 ]
 
 
@@ -117,3 +122,52 @@ def case(
         return body
 
     return register
+
+
+@dataclass(frozen=True)
+class Row:
+    """One case of a table: its id, title, quoted requirement and flags as `case` takes
+    them, and the data its table's steps run with. What `send` and `expect` hold is the
+    table's own (bytes, a function of the probe, an error code...), said where the table
+    is; `pieces` and `finish` say how `send` goes out, where a table uses them."""
+
+    id: str
+    title: str
+    requirement: str
+    send: Any = None  # what the runner sends
+    expect: Any = None  # what the target must answer
+    pieces: int | None = None  # write `send` in pieces of this many bytes, each its own write
+    finish: bool = False  # finish the sending half after `send`
+    level: Level = Level.MUST
+    trusted: bool = False
+    timeout: float = 60.0
+
+    @property
+    def role(self) -> str:
+        return self.id.split("/")[0]
+
+
+RowSteps = Callable[[Any, Row], Awaitable[str]]
+
+
+def table(rows: Iterable[Row], steps: RowSteps, *, roles: Iterable[str] = ()) -> None:
+    """Register each row as a case whose body is `steps(probe, row)`. With `roles`, the
+    rows' ids leave the role out (`3.4/1`) and each row is a case for every role."""
+    roles = tuple(roles)
+    for row in rows:
+        for one in [dataclasses.replace(row, id=f"{r}/{row.id}") for r in roles] or [row]:
+            case(
+                one.id,
+                one.title,
+                one.requirement,
+                level=one.level,
+                trusted=one.trusted,
+                timeout=one.timeout,
+            )(_with_row(steps, one))
+
+
+def _with_row(steps: RowSteps, row: Row) -> CaseBody:
+    async def body(probe: Any) -> str:
+        return await steps(probe, row)
+
+    return body

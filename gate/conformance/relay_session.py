@@ -80,7 +80,12 @@ class RelaySession:
         return self.domain.partition(".")[2]
 
 
-async def open_relay_control(probe: Probe) -> RelaySession:
+async def open_relay_control(probe: Probe, *, named: bool = False) -> RelaySession:
+    """A relay_control stream on a fresh connection; with `named`, this node's name
+    already asked for (`session.domain`)."""
     conn = await probe.dial()
     wire = await probe.open(conn, preamble(RELAY_CONTROL), "relay_control")
-    return RelaySession(probe, conn, wire)
+    session = RelaySession(probe, conn, wire)
+    if named:
+        await session.name()
+    return session

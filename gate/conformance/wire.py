@@ -13,7 +13,8 @@ from typing import Any, Final
 
 import msgspec
 
-from gate.protocol import encode_frame
+from gate.identity import NodeIdentity
+from gate.protocol import NodeId, encode_frame
 
 __all__ = [
     "MIB",
@@ -21,6 +22,7 @@ __all__ = [
     "frame",
     "hexdump",
     "node_frame",
+    "other_node_id",
     "packed",
     "preamble",
     "unpack",
@@ -63,6 +65,11 @@ def envelope(payload: dict[str, Any], **overrides: Any) -> dict[str, Any]:
 
 def node_frame(tag: str, **fields: Any) -> bytes:
     return frame(envelope({"type": tag, **fields}))
+
+
+def other_node_id() -> str:
+    """A NodeId of a fresh key: some other node's, never the runner's."""
+    return str(NodeId(NodeIdentity.generate().public_key_bytes))
 
 
 def unpack(payload: bytes) -> Any:

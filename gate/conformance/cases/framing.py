@@ -1,84 +1,106 @@
 """Cases for §3.4 (frames), on the stream type each role serves to strangers:
-node_control on a node, relay_control on a relay."""
+node_control on a node, relay_control on a relay.
+
+The table's rows are the bytes sent after the preamble (`send`: bytes, or a function of
+the probe and the role's first message) and the answer (an error code, or ANSWERED: the
+first message was read); first_stream runs them."""
 
 from __future__ import annotations
 
-from gate.conformance.cases.first_message import STREAM, answered, first_message, padded
-from gate.conformance.probe import Probe, error_code, expect_error
-from gate.conformance.registry import CaseFailed, case
+from gate.conformance.cases.first_message import (
+    ANSWERED,
+    STREAM,
+    answered,
+    first_message,
+    first_stream,
+    padded,
+)
+from gate.conformance.probe import Probe, error_code
+from gate.conformance.registry import CaseFailed, Row, case, table
 from gate.conformance.wire import MIB, frame, preamble
 from gate.protocol import ErrorCode
+
+_TRUNCATED_QUOTE = (
+    "A stream that ends inside a frame (inside the header or the payload) MUST be treated as "
+    "TRUNCATED."
+)
+# 3.4/2 sends only the header and the stream stays open: the answer must not wait for a
+# payload.
+table(
+    [
+        Row(
+            "3.4/1",
+            "refuses a length of 2^31-1 with FRAME_TOO_LARGE",
+            "MUST reject a larger frame with FRAME_TOO_LARGE.",
+            send=(0x7FFF_FFFF).to_bytes(4, "big"),
+            expect=ErrorCode.FRAME_TOO_LARGE,
+        ),
+        Row(
+            "3.4/2",
+            "refuses 1 MiB + 1 from the 4-byte header alone",
+            "A receiver MUST check the length against its maximum from the 4-byte header alone, "
+            "before buffering any of the payload",
+            send=(MIB + 1).to_bytes(4, "big"),
+            expect=ErrorCode.FRAME_TOO_LARGE,
+        ),
+        Row(
+            "3.4/3",
+            "accepts a frame of exactly 1 MiB",
+            "A receiver MUST accept every frame up to 1 MiB.",
+            send=lambda _, first: frame(padded(first)),
+            expect=ANSWERED,
+        ),
+        Row(
+            "3.4/4",
+            "a stream that ends inside a frame header is TRUNCATED",
+            _TRUNCATED_QUOTE,
+            send=b"\x00\x00",
+            finish=True,
+            expect=ErrorCode.TRUNCATED,
+        ),
+        Row(
+            "3.4/5",
+            "a stream that ends inside a frame payload is TRUNCATED",
+            _TRUNCATED_QUOTE,
+            send=lambda _, first: _first_half(frame(first)),
+            finish=True,
+            expect=ErrorCode.TRUNCATED,
+        ),
+        Row(
+            "3.4/6",
+            "reads a frame delivered one byte at a time",
+            "a receiver MUST accept frames delivered in any pieces, down to one byte at a time.",
+            send=lambda _, first: frame(first),
+            pieces=1,
+            expect=ANSWERED,
+        ),
+        Row(
+            "3.4/8",
+            "a zero-length frame is well formed but not a message: INVALID_MESSAGE",
+            "A zero-length frame is well formed, but an empty payload is not a message (§4.2).",
+            send=b"\x00\x00\x00\x00",
+            expect=ErrorCode.INVALID_MESSAGE,
+        ),
+        Row(
+            "3.4/9",
+            "accepts a frame of 1 MiB - 1 written in 64 KiB pieces",
+            "A receiver MUST accept every frame up to 1 MiB.",
+            send=lambda _, first: frame(padded(first, MIB - 1)),
+            pieces=65536,
+            expect=ANSWERED,
+        ),
+    ],
+    first_stream,
+    roles=("node", "relay"),
+)
+
+
+def _first_half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
 
 
 def _register(role: str) -> None:
     kind = STREAM[role]
-
-    async def opened(probe: Probe, first: bytes = b""):  # type: ignore[no-untyped-def]
-        conn = await probe.dial()
-        return await probe.open(conn, preamble(kind) + first)
-
-    @case(
-        f"{role}/3.4/1",
-        "refuses a length of 2^31-1 with FRAME_TOO_LARGE",
-        "MUST reject a larger frame with FRAME_TOO_LARGE.",
-    )
-    async def huge(probe: Probe) -> str:
-        wire = await opened(probe, (0x7FFF_FFFF).to_bytes(4, "big"))
-        return await expect_error(wire, ErrorCode.FRAME_TOO_LARGE)
-
-    @case(
-        f"{role}/3.4/2",
-        "refuses 1 MiB + 1 from the 4-byte header alone",
-        "A receiver MUST check the length against its maximum from the 4-byte header alone, "
-        "before buffering any of the payload",
-    )
-    async def one_over(probe: Probe) -> str:
-        # Only the header, and the stream stays open: the answer must not wait for a payload.
-        wire = await opened(probe, (MIB + 1).to_bytes(4, "big"))
-        return await expect_error(wire, ErrorCode.FRAME_TOO_LARGE)
-
-    @case(
-        f"{role}/3.4/3",
-        "accepts a frame of exactly 1 MiB",
-        "A receiver MUST accept every frame up to 1 MiB.",
-    )
-    async def exactly_max(probe: Probe) -> str:
-        wire = await opened(probe)
-        await wire.send(frame(padded(first_message(role, probe))))
-        return await answered(role, wire)
-
-    @case(
-        f"{role}/3.4/4",
-        "a stream that ends inside a frame header is TRUNCATED",
-        "A stream that ends inside a frame (inside the header or the payload) MUST be treated as "
-        "TRUNCATED.",
-    )
-    async def in_header(probe: Probe) -> str:
-        wire = await opened(probe, b"\x00\x00")
-        await wire.finish()
-        return await expect_error(wire, ErrorCode.TRUNCATED)
-
-    @case(
-        f"{role}/3.4/5",
-        "a stream that ends inside a frame payload is TRUNCATED",
-        "A stream that ends inside a frame (inside the header or the payload) MUST be treated as "
-        "TRUNCATED.",
-    )
-    async def in_payload(probe: Probe) -> str:
-        whole = frame(first_message(role, probe))
-        wire = await opened(probe, whole[: len(whole) // 2])
-        await wire.finish()
-        return await expect_error(wire, ErrorCode.TRUNCATED)
-
-    @case(
-        f"{role}/3.4/6",
-        "reads a frame delivered one byte at a time",
-        "a receiver MUST accept frames delivered in any pieces, down to one byte at a time.",
-    )
-    async def byte_by_byte(probe: Probe) -> str:
-        wire = await opened(probe)
-        await wire.send_pieces(frame(first_message(role, probe)), 1)
-        return await answered(role, wire)
 
     @case(
         f"{role}/3.4/7",
@@ -101,25 +123,6 @@ def _register(role: str) -> None:
         return f"answered at {len(points)} split points of a {len(whole)}-byte frame"
 
     @case(
-        f"{role}/3.4/8",
-        "a zero-length frame is well formed but not a message: INVALID_MESSAGE",
-        "A zero-length frame is well formed, but an empty payload is not a message (§4.2).",
-    )
-    async def zero_length(probe: Probe) -> str:
-        wire = await opened(probe, b"\x00\x00\x00\x00")
-        return await expect_error(wire, ErrorCode.INVALID_MESSAGE)
-
-    @case(
-        f"{role}/3.4/9",
-        "accepts a frame of 1 MiB - 1 written in 64 KiB pieces",
-        "A receiver MUST accept every frame up to 1 MiB.",
-    )
-    async def just_under(probe: Probe) -> str:
-        wire = await opened(probe)
-        await wire.send_pieces(frame(padded(first_message(role, probe), MIB - 1)), 65536)
-        return await answered(role, wire)
-
-    @case(
         f"{role}/3.5/2",
         "an error about the first frame is the channel's own error message, not a bare one",
         "from then on every error the responder sends on that stream, about its first frame "
@@ -132,7 +135,7 @@ def _register(role: str) -> None:
             ("oversized", (MIB + 1).to_bytes(4, "big")),
             ("undecodable", frame(b"\xc1")),
         ):
-            wire = await opened(probe, first)
+            wire = await probe.stream(preamble(kind) + first)
             value = await wire.value()
             if not (isinstance(value, dict) and isinstance(value.get("payload"), dict)):
                 raise CaseFailed(

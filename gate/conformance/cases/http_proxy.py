@@ -1,10 +1,14 @@
 """Cases for §7.1-§7.3 (HttpProxy: exchanges, the state table, truncation and
 cancellation), §4.3 and §9 on a node's http_proxy streams. They need a key the node
-trusts; each connection first has an accepted handshake (§5.4)."""
+trusts; each connection first has an accepted handshake (§5.4).
+
+Two tables: frames the state table forbids (`_refused`), and requests cancelled before
+their end (`_cancelled`); the cases of their own shape follow them."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import trio
 
@@ -20,7 +24,7 @@ from gate.conformance.http_client import (
     request,
 )
 from gate.conformance.probe import Ended, Probe, Wire, expect_error
-from gate.conformance.registry import CaseFailed, Level, case
+from gate.conformance.registry import CaseFailed, Level, Row, case, table
 from gate.conformance.wire import MIB, frame
 from gate.protocol import ErrorCode
 from gate.services.transport.quic import Connection
@@ -29,11 +33,18 @@ CHAT = "/v1/chat/completions"
 JSON = [["content-type", "application/json"]]
 
 
-def _chat(model: str, *, stream: bool, tokens: int = 16) -> bytes:
+def _chat_body(model: str, *, stream: bool, tokens: int = 16) -> bytes:
     message = {"role": "user", "content": "Say something."}
     return json.dumps(
         {"model": model, "messages": [message], "max_tokens": tokens, "stream": stream}
     ).encode()
+
+
+async def _chat(probe: Probe, conn: Connection, *, stream: bool, tokens: int = 16) -> Wire:
+    """A whole chat completion request for the first model the target lists."""
+    model = (await models_of(probe, conn))[0]
+    data = _chat_body(model, stream=stream, tokens=tokens)
+    return await request(probe, head("POST", CHAT, JSON), body(data), end(), conn=conn)
 
 
 async def _served(probe: Probe, conn: Connection) -> str:
@@ -62,7 +73,7 @@ async def get_models(probe: Probe) -> str:
 async def split_body(probe: Probe) -> str:
     conn = await peer_connection(probe)
     model = (await models_of(probe, conn))[0]
-    data = _chat(model, stream=False, tokens=4)
+    data = _chat_body(model, stream=False, tokens=4)
     parts = [body(data[i : i + 16]) for i in range(0, len(data), 16)]
     parts.insert(1, body(b""))
     wire = await request(probe, head("POST", CHAT, JSON), *parts, end(), conn=conn)
@@ -80,11 +91,7 @@ async def split_body(probe: Probe) -> str:
     trusted=True,
 )
 async def streamed(probe: Probe) -> str:
-    conn = await peer_connection(probe)
-    model = (await models_of(probe, conn))[0]
-    wire = await request(
-        probe, head("POST", CHAT, JSON), body(_chat(model, stream=True)), end(), conn=conn
-    )
+    wire = await _chat(probe, await peer_connection(probe), stream=True)
     response = await read_response(wire)
     detail = complete(response, wire)
     if response.status != 200 or b"data:" not in response.body:
@@ -100,11 +107,7 @@ async def streamed(probe: Probe) -> str:
     trusted=True,
 )
 async def streamed_in_chunks(probe: Probe) -> str:
-    conn = await peer_connection(probe)
-    model = (await models_of(probe, conn))[0]
-    wire = await request(
-        probe, head("POST", CHAT, JSON), body(_chat(model, stream=True)), end(), conn=conn
-    )
+    wire = await _chat(probe, await peer_connection(probe), stream=True)
     response = await read_response(wire)
     complete(response, wire)
     if response.body_frames < 2:
@@ -152,52 +155,80 @@ async def concurrent(probe: Probe) -> str:
 # --- the state table (§7.2) ------------------------------------------------------------
 
 
-def _out_of_turn(n: int, title: str, frames: list[bytes]) -> None:
-    @case(
-        f"node/7.2/{n}",
-        f"{title}: UNEXPECTED_MESSAGE",
-        "A frame whose (state, sender, event) is not in the table MUST be treated as "
-        "UNEXPECTED_MESSAGE.",
-        trusted=True,
-    )
-    async def out_of_turn(probe: Probe) -> str:
-        wire = await request(probe, *frames)
-        return await expect_error(wire, ErrorCode.UNEXPECTED_MESSAGE)
+async def _refused(probe: Probe, row: Row) -> str:
+    """`row.send`: the requester's frames after the preamble; `row.expect`: the error
+    they must get."""
+    wire = await request(probe, *row.send)
+    return await expect_error(wire, row.expect)
 
 
-_out_of_turn(1, "a body before the request head", [body(b"x")])
-_out_of_turn(2, "end before the request head", [end()])
-_out_of_turn(
-    3, "a response_head from the requester", [frame({"type": "response_head", "status": 200})]
+_OUT_OF_TURN = (
+    "A frame whose (state, sender, event) is not in the table MUST be treated as "
+    "UNEXPECTED_MESSAGE."
 )
-_out_of_turn(4, "a second request_head", [head(), head()])
-_out_of_turn(
-    5,
-    "a response_head from the requester after its head",
-    [head("POST", CHAT, JSON), frame({"type": "response_head", "status": 200})],
+UNEXPECTED = ErrorCode.UNEXPECTED_MESSAGE
+_RESPONSE_HEAD = frame({"type": "response_head", "status": 200})
+table(
+    [
+        Row(
+            "node/7.2/1",
+            "a body before the request head: UNEXPECTED_MESSAGE",
+            _OUT_OF_TURN,
+            send=[body(b"x")],
+            expect=UNEXPECTED,
+            trusted=True,
+        ),
+        Row(
+            "node/7.2/2",
+            "end before the request head: UNEXPECTED_MESSAGE",
+            _OUT_OF_TURN,
+            send=[end()],
+            expect=UNEXPECTED,
+            trusted=True,
+        ),
+        Row(
+            "node/7.2/3",
+            "a response_head from the requester: UNEXPECTED_MESSAGE",
+            _OUT_OF_TURN,
+            send=[_RESPONSE_HEAD],
+            expect=UNEXPECTED,
+            trusted=True,
+        ),
+        Row(
+            "node/7.2/4",
+            "a second request_head: UNEXPECTED_MESSAGE",
+            _OUT_OF_TURN,
+            send=[head(), head()],
+            expect=UNEXPECTED,
+            trusted=True,
+        ),
+        Row(
+            "node/7.2/5",
+            "a response_head from the requester after its head: UNEXPECTED_MESSAGE",
+            _OUT_OF_TURN,
+            send=[head("POST", CHAT, JSON), _RESPONSE_HEAD],
+            expect=UNEXPECTED,
+            trusted=True,
+        ),
+        Row(
+            "node/7.2/6",
+            "a message tag from NodeControl on http_proxy: INVALID_MESSAGE",
+            "a tag from another channel included",
+            send=[frame({"type": "ping", "nonce": 1})],
+            expect=ErrorCode.INVALID_MESSAGE,
+            trusted=True,
+        ),
+        Row(
+            "node/7.2/7",
+            "a request_head with status-like junk (method of 33 characters): INVALID_MESSAGE",
+            "a violated constraint (range, length, pattern)",
+            send=[frame({"type": "request_head", "method": "G" * 33, "target": "/"})],
+            expect=ErrorCode.INVALID_MESSAGE,
+            trusted=True,
+        ),
+    ],
+    _refused,
 )
-
-
-@case(
-    "node/7.2/6",
-    "a message tag from NodeControl on http_proxy: INVALID_MESSAGE",
-    "a tag from another channel included",
-    trusted=True,
-)
-async def foreign_tag(probe: Probe) -> str:
-    wire = await request(probe, frame({"type": "ping", "nonce": 1}))
-    return await expect_error(wire, ErrorCode.INVALID_MESSAGE)
-
-
-@case(
-    "node/7.2/7",
-    "a request_head with status-like junk (method of 33 characters): INVALID_MESSAGE",
-    "a violated constraint (range, length, pattern)",
-    trusted=True,
-)
-async def long_method(probe: Probe) -> str:
-    wire = await request(probe, frame({"type": "request_head", "method": "G" * 33, "target": "/"}))
-    return await expect_error(wire, ErrorCode.INVALID_MESSAGE)
 
 
 # --- truncation and cancellation (§4.3, §7.3) --------------------------------------------
@@ -242,30 +273,76 @@ async def _stops(probe: Probe, wire: Wire) -> str:
     raise CaseFailed(f"still sending 10 s after the cancel ({late} frames)", probe.evidence)
 
 
-@case(
-    "node/7.3/1",
-    "a request cancelled by an error frame (CANCELLED) before its end is not served",
-    "A requester cancels by sending `error` with code CANCELLED",
-    trusted=True,
-)
-async def cancel_by_frame(probe: Probe) -> str:
-    conn = await peer_connection(probe)
-    wire = await request(probe, head("POST", CHAT, JSON), body(b'{"model"'), conn=conn)
-    await wire.send(frame({"type": "error", "code": ErrorCode.CANCELLED, "message": "cancelled"}))
-    return f"{await wire.quiet()}; then {await _served(probe, conn)}"
+@dataclass(frozen=True)
+class Reset:
+    """In a `_cancelled` row: reset the stream with this code."""
+
+    code: int
 
 
-@case(
-    "node/7.3/2",
-    "a request cancelled by a reset: the connection goes on serving",
-    "or by resetting or stopping the stream.",
-    trusted=True,
-)
-async def cancel_by_reset(probe: Probe) -> str:
+async def _cancelled(probe: Probe, row: Row) -> str:
+    """`row.send`: the request's first frames, sent at once, then a frame or a Reset
+    that cancels it. The node must stop on a frame (no frame after it, `Wire.quiet`) and
+    serve the next request on the same connection whole."""
     conn = await peer_connection(probe)
-    wire = await request(probe, head("POST", CHAT, JSON), body(b'{"model"'), conn=conn)
-    await wire.reset(ErrorCode.CANCELLED)
-    return f"reset; then {await _served(probe, conn)}"
+    *first, cancel = row.send
+    wire = await request(probe, *first, conn=conn)
+    if isinstance(cancel, Reset):
+        await wire.reset(cancel.code)
+        seen = "reset"
+    else:
+        await wire.send(cancel)
+        seen = await wire.quiet()
+    return f"{seen}; then {await _served(probe, conn)}"
+
+
+_PARTIAL = [head("POST", CHAT, JSON), body(b'{"model"')]  # a request without its end
+CANCELLED = ErrorCode.CANCELLED
+table(
+    [
+        Row(
+            "node/7.3/1",
+            "a request cancelled by an error frame (CANCELLED) before its end is not served",
+            "A requester cancels by sending `error` with code CANCELLED",
+            send=[
+                *_PARTIAL,
+                frame({"type": "error", "code": CANCELLED, "message": "cancelled"}),
+            ],
+            trusted=True,
+        ),
+        Row(
+            "node/7.3/2",
+            "a request cancelled by a reset: the connection goes on serving",
+            "or by resetting or stopping the stream.",
+            send=[*_PARTIAL, Reset(CANCELLED)],
+            trusted=True,
+        ),
+        Row(
+            "node/9/2",
+            "a requester's error with an unknown code (499) ends the exchange, not INVALID_MESSAGE",
+            "MUST understand a code it does not know by its class",
+            send=[
+                head("POST", CHAT, JSON),
+                frame({"type": "error", "code": 499, "message": "a newer code"}),
+            ],
+            trusted=True,
+        ),
+        Row(
+            "node/2.3/1",
+            "a request reset with an unknown code (12345): the connection goes on serving",
+            'it MUST understand an unknown code by its class (§9), 0 as "no error".',
+            send=[*_PARTIAL, Reset(12345)],
+            trusted=True,
+        ),
+    ],
+    _cancelled,
+)
+
+
+async def _mid_stream(probe: Probe, conn: Connection) -> tuple[Wire, Response]:
+    """A long streamed chat completion, read up to its first body frame."""
+    wire = await _chat(probe, conn, stream=True, tokens=4000)
+    return wire, await read_response(wire, until_end=False, stop_after_body=True)
 
 
 @case(
@@ -277,10 +354,7 @@ async def cancel_by_reset(probe: Probe) -> str:
 )
 async def cancel_streaming(probe: Probe) -> str:
     conn = await peer_connection(probe)
-    model = (await models_of(probe, conn))[0]
-    chat = _chat(model, stream=True, tokens=4000)
-    wire = await request(probe, head("POST", CHAT, JSON), body(chat), end(), conn=conn)
-    first = await read_response(wire, until_end=False, stop_after_body=True)
+    wire, first = await _mid_stream(probe, conn)
     if first.ended or first.status is None:
         raise CaseFailed("the response ended before it could be cancelled", probe.evidence)
     await wire.send(frame({"type": "error", "code": ErrorCode.CANCELLED}))
@@ -297,27 +371,11 @@ async def cancel_streaming(probe: Probe) -> str:
 )
 async def reset_streaming(probe: Probe) -> str:
     conn = await peer_connection(probe)
-    model = (await models_of(probe, conn))[0]
-    chat = _chat(model, stream=True, tokens=4000)
-    wire = await request(probe, head("POST", CHAT, JSON), body(chat), end(), conn=conn)
-    first = await read_response(wire, until_end=False, stop_after_body=True)
+    wire, first = await _mid_stream(probe, conn)
     if first.status is None:
         raise CaseFailed("no response head", probe.evidence)
     await wire.reset(ErrorCode.CANCELLED)
     return f"reset after {first.body_frames} body frame(s); then {await _served(probe, conn)}"
-
-
-@case(
-    "node/9/2",
-    "a requester's error with an unknown code (499) ends the exchange, not INVALID_MESSAGE",
-    "MUST understand a code it does not know by its class",
-    trusted=True,
-)
-async def unknown_code(probe: Probe) -> str:
-    conn = await peer_connection(probe)
-    wire = await request(probe, head("POST", CHAT, JSON), conn=conn)
-    await wire.send(frame({"type": "error", "code": 499, "message": "a newer code"}))
-    return f"{await wire.quiet()}; then {await _served(probe, conn)}"
 
 
 @case(
@@ -346,7 +404,7 @@ async def end_after_end(probe: Probe) -> str:
     trusted=True,
 )
 async def unknown_model(probe: Probe) -> str:
-    data = _chat("conformance-no-such-model", stream=False)
+    data = _chat_body("conformance-no-such-model", stream=False)
     wire = await request(probe, head("POST", CHAT, JSON), body(data), end())
     response = await read_response(wire)
     return complete(response, wire)
@@ -368,19 +426,6 @@ async def late_request_end(probe: Probe) -> str:
     await trio.sleep(0.5)
     await wire.send(end())  # a write error here: the request half was stopped
     return complete(await read_response(wire, response=response), wire)
-
-
-@case(
-    "node/2.3/1",
-    "a request reset with an unknown code (12345): the connection goes on serving",
-    'it MUST understand an unknown code by its class (§9), 0 as "no error".',
-    trusted=True,
-)
-async def unknown_reset_code(probe: Probe) -> str:
-    conn = await peer_connection(probe)
-    wire = await request(probe, head("POST", CHAT, JSON), body(b'{"model"'), conn=conn)
-    await wire.reset(12345)
-    return f"reset; then {await _served(probe, conn)}"
 
 
 @case(
@@ -412,7 +457,10 @@ async def content_length(probe: Probe) -> str:
     seen = []
     for label, frames in (
         ("GET /v1/models", [head(), end()]),
-        ("a chat completion", [head("POST", CHAT, JSON), body(_chat(model, stream=False)), end()]),
+        (
+            "a chat completion",
+            [head("POST", CHAT, JSON), body(_chat_body(model, stream=False)), end()],
+        ),
     ):
         wire = await request(probe, *frames, conn=conn, label=label)
         response = await read_response(wire)

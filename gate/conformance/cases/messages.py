@@ -1,15 +1,27 @@
 """Cases for §2.1 (NodeIds in fields), §4.1-§4.3 (encoding, invalid messages, ending a
 stream), §5.1 (timestamps) and §9 (unknown codes), for both roles, on the stream type
-each serves to strangers."""
+each serves to strangers.
+
+The table's rows are the frame sent after the preamble (`send`: bytes, or a function of
+the probe and the role's first message, which it may change with `changed`) and the
+answer (an error code, or ANSWERED: the message was read); first_stream runs them."""
 
 from __future__ import annotations
 
 import struct
 from typing import Any
 
-from gate.conformance.cases.first_message import STREAM, answered, first_message
-from gate.conformance.probe import Ended, Probe, expect_error
-from gate.conformance.registry import CaseFailed, case
+from gate.conformance.cases.first_message import (
+    ANSWERED,
+    DROP,
+    STREAM,
+    answered,
+    changed,
+    first_message,
+    first_stream,
+)
+from gate.conformance.probe import Ended, Probe, Wire
+from gate.conformance.registry import CaseFailed, Row, case, table
 from gate.conformance.wire import envelope, frame, packed, preamble
 from gate.protocol import ErrorCode
 
@@ -42,181 +54,210 @@ def _reversed(value: Any) -> Any:
     return value
 
 
+def _unused_bits(node_id: str) -> str:
+    """`node_id` with its last character's unused bits set (§2.1)."""
+    return node_id[:-1] + ("b" if node_id[-1] == "a" else "r")
+
+
+def _bad_utf8(message: dict[str, Any]) -> bytes:
+    """`message` packed with 52 bytes of invalid UTF-8 as its NodeId."""
+    placeholder = "z" * 52
+    raw = packed(changed(message, payload={"node_id": placeholder}))
+    return raw.replace(placeholder.encode(), b"\xff\xfe" * 26)
+
+
+INVALID = ErrorCode.INVALID_MESSAGE
+_MISSING_QUOTE = "a missing required field; a value of the wrong type;"
+# `node_id` is a NodeId field of the first message in both roles.
+table(
+    [
+        Row(
+            "4.1/1",
+            "bytes after the msgpack value: INVALID_MESSAGE",
+            "Each frame payload MUST be exactly one msgpack value, with no trailing bytes.",
+            send=lambda _, first: frame(packed(first) + b"\xc0"),
+            expect=INVALID,
+        ),
+        Row(
+            "4.1/2",
+            "accepts any key order and the widest integer, string and map encodings",
+            "Receivers MUST accept any key order and any valid representation.",
+            send=lambda _, first: frame(wide(_reversed(first))),
+            expect=ANSWERED,
+        ),
+        Row(
+            "4.2/1",
+            "a payload that is not msgpack (c1): INVALID_MESSAGE",
+            "A frame whose payload does not decode as the channel's message type MUST be "
+            "treated as INVALID_MESSAGE.",
+            send=frame(b"\xc1"),
+            expect=INVALID,
+        ),
+        Row(
+            "4.2/2",
+            "a payload that is not a map: INVALID_MESSAGE",
+            "That covers: not msgpack or trailing bytes; not a map;",
+            send=frame([1, 2, 3]),
+            expect=INVALID,
+        ),
+        Row(
+            "4.2/3",
+            "an unknown payload tag: INVALID_MESSAGE",
+            "An unknown *tag* is not ignorable: it is INVALID_MESSAGE.",
+            send=lambda _, __: frame(envelope({"type": "conformance_unknown"})),
+            expect=INVALID,
+        ),
+        Row(
+            "4.2/4",
+            "a tag from another channel (request_head): INVALID_MESSAGE",
+            "a missing, unknown or wrongly typed `type` tag (a tag from another channel included)",
+            send=lambda _, __: frame(
+                envelope({"type": "request_head", "method": "GET", "target": "/"})
+            ),
+            expect=INVALID,
+        ),
+        Row(
+            "4.2/5",
+            "a missing required field: INVALID_MESSAGE",
+            _MISSING_QUOTE,
+            send=lambda _, first: frame(changed(first, payload={"node_id": DROP})),
+            expect=INVALID,
+        ),
+        Row(
+            "4.2/6",
+            "a value of the wrong type (an integer NodeId): INVALID_MESSAGE",
+            _MISSING_QUOTE,
+            send=lambda _, first: frame(changed(first, payload={"node_id": 7})),
+            expect=INVALID,
+        ),
+        Row(
+            "4.2/7",
+            "invalid UTF-8 in a string: INVALID_MESSAGE",
+            "a violated constraint (range, length, pattern); invalid UTF-8 in a string.",
+            send=lambda _, first: frame(_bad_utf8(first)),
+            expect=INVALID,
+        ),
+        Row(
+            "4.2/8",
+            "a missing envelope field (timestamp): INVALID_MESSAGE",
+            _MISSING_QUOTE,
+            send=lambda _, first: frame(changed(first, timestamp=DROP)),
+            expect=INVALID,
+        ),
+        Row(
+            "4.2/10",
+            "an envelope version out of range (0): INVALID_MESSAGE",
+            "a violated constraint (range, length, pattern)",
+            send=lambda _, first: frame(changed(first, version=0)),
+            expect=INVALID,
+        ),
+        Row(
+            "2.1/1",
+            "a NodeId whose last character is not a or q: INVALID_MESSAGE",
+            "A receiver MUST reject every other spelling (in a message field: INVALID_MESSAGE)",
+            send=lambda probe, first: frame(
+                changed(first, payload={"node_id": _unused_bits(probe.own_id)})
+            ),
+            expect=INVALID,
+        ),
+        Row(
+            "2.1/2",
+            "an uppercase NodeId in a field: INVALID_MESSAGE",
+            "It MUST NOT send those forms on the wire; a message field that is not "
+            "`^[a-z2-7]{51}[aq]$` is INVALID_MESSAGE (§4.2).",
+            send=lambda probe, first: frame(
+                changed(first, payload={"node_id": probe.own_id.upper()})
+            ),
+            expect=INVALID,
+        ),
+        Row(
+            "2.1/3",
+            "a hex NodeId in a field: INVALID_MESSAGE",
+            "A NodeId on the wire (in any message field), in a DNS name and in a TLS SNI MUST be "
+            "in the canonical text form.",
+            send=lambda probe, first: frame(
+                changed(first, payload={"node_id": probe.stranger.node_id.bytes.hex()})
+            ),
+            expect=INVALID,
+        ),
+    ],
+    first_stream,
+    roles=("node", "relay"),
+)
+# Rows of the same case per role: what a node's and a relay's first message may carry
+# differs.
+_NIL_QUOTE = (
+    "A receiver MUST treat an absent field as its default, and nil in an optional (`T?`) "
+    "field as absent."
+)
+_UNKNOWN_KEYS_QUOTE = "A receiver MUST ignore map keys it does not know, at every level of nesting."
+_EXTRA = {"conformance_extra": {"nested": [1, "x"]}}
+table(
+    [
+        Row(
+            "node/4.1/3",
+            "treats nil in an optional field as absent",
+            _NIL_QUOTE,
+            send=lambda _, first: frame(
+                changed(first, reply_to=None, payload={"capabilities": None})
+            ),
+            expect=ANSWERED,
+        ),
+        Row(
+            "relay/4.1/3",
+            "treats nil in an optional field as absent",
+            _NIL_QUOTE,
+            send=lambda _, first: frame(changed(first, reply_to=None)),
+            expect=ANSWERED,
+        ),
+        Row(
+            "node/4.2/9",
+            "ignores unknown keys in the envelope and the payload",
+            _UNKNOWN_KEYS_QUOTE,
+            send=lambda probe, first: frame(
+                changed(
+                    first,
+                    conformance_extra=b"\x00\x01",
+                    payload={
+                        **_EXTRA,
+                        "capabilities": {
+                            "node_id": probe.own_id,
+                            "supported_models": [{"id": "m", "conformance_extra": 1}],
+                            "conformance_extra": True,
+                        },
+                    },
+                )
+            ),
+            expect=ANSWERED,
+        ),
+        Row(
+            "relay/4.2/9",
+            "ignores unknown keys in the envelope and the payload",
+            _UNKNOWN_KEYS_QUOTE,
+            send=lambda _, first: frame(
+                changed(first, conformance_extra=b"\x00\x01", payload=_EXTRA)
+            ),
+            expect=ANSWERED,
+        ),
+        Row(
+            "node/4.3/1",
+            "a peer that finishes before the handshake: TRUNCATED",
+            "A receiver whose peer finishes in a state that `may_finish` does not list for the "
+            "peer MUST treat the stream as TRUNCATED",
+            send=b"",
+            finish=True,
+            expect=ErrorCode.TRUNCATED,
+        ),
+    ],
+    first_stream,
+)
+
+
 def _register(role: str) -> None:
     kind = STREAM[role]
-    id_field = "node_id"  # a NodeId field of the first message, in both roles
 
-    async def sent(probe: Probe, payload: bytes):  # type: ignore[no-untyped-def]
-        conn = await probe.dial()
-        return await probe.open(conn, preamble(kind) + frame(payload))
-
-    async def invalid(probe: Probe, payload: bytes) -> str:
-        wire = await sent(probe, payload)
-        return await expect_error(wire, ErrorCode.INVALID_MESSAGE)
-
-    def first(probe: Probe, **payload_changes: Any) -> dict[str, Any]:
-        message = first_message(role, probe)
-        message["payload"] = {**message["payload"], **payload_changes}
-        return message
-
-    @case(
-        f"{role}/4.1/1",
-        "bytes after the msgpack value: INVALID_MESSAGE",
-        "Each frame payload MUST be exactly one msgpack value, with no trailing bytes.",
-    )
-    async def trailing(probe: Probe) -> str:
-        return await invalid(probe, packed(first(probe)) + b"\xc0")
-
-    @case(
-        f"{role}/4.1/2",
-        "accepts any key order and the widest integer, string and map encodings",
-        "Receivers MUST accept any key order and any valid representation.",
-    )
-    async def any_representation(probe: Probe) -> str:
-        wire = await sent(probe, wide(_reversed(first(probe))))
-        return await answered(role, wire)
-
-    @case(
-        f"{role}/4.1/3",
-        "treats nil in an optional field as absent",
-        "A receiver MUST treat an absent field as its default, and nil in an optional "
-        "(`T?`) field as absent.",
-    )
-    async def nil_optional(probe: Probe) -> str:
-        message = first(probe)
-        message["reply_to"] = None
-        if role == "node":
-            message["payload"]["capabilities"] = None
-        wire = await sent(probe, packed(message))
-        return await answered(role, wire)
-
-    @case(
-        f"{role}/4.2/1",
-        "a payload that is not msgpack (c1): INVALID_MESSAGE",
-        "A frame whose payload does not decode as the channel's message type MUST be treated as "
-        "INVALID_MESSAGE.",
-    )
-    async def not_msgpack(probe: Probe) -> str:
-        return await invalid(probe, b"\xc1")
-
-    @case(
-        f"{role}/4.2/2",
-        "a payload that is not a map: INVALID_MESSAGE",
-        "That covers: not msgpack or trailing bytes; not a map;",
-    )
-    async def not_a_map(probe: Probe) -> str:
-        return await invalid(probe, packed([1, 2, 3]))
-
-    @case(
-        f"{role}/4.2/3",
-        "an unknown payload tag: INVALID_MESSAGE",
-        "An unknown *tag* is not ignorable: it is INVALID_MESSAGE.",
-    )
-    async def unknown_tag(probe: Probe) -> str:
-        return await invalid(probe, packed(envelope({"type": "conformance_unknown"})))
-
-    @case(
-        f"{role}/4.2/4",
-        "a tag from another channel (request_head): INVALID_MESSAGE",
-        "a missing, unknown or wrongly typed `type` tag (a tag from another channel included)",
-    )
-    async def other_channel_tag(probe: Probe) -> str:
-        head = {"type": "request_head", "method": "GET", "target": "/"}
-        return await invalid(probe, packed(envelope(head)))
-
-    @case(
-        f"{role}/4.2/5",
-        "a missing required field: INVALID_MESSAGE",
-        "a missing required field; a value of the wrong type;",
-    )
-    async def missing_field(probe: Probe) -> str:
-        message = first(probe)
-        del message["payload"][id_field]
-        return await invalid(probe, packed(message))
-
-    @case(
-        f"{role}/4.2/6",
-        "a value of the wrong type (an integer NodeId): INVALID_MESSAGE",
-        "a missing required field; a value of the wrong type;",
-    )
-    async def wrong_type(probe: Probe) -> str:
-        return await invalid(probe, packed(first(probe, **{id_field: 7})))
-
-    @case(
-        f"{role}/4.2/7",
-        "invalid UTF-8 in a string: INVALID_MESSAGE",
-        "a violated constraint (range, length, pattern); invalid UTF-8 in a string.",
-    )
-    async def bad_utf8(probe: Probe) -> str:
-        placeholder = "z" * 52
-        raw = packed(first(probe, **{id_field: placeholder}))
-        return await invalid(probe, raw.replace(placeholder.encode(), b"\xff\xfe" * 26))
-
-    @case(
-        f"{role}/4.2/8",
-        "a missing envelope field (timestamp): INVALID_MESSAGE",
-        "a missing required field; a value of the wrong type;",
-    )
-    async def missing_envelope_field(probe: Probe) -> str:
-        message = first(probe)
-        del message["timestamp"]
-        return await invalid(probe, packed(message))
-
-    @case(
-        f"{role}/4.2/9",
-        "ignores unknown keys in the envelope and the payload",
-        "A receiver MUST ignore map keys it does not know, at every level of nesting.",
-    )
-    async def unknown_keys(probe: Probe) -> str:
-        message = first(probe, conformance_extra={"nested": [1, "x"]})
-        message["conformance_extra"] = b"\x00\x01"
-        if role == "node":
-            model = {"id": "m", "conformance_extra": 1}
-            message["payload"]["capabilities"] = {
-                "node_id": probe.own_id,
-                "supported_models": [model],
-                "conformance_extra": True,
-            }
-        wire = await sent(probe, packed(message))
-        return await answered(role, wire)
-
-    @case(
-        f"{role}/4.2/10",
-        "an envelope version out of range (0): INVALID_MESSAGE",
-        "a violated constraint (range, length, pattern)",
-    )
-    async def version_range(probe: Probe) -> str:
-        message = first(probe)
-        message["version"] = 0
-        return await invalid(probe, packed(message))
-
-    @case(
-        f"{role}/2.1/1",
-        "a NodeId whose last character is not a or q: INVALID_MESSAGE",
-        "A receiver MUST reject every other spelling (in a message field: INVALID_MESSAGE)",
-    )
-    async def unused_bits(probe: Probe) -> str:
-        bad = probe.own_id[:-1] + ("b" if probe.own_id[-1] == "a" else "r")
-        return await invalid(probe, packed(first(probe, **{id_field: bad})))
-
-    @case(
-        f"{role}/2.1/2",
-        "an uppercase NodeId in a field: INVALID_MESSAGE",
-        "It MUST NOT send those forms on the wire; a message field that is not "
-        "`^[a-z2-7]{51}[aq]$` is INVALID_MESSAGE (§4.2).",
-    )
-    async def uppercase(probe: Probe) -> str:
-        return await invalid(probe, packed(first(probe, **{id_field: probe.own_id.upper()})))
-
-    @case(
-        f"{role}/2.1/3",
-        "a hex NodeId in a field: INVALID_MESSAGE",
-        "A NodeId on the wire (in any message field), in a DNS name and in a TLS SNI MUST be in "
-        "the canonical text form.",
-    )
-    async def hex_form(probe: Probe) -> str:
-        hex_id = probe.stranger.node_id.bytes.hex()
-        return await invalid(probe, packed(first(probe, **{id_field: hex_id})))
+    async def sent(probe: Probe, payload: bytes) -> Wire:
+        return await probe.stream(preamble(kind) + frame(payload))
 
     @case(
         f"{role}/5.1/1",
@@ -225,9 +266,7 @@ def _register(role: str) -> None:
     )
     async def clock_skew(probe: Probe) -> str:
         for stamp in (0, 2**63 - 1):
-            message = first(probe)
-            message["timestamp"] = stamp
-            wire = await sent(probe, packed(message))
+            wire = await sent(probe, packed(first_message(role, probe, timestamp=stamp)))
             await answered(role, wire)
         return "answered both"
 
@@ -244,21 +283,7 @@ def _register(role: str) -> None:
             seen.append(f"{code}: {await wire.quiet()}")
         return "; ".join(seen)
 
-    if role == "node":
-
-        @case(
-            "node/4.3/1",
-            "a peer that finishes before the handshake: TRUNCATED",
-            "A receiver whose peer finishes in a state that `may_finish` does not list for the "
-            "peer MUST treat the stream as TRUNCATED",
-        )
-        async def finish_early(probe: Probe) -> str:
-            conn = await probe.dial()
-            wire = await probe.open(conn, preamble(kind))
-            await wire.finish()
-            return await expect_error(wire, ErrorCode.TRUNCATED)
-
-    else:
+    if role == "relay":
 
         @case(
             "relay/4.3/1",
@@ -267,8 +292,7 @@ def _register(role: str) -> None:
             "finish",
         )
         async def finish_idle(probe: Probe) -> str:
-            conn = await probe.dial()
-            wire = await probe.open(conn, preamble(kind))
+            wire = await probe.stream(preamble(kind))
             await wire.finish()
             value = await wire.value()
             if not isinstance(value, Ended):

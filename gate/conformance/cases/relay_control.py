@@ -5,7 +5,12 @@ these run from a stranger's key.
 The runner's `dns_challenge` requests for its own name are real: a relay with a DNS
 provider publishes them (the relay removes them when the runner's connection ends,
 §6.4). Every case sends a handful at most; the rate-limit cases (§6.4) send up to
-RATE_PROBES."""
+RATE_PROBES.
+
+Four tables: one request refused (`_refused`), requests refused once the node has its
+name (`_refused_named`), a named node's request answered (`_answered`), and bad
+`txt_value`s (`_bad_txt_value`); the cases of their own shape follow them. A row's
+`send` is a function of the session giving the request (tag, fields), or a list of them."""
 
 from __future__ import annotations
 
@@ -14,20 +19,19 @@ import hashlib
 from typing import Any, Final
 
 from gate.conformance.probe import Probe, error_code
-from gate.conformance.registry import CaseFailed, CaseSkipped, Level, case
+from gate.conformance.registry import CaseFailed, CaseSkipped, Level, Row, case, table
 from gate.conformance.relay_session import RelaySession, open_relay_control
-from gate.identity import NodeIdentity
-from gate.protocol import ErrorCode, NodeId
+from gate.conformance.wire import other_node_id
+from gate.protocol import ErrorCode
 
 UNAUTHORIZED = ErrorCode.UNAUTHORIZED
 INVALID_MESSAGE = ErrorCode.INVALID_MESSAGE
+UNEXPECTED = ErrorCode.UNEXPECTED_MESSAGE
 RATE_LIMITED = ErrorCode.RATE_LIMITED
 # Enough to pass the reference's bucket of 6 (§6.4) even when no earlier case took one.
 RATE_PROBES: Final = 8
 
-
-def _other() -> str:
-    return str(NodeId(NodeIdentity.generate().public_key_bytes))
+Request = tuple[str, dict[str, Any]]
 
 
 def txt_value(seed: str) -> str:
@@ -35,6 +39,233 @@ def txt_value(seed: str) -> str:
     bytes without padding, 43 characters. Distinct seeds give distinct values."""
     digest = hashlib.sha256(f"gate conformance {seed}".encode()).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _activations(*names: str) -> list[Request]:
+    return [("activate_domain", {"domain": name}) for name in names]
+
+
+def _challenges(*names: str) -> list[Request]:
+    """dns_challenges for `names`, each with a valid txt_value of its own."""
+    return [("dns_challenge", {"domain": name, "txt_value": txt_value(name)}) for name in names]
+
+
+def _ok_or_reason(answer: dict[str, Any], probe: Probe) -> str:
+    """A dns_challenge_response: ok=true, or ok=false with a reason (§6.1, §6.4)."""
+    if not answer.get("ok") and not answer.get("reason"):
+        raise CaseFailed("ok = false without a reason", probe.evidence)
+    return f"dns_challenge_response ok={answer.get('ok')} {answer.get('reason') or ''}".strip()
+
+
+# --- one request, refused with the error `expect` --------------------------------------------
+
+
+async def _refused(probe: Probe, row: Row) -> str:
+    session = await open_relay_control(probe)
+    tag, fields = row.send(session)
+    return await session.refused(tag, row.expect, **fields)
+
+
+table(
+    [
+        Row(
+            "relay/6.3/2",
+            "refuses a domain_request for another node's id with UNAUTHORIZED",
+            "The relay MUST answer a request that fails these checks with `error` code "
+            "UNAUTHORIZED",
+            send=lambda _: ("domain_request", {"node_id": other_node_id()}),
+            expect=UNAUTHORIZED,
+        ),
+        Row(
+            "relay/6.2/2",
+            "a domain_response from the node: UNEXPECTED_MESSAGE",
+            "an answer nobody asked for is UNEXPECTED_MESSAGE.",
+            send=lambda s: ("domain_response", {"domain": f"{s.probe.own_id}.example"}),
+            expect=UNEXPECTED,
+        ),
+        Row(
+            "relay/6.2/3",
+            "a activation_response from the node: UNEXPECTED_MESSAGE",
+            "an answer nobody asked for is UNEXPECTED_MESSAGE.",
+            send=lambda _: ("activation_response", {"ok": True}),
+            expect=UNEXPECTED,
+        ),
+        Row(
+            "relay/6.2/4",
+            "a dns_challenge_response from the node: UNEXPECTED_MESSAGE",
+            "an answer nobody asked for is UNEXPECTED_MESSAGE.",
+            send=lambda _: ("dns_challenge_response", {"ok": True}),
+            expect=UNEXPECTED,
+        ),
+    ],
+    _refused,
+)
+
+
+# --- once the node has its name (`session.domain`, N.D; `relay_domain`, D): requests,
+# each refused with the error `expect` ----------------------------------------------------------
+
+
+async def _refused_named(probe: Probe, row: Row) -> str:
+    session = await open_relay_control(probe, named=True)
+    requests: list[Request] = row.send(session)
+    for tag, fields in requests:
+        await session.refused(tag, row.expect, **fields)
+    names = ", ".join(str(fields.get("domain")) for _, fields in requests)
+    return f"{len(requests)} request(s) refused with {int(row.expect)}: {names}"
+
+
+_BY_N_ALONE = "The relay MUST authorize every request by N alone."
+table(
+    [
+        Row(
+            "relay/6.3/3",
+            "refuses an activate_domain for another node's name, the bare domain, a subdomain "
+            "with UNAUTHORIZED",
+            _BY_N_ALONE,
+            send=lambda s: _activations(
+                f"{other_node_id()}.{s.relay_domain}",
+                s.relay_domain,
+                f"x.{s.domain}",
+                f"{s.domain}.evil.test",
+            ),
+            expect=UNAUTHORIZED,
+        ),
+        Row(
+            "relay/6.3/4",
+            "refuses a dns_challenge for another node's name or not under _acme-challenge with "
+            "UNAUTHORIZED",
+            _BY_N_ALONE,
+            send=lambda s: _challenges(
+                f"_acme-challenge.{other_node_id()}.{s.relay_domain}",
+                s.domain,
+                f"_acme-challenge.{s.relay_domain}",
+            ),
+            expect=UNAUTHORIZED,
+        ),
+        Row(
+            "relay/6.4/7",
+            "a bad txt_value for another node's name: INVALID_MESSAGE, not UNAUTHORIZED",
+            "The relay MUST check `dns_challenge` in this order",
+            send=lambda s: [
+                (
+                    "dns_challenge",
+                    {
+                        "domain": f"_acme-challenge.{other_node_id()}.{s.relay_domain}",
+                        "txt_value": "x",
+                    },
+                )
+            ],
+            expect=INVALID_MESSAGE,
+        ),
+    ],
+    _refused_named,
+)
+
+
+# --- once the node has its name: one request, answered with the message `expect` --------------
+
+
+async def _answered(probe: Probe, row: Row) -> str:
+    session = await open_relay_control(probe, named=True)
+    tag, fields = row.send(session)
+    answer = await session.ask(tag, row.expect, **fields)
+    if row.expect == "dns_challenge_response":
+        return _ok_or_reason(answer, probe)
+    return f"{row.expect} ok={answer.get('ok')}"
+
+
+table(
+    [
+        Row(
+            "relay/6.3/5",
+            "activates the node's own name",
+            "`activate_domain`: `domain` MUST be `N.D`.",
+            send=lambda s: ("activate_domain", {"domain": s.domain}),
+            expect="activation_response",
+        ),
+        Row(
+            "relay/6.3/6",
+            "answers a dns_challenge for _acme-challenge.<own name> (ok or a reason)",
+            "`dns_challenge`: `domain` MUST be `_acme-challenge.N.D`.",
+            send=lambda s: (
+                "dns_challenge",
+                {"domain": f"_acme-challenge.{s.domain}", "txt_value": txt_value("6.3/6")},
+            ),
+            expect="dns_challenge_response",
+        ),
+        Row(
+            "relay/6.3/7",
+            "compares names case-insensitively: the own name in upper case is activated",
+            "Domain names are compared case-insensitively.",
+            send=lambda s: ("activate_domain", {"domain": s.domain.upper()}),
+            expect="activation_response",
+        ),
+    ],
+    _answered,
+)
+
+
+# --- §6.4: a dns_challenge for the node's own name whose `txt_value` (`send`) does not
+# decode: INVALID_MESSAGE, and nothing after it ------------------------------------------------
+
+
+async def _bad_txt_value(probe: Probe, row: Row) -> str:
+    session = await open_relay_control(probe, named=True)
+    challenge = f"_acme-challenge.{session.domain}"
+    got = await session.refused(
+        "dns_challenge", INVALID_MESSAGE, domain=challenge, txt_value=row.send
+    )
+    return f"{got}, then {await session.wire.quiet(2.0)}"
+
+
+_VALID = txt_value("6.4 invalid")
+_DECODES = "the message decodes, `txt_value` included (else INVALID_MESSAGE, §4.2)"
+table(
+    [
+        Row(
+            "relay/6.4/2",
+            "a dns_challenge for its own name, txt_value of 42 characters: INVALID_MESSAGE",
+            _DECODES,
+            send=_VALID[:42],
+            expect=INVALID_MESSAGE,
+        ),
+        Row(
+            "relay/6.4/3",
+            "a dns_challenge for its own name, txt_value of 44 characters: INVALID_MESSAGE",
+            _DECODES,
+            send=_VALID + "A",
+            expect=INVALID_MESSAGE,
+        ),
+        Row(
+            "relay/6.4/4",
+            "a dns_challenge for its own name, txt_value padded (42 characters and '='): "
+            "INVALID_MESSAGE",
+            _DECODES,
+            send=_VALID[:42] + "=",
+            expect=INVALID_MESSAGE,
+        ),
+        Row(
+            "relay/6.4/5",
+            "a dns_challenge for its own name, txt_value with '+' (base64, not base64url): "
+            "INVALID_MESSAGE",
+            _DECODES,
+            send=_VALID[:42] + "+",
+            expect=INVALID_MESSAGE,
+        ),
+        Row(
+            "relay/6.4/6",
+            "a dns_challenge for its own name, txt_value ending in a newline: INVALID_MESSAGE",
+            _DECODES,
+            send=_VALID[:42] + "\n",
+            expect=INVALID_MESSAGE,
+        ),
+    ],
+    _bad_txt_value,
+)
+
+
+# --- the cases of their own shape ---------------------------------------------------------------
 
 
 @case(
@@ -48,124 +279,14 @@ async def own_name(probe: Probe) -> str:
 
 
 @case(
-    "relay/6.3/2",
-    "refuses a domain_request for another node's id with UNAUTHORIZED",
-    "The relay MUST answer a request that fails these checks with `error` code UNAUTHORIZED",
-)
-async def other_id(probe: Probe) -> str:
-    session = await open_relay_control(probe)
-    return await session.refused("domain_request", UNAUTHORIZED, node_id=_other())
-
-
-def _refused_names(n: int, title: str, tag: str, make: object) -> None:
-    @case(
-        f"relay/6.3/{n}",
-        f"refuses {title} with UNAUTHORIZED",
-        "The relay MUST authorize every request by N alone.",
-    )
-    async def refused(probe: Probe) -> str:
-        session = await open_relay_control(probe)
-        await session.name()
-        own, domain = probe.own_id, session.relay_domain
-        names = make(own, domain, _other())  # type: ignore[operator]
-        for name in names:
-            fields = {"domain": name}
-            if tag == "dns_challenge":
-                fields["txt_value"] = txt_value(name)
-            await session.refused(tag, UNAUTHORIZED, **fields)
-        return f"{len(names)} name(s) refused: {', '.join(names)}"
-
-
-_refused_names(
-    3,
-    "an activate_domain for another node's name, the bare domain, a subdomain",
-    "activate_domain",
-    lambda own, d, other: [f"{other}.{d}", d, f"x.{own}.{d}", f"{own}.{d}.evil.test"],
-)
-_refused_names(
-    4,
-    "a dns_challenge for another node's name or not under _acme-challenge",
-    "dns_challenge",
-    lambda own, d, other: [f"_acme-challenge.{other}.{d}", f"{own}.{d}", f"_acme-challenge.{d}"],
-)
-
-
-@case(
-    "relay/6.3/5",
-    "activates the node's own name",
-    "`activate_domain`: `domain` MUST be `N.D`.",
-)
-async def activate_own(probe: Probe) -> str:
-    session = await open_relay_control(probe)
-    name = await session.name()
-    answer = await session.ask("activate_domain", "activation_response", domain=name)
-    return f"activation_response ok={answer.get('ok')}"
-
-
-@case(
-    "relay/6.3/6",
-    "answers a dns_challenge for _acme-challenge.<own name> (ok or a reason)",
-    "`dns_challenge`: `domain` MUST be `_acme-challenge.N.D`.",
-)
-async def challenge_own(probe: Probe) -> str:
-    session = await open_relay_control(probe)
-    name = await session.name()
-    answer = await session.ask(
-        "dns_challenge",
-        "dns_challenge_response",
-        domain=f"_acme-challenge.{name}",
-        txt_value=txt_value("6.3/6"),
-    )
-    return _ok_or_reason(answer, probe)
-
-
-def _ok_or_reason(answer: dict[str, Any], probe: Probe) -> str:
-    """A dns_challenge_response: ok=true, or ok=false with a reason (§6.1, §6.4)."""
-    if not answer.get("ok") and not answer.get("reason"):
-        raise CaseFailed("ok = false without a reason", probe.evidence)
-    return f"dns_challenge_response ok={answer.get('ok')} {answer.get('reason') or ''}".strip()
-
-
-@case(
-    "relay/6.3/7",
-    "compares names case-insensitively: the own name in upper case is activated",
-    "Domain names are compared case-insensitively.",
-)
-async def case_insensitive(probe: Probe) -> str:
-    session = await open_relay_control(probe)
-    name = await session.name()
-    answer = await session.ask("activate_domain", "activation_response", domain=name.upper())
-    return f"activation_response ok={answer.get('ok')}"
-
-
-@case(
     "relay/6.2/1",
     "a refused request returns the channel to idle: the next request is answered",
     "An `error` from the relay answers the outstanding request and returns the channel to `idle`",
 )
 async def idle_after_error(probe: Probe) -> str:
     session = await open_relay_control(probe)
-    await session.refused("domain_request", UNAUTHORIZED, node_id=_other())
+    await session.refused("domain_request", UNAUTHORIZED, node_id=other_node_id())
     return f"refused, then named {await session.name()}"
-
-
-def _answer_from_node(n: int, tag: str, fields: dict[str, object]) -> None:
-    @case(
-        f"relay/6.2/{n}",
-        f"a {tag} from the node: UNEXPECTED_MESSAGE",
-        "an answer nobody asked for is UNEXPECTED_MESSAGE.",
-    )
-    async def unasked(probe: Probe) -> str:
-        session = await open_relay_control(probe)
-        payload = dict(fields)
-        if tag == "domain_response":
-            payload["domain"] = f"{probe.own_id}.example"
-        return await session.refused(tag, ErrorCode.UNEXPECTED_MESSAGE, **payload)
-
-
-_answer_from_node(2, "domain_response", {})
-_answer_from_node(3, "activation_response", {"ok": True})
-_answer_from_node(4, "dns_challenge_response", {"ok": True})
 
 
 @case(
@@ -174,9 +295,8 @@ _answer_from_node(4, "dns_challenge_response", {"ok": True})
     "The node sends one request and waits for its answer: one request is outstanding at a time.",
 )
 async def in_turn(probe: Probe) -> str:
-    session = await open_relay_control(probe)
-    name = await session.name()
-    await session.ask("activate_domain", "activation_response", domain=name)
+    session = await open_relay_control(probe, named=True)
+    await session.ask("activate_domain", "activation_response", domain=session.domain)
     await session.name()
     return "domain, activation, domain"
 
@@ -192,9 +312,6 @@ async def node_error(probe: Probe) -> str:
     return await session.wire.quiet()
 
 
-# --- §6.4: dns_challenge, checked in order: decodes, own name, rate ------------------------
-
-
 @case(
     "relay/6.4/1",
     "answers two dns_challenges for its own name in turn (ok, or ok = false with a reason)",
@@ -203,8 +320,8 @@ async def node_error(probe: Probe) -> str:
     "publishes no records).",
 )
 async def challenge_answered(probe: Probe) -> str:
-    session = await open_relay_control(probe)
-    challenge = f"_acme-challenge.{await session.name()}"
+    session = await open_relay_control(probe, named=True)
+    challenge = f"_acme-challenge.{session.domain}"
     seen = []
     for n in (1, 2):  # two values at one name: DNS-01 allows it (§6.4)
         answer = await session.ask(
@@ -215,42 +332,6 @@ async def challenge_answered(probe: Probe) -> str:
         )
         seen.append(_ok_or_reason(answer, probe))
     return "; ".join(seen)
-
-
-def _bad_value(n: int, what: str, value: str) -> None:
-    @case(
-        f"relay/6.4/{n}",
-        f"a dns_challenge for its own name, txt_value {what}: INVALID_MESSAGE",
-        "the message decodes, `txt_value` included (else INVALID_MESSAGE, §4.2)",
-    )
-    async def refused(probe: Probe) -> str:
-        session = await open_relay_control(probe)
-        challenge = f"_acme-challenge.{await session.name()}"
-        got = await session.refused(
-            "dns_challenge", INVALID_MESSAGE, domain=challenge, txt_value=value
-        )
-        return f"{got}, then {await session.wire.quiet(2.0)}"
-
-
-_VALID = txt_value("6.4 invalid")
-_bad_value(2, "of 42 characters", _VALID[:42])
-_bad_value(3, "of 44 characters", _VALID + "A")
-_bad_value(4, "padded (42 characters and '=')", _VALID[:42] + "=")
-_bad_value(5, "with '+' (base64, not base64url)", _VALID[:42] + "+")
-_bad_value(6, "ending in a newline", _VALID[:42] + "\n")
-
-
-@case(
-    "relay/6.4/7",
-    "a bad txt_value for another node's name: INVALID_MESSAGE, not UNAUTHORIZED",
-    "The relay MUST check `dns_challenge` in this order",
-)
-async def decoded_first(probe: Probe) -> str:
-    session = await open_relay_control(probe)
-    await session.name()
-    theirs = f"_acme-challenge.{_other()}.{session.relay_domain}"
-    got = await session.refused("dns_challenge", INVALID_MESSAGE, domain=theirs, txt_value="x")
-    return f"{got} (the message is decoded before the name is authorized)"
 
 
 async def _until_limited(session: RelaySession, seed: str) -> tuple[int | None, int]:
@@ -279,8 +360,7 @@ async def _until_limited(session: RelaySession, seed: str) -> tuple[int | None, 
     timeout=120.0,
 )
 async def rate_limited(probe: Probe) -> str:
-    session = await open_relay_control(probe)
-    await session.name()
+    session = await open_relay_control(probe, named=True)
     limited_at, published = await _until_limited(session, "6.4/8")
     if limited_at is not None:
         return f"RATE_LIMITED at request {limited_at} ({published} published before it)"
@@ -300,12 +380,12 @@ async def rate_limited(probe: Probe) -> str:
     timeout=120.0,
 )
 async def order_past_the_rate(probe: Probe) -> str:
-    session = await open_relay_control(probe)
-    name = await session.name()
+    session = await open_relay_control(probe, named=True)
+    name = session.domain
     limited_at, _ = await _until_limited(session, "6.4/9")
     if limited_at is None:
         raise CaseSkipped(f"no RATE_LIMITED within {RATE_PROBES}: the order is not visible")
-    theirs = f"_acme-challenge.{_other()}.{session.relay_domain}"
+    theirs = f"_acme-challenge.{other_node_id()}.{session.relay_domain}"
     await session.refused("dns_challenge", UNAUTHORIZED, domain=theirs, txt_value=txt_value(name))
     await session.refused(
         "dns_challenge", INVALID_MESSAGE, domain=f"_acme-challenge.{name}", txt_value="x"

@@ -1,18 +1,20 @@
 """Cases for §7.4 (TlsProxy) against a relay: the runner registers and activates its
 own name on the relay's iroh endpoint, then connects to the relay's TLS port (--front)
-as a browser would, and reads the tls_proxy stream the relay opens back to it."""
+as a browser would, and reads the tls_proxy stream the relay opens back to it.
+
+Two tables: a ClientHello the relay routes (`_forwarded`) and first bytes it refuses
+(`_refused`); a row's `send` is a function of the registered session giving the bytes
+the client sends, in TCP segments of `pieces` bytes where given."""
 
 from __future__ import annotations
 
 import trio
 
 from gate.conformance.probe import STEP_TIMEOUT, Probe, Wire
-from gate.conformance.registry import CaseFailed, CaseSkipped, Level, case
+from gate.conformance.registry import CaseFailed, CaseSkipped, Level, Row, case, table
 from gate.conformance.relay_session import RelaySession, open_relay_control
 from gate.conformance.tls_hello import client_hello, records
-from gate.conformance.wire import TLS_PROXY, hexdump, unpack
-from gate.identity import NodeIdentity
-from gate.protocol import NodeId
+from gate.conformance.wire import TLS_PROXY, hexdump, other_node_id, unpack
 
 # What the runner, as the node, answers first: a TLS record (the relay tells a refusal,
 # a frame starting 00, from TLS by the first byte, §3.5).
@@ -39,7 +41,14 @@ async def _client(probe: Probe) -> trio.SocketStream:
         return await trio.open_tcp_stream(host, port)
 
 
-async def _send_segments(probe: Probe, client: trio.SocketStream, data: bytes, size: int) -> None:
+async def _send(
+    probe: Probe, client: trio.SocketStream, data: bytes, size: int | None = None
+) -> None:
+    """`data` to the relay's TLS port: at once, or in segments of `size` bytes."""
+    if size is None:
+        probe.note(f"TCP sent {hexdump(data)}")
+        await client.send_all(data)
+        return
     probe.note(f"TCP sent in segments of {size}: {hexdump(data)}")
     for i in range(0, len(data), size):
         await client.send_all(data[i : i + size])
@@ -108,46 +117,120 @@ async def _no_stream(probe: Probe, session: RelaySession, client: trio.SocketStr
     return "closed" + (" with an alert" if got else "") + ", no stream opened"
 
 
-@case(
-    "relay/7.4/1",
-    "routes a ClientHello for an activated name, forwarding its bytes unchanged",
-    "The relay MUST NOT terminate, decrypt or alter TLS.",
-)
-async def routed(probe: Probe) -> str:
-    session = await _registered(probe)
-    hello = records(client_hello(session.domain))
+async def _hello_routed(
+    probe: Probe, session: RelaySession, hello: bytes, segment: int | None = None
+) -> tuple[trio.SocketStream, Wire]:
+    """`hello` sent by a client of the relay's TLS port, and forwarded unchanged on the
+    tls_proxy stream the relay opens to us."""
     client = await _client(probe)
-    await client.send_all(hello)
-    await _routed(probe, session, hello)
-    return f"{len(hello)} bytes forwarded unchanged after the header"
+    await _send(probe, client, hello, segment)
+    return client, await _routed(probe, session, hello)
 
 
-@case(
-    "relay/7.4/2",
-    "routes a 12 KiB ClientHello over 4 records sent in 100-byte TCP segments",
-    "A relay MUST collect the ClientHello across TCP segments and across TLS records",
-)
-async def large_split(probe: Probe) -> str:
+# --- a ClientHello for our activated name, routed to us unchanged ---------------------------
+
+
+async def _forwarded(probe: Probe, row: Row) -> str:
     session = await _registered(probe)
-    hello = records(client_hello(session.domain, size=12 * 1024), 3100)
-    client = await _client(probe)
-    await _send_segments(probe, client, hello, 100)
-    await _routed(probe, session, hello)
-    return f"{len(hello)} bytes in 4 records, forwarded unchanged"
+    hello = row.send(session)
+    await _hello_routed(probe, session, hello, row.pieces)
+    segments = "" if row.pieces is None else f" (sent in {row.pieces}-byte segments)"
+    return f"{len(hello)} bytes{segments} forwarded unchanged after the header"
 
 
-@case(
-    "relay/7.4/13",
-    "routes a ClientHello of 16 KiB of handshake, in 2 records and 1000-byte segments",
-    "up to a bound of at least 16 KiB of handshake",
+table(
+    [
+        Row(
+            "relay/7.4/1",
+            "routes a ClientHello for an activated name, forwarding its bytes unchanged",
+            "The relay MUST NOT terminate, decrypt or alter TLS.",
+            send=lambda s: records(client_hello(s.domain)),
+        ),
+        Row(
+            "relay/7.4/2",
+            "routes a 12 KiB ClientHello over 4 records sent in 100-byte TCP segments",
+            "A relay MUST collect the ClientHello across TCP segments and across TLS records",
+            send=lambda s: records(client_hello(s.domain, size=12 * 1024), 3100),
+            pieces=100,
+        ),
+        Row(
+            "relay/7.4/13",
+            "routes a ClientHello of 16 KiB of handshake, in 2 records and 1000-byte segments",
+            "up to a bound of at least 16 KiB of handshake",
+            send=lambda s: records(client_hello(s.domain, size=16 * 1024), 9000),
+            pieces=1000,
+        ),
+        Row(
+            "relay/7.4/10",
+            "routes a name in upper case with a trailing dot",
+            "The name is compared lower-cased and without a trailing dot.",
+            send=lambda s: records(client_hello(s.domain.upper() + ".")),
+        ),
+    ],
+    _forwarded,
 )
-async def bound(probe: Probe) -> str:
+
+
+# --- first bytes the relay refuses: it closes the client, opening no stream ------------------
+
+
+async def _refused(probe: Probe, row: Row) -> str:
     session = await _registered(probe)
-    hello = records(client_hello(session.domain, size=16 * 1024), 9000)
     client = await _client(probe)
-    await _send_segments(probe, client, hello, 1000)
-    await _routed(probe, session, hello)
-    return f"{len(hello)} bytes forwarded unchanged"
+    await _send(probe, client, row.send(session))
+    return await _no_stream(probe, session, client)
+
+
+_ONLY_ITS_NODE = (
+    "The relay MUST only open tls_proxy streams to the node whose NodeId is the first label of "
+    "the SNI"
+)
+table(
+    [
+        Row(
+            "relay/7.4/4",
+            "closes a connection for a name no node activated, opening no stream",
+            "The relay MUST only open tls_proxy streams to the node whose NodeId is the first "
+            "label of the SNI, and only for a domain that node activated (§6.3).",
+            send=lambda s: records(client_hello(f"{other_node_id()}.{s.relay_domain}")),
+        ),
+        Row(
+            "relay/7.4/5",
+            "closes a connection whose first bytes are not TLS (an HTTP request)",
+            "It MUST refuse a connection whose first bytes are not a ClientHello",
+            send=lambda s: b"GET / HTTP/1.1\r\nHost: " + s.domain.encode() + b"\r\n\r\n",
+        ),
+        Row(
+            "relay/7.4/6",
+            "closes a connection whose ClientHello has no server_name",
+            "whose ClientHello has no server_name",
+            send=lambda _: records(client_hello(None)),
+        ),
+        Row(
+            "relay/7.4/7",
+            "closes a connection whose server name is an IP address",
+            "or whose host name is an IP address (RFC 6066 §3) or not a DNS host name",
+            send=lambda _: records(client_hello("127.0.0.1")),
+        ),
+        Row(
+            "relay/7.4/8",
+            "closes a connection for the node's id under another domain",
+            _ONLY_ITS_NODE,
+            send=lambda s: records(client_hello(f"{s.domain.split('.')[0]}.other.invalid")),
+        ),
+        Row(
+            "relay/7.4/9",
+            "closes a connection whose first record is not a handshake (an alert)",
+            "records other than handshake, another handshake message, broken lengths, duplicate "
+            "extensions",
+            send=lambda _: b"\x15\x03\x03\x00\x02\x02\x28",
+        ),
+    ],
+    _refused,
+)
+
+
+# --- the cases of their own shape -------------------------------------------------------------
 
 
 @case(
@@ -157,10 +240,7 @@ async def bound(probe: Probe) -> str:
 )
 async def both_ways(probe: Probe) -> str:
     session = await _registered(probe)
-    hello = records(client_hello(session.domain))
-    client = await _client(probe)
-    await client.send_all(hello)
-    wire = await _routed(probe, session, hello)
+    client, wire = await _hello_routed(probe, session, records(client_hello(session.domain)))
     down = SERVER_BYTES + bytes(range(256)) * 40
     await wire.send(down)
     got = b""
@@ -190,76 +270,6 @@ async def both_ways(probe: Probe) -> str:
     return f"{len(down)} bytes down, {len(up)} up, unchanged"
 
 
-def _refused(n: int, title: str, requirement: str, make: object) -> None:
-    @case(f"relay/7.4/{n}", title, requirement)
-    async def refused(probe: Probe) -> str:
-        session = await _registered(probe)
-        client = await _client(probe)
-        data = make(session)  # type: ignore[operator]
-        probe.note(f"TCP sent {hexdump(data)}")
-        await client.send_all(data)
-        return await _no_stream(probe, session, client)
-
-
-def _stranger_name(session: RelaySession) -> str:
-    other = NodeId(NodeIdentity.generate().public_key_bytes)
-    return f"{other}.{session.relay_domain}"
-
-
-_refused(
-    4,
-    "closes a connection for a name no node activated, opening no stream",
-    "The relay MUST only open tls_proxy streams to the node whose NodeId is the first label of "
-    "the SNI, and only for a domain that node activated (§6.3).",
-    lambda s: records(client_hello(_stranger_name(s))),
-)
-_refused(
-    5,
-    "closes a connection whose first bytes are not TLS (an HTTP request)",
-    "It MUST refuse a connection whose first bytes are not a ClientHello",
-    lambda s: b"GET / HTTP/1.1\r\nHost: " + s.domain.encode() + b"\r\n\r\n",
-)
-_refused(
-    6,
-    "closes a connection whose ClientHello has no server_name",
-    "whose ClientHello has no server_name",
-    lambda s: records(client_hello(None)),
-)
-_refused(
-    7,
-    "closes a connection whose server name is an IP address",
-    "or whose host name is an IP address (RFC 6066 §3) or not a DNS host name",
-    lambda s: records(client_hello("127.0.0.1")),
-)
-_refused(
-    8,
-    "closes a connection for the node's id under another domain",
-    "The relay MUST only open tls_proxy streams to the node whose NodeId is the first label of "
-    "the SNI",
-    lambda s: records(client_hello(f"{s.domain.split('.')[0]}.other.invalid")),
-)
-_refused(
-    9,
-    "closes a connection whose first record is not a handshake (an alert)",
-    "records other than handshake, another handshake message, broken lengths, duplicate extensions",
-    lambda s: b"\x15\x03\x03\x00\x02\x02\x28",
-)
-
-
-@case(
-    "relay/7.4/10",
-    "routes a name in upper case with a trailing dot",
-    "The name is compared lower-cased and without a trailing dot.",
-)
-async def name_spelling(probe: Probe) -> str:
-    session = await _registered(probe)
-    hello = records(client_hello(session.domain.upper() + "."))
-    client = await _client(probe)
-    await client.send_all(hello)
-    await _routed(probe, session, hello)
-    return "routed"
-
-
 @case(
     "relay/7.4/11",
     "mirrors the client's end of input as the stream's finish",
@@ -268,10 +278,7 @@ async def name_spelling(probe: Probe) -> str:
 )
 async def mirrors_end(probe: Probe) -> str:
     session = await _registered(probe)
-    hello = records(client_hello(session.domain))
-    client = await _client(probe)
-    await client.send_all(hello)
-    wire = await _routed(probe, session, hello)
+    client, wire = await _hello_routed(probe, session, records(client_hello(session.domain)))
     await wire.send(SERVER_BYTES)
     await client.send_eof()
     with trio.fail_after(STEP_TIMEOUT):
@@ -290,7 +297,7 @@ async def slow_hello(probe: Probe) -> str:
     session = await _registered(probe)
     client = await _client(probe)
     hello = records(client_hello(session.domain))
-    await client.send_all(hello[:20])
+    await _send(probe, client, hello[:20])
     start = trio.current_time()
     with trio.move_on_after(30) as waiting:
         try:
