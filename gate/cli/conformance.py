@@ -74,7 +74,14 @@ def conformance(
 
     from gate.conformance import Role, Target, run_cases, select
     from gate.conformance.report import as_json as json_report
-    from gate.conformance.report import as_junit, as_markdown, as_text, listing, passed
+    from gate.conformance.report import (
+        as_junit,
+        as_markdown,
+        as_text,
+        listing,
+        listing_json,
+        passed,
+    )
     from gate.errors import GateError, describe
     from gate.peers_config import parse_peer_spec
 
@@ -82,8 +89,13 @@ def conformance(
         cases = select(Role(role), strict=strict, only=only)
     except ValueError as exc:
         fail(f"--cases: {exc}", EXIT_BAD_INPUT)
+    if markdown and (as_json or not list_only):
+        fail("--markdown goes with --list alone", EXIT_BAD_INPUT)
     if list_only:
-        click.echo(as_markdown(cases) if markdown else listing(cases), nl=not markdown)
+        if as_json:
+            click.echo(listing_json(cases))
+        else:
+            click.echo(as_markdown(cases) if markdown else listing(cases), nl=not markdown)
         return
     if target is None:
         fail("give the target: NODE_ID@HOST:PORT (or --list)", EXIT_BAD_INPUT)

@@ -9,7 +9,15 @@ from collections.abc import Sequence
 
 from gate.conformance.registry import Case, Level, Outcome, Result
 
-__all__ = ["as_json", "as_junit", "as_markdown", "as_text", "listing", "passed"]
+__all__ = [
+    "as_json",
+    "as_junit",
+    "as_markdown",
+    "as_text",
+    "listing",
+    "listing_json",
+    "passed",
+]
 
 _MARK = {Outcome.PASS: "PASS", Outcome.FAIL: "FAIL", Outcome.SKIP: "SKIP"}
 
@@ -39,11 +47,7 @@ def as_json(results: Sequence[Result]) -> str:
     return json.dumps(
         [
             {
-                "id": r.case.id,
-                "role": r.case.role.value,
-                "level": r.case.level.value,
-                "title": r.case.title,
-                "requirement": r.case.requirement,
+                **_case_fields(r.case),
                 "outcome": r.outcome.value,
                 "detail": r.detail,
                 "evidence": r.evidence,
@@ -53,6 +57,17 @@ def as_json(results: Sequence[Result]) -> str:
         ],
         indent=2,
     )
+
+
+def _case_fields(case: Case) -> dict[str, object]:
+    return {
+        "id": case.id,
+        "role": case.role.value,
+        "level": case.level.value,
+        "title": case.title,
+        "requirement": case.requirement,
+        "trusted": case.trusted,
+    }
 
 
 def as_junit(results: Sequence[Result], name: str = "gate conformance") -> str:
@@ -89,6 +104,11 @@ def listing(cases: Sequence[Case]) -> str:
         f"{c.id:<16} {c.level.value:<6} {'trusted' if c.trusted else '':<7} {c.title}"
         for c in cases
     )
+
+
+def listing_json(cases: Sequence[Case]) -> str:
+    """The cases as `--list --json` prints them: each with the fields of its results."""
+    return json.dumps([_case_fields(c) for c in cases], indent=2)
 
 
 def as_markdown(cases: Sequence[Case]) -> str:

@@ -76,6 +76,17 @@ def test_list_prints_the_cases_without_a_target():
     assert markdown.output == as_markdown(select(Role.NODE, strict=True))
 
 
+def test_list_as_json_for_machines():
+    runner = CliRunner()
+    listed = runner.invoke(conformance, ["--list", "--json", "--role", "relay"])
+    assert listed.exit_code == 0, listed.output
+    cases = json.loads(listed.output)
+    assert [c["id"] for c in cases] == [c.id for c in select(Role.RELAY)]
+    assert {"level", "title", "requirement", "trusted"} <= set(cases[0])
+    both = runner.invoke(conformance, ["--list", "--json", "--markdown"])
+    assert both.exit_code == 2 and "--markdown goes with --list alone" in both.output
+
+
 def test_identity_takes_a_pem_raw_bytes_or_hex(tmp_path):
     from gate.cli.conformance import _identity
     from gate.identity import NodeIdentity
