@@ -31,9 +31,6 @@ HEARTBEAT = 0.5  # seconds; a peer silent for 3 intervals is Disconnected
 PAUSE = 8.0  # seconds an engine stops for; longer than it takes to notice a dead peer
 
 
-# A stream of 1,900 tokens: the tiny model cannot end it early (its </s> is forbidden).
-
-
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
