@@ -194,13 +194,10 @@ class AcmeIssuer:
 
     async def _attempt(self, state: NameState, relay: ChallengeRelay) -> None:
         state.issuing = True
-        # The ACME library and its HTTP stack (requests, josepy, pyOpenSSL) cost a node
-        # ~11 MB and ~0.17 s at start: imported at the first issuance, never by a node
-        # with no relay or with certificate files of its own.
-        from gate.services.acme import session
+        from gate.services.acme import session  # how the library fails; lazily, see _issue
 
         try:
-            await self._issue(state, relay, session.AcmeSession)
+            await self._issue(state, relay)
         except (*session.FAILURES, *_FAILURES) as exc:
             refused = exc.retry_after if isinstance(exc, session.CaRefused) else None
             self._failed(state, session.describe_error(exc), refused=refused)
@@ -234,13 +231,16 @@ class AcmeIssuer:
             },
         )
 
-    async def _issue(
-        self, state: NameState, relay: ChallengeRelay, acme_session: type[AcmeSession]
-    ) -> None:
+    async def _issue(self, state: NameState, relay: ChallengeRelay) -> None:
+        # The ACME library and its HTTP stack (requests, josepy, pyOpenSSL) cost a node
+        # ~11 MB and ~0.17 s at start: imported at the first issuance, never by a node
+        # with no relay or with certificate files of its own.
+        from gate.services.acme.session import AcmeSession
+
         name = state.name
         run = trio.to_thread.run_sync
         key = await run(account_key, self.data_dir)
-        session = acme_session(self.config, key, self._eab_hmac_key)
+        session = AcmeSession(self.config, key, self._eab_hmac_key)
         await run(session.open, abandon_on_cancel=True)
         key_pem = new_key_pem()
         order, pending = await run(session.new_order, name, key_pem, abandon_on_cancel=True)

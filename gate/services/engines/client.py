@@ -28,8 +28,7 @@ import ssl
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 from urllib.parse import urlsplit
 
 import h11
@@ -158,7 +157,7 @@ class _Connection:
             await self.stream.aclose()
 
 
-class StreamedResponse(abc.ABC):
+class StreamedResponse(trio.abc.AsyncResource):
     """A response whose body is read as it arrives: an engine's (UpstreamResponse) or a
     peer's (gate.services.p2p.http_over_stream.PeerResponse). Failures are UpstreamError classes.
     Use it as an async context manager: leaving it closes (or cancels) the exchange."""
@@ -195,17 +194,6 @@ class StreamedResponse(abc.ABC):
                     raise UpstreamProtocolError(f"response body over {limit} bytes")
                 parts.append(chunk)
         return b"".join(parts)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 class UpstreamResponse(StreamedResponse):

@@ -83,8 +83,8 @@ class _Series:
 class Values:
     """Metrics whose values others own, read by a callback at scrape time: unlabelled
     gauges and counters, and families by one label (``fn()`` returns label value ->
-    number). The node's `Metrics` renders its own after the request families; the relay
-    (gate.services.relay.status) has only these."""
+    number). The node's `Metrics` is one, with the request families rendered first; the
+    relay (gate.services.relay.status) has only these."""
 
     def __init__(self, reserved: frozenset[str] = frozenset()) -> None:
         self._reserved = reserved
@@ -147,16 +147,18 @@ class Values:
         return "\n".join(out).encode("utf-8", "replace")
 
 
-class Metrics:
+class Metrics(Values):
     """The node's metrics. Call `request_started` and then `request_finished` once per
-    request (the latter also for failed ones), and `render` for a scrape."""
+    request (the latter also for failed ones), and `render` for a scrape. Values that
+    others own are registered as on any `Values` (`register_gauge` and the rest), and
+    render after the request families."""
 
     def __init__(self, *, max_series: int = 1000) -> None:
         if max_series < 1:
             raise ValueError("max_series must be at least 1")
+        super().__init__(_RESERVED)
         self.max_series = max_series
         self._series: dict[tuple[str, str], _Series] = {}
-        self.values = Values(_RESERVED)
 
     # --- the request path ---
 
@@ -227,24 +229,6 @@ class Metrics:
         new = series[provider, model] = _Series(provider, model)
         return new
 
-    # --- values owned by others ---
-
-    def register_gauge(self, name: str, help: str, fn: Callable[[], float]) -> None:
-        self.values.register_gauge(name, help, fn)
-
-    def register_counter(self, name: str, help: str, fn: Callable[[], float]) -> None:
-        self.values.register_counter(name, help, fn)
-
-    def register_family(
-        self,
-        name: str,
-        kind: Literal["gauge", "counter"],
-        help: str,
-        label: str,
-        fn: Callable[[], Mapping[str, float]],
-    ) -> None:
-        self.values.register_family(name, kind, help, label, fn)
-
     # --- the scrape ---
 
     def render(self) -> bytes:
@@ -292,7 +276,7 @@ class Metrics:
             for error_type, count in s.errors.items():
                 emit(f'gate_errors_total{{{s.labels},type="{_escape(error_type)}"}} {count}')
 
-        self.values.render_into(out)
+        self.render_into(out)
         emit("")
         # "replace": a lone surrogate in a client's model name must not break the scrape.
         return "\n".join(out).encode("utf-8", "replace")

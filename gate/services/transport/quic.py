@@ -58,8 +58,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Literal, NoReturn, Self
+from typing import Any, Literal, NoReturn
 
 import iroh
 import trio
@@ -427,7 +426,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
 # ---------------------------------------------------------------------------------------
 
 
-class Connection:
+class Connection(trio.abc.AsyncResource):
     """A QUIC connection to an authenticated peer."""
 
     def __init__(self, conn: Any) -> None:
@@ -510,17 +509,6 @@ class Connection:
     def rtt_ms(self) -> int | None:
         rtt: int | None = self._conn.rtt()
         return rtt
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         state = "closed" if self.is_closed else "open"
@@ -711,7 +699,7 @@ async def bind_endpoint(
         return Endpoint(raw, ALPN if ALPN in alpn_list else alpn_list[0])
 
 
-class Endpoint:
+class Endpoint(trio.abc.AsyncResource):
     """Gate's iroh endpoint. Use :func:`bind_endpoint` to make one."""
 
     def __init__(self, raw: Any, alpn: bytes) -> None:
@@ -844,17 +832,6 @@ class Endpoint:
     def _check_open(self) -> None:
         if self.is_closed:
             raise trio.ClosedResourceError("endpoint was closed")
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         state = "closed" if self.is_closed else "open"
