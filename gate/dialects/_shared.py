@@ -9,7 +9,7 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
-from gate.dialects.errors import MalformedUpstream
+from gate.dialects.errors import InvalidRequest, MalformedUpstream
 
 #: Where an unparseable tool-call `arguments` string goes: Anthropic's `input` must be
 #: a JSON object, and dropping what the model wrote would hide the failure from the
@@ -68,6 +68,17 @@ def parse_tool_arguments(arguments: Any) -> dict[str, Any]:
     except ValueError:
         return {RAW_ARGUMENTS_KEY: arguments}
     return value if isinstance(value, dict) else {RAW_ARGUMENTS_KEY: arguments}
+
+
+def request_model(body: Any) -> str:
+    """The model a client's request body names; InvalidRequest (400) when the body is not
+    a JSON object or names none."""
+    if not isinstance(body, Mapping):
+        raise InvalidRequest("the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("a model name is required", param="model")
+    return model
 
 
 def with_system_first(

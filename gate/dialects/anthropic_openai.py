@@ -51,6 +51,7 @@ from gate.dialects._shared import (
     dumps,
     first_choice_message,
     parse_tool_arguments,
+    request_model,
     stop_reason_from_finish,
     with_system_first,
 )
@@ -73,11 +74,7 @@ def messages_to_chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
 
     Raises InvalidRequest (400) for a malformed body or content an engine cannot take.
     """
-    if not isinstance(body, Mapping):
-        raise InvalidRequest("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("a model name is required", param="model")
+    model = request_model(body)
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise InvalidRequest("must be a list of messages", param="messages")

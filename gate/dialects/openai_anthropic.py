@@ -37,7 +37,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from gate.dialects._shared import STOP_TO_FINISH, dumps, openai_usage, parse_tool_arguments
+from gate.dialects._shared import (
+    STOP_TO_FINISH,
+    dumps,
+    openai_usage,
+    parse_tool_arguments,
+    request_model,
+)
 from gate.dialects.errors import InvalidRequest
 from gate.dialects.openai_anthropic_stream import (
     SSE_DONE,
@@ -63,11 +69,7 @@ def chat_request_to_messages(body: Mapping[str, Any]) -> dict[str, Any]:
 
     Raises InvalidRequest (400) for a malformed body or something Anthropic cannot take.
     """
-    if not isinstance(body, Mapping):
-        raise InvalidRequest("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("a model name is required", param="model")
+    model = request_model(body)
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise InvalidRequest("must be a list of messages", param="messages")

@@ -57,6 +57,7 @@ from gate.dialects._shared import (
     collapse_parts,
     dumps,
     first_choice_message,
+    request_model,
     with_system_first,
 )
 from gate.dialects.errors import InvalidRequest
@@ -110,11 +111,7 @@ def responses_to_chat_request(
     does not carry instructions over to the next response): what to keep for the next.
     Raises InvalidRequest (400) for a malformed body or input an engine cannot take.
     """
-    if not isinstance(body, Mapping):
-        raise InvalidRequest("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("a model name is required", param="model")
+    model = request_model(body)
     if body.get("conversation") is not None:
         raise InvalidRequest(
             "Gate keeps no conversations for this engine; use previous_response_id",
