@@ -74,6 +74,7 @@ _log = logging.getLogger("gate.bridges")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _ANTHROPIC_USAGE = ("input_tokens", "output_tokens")
 _RESPONSES_USAGE = _ANTHROPIC_USAGE  # the Responses API names its usage as Anthropic does
+_CHAT_USAGE = ("prompt_tokens", "completion_tokens")
 
 
 def decode_object(body: bytes) -> dict[str, Any]:
@@ -142,19 +143,17 @@ def translated_response(route: ApiRoute, provider: Provider) -> Translation:
 async def _openai_engine_to_anthropic_client(
     upstream: UpstreamResponse, send: Send, exchange: Exchange
 ) -> None:
-    if upstream.status >= 400:
-        await answer_engine_error(
-            upstream, send, exchange, Dialect.ANTHROPIC, f"engine {exchange.provider}"
-        )
-        return
     message_id = "msg_" + uuid.uuid4().hex[:24]
-    if not _is_sse(upstream):
-        response = await _read_json(upstream, exchange)
-        message = _or_bad_gateway(
-            lambda: chat_response_to_message(response, model=exchange.model, message_id=message_id)
-        )
-        _take_usage(exchange, message.get("usage"), "input_tokens", "output_tokens")
-        await send_json(send, 200, message)
+    if await _answered_at_once(
+        upstream,
+        send,
+        exchange,
+        Dialect.ANTHROPIC,
+        lambda answer: chat_response_to_message(
+            answer, model=exchange.model, message_id=message_id
+        ),
+        _ANTHROPIC_USAGE,
+    ):
         return
     input_tokens, headers = _counted_headers(exchange)
     translator = ChatStreamToMessagesStream(exchange.model, message_id, input_tokens)
@@ -176,26 +175,22 @@ def chat_engine_to_responses_client(
     response object (completed or incomplete, never failed), for the conversation state."""
 
     async def respond(upstream: UpstreamResponse, send: Send, exchange: Exchange) -> None:
-        if upstream.status >= 400:
-            await answer_engine_error(
-                upstream, send, exchange, Dialect.OPENAI, f"engine {exchange.provider}"
-            )
-            return
         response_id, created_at = new_response_id(), int(time.time())
-        if not _is_sse(upstream):
-            answer = await _read_json(upstream, exchange)
-            response = _or_bad_gateway(
-                lambda: chat_response_to_response(
-                    answer,
-                    request,
-                    response_id=response_id,
-                    model=exchange.model,
-                    created_at=created_at,
-                )
-            )
-            _take_usage(exchange, response.get("usage"), *_RESPONSES_USAGE)
-            keep(response)
-            await send_json(send, 200, response)
+        if await _answered_at_once(
+            upstream,
+            send,
+            exchange,
+            Dialect.OPENAI,
+            lambda answer: chat_response_to_response(
+                answer,
+                request,
+                response_id=response_id,
+                model=exchange.model,
+                created_at=created_at,
+            ),
+            _RESPONSES_USAGE,
+            keep,
+        ):
             return
         input_tokens, headers = _counted_headers(exchange)
         translator = ChatStreamToResponsesStream(
@@ -294,9 +289,7 @@ async def _translate_chat_stream(
                             raise UpstreamError(error_message(data))
                         out += translator.feed(data)
                         reported = reported or isinstance(data.get("usage"), Mapping)
-                        _take_usage(
-                            exchange, data.get("usage"), "prompt_tokens", "completion_tokens"
-                        )
+                        _take_usage(exchange, data.get("usage"), *_CHAT_USAGE)
             if out:  # [DONE]'s closing events are the stream's last
                 await client.send(sse_bytes(out), last=done)
             exchange.answered = done
@@ -307,20 +300,16 @@ async def _translate_chat_stream(
 async def _anthropic_engine_to_openai_client(
     upstream: UpstreamResponse, send: Send, exchange: Exchange
 ) -> None:
-    if upstream.status >= 400:
-        await answer_engine_error(
-            upstream, send, exchange, Dialect.OPENAI, f"engine {exchange.provider}"
-        )
+    if await _answered_at_once(
+        upstream,
+        send,
+        exchange,
+        Dialect.OPENAI,
+        lambda answer: message_to_chat_response(answer, model=exchange.model),
+        _CHAT_USAGE,
+    ):
         return
     completion_id = "chatcmpl-" + uuid.uuid4().hex[:24]
-    if not _is_sse(upstream):
-        response = await _read_json(upstream, exchange)
-        completion = _or_bad_gateway(
-            lambda: message_to_chat_response(response, model=exchange.model)
-        )
-        _take_usage(exchange, completion.get("usage"), "prompt_tokens", "completion_tokens")
-        await send_json(send, 200, completion)
-        return
     translator = MessagesStreamToChatStream(
         exchange.model,
         completion_id,
@@ -344,7 +333,7 @@ async def _anthropic_engine_to_openai_client(
                         data = msgspec.json.decode(event.data)
                         if isinstance(data, Mapping):
                             usage = data.get("usage") or (data.get("message") or {}).get("usage")
-                            _take_usage(exchange, usage, "input_tokens", "output_tokens")
+                            _take_usage(exchange, usage, *_ANTHROPIC_USAGE)
                             out += translator.feed(event.event, data)
                 if out:
                     await send(
@@ -374,6 +363,32 @@ async def _anthropic_engine_to_openai_client(
     if failed:
         raise AbortResponse
     await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})
+
+
+async def _answered_at_once(
+    upstream: UpstreamResponse,
+    send: Send,
+    exchange: Exchange,
+    dialect: Dialect,
+    translate: Callable[[Any], dict[str, Any]],
+    usage_keys: tuple[str, str],
+    keep: Callable[[dict[str, Any]], None] | None = None,
+) -> bool:
+    """Answers the client now unless the engine streams: an engine error status in the
+    client's `dialect`, or the engine's whole answer through `translate` (its usage read
+    by `usage_keys`; `keep` sees it before it goes). False: a stream is to be translated."""
+    if upstream.status >= 400:
+        await answer_engine_error(upstream, send, exchange, dialect, f"engine {exchange.provider}")
+        return True
+    if _is_sse(upstream):
+        return False
+    answer = await _read_json(upstream, exchange)
+    result = _or_bad_gateway(lambda: translate(answer))
+    _take_usage(exchange, result.get("usage"), *usage_keys)
+    if keep is not None:
+        keep(result)
+    await send_json(send, 200, result)
+    return True
 
 
 def _is_sse(upstream: UpstreamResponse) -> bool:
