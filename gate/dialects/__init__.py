@@ -11,6 +11,8 @@ service layer decodes bodies and SSE, calls these, and writes what comes back.
   Anthropic Messages API.
 * `responses_chat` (+ `_stream`): an OpenAI Responses API client in front of a Chat
   Completions engine (one without /v1/responses, such as llama-cpp-python's server).
+* `chat_chunks`: what the two translators of a Chat Completions engine's stream share
+  (`ChatChunkTranslator`, their base).
 * `errors`: error bodies and mid-stream error events in each dialect, and the
   errors the translators raise (each carrying its HTTP status).
 
@@ -24,6 +26,7 @@ from gate.dialects.anthropic_openai import (
     messages_to_chat_request,
     sse_bytes,
 )
+from gate.dialects.chat_chunks import ChatChunkTranslator
 from gate.dialects.errors import (
     DialectError,
     InvalidRequest,
@@ -57,6 +60,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "RAW_ARGUMENTS_KEY",
     "SSE_DONE",
+    "ChatChunkTranslator",
     "ChatStreamToMessagesStream",
     "ChatStreamToResponsesStream",
     "DialectError",

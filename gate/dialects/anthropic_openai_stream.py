@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from gate.dialects._shared import (
+    ChunkReading,
     anthropic_usage,
-    fragment_index,
     is_json_object,
-    read_chat_chunk,
     stop_reason_from_finish,
 )
-from gate.dialects.errors import TranslatorClosed, anthropic_stream_error
+from gate.dialects.chat_chunks import ChatChunkTranslator
+from gate.dialects.errors import anthropic_stream_error
 from gate.dialects.sse import Event, sse_bytes
 
 __all__ = ["ChatStreamToMessagesStream", "Event", "sse_bytes"]
@@ -28,13 +28,13 @@ _PING: Final[Event] = ("ping", {"type": "ping"})
 
 @dataclass(slots=True)
 class _ToolCall:
-    id: str
+    call_id: str
     name: str
     arguments: list[str] = field(default_factory=list)
     closed: bool = False
 
 
-class ChatStreamToMessagesStream:
+class ChatStreamToMessagesStream(ChatChunkTranslator[_ToolCall]):
     """Translates a stream of OpenAI `chat.completion.chunk`s into Anthropic stream events.
 
     Theory of operation
@@ -70,47 +70,21 @@ class ChatStreamToMessagesStream:
     Only choice 0 is translated (Anthropic has no `n`).
     """
 
-    KEEPALIVE: Final = sse_bytes([_PING])
+    KEEPALIVE: ClassVar[bytes] = sse_bytes([_PING])
 
     def __init__(self, model: str, message_id: str, input_tokens_hint: int = 0) -> None:
+        super().__init__(input_tokens_hint)
         self.model = model
         self.message_id = message_id
-        self.input_tokens_hint = input_tokens_hint
-        self._started = False
-        self._closed = False
         self._next_index = 0
         self._text_open = False
         self._live: _ToolCall | None = None  # the tool call whose block is open
         self._queued: list[_ToolCall] = []
-        self._calls: dict[int, _ToolCall] = {}
-        self._last_call_index = 0
-        self._finish_reason: Any = None
         self._matched_stop: Any = None
-        self._usage: Any = None
-        # Engines that ignore include_usage (llama-cpp-python) report no usage on a
-        # stream: their deltas, one token each, are then the output count.
-        self._deltas = 0
 
-    def start(self) -> list[Event]:
-        """The opening events, before the engine's first chunk ([] once they went)."""
-        return self._begin()
-
-    def feed(self, chunk: Mapping[str, Any]) -> list[Event]:
-        """Translate one chunk; returns the events to send, possibly none."""
-        events = self._begin()
-        read = read_chat_chunk(chunk)
-        if read.usage is not None:
-            self._usage = read.usage
-        for kind, value in read.pieces:
-            self._deltas += 1
-            if kind == "text":
-                self._text(value, events)
-            else:
-                self._tool(value, events)
-        if read.finish_reason:
-            self._finish_reason, self._matched_stop = read.finish_reason, read.stop_reason
-            self._close_blocks(events)
-        return events
+    def _finish_reason_came(self, read: ChunkReading, events: list[Event]) -> None:
+        self._matched_stop = read.stop_reason
+        self._close_blocks(events)
 
     def finish(self) -> list[Event]:
         """The upstream stream completed ([DONE]): close blocks, report stop and usage."""
@@ -132,17 +106,11 @@ class ChatStreamToMessagesStream:
 
     def fail(self, message: str, error_type: str = "api_error") -> list[Event]:
         """The upstream failed mid-stream: the `error` event, and nothing after it."""
-        if self._closed:
-            raise TranslatorClosed("the stream already finished or failed")
+        self._check_open()
         self._closed = True
         return [anthropic_stream_error(message, error_type)]
 
-    def _begin(self) -> list[Event]:
-        if self._closed:
-            raise TranslatorClosed("the stream already finished or failed")
-        if self._started:
-            return []
-        self._started = True
+    def _opening(self) -> list[Event]:
         message: dict[str, Any] = {
             "id": self.message_id,
             "type": "message",
@@ -169,10 +137,7 @@ class ChatStreamToMessagesStream:
     def _tool(self, fragment: Mapping[str, Any], events: list[Event]) -> None:
         function = fragment.get("function")
         function = function if isinstance(function, Mapping) else {}
-        known = (c.id for c in self._calls.values())
-        index = fragment_index(fragment, known, len(self._calls), self._last_call_index)
-        self._last_call_index = index
-        call = self._calls.get(index)
+        index, call = self._call_of(fragment)
         if call is None:
             call_id = fragment.get("id") or f"toolu_{self.message_id}_{index}"
             call = self._calls[index] = _ToolCall(call_id, function.get("name") or "")
@@ -194,7 +159,7 @@ class ChatStreamToMessagesStream:
             events.append(_delta(self._next_index - 1, delta))
 
     def _open_tool(self, call: _ToolCall, events: list[Event]) -> None:
-        block = {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
+        block = {"type": "tool_use", "id": call.call_id, "name": call.name, "input": {}}
         self._start_block(block, events)
         self._live = call
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
-from gate.dialects._shared import as_int, dumps, fragment_index, read_chat_chunk
-from gate.dialects.errors import TranslatorClosed
+from gate.dialects._shared import as_int, dumps
+from gate.dialects.chat_chunks import ChatChunkTranslator
 from gate.dialects.sse import SSE_KEEPALIVE, Event
 
 __all__ = [
@@ -171,7 +171,7 @@ class _Call:
     arguments: list[str] = field(default_factory=list)
 
 
-class ChatStreamToResponsesStream:
+class ChatStreamToResponsesStream(ChatChunkTranslator[_Call]):
     """Translates a stream of OpenAI `chat.completion.chunk`s into Responses stream events.
 
     Theory of operation
@@ -211,54 +211,22 @@ class ChatStreamToResponsesStream:
         created_at: int,
         input_tokens_hint: int = 0,
     ) -> None:
+        super().__init__(input_tokens_hint)
         self.request = request
         self.response_id = response_id
         self.model = model
         self.created_at = created_at
-        self.input_tokens_hint = input_tokens_hint
         #: The final response object, once `finish()` built it.
         self.response: dict[str, Any] | None = None
         self._sequence = 0
-        self._started = False
-        self._closed = False
         self._output: dict[int, dict[str, Any]] = {}  # finished items by output_index
         self._next_index = 0
         self._message: tuple[int, str] | None = None  # the open message: index, item id
-        self._text: list[str] = []
-        self._calls: dict[int, _Call] = {}  # by the chat chunk's tool call index
+        self._message_text: list[str] = []
         self._open_calls: list[_Call] = []
-        self._last_call_index = 0
-        self._finish_reason: Any = None
-        self._usage: Any = None
-        self._deltas = 0
 
     #: The Responses grammar has no keepalive event: an SSE comment, which parsers skip.
-    KEEPALIVE: Final = SSE_KEEPALIVE
-
-    @property
-    def done(self) -> bool:
-        """Whether the stream finished or failed: nothing more may be fed."""
-        return self._closed
-
-    def start(self) -> list[Event]:
-        """The opening events, before the engine's first chunk ([] once they went)."""
-        return self._begin()
-
-    def feed(self, chunk: Mapping[str, Any]) -> list[Event]:
-        """Translate one chunk; returns the events to send, possibly none."""
-        events = self._begin()
-        read = read_chat_chunk(chunk)
-        if read.usage is not None:
-            self._usage = read.usage
-        for kind, value in read.pieces:
-            self._deltas += 1
-            if kind == "text":
-                self._text_delta(value, events)
-            else:
-                self._tool_fragment(value, events)
-        if read.finish_reason:
-            self._finish_reason = read.finish_reason
-        return events
+    KEEPALIVE: ClassVar[bytes] = SSE_KEEPALIVE
 
     def finish(self) -> list[Event]:
         """The upstream stream completed ([DONE]): close the items, then the terminal
@@ -283,10 +251,9 @@ class ChatStreamToResponsesStream:
 
     def fail(self, message: str) -> list[Event]:
         """The upstream failed mid-stream: `response.failed`, and nothing after it."""
-        if self._closed:
-            raise TranslatorClosed("the stream already finished or failed")
+        self._check_open()
         self._closed = True
-        events = self._begin_events() if not self._started else []
+        events = self._opening() if not self._started else []
         self._started = True
         failed = self._response("failed", error=message)
         events.append(self._event("response.failed", response=failed))
@@ -319,28 +286,20 @@ class ChatStreamToResponsesStream:
             error=error,
         )
 
-    def _begin(self) -> list[Event]:
-        if self._closed:
-            raise TranslatorClosed("the stream already finished or failed")
-        if self._started:
-            return []
-        self._started = True
-        return self._begin_events()
-
-    def _begin_events(self) -> list[Event]:
+    def _opening(self) -> list[Event]:
         response = self._response("in_progress")
         return [
             self._event("response.created", response=response),
             self._event("response.in_progress", response=response),
         ]
 
-    def _text_delta(self, text: str, events: list[Event]) -> None:
+    def _text(self, text: str, events: list[Event]) -> None:
         if self._message is None:
             self._close_calls(events)
             index, item_id = self._next_index, f"msg_{self.response_id}_{self._next_index}"
             self._next_index += 1
             self._message = (index, item_id)
-            self._text = []
+            self._message_text = []
             item = output_message(item_id, "", status="in_progress")
             item["content"] = []
             events.append(self._event("response.output_item.added", output_index=index, item=item))
@@ -354,7 +313,7 @@ class ChatStreamToResponsesStream:
                 )
             )
         index, item_id = self._message
-        self._text.append(text)
+        self._message_text.append(text)
         events.append(
             self._event(
                 "response.output_text.delta",
@@ -371,7 +330,7 @@ class ChatStreamToResponsesStream:
             return
         index, item_id = self._message
         self._message = None
-        text = "".join(self._text)
+        text = "".join(self._message_text)
         status = "completed" if incomplete_reason(self._finish_reason) is None else "incomplete"
         where = {"item_id": item_id, "output_index": index, "content_index": 0}
         events.append(self._event("response.output_text.done", **where, text=text, logprobs=[]))
@@ -380,13 +339,10 @@ class ChatStreamToResponsesStream:
         self._output[index] = item
         events.append(self._event("response.output_item.done", output_index=index, item=item))
 
-    def _tool_fragment(self, fragment: Mapping[str, Any], events: list[Event]) -> None:
+    def _tool(self, fragment: Mapping[str, Any], events: list[Event]) -> None:
         function = fragment.get("function")
         function = function if isinstance(function, Mapping) else {}
-        known = (c.call_id for c in self._calls.values())
-        index = fragment_index(fragment, known, len(self._calls), self._last_call_index)
-        self._last_call_index = index
-        call = self._calls.get(index)
+        index, call = self._call_of(fragment)
         if call is None:
             self._close_message(events)
             output_index = self._next_index

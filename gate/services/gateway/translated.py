@@ -24,12 +24,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import aclosing, contextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
 from gate.dialects import (
     SSE_DONE,
+    ChatChunkTranslator,
     ChatStreamToMessagesStream,
     ChatStreamToResponsesStream,
     DialectError,
@@ -211,24 +212,11 @@ def chat_engine_to_responses_client(
     return respond
 
 
-class _ChatStreamTranslator(Protocol):
-    """A translator from an OpenAI engine's chat chunks to a client's named events."""
-
-    @property
-    def KEEPALIVE(self) -> bytes:  # the translators' class constant
-        """What goes out in the stream's silences (`gateway.keepalive`)."""
-
-    def start(self) -> list[Event]: ...
-    def feed(self, chunk: Mapping[str, Any]) -> list[Event]: ...
-    def finish(self) -> list[Event]: ...
-    def fail(self, message: str) -> list[Event]: ...
-
-
 async def _relay_chat_stream(
     upstream: UpstreamResponse,
     send: Send,
     exchange: Exchange,
-    translator: _ChatStreamTranslator,
+    translator: ChatChunkTranslator[Any],
     headers: list[tuple[bytes, bytes]],
     finished: Callable[[list[Event]], None],
 ) -> None:
@@ -259,7 +247,7 @@ async def _translate_chat_stream(
     upstream: UpstreamResponse,
     client: KeptAlive,
     exchange: Exchange,
-    translator: _ChatStreamTranslator,
+    translator: ChatChunkTranslator[Any],
     finished: Callable[[list[Event]], None],
 ) -> None:
     """The body of `_relay_chat_stream`: the engine's chunks in, the client's events out."""
