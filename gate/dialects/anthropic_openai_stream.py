@@ -135,9 +135,7 @@ class ChatStreamToMessagesStream(ChatChunkTranslator[_ToolCall]):
         events.append(_delta(self._next_index - 1, delta))
 
     def _tool(self, fragment: Mapping[str, Any], events: list[Event]) -> None:
-        function = fragment.get("function")
-        function = function if isinstance(function, Mapping) else {}
-        index, call = self._call_of(fragment)
+        index, call, function = self._call_of(fragment)
         if call is None:
             call_id = fragment.get("id") or f"toolu_{self.message_id}_{index}"
             call = self._calls[index] = _ToolCall(call_id, function.get("name") or "")

@@ -109,9 +109,11 @@ class ChatChunkTranslator(abc.ABC, Generic[_Call]):
         self._started = True
         return self._opening()
 
-    def _call_of(self, fragment: Mapping[str, Any]) -> tuple[int, _Call | None]:
-        """The tool call index `fragment` belongs to, and its call (None: a new one)."""
+    def _call_of(self, fragment: Mapping[str, Any]) -> tuple[int, _Call | None, Mapping[str, Any]]:
+        """The tool call index `fragment` belongs to, its call (None: a new one), and the
+        fragment's `function` ({} when it has none)."""
         known = (c.call_id for c in self._calls.values())
         index = fragment_index(fragment, known, len(self._calls), self._last_call_index)
         self._last_call_index = index
-        return index, self._calls.get(index)
+        function = fragment.get("function")
+        return index, self._calls.get(index), function if isinstance(function, Mapping) else {}

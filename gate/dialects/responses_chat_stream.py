@@ -340,9 +340,7 @@ class ChatStreamToResponsesStream(ChatChunkTranslator[_Call]):
         events.append(self._event("response.output_item.done", output_index=index, item=item))
 
     def _tool(self, fragment: Mapping[str, Any], events: list[Event]) -> None:
-        function = fragment.get("function")
-        function = function if isinstance(function, Mapping) else {}
-        index, call = self._call_of(fragment)
+        index, call, function = self._call_of(fragment)
         if call is None:
             self._close_message(events)
             output_index = self._next_index
