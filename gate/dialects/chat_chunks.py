@@ -103,9 +103,9 @@ class ChatChunkTranslator(abc.ABC, Generic[_Call]):
             raise TranslatorClosed("the stream already finished or failed")
 
     def _begin(self) -> list[Event]:
-        self._check_open()
-        if self._started:
+        if self._started and not self._closed:  # every chunk but the first: no call
             return []
+        self._check_open()
         self._started = True
         return self._opening()
 
