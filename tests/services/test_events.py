@@ -1,5 +1,7 @@
 import logging
 import re
+import subprocess
+import sys
 
 import trio
 
@@ -55,3 +57,17 @@ async def test_log_records_become_events():
     assert event.data["level"] == "info"
     # Stamped as the log file stamps it, so `gate logs -f` can tell a line it has shown.
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", event.data["ts"])
+
+
+def test_the_event_bus_loads_without_the_rpc_service():
+    """The gateway and the peers import the event bus alone: that must not load the
+    control plane's RPC service (and the config it edits) through the package (a fresh
+    interpreter, as `gate serve` starts)."""
+    script = (
+        "import sys, gate.services.control.events\n"
+        "print(sorted(m for m in sys.modules if m.startswith('gate.services.control.')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert loaded.stdout.strip() == "['gate.services.control.events']"
