@@ -326,6 +326,8 @@ async def test_the_renewal_window_is_read_again_and_renews_early_when_moved(tmp_
             )
             await wait_until(lambda: state.issued is not first, "the early renewal", within=15)
             renewed_at = datetime.datetime.now(datetime.UTC)
+            # The new certificate is installed first, its window read after: wait for it.
+            await wait_until(lambda: state.window is not None, "the new window read", 15)
             nursery.cancel_scope.cancel()
         assert renewed_at < front.window[0], (renewed_at, front.window)
         renewed = served(certificate, NAME, ca.root_pem())
