@@ -21,6 +21,7 @@ import pytest
 
 from .conftest import engine_config
 from .gate_process import data_dir, run_gate
+from .head_delay import HeadDelayingProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -979,3 +980,62 @@ def test_a_long_prompt_gets_pings_before_its_first_token(start_gate, long_contex
     ends = [*pings, timed[first_delta][0]]
     gaps = [b - a for a, b in zip([timed[1][0], *pings], ends, strict=True)]
     assert max(gaps) < 0.2 + 1.0, gaps
+
+
+def test_a_stream_opens_while_its_engine_holds_even_its_head(start_gate, llama_engine, gate_env):
+    """Ollama sends nothing, not even its response's head, until its first token, and the
+    Anthropic SDKs (Claude Code) give up on a head that has not come in 10 minutes. Here
+    the engine's answer is held 3 s (tests/e2e/head_delay.py); with stream_keepalive at
+    0.5 s, the client's stream opens after 0.5 s, pings while it waits, and then carries
+    the engine's answer, translated, as usual."""
+    gate_env["GATE_SERVER__STREAM_KEEPALIVE"] = "0.5"
+    with HeadDelayingProxy(llama_engine.root_url, delay=3.0) as proxy:
+        gate = start_gate(engine_config(proxy))
+        request = {"model": MODEL, "max_tokens": 4, "messages": HI}
+        with ant(gate) as client:
+            started = time.monotonic()
+            with client.messages.with_streaming_response.create(stream=True, **request) as raw:
+                head_after = time.monotonic() - started
+                lines = list(raw.iter_lines())
+            events = [line.removeprefix("event: ") for line in lines if line.startswith("event")]
+            assert raw.status_code == 200 and head_after < 2.0, head_after
+            first = events.index("message_start")
+            assert first >= 2 and set(events[:first]) == {"ping"}, events
+            assert events[-2:] == ["message_delta", "message_stop"]
+            # The SDK's own stream reads it whole (the pings before message_start too).
+            with client.messages.stream(**request) as stream:
+                message = stream.get_final_message()
+            assert message.stop_reason in ("max_tokens", "end_turn") and message.content
+
+
+def test_an_engine_error_after_the_stream_opened_is_the_streams_error(
+    start_gate, llama_engine, gate_env
+):
+    """The engine refuses (llama-cpp-python answers a `top_k` below 0 with a 500 and its
+    validation error) only after the client's stream opened: the client gets Anthropic's
+    error event with the engine's words, and the response is aborted, not completed."""
+    gate_env["GATE_SERVER__STREAM_KEEPALIVE"] = "0.5"
+    with HeadDelayingProxy(llama_engine.root_url, delay=3.0) as proxy:
+        gate = start_gate(engine_config(proxy))
+        request = {"model": MODEL, "max_tokens": 4, "messages": HI}
+        with (
+            ant(gate) as client,
+            pytest.raises(anthropic.APIStatusError) as refused,
+            client.messages.stream(**request, extra_body={"top_k": -1}) as stream,
+        ):
+            stream.get_final_message()
+        assert "top_k" in str(refused.value), refused.value
+        lines: list[str] = []
+        with (
+            httpx.stream(
+                "POST", f"{gate.url}/v1/messages", json={**request, "top_k": -1, "stream": True}
+            ) as r,
+            pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"),
+        ):
+            for line in r.iter_lines():
+                lines += [line] if line else []
+        assert r.status_code == 200 and lines[-2] == "event: error", lines
+        assert set(lines[:-2]) == {"event: ping", 'data: {"type":"ping"}'}, lines
+        error = json.loads(lines[-1].removeprefix("data: "))["error"]
+        assert error["type"] == "api_error" and "engine llama" in error["message"]
+        assert "top_k" in error["message"]

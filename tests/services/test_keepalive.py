@@ -21,7 +21,8 @@ from openai._streaming import SSEDecoder as OpenAISSEDecoder
 from gate.dialects import SSEDecoder
 from gate.services.engines.client import StreamedResponse, UpstreamDisconnected
 from gate.services.engines.registry import Provider
-from gate.services.gateway.exchange import API_ROUTES, Exchange
+from gate.services.gateway.exchange import API_ROUTES, ApiError, Exchange
+from gate.services.gateway.keepalive import opened_if_slow
 from gate.services.gateway.response import AbortResponse
 from gate.services.gateway.translated import chat_engine_to_responses_client, translated_response
 
@@ -141,3 +142,99 @@ def test_a_stream_whose_engine_fails_after_a_silence_ends_with_the_error_event()
     events = [event.event for _, body in bodies(sent) for event in SSEDecoder().feed(body)]
     assert events == ["message_start", "ping", "ping", "ping", "error"]
     assert sent[-1][1] == {"type": "aborted"}
+
+
+# --- a stream opened before its engine answers (keepalive.EarlyOpening) ----------------
+
+
+def relay_late(
+    respond: Any, upstream: StreamedResponse, head_after: float, keepalive: bytes = b""
+) -> list[tuple[float, dict[str, Any]]]:
+    """`relay`, with the engine's head coming `head_after` seconds after the request, as
+    the pipeline relays a translated stream: through `opened_if_slow`."""
+    sent: list[tuple[float, dict[str, Any]]] = []
+    exchange = Exchange(MESSAGES, time.perf_counter(), model="m", stream=True, keepalive=INTERVAL)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append((trio.current_time(), message))
+
+    async def main() -> None:
+        with trio.fail_after(30):  # virtual seconds
+            try:
+                keeping = keepalive or PING
+                async with opened_if_slow(send, keeping, INTERVAL, lambda: HEAD) as early:
+                    await trio.sleep(head_after)  # the engine says nothing, head included
+                    await respond(upstream, early, exchange)
+            except* ApiError as group:
+                [error] = group.exceptions
+                sent.append((trio.current_time(), {"type": "failed", "error": error}))
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return sent
+
+
+PING = b'event: ping\ndata: {"type":"ping"}\n\n'
+HEAD = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+def test_a_stream_opens_and_pings_while_its_engine_says_nothing_not_even_its_head() -> None:
+    sent = relay_late(translated_response(MESSAGES, ENGINE), SlowEngine(SLOW_STREAM), 0.9)
+    heads = [(t, m) for t, m in sent if m["type"] == "http.response.start"]
+    # One head, the early one, after INTERVAL: not the translation's a second time.
+    assert heads == [(pytest.approx(INTERVAL), {**heads[0][1], "status": 200, "headers": HEAD})]
+    parts = bodies(sent)
+    before = [t for t, body in parts if t < 0.9]  # the engine's head comes at 0.9 s
+    assert all(body == PING for t, body in parts if t < 0.9)
+    assert before == pytest.approx([INTERVAL * k for k in range(2, 5)]), before
+    names = [event.event for _, body in parts for event in SSEDecoder().feed(body)]
+    # The translation's own events follow, whole, from message_start to message_stop.
+    assert names[3] == "message_start" and names[-1] == "message_stop"
+    assert "content_block_delta" in names
+    assert sent[-1][1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+def test_a_stream_whose_engine_answers_in_time_is_not_opened_early() -> None:
+    sent = relay_late(translated_response(MESSAGES, ENGINE), SlowEngine(SLOW_STREAM), 0.1)
+    heads = [(t, m) for t, m in sent if m["type"] == "http.response.start"]
+    assert len(heads) == 1 and heads[0][0] == pytest.approx(0.1)  # the translation's own
+    assert (b"content-type", b"text/event-stream") in heads[0][1]["headers"]
+
+
+class EngineError(StreamedResponse):
+    """An engine's error answer: a status and a JSON body."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.headers = [(b"content-type", b"application/json")]
+        self._body = msgspec.json.encode(body)
+
+    async def aiter_body(self) -> AsyncGenerator[bytes, None]:
+        yield self._body
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_an_engine_error_after_the_early_opening_is_the_engines_error() -> None:
+    refusal = EngineError(400, {"error": {"message": "Requested tokens exceed context window"}})
+    sent = relay_late(translated_response(MESSAGES, ENGINE), refusal, 1.0)
+    heads = [m for _, m in sent if m["type"] == "http.response.start"]
+    assert [m["status"] for m in heads] == [200]  # the 400 cannot go out after the head
+    failed = sent[-1][1]
+    assert failed["type"] == "failed"
+    # The pipeline answers it after the head as every failed stream: the dialect's error
+    # event, with the engine's status and words, then the abort (test_gateway's e2e case).
+    assert failed["error"].status == 400
+    assert "exceed context window" in failed["error"].message
+
+
+def test_a_responses_stream_opened_early_keeps_alive_with_comments() -> None:
+    request = {"model": "m", "input": "hi", "stream": True}
+    respond = chat_engine_to_responses_client(request, lambda _: None)
+    sent = relay_late(respond, SlowEngine(SLOW_STREAM), 0.9, b": keepalive\n\n")
+    assert [m["status"] for _, m in sent if m["type"] == "http.response.start"] == [200]
+    stream = b"".join(body for _, body in bodies(sent))
+    assert stream.startswith(b": keepalive\n\n" * 3 + b"event: response.created\n")
+    decoder = OpenAISSEDecoder()  # the official SDK's, line by line as it reads
+    types = [e.event for line in stream.decode().splitlines() if (e := decoder.decode(line))]
+    assert types[0] == "response.created" and types[-1] == "response.completed"

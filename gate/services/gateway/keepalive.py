@@ -1,4 +1,4 @@
-"""Keepalives in the silences of a translated stream.
+"""Keepalives in the silences of a translated stream, and before the engine answers.
 
 An engine reading a long prompt can be silent for minutes before its first token (and
 a slow one between tokens); clients and proxies give up on a stream that says nothing
@@ -12,18 +12,34 @@ under one lock, each a whole number of events, and a task beside the relay sends
 keepalive under the same lock. So a keepalive never lands inside an event, and none
 follows the stream's last event (`send(..., last=True)` closes it under the lock).
 Pass-through streams never come here: they stay byte for byte the engine's.
+
+Some engines send nothing at all, not even their response's head, until their first
+token (Ollama does; so does any engine still loading the model), and clients give up on
+a response whose head has not come: the Anthropic SDKs, Claude Code's among them, after
+10 minutes. So a translated stream whose engine has not answered `delay` seconds after
+the request went is opened by `EarlyOpening`: the 200 and the event stream's head go
+out, then a keepalive every `delay` seconds, until the translation sends its own head
+(which then does not go out again) and its events. What the engine answers after that
+must fit in the stream: an error status, or a whole body instead of a stream, becomes
+an `ApiError` with the engine's message, which the pipeline answers after the head as
+every stream's failure: the dialect's error event, then the aborted response.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import enum
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from typing import Any
 
+import msgspec
 import trio
 
+from gate.services.gateway.exchange import ApiError
+from gate.services.gateway.response import error_message, is_event_stream
 from gate.services.http.router import Send
 
-__all__ = ["KeptAlive", "kept_alive"]
+__all__ = ["EarlyOpening", "KeptAlive", "kept_alive", "opened_if_slow"]
 
 
 class KeptAlive:
@@ -67,4 +83,86 @@ async def kept_alive(send: Send, keepalive: bytes, interval: float) -> AsyncIter
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stream.run)
         yield stream
+        nursery.cancel_scope.cancel()
+
+
+class _Head(enum.Enum):
+    WAITING = "waiting"  # nothing sent yet: the translation may still send its own head
+    OPENED = "opened"  # the head went out early; keepalives until the translation's comes
+    REFUSED = "refused"  # ...and the engine's answer did not fit: its body is the error
+    HANDED_OVER = "handed over"  # the translation writes the stream
+
+
+class EarlyOpening:
+    """A translated stream's response, opened early when the engine is slow to answer
+    (see the module's doc). `send` is what the translation writes through."""
+
+    def __init__(
+        self, send: Send, keepalive: bytes, headers: Callable[[], list[tuple[bytes, bytes]]]
+    ) -> None:
+        self._send, self._keepalive, self._headers = send, keepalive, headers
+        self._lock = trio.Lock()
+        self._head = _Head.WAITING
+        self._refused = 0  # the status of the translation's head that did not fit
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        async with self._lock:
+            if self._head is _Head.HANDED_OVER:
+                await self._send(message)
+            elif message["type"] != "http.response.start":
+                if self._head is _Head.REFUSED:
+                    raise self._failure(message.get("body", b""))
+                await self._send(message)
+            elif self._head is _Head.WAITING:
+                self._head = _Head.HANDED_OVER
+                await self._send(message)
+            elif message["status"] < 400 and is_event_stream(message.get("headers", ())):
+                self._head = _Head.HANDED_OVER  # its head went out already
+            else:
+                self._head, self._refused = _Head.REFUSED, message["status"]
+
+    def _failure(self, body: bytes) -> ApiError:
+        """The error a refused head's body tells: the engine's, in the client's dialect."""
+        if self._refused < 400:  # a whole answer where a stream was asked for
+            return ApiError(502, "the engine answered a stream with a whole body")
+        try:
+            data = msgspec.json.decode(body) if body else None
+        except (msgspec.DecodeError, RecursionError):
+            data = None
+        return ApiError(self._refused, error_message(data, body, self._refused))
+
+    async def run(self, delay: float) -> None:
+        """Open the response after `delay` seconds unless the translation did; then a
+        keepalive every `delay` seconds until it takes over."""
+        await trio.sleep(delay)
+        async with self._lock:
+            if self._head is not _Head.WAITING:
+                return
+            headers = self._headers()
+            await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+            self._head = _Head.OPENED
+        while True:
+            await trio.sleep(delay)
+            async with self._lock:
+                if self._head is not _Head.OPENED:
+                    return
+                await self._send(
+                    {"type": "http.response.body", "body": self._keepalive, "more_body": True}
+                )
+
+
+@asynccontextmanager
+async def opened_if_slow(
+    send: Send,
+    keepalive: bytes,
+    delay: float,
+    headers: Callable[[], list[tuple[bytes, bytes]]],
+) -> AsyncIterator[Send]:
+    """The `send` of an `EarlyOpening` that opens after `delay` seconds, while the block
+    runs. What the block raises leaves grouped (a nursery's): catch what must leave as
+    itself inside it."""
+    opening = EarlyOpening(send, keepalive, headers)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(opening.run, delay)
+        yield opening.send
         nursery.cancel_scope.cancel()

@@ -66,6 +66,7 @@ from gate.services.gateway.exchange import (
     decode_request,
     nested_too_deep,
 )
+from gate.services.gateway.keepalive import opened_if_slow
 from gate.services.gateway.limits import (
     ClientRateLimiter,
     InFlightLimiter,
@@ -79,6 +80,7 @@ from gate.services.gateway.response import (
     AbortResponse,
     ResponseTracker,
     end_cut_stream,
+    end_stream_with_error,
     pass_through,
 )
 from gate.services.gateway.responses_api import CHAT_PATH, ResponsesBridge
@@ -87,7 +89,9 @@ from gate.services.gateway.translated import (
     count_translated_prompt,
     decode_object,
     translate_request,
+    translated_keepalive,
     translated_response,
+    translated_stream_head,
 )
 from gate.services.http.router import (
     EVERY_DOOR,
@@ -291,6 +295,8 @@ class Gateway:
             exchange.status, exchange.error = exc.status, exc.message
             if not responded.started:
                 await exc.answer(send, route.dialect)
+            else:  # a stream opened before its engine answered (gateway.keepalive)
+                await end_stream_with_error(responded, route.dialect, exc.message, exc.status)
         except AbortResponse:
             # Returning without the body's last part makes the server drop the connection:
             # the deliberate end of a response that cannot end well, not an error of ours.
@@ -421,6 +427,44 @@ class Gateway:
                 400,
                 f"model {exchange.model!r} is served only by engines without {route.path}",
             )
+        if exchange.stream and self._translated_by_all(route, able, body):
+            # An engine may send nothing, not even its head, until its first token: the
+            # client's stream then opens without it (gateway.keepalive.EarlyOpening).
+            failure: Exception | None = None
+            async with opened_if_slow(
+                send,
+                translated_keepalive(route.dialect),
+                exchange.keepalive,
+                lambda: translated_stream_head(exchange),
+            ) as early_send:
+                try:  # caught inside the nursery, so it leaves as itself
+                    await self._relay(route, scope, body, able, exchange, early_send)
+                except _ENDINGS as exc:
+                    failure = exc
+            if failure is not None:
+                raise failure
+            return
+        await self._relay(route, scope, body, able, exchange, send)
+
+    def _translated_by_all(self, route: ApiRoute, able: list[Provider], body: bytes) -> bool:
+        """Whether Gate writes the response itself (translated) whichever of `able`
+        serves it."""
+        if route.name == "responses":
+            return all(self.responses.translates(provider, body) for provider in able)
+        return all(provider.dialect is not route.dialect for provider in able)
+
+    async def _relay(
+        self,
+        route: ApiRoute,
+        scope: Scope,
+        body: bytes,
+        able: list[Provider],
+        exchange: Exchange,
+        send: Send,
+    ) -> None:
+        """Send the request to an engine of `able` and relay its response, translated or
+        as it is (`exchange.model_label` is set: the model is routed)."""
+        assert exchange.model_label is not None
         upstream, provider, translation = await self._connect(route, scope, body, able, exchange)
         provider.in_flight += 1
         self.metrics.request_started(provider.name, exchange.model_label)

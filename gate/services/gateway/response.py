@@ -11,7 +11,7 @@ framing sees as a failure); a body with a length is dropped short of its length.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from contextlib import aclosing
 from typing import Any, Final
 
@@ -19,7 +19,12 @@ import msgspec
 import trio
 
 from gate.dialects import encode_event
-from gate.dialects.errors import anthropic_stream_error, openai_stream_error
+from gate.dialects.errors import (
+    anthropic_error,
+    anthropic_stream_error,
+    openai_error,
+    openai_stream_error,
+)
 from gate.services.engines.client import HOP_BY_HOP, StreamedResponse, UpstreamError
 from gate.services.engines.registry import Dialect
 from gate.services.gateway.exchange import ApiError, Exchange
@@ -32,7 +37,9 @@ __all__ = [
     "ResponseTracker",
     "answer_engine_error",
     "end_cut_stream",
+    "end_stream_with_error",
     "error_message",
+    "is_event_stream",
     "pass_through",
 ]
 
@@ -186,6 +193,14 @@ class AbortResponse(Exception):
     sees it cut off, and one reading a chunked stream sees no terminating chunk."""
 
 
+def is_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a response head's `headers` say it is a server-sent event stream."""
+    return any(
+        name.lower() == b"content-type" and value.startswith(b"text/event-stream")
+        for name, value in headers
+    )
+
+
 class ResponseTracker:
     """Wraps `send` to know how far the response got: once its head went out, errors
     cannot be answered with a status; once its last body part went out, the server
@@ -203,10 +218,7 @@ class ResponseTracker:
         kind = message["type"]
         if kind == "http.response.start":
             self.started = True
-            self.streaming = any(
-                name.lower() == b"content-type" and value.startswith(b"text/event-stream")
-                for name, value in message.get("headers", ())
-            )
+            self.streaming = is_event_stream(message.get("headers", ()))
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.finished = True
         await self._send(message)
@@ -222,13 +234,23 @@ async def end_cut_stream(response: ResponseTracker, dialect: Dialect, exchange: 
     if response.finished:
         return
     exchange.status, exchange.error = 503, "cut short: Gate is shutting down"
-    if not response.streaming:
-        return  # a body with a length: the cut connection tells the client already
+    await end_stream_with_error(response, dialect, exchange.error)
+
+
+async def end_stream_with_error(
+    response: ResponseTracker, dialect: Dialect, message: str, status: int | None = None
+) -> None:
+    """A failure after a stream's head went out: `message` as the dialect's error event,
+    typed as an error of `status` would be (the caller then leaves the response
+    unfinished, so it is aborted). Nothing for a response that finished, or with a
+    length (the cut connection tells its client)."""
+    if response.finished or not response.streaming:
+        return
     with trio.move_on_after(_LAST_WORD_TIMEOUT, shield=True):
         await response.send(
             {
                 "type": "http.response.body",
-                "body": _stream_error(dialect, exchange.error),
+                "body": _stream_error(dialect, message, status),
                 "more_body": True,
             }
         )
@@ -244,10 +266,16 @@ def _ends_with_error_event(chunk: bytes) -> bool:
     return event.startswith((b"event: error\n", b'data: {"error":', b"event: response.failed\n"))
 
 
-def _stream_error(dialect: Dialect, failure: Exception | str) -> bytes:
-    """An error event ending a stream; `failure` is the engine's error or the message."""
+def _stream_error(dialect: Dialect, failure: Exception | str, status: int | None = None) -> bytes:
+    """An error event ending a stream; `failure` is the engine's error or the message,
+    and `status` the one the response would have had if its head were still to go (its
+    type follows it, as in an error body); without one it is the engine failing."""
     message = failure if isinstance(failure, str) else f"the engine failed mid-stream: {failure}"
     if dialect is Dialect.ANTHROPIC:
-        name, data = anthropic_stream_error(message)
+        if status is None:
+            name, data = anthropic_stream_error(message)
+        else:
+            name, data = "error", anthropic_error(status, message)
         return encode_event(msgspec.json.encode(data), name)
-    return encode_event(msgspec.json.encode(openai_stream_error(message)))
+    data = openai_stream_error(message) if status is None else openai_error(status, message)
+    return encode_event(msgspec.json.encode(data))

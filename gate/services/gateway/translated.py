@@ -46,7 +46,7 @@ from gate.dialects import (
     new_response_id,
     sse_bytes,
 )
-from gate.dialects.sse import Event
+from gate.dialects.sse import SSE_KEEPALIVE, Event
 from gate.services.engines.client import UpstreamClient, UpstreamError, UpstreamResponse
 from gate.services.engines.registry import Dialect, Provider
 from gate.services.engines.tokens import count_prompt_tokens, prompt_text
@@ -67,7 +67,9 @@ __all__ = [
     "count_translated_prompt",
     "decode_object",
     "translate_request",
+    "translated_keepalive",
     "translated_response",
+    "translated_stream_head",
 ]
 
 _MAX_BODY = 64 * 1024 * 1024
@@ -132,6 +134,18 @@ def _counted_headers(exchange: Exchange) -> tuple[int, list[tuple[bytes, bytes]]
         *_SSE_HEADERS,
         (b"x-gate-token-count", b"engine" if exact else b"estimate"),
     ]
+
+
+def translated_stream_head(exchange: Exchange) -> list[tuple[bytes, bytes]]:
+    """The headers of a translated stream's response."""
+    return _counted_headers(exchange)[1]
+
+
+def translated_keepalive(dialect: Dialect) -> bytes:
+    """What a translated stream to a client of `dialect` says in its silences."""
+    if dialect is Dialect.ANTHROPIC:
+        return ChatStreamToMessagesStream.KEEPALIVE
+    return SSE_KEEPALIVE
 
 
 def translated_response(route: ApiRoute, provider: Provider) -> Translation:
