@@ -27,6 +27,7 @@ from tests.clients.node_clients import BIN, require_node_clients
 
 from .conftest import engine_config
 from .gate_process import GateServe, data_dir
+from .head_delay import HeadDelayingProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -120,6 +121,19 @@ def test_claude_code_completes_a_turn(start_gate, long_context_engine, gate_env,
     # The real prompt, as llama.cpp counted it (Gate's message_start and message_delta).
     assert outcome["modelUsage"][MODEL]["inputTokens"] > 10_000
     assert ("messages", 200) in usage_rows(gate, gate_env)
+
+
+def test_claude_code_takes_a_stream_opened_before_its_engine_answered(
+    start_gate, long_context_engine, gate_env, claude
+):
+    """The engine's answer held 4 s (tests/e2e/head_delay.py: as Ollama holds its head
+    until the first token) and stream_keepalive at 0.5 s: Gate opens Claude Code's stream
+    first and pings, message_start comes after the pings, and the turn completes."""
+    gate_env["GATE_SERVER__STREAM_KEEPALIVE"] = "0.5"
+    with HeadDelayingProxy(long_context_engine.root_url, delay=4.0) as proxy:
+        gate = start_gate(engine_config(proxy))
+        assert_claude_turn_completed(claude(gate.url, "--model", MODEL))
+        assert ("messages", 200) in usage_rows(gate, gate_env)
 
 
 def test_claude_code_default_model_aliased_to_the_local_one(
