@@ -67,7 +67,7 @@ SLOW_STREAM: list[tuple[float, bytes | Exception]] = [
 ]
 
 
-def relay(respond: Any, upstream: SlowEngine) -> list[tuple[float, dict[str, Any]]]:
+def relay(respond: Any, upstream: StreamedResponse) -> list[tuple[float, dict[str, Any]]]:
     """What the client got, each message with its (virtual) time."""
     sent: list[tuple[float, dict[str, Any]]] = []
     exchange = Exchange(MESSAGES, time.perf_counter(), model="m", stream=True, keepalive=INTERVAL)
@@ -152,25 +152,17 @@ def relay_late(
 ) -> list[tuple[float, dict[str, Any]]]:
     """`relay`, with the engine's head coming `head_after` seconds after the request, as
     the pipeline relays a translated stream: through `opened_if_slow`."""
-    sent: list[tuple[float, dict[str, Any]]] = []
-    exchange = Exchange(MESSAGES, time.perf_counter(), model="m", stream=True, keepalive=INTERVAL)
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append((trio.current_time(), message))
+    async def late(upstream: StreamedResponse, send: Any, exchange: Exchange) -> None:
+        try:
+            async with opened_if_slow(send, keepalive or PING, INTERVAL, lambda: HEAD) as early:
+                await trio.sleep(head_after)  # the engine says nothing, head included
+                await respond(upstream, early, exchange)
+        except* ApiError as group:
+            [error] = group.exceptions
+            await send({"type": "failed", "error": error})
 
-    async def main() -> None:
-        with trio.fail_after(30):  # virtual seconds
-            try:
-                keeping = keepalive or PING
-                async with opened_if_slow(send, keeping, INTERVAL, lambda: HEAD) as early:
-                    await trio.sleep(head_after)  # the engine says nothing, head included
-                    await respond(upstream, early, exchange)
-            except* ApiError as group:
-                [error] = group.exceptions
-                sent.append((trio.current_time(), {"type": "failed", "error": error}))
-
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    return sent
+    return relay(late, upstream)
 
 
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
