@@ -1039,3 +1039,29 @@ def test_an_engine_error_after_the_stream_opened_is_the_streams_error(
         error = json.loads(lines[-1].removeprefix("data: "))["error"]
         assert error["type"] == "api_error" and "engine llama" in error["message"]
         assert "top_k" in error["message"]
+
+
+def test_a_relayed_stream_opens_while_its_local_engine_holds_its_head(
+    start_gate, llama_engine, gate_env
+):
+    """The same for an OpenAI client of a local engine, its stream relayed as it is: it
+    opens after 0.5 s with SSE comments (which the SDKs skip) until the engine's own
+    bytes come; an engine refusal after that is the stream's error, in OpenAI's shape."""
+    gate_env["GATE_SERVER__STREAM_KEEPALIVE"] = "0.5"
+    with HeadDelayingProxy(llama_engine.root_url, delay=3.0) as proxy:
+        gate = start_gate(engine_config(proxy))
+        request = {"model": MODEL, "messages": HI, "max_tokens": 4, "stream": True}
+        with oai(gate) as client:
+            started = time.monotonic()
+            with client.chat.completions.with_streaming_response.create(**request) as raw:
+                head_after = time.monotonic() - started
+                lines = [line for line in raw.iter_lines() if line]
+            assert raw.status_code == 200 and head_after < 2.0, head_after
+            first = next(i for i, line in enumerate(lines) if line.startswith("data: "))
+            assert first >= 2 and set(lines[:first]) == {": keepalive"}, lines
+            assert lines[-1] == "data: [DONE]"
+            chunks = list(client.chat.completions.create(**request))
+            assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+            with pytest.raises(openai.APIError) as refused:
+                list(client.chat.completions.create(**request, extra_body={"top_k": -1}))
+        assert "top_k" in refused.value.message  # the engine's own words, in its own shape

@@ -11,18 +11,20 @@ Theory of operation: every write of the stream's body goes through one `KeptAliv
 under one lock, each a whole number of events, and a task beside the relay sends the
 keepalive under the same lock. So a keepalive never lands inside an event, and none
 follows the stream's last event (`send(..., last=True)` closes it under the lock).
-Pass-through streams never come here: they stay byte for byte the engine's.
+Pass-through streams get no keepalives between their events: they stay byte for byte
+the engine's.
 
 Some engines send nothing at all, not even their response's head, until their first
 token (Ollama does; so does any engine still loading the model), and clients give up on
 a response whose head has not come: the Anthropic SDKs, Claude Code's among them, after
-10 minutes. So a translated stream whose engine has not answered `delay` seconds after
-the request went is opened by `EarlyOpening`: the 200 and the event stream's head go
-out, then a keepalive every `delay` seconds, until the translation sends its own head
-(which then does not go out again) and its events. What the engine answers after that
-must fit in the stream: an error status, or a whole body instead of a stream, becomes
-an `ApiError` with the engine's message, which the pipeline answers after the head as
-every stream's failure: the dialect's error event, then the aborted response.
+10 minutes. So a stream whose engine has not answered `delay` seconds after the request
+went (a translated one, or one relayed from a local engine) is opened by
+`EarlyOpening`: the 200 and the event stream's head go out, then a keepalive every
+`delay` seconds, until the translation or the relay sends its own head (which then does
+not go out again) and its events. What the engine answers after that must fit in the
+stream: an error status, or a whole body instead of a stream, becomes an `ApiError`
+with the engine's message, which the pipeline answers after the head as every stream's
+failure: the dialect's error event, then the aborted response.
 """
 
 from __future__ import annotations
@@ -35,11 +37,22 @@ from typing import Any
 import msgspec
 import trio
 
+from gate.dialects import ChatStreamToMessagesStream
+from gate.dialects.sse import SSE_KEEPALIVE
+from gate.services.engines.registry import Dialect
 from gate.services.gateway.exchange import ApiError
 from gate.services.gateway.response import error_message, is_event_stream
 from gate.services.http.router import Send
 
-__all__ = ["EarlyOpening", "KeptAlive", "kept_alive", "opened_if_slow"]
+__all__ = ["EarlyOpening", "KeptAlive", "keepalive_for", "kept_alive", "opened_if_slow"]
+
+
+def keepalive_for(dialect: Dialect) -> bytes:
+    """What a stream to a client of `dialect` says in its silences: Anthropic's `ping`,
+    else an SSE comment, which SSE parsers skip."""
+    if dialect is Dialect.ANTHROPIC:
+        return ChatStreamToMessagesStream.KEEPALIVE
+    return SSE_KEEPALIVE
 
 
 class KeptAlive:
@@ -94,8 +107,8 @@ class _Head(enum.Enum):
 
 
 class EarlyOpening:
-    """A translated stream's response, opened early when the engine is slow to answer
-    (see the module's doc). `send` is what the translation writes through."""
+    """A stream's response, opened early when the engine is slow to answer (see the
+    module's doc). `send` is what the translation or the relay writes through."""
 
     def __init__(
         self, send: Send, keepalive: bytes, headers: Callable[[], list[tuple[bytes, bytes]]]

@@ -66,7 +66,7 @@ from gate.services.gateway.exchange import (
     decode_request,
     nested_too_deep,
 )
-from gate.services.gateway.keepalive import opened_if_slow
+from gate.services.gateway.keepalive import keepalive_for, opened_if_slow
 from gate.services.gateway.limits import (
     ClientRateLimiter,
     InFlightLimiter,
@@ -88,10 +88,9 @@ from gate.services.gateway.stream_usage import ask_for_usage, count_unreported
 from gate.services.gateway.translated import (
     count_translated_prompt,
     decode_object,
+    stream_head,
     translate_request,
-    translated_keepalive,
     translated_response,
-    translated_stream_head,
 )
 from gate.services.http.router import (
     EVERY_DOOR,
@@ -133,12 +132,14 @@ _FORWARD_REQUEST_HEADERS: Final = frozenset(
 )
 
 
+# The kinds of engine that run on the user's side, on their machine or network.
+_LOCAL_KINDS: Final = frozenset({"llamacpp", "ollama", "lmstudio", "vllm"})
 # Local engine kinds told the reply's cap as `max_tokens` as well as by the newer
 # `max_completion_tokens` (what OpenAI's SDK documents, and what langchain-openai sends
 # for `max_tokens`): llama.cpp's servers ignore the newer name, and an uncapped reply
 # runs to the context's end. The OpenAI API itself is not among them (its reasoning
 # models refuse `max_tokens`), nor `openai_compatible`, which may be any server.
-_MAX_TOKENS_ONLY_KINDS: Final = frozenset({"llamacpp", "ollama", "lmstudio", "vllm"})
+_MAX_TOKENS_ONLY_KINDS: Final = _LOCAL_KINDS
 
 
 def _with_max_tokens(body: bytes) -> bytes:
@@ -427,15 +428,15 @@ class Gateway:
                 400,
                 f"model {exchange.model!r} is served only by engines without {route.path}",
             )
-        if exchange.stream and self._translated_by_all(route, able, body):
+        if exchange.stream and self._may_open_early(route, able, body):
             # An engine may send nothing, not even its head, until its first token: the
             # client's stream then opens without it (gateway.keepalive.EarlyOpening).
             failure: Exception | None = None
             async with opened_if_slow(
                 send,
-                translated_keepalive(route.dialect),
+                keepalive_for(route.dialect),
                 exchange.keepalive,
-                lambda: translated_stream_head(exchange),
+                lambda: stream_head(exchange),
             ) as early_send:
                 try:  # caught inside the nursery, so it leaves as itself
                     await self._relay(route, scope, body, able, exchange, early_send)
@@ -446,9 +447,13 @@ class Gateway:
             return
         await self._relay(route, scope, body, able, exchange, send)
 
-    def _translated_by_all(self, route: ApiRoute, able: list[Provider], body: bytes) -> bool:
-        """Whether Gate writes the response itself (translated) whichever of `able`
-        serves it."""
+    def _may_open_early(self, route: ApiRoute, able: list[Provider], body: bytes) -> bool:
+        """Whether a stream may open before its engine answers: each engine of `able`
+        is one on this machine's side (whose head, as Ollama's, may wait for its first
+        token; a cloud API's comes at once, with its rate limits), or Gate writes the
+        response itself, translated, whichever serves it."""
+        if all(provider.kind in _LOCAL_KINDS for provider in able):
+            return True
         if route.name == "responses":
             return all(self.responses.translates(provider, body) for provider in able)
         return all(provider.dialect is not route.dialect for provider in able)

@@ -46,7 +46,7 @@ from gate.dialects import (
     new_response_id,
     sse_bytes,
 )
-from gate.dialects.sse import SSE_KEEPALIVE, Event
+from gate.dialects.sse import Event
 from gate.services.engines.client import UpstreamClient, UpstreamError, UpstreamResponse
 from gate.services.engines.registry import Dialect, Provider
 from gate.services.engines.tokens import count_prompt_tokens, prompt_text
@@ -66,10 +66,9 @@ __all__ = [
     "chat_engine_to_responses_client",
     "count_translated_prompt",
     "decode_object",
+    "stream_head",
     "translate_request",
-    "translated_keepalive",
     "translated_response",
-    "translated_stream_head",
 ]
 
 _MAX_BODY = 64 * 1024 * 1024
@@ -136,16 +135,10 @@ def _counted_headers(exchange: Exchange) -> tuple[int, list[tuple[bytes, bytes]]
     ]
 
 
-def translated_stream_head(exchange: Exchange) -> list[tuple[bytes, bytes]]:
-    """The headers of a translated stream's response."""
+def stream_head(exchange: Exchange) -> list[tuple[bytes, bytes]]:
+    """The headers of a stream Gate opens itself: an event stream, and how its prompt
+    was counted when it was (a translated one's)."""
     return _counted_headers(exchange)[1]
-
-
-def translated_keepalive(dialect: Dialect) -> bytes:
-    """What a translated stream to a client of `dialect` says in its silences."""
-    if dialect is Dialect.ANTHROPIC:
-        return ChatStreamToMessagesStream.KEEPALIVE
-    return SSE_KEEPALIVE
 
 
 def translated_response(route: ApiRoute, provider: Provider) -> Translation:
