@@ -22,9 +22,10 @@ from gate.dialects import SSEDecoder
 from gate.services.engines.client import StreamedResponse, UpstreamDisconnected
 from gate.services.engines.registry import Provider
 from gate.services.gateway.exchange import API_ROUTES, ApiError, Exchange
-from gate.services.gateway.keepalive import opened_if_slow
+from gate.services.gateway.keepalive import EarlyOpening
 from gate.services.gateway.response import AbortResponse
 from gate.services.gateway.translated import chat_engine_to_responses_client, translated_response
+from gate.services.http.router import cancel_on_disconnect
 
 MESSAGES = next(e for e in API_ROUTES if e.path == "/v1/messages")
 RESPONSES = next(e for e in API_ROUTES if e.path == "/v1/responses")
@@ -151,13 +152,23 @@ def relay_late(
     respond: Any, upstream: StreamedResponse, head_after: float, keepalive: bytes = b""
 ) -> list[tuple[float, dict[str, Any]]]:
     """`relay`, with the engine's head coming `head_after` seconds after the request, as
-    the pipeline relays a translated stream: through `opened_if_slow`."""
+    the pipeline relays such a stream: through an armed `EarlyOpening`, rung by the
+    request's disconnect watcher (here a client that stays)."""
+
+    async def stays() -> dict[str, Any]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
 
     async def late(upstream: StreamedResponse, send: Any, exchange: Exchange) -> None:
+        opening = EarlyOpening(send)
         try:
-            async with opened_if_slow(send, keepalive or PING, INTERVAL, lambda: HEAD) as early:
+            async with trio.open_nursery() as nursery:
+                watch = nursery.cancel_scope
+                nursery.start_soon(cancel_on_disconnect, stays, watch, None, opening)
+                opening.arm(keepalive or PING, INTERVAL, lambda: HEAD)
                 await trio.sleep(head_after)  # the engine says nothing, head included
-                await respond(upstream, early, exchange)
+                await respond(upstream, opening.send, exchange)
+                nursery.cancel_scope.cancel()
         except* ApiError as group:
             [error] = group.exceptions
             await send({"type": "failed", "error": error})

@@ -17,19 +17,22 @@ the engine's.
 Some engines send nothing at all, not even their response's head, until their first
 token (Ollama does; so does any engine still loading the model), and clients give up on
 a response whose head has not come: the Anthropic SDKs, Claude Code's among them, after
-10 minutes. So a stream whose engine has not answered `delay` seconds after the request
-went (a translated one, or one relayed from a local engine) is opened by
+10 minutes. So a stream whose engine has not answered `interval` seconds after the
+request went (a translated one, or one relayed from a local engine) is opened by
 `EarlyOpening`: the 200 and the event stream's head go out, then a keepalive every
-`delay` seconds, until the translation or the relay sends its own head (which then does
-not go out again) and its events. What the engine answers after that must fit in the
-stream: an error status, or a whole body instead of a stream, becomes an `ApiError`
-with the engine's message, which the pipeline answers after the head as every stream's
-failure: the dialect's error event, then the aborted response.
+`interval` seconds, until the translation or the relay sends its own head (which then
+does not go out again) and its events. Its timer is rung by the task that already
+watches each request for its client leaving, so a request pays no task for it. What
+the engine answers after that must fit in the stream: an error status, or a whole body
+instead of a stream, becomes an `ApiError` with the engine's message, which the
+pipeline answers after the head as every stream's failure: the dialect's error event,
+then the aborted response.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -44,7 +47,7 @@ from gate.services.gateway.exchange import ApiError
 from gate.services.gateway.response import error_message, is_event_stream
 from gate.services.http.router import Send
 
-__all__ = ["EarlyOpening", "KeptAlive", "keepalive_for", "kept_alive", "opened_if_slow"]
+__all__ = ["EarlyOpening", "KeptAlive", "keepalive_for", "kept_alive"]
 
 
 def keepalive_for(dialect: Dialect) -> bytes:
@@ -100,39 +103,81 @@ async def kept_alive(send: Send, keepalive: bytes, interval: float) -> AsyncIter
 
 
 class _Head(enum.Enum):
-    WAITING = "waiting"  # nothing sent yet: the translation may still send its own head
-    OPENED = "opened"  # the head went out early; keepalives until the translation's comes
+    WAITING = "waiting"  # nothing sent yet: the relay may still send its own head
+    OPENED = "opened"  # the head went out early; keepalives until the relay's comes
     REFUSED = "refused"  # ...and the engine's answer did not fit: its body is the error
-    HANDED_OVER = "handed over"  # the translation writes the stream
+    HANDED_OVER = "handed over"  # the relay writes the stream
 
 
 class EarlyOpening:
-    """A stream's response, opened early when the engine is slow to answer (see the
-    module's doc). `send` is what the translation or the relay writes through."""
+    """A stream's response, opened early when its engine is slow to answer (see the
+    module's doc): `send` is what the relay writes through once `arm`ed. Its timer is an
+    alarm of the request's disconnect watcher (`router.cancel_on_disconnect`), which
+    rings it: no task of its own."""
 
-    def __init__(
-        self, send: Send, keepalive: bytes, headers: Callable[[], list[tuple[bytes, bytes]]]
-    ) -> None:
-        self._send, self._keepalive, self._headers = send, keepalive, headers
+    def __init__(self, send: Send) -> None:
+        self._send = send
         self._lock = trio.Lock()
         self._head = _Head.WAITING
-        self._refused = 0  # the status of the translation's head that did not fit
+        self._refused = 0  # the status of the relay's head that did not fit
+        self._keepalive = b""
+        self._interval = math.inf
+        self._headers: Callable[[], list[tuple[bytes, bytes]]] = list
+        self._deadline = math.inf
+        self._scope: trio.CancelScope | None = None
+
+    def arm(
+        self, keepalive: bytes, interval: float, headers: Callable[[], list[tuple[bytes, bytes]]]
+    ) -> None:
+        """Open the response if the engine has not answered in `interval` seconds; then
+        `keepalive` every `interval` seconds until the relay sends its head."""
+        self._keepalive, self._interval, self._headers = keepalive, interval, headers
+        self._set_deadline(trio.current_time() + interval)
+
+    def waiting(self) -> trio.CancelScope:
+        self._scope = trio.CancelScope(deadline=self._deadline)
+        return self._scope
+
+    async def ring(self) -> None:
+        async with self._lock:
+            if self._head is _Head.WAITING:
+                start = {"type": "http.response.start", "status": 200, "headers": self._headers()}
+                await self._send(start)
+                self._head = _Head.OPENED
+            elif self._head is _Head.OPENED:
+                body = {"type": "http.response.body", "body": self._keepalive, "more_body": True}
+                await self._send(body)
+            else:
+                self._set_deadline(math.inf)
+                return
+            self._set_deadline(trio.current_time() + self._interval)
+
+    def _set_deadline(self, deadline: float) -> None:
+        self._deadline = deadline
+        if self._scope is not None:
+            self._scope.deadline = deadline
 
     async def send(self, message: MutableMapping[str, Any]) -> None:
-        async with self._lock:
-            if self._head is _Head.HANDED_OVER:
-                await self._send(message)
-            elif message["type"] != "http.response.start":
+        if self._head is _Head.HANDED_OVER:
+            # Without the lock: it was handed over under it, and `ring` writes nothing
+            # from then on. (A lock costs two scheduler passes a write.)
+            await self._send(message)
+            return
+        async with self._lock:  # against `ring`; only the relay's task sends before then
+            if message["type"] != "http.response.start":
                 if self._head is _Head.REFUSED:
                     raise self._failure(message.get("body", b""))
                 await self._send(message)
             elif self._head is _Head.WAITING:
                 self._head = _Head.HANDED_OVER
+                self._set_deadline(math.inf)
                 await self._send(message)
             elif message["status"] < 400 and is_event_stream(message.get("headers", ())):
                 self._head = _Head.HANDED_OVER  # its head went out already
+                self._set_deadline(math.inf)
             else:
                 self._head, self._refused = _Head.REFUSED, message["status"]
+                self._set_deadline(math.inf)
 
     def _failure(self, body: bytes) -> ApiError:
         """The error a refused head's body tells: the engine's, in the client's dialect."""
@@ -143,39 +188,3 @@ class EarlyOpening:
         except (msgspec.DecodeError, RecursionError):
             data = None
         return ApiError(self._refused, error_message(data, body, self._refused))
-
-    async def run(self, delay: float) -> None:
-        """Open the response after `delay` seconds unless the translation did; then a
-        keepalive every `delay` seconds until it takes over."""
-        await trio.sleep(delay)
-        async with self._lock:
-            if self._head is not _Head.WAITING:
-                return
-            headers = self._headers()
-            await self._send({"type": "http.response.start", "status": 200, "headers": headers})
-            self._head = _Head.OPENED
-        while True:
-            await trio.sleep(delay)
-            async with self._lock:
-                if self._head is not _Head.OPENED:
-                    return
-                await self._send(
-                    {"type": "http.response.body", "body": self._keepalive, "more_body": True}
-                )
-
-
-@asynccontextmanager
-async def opened_if_slow(
-    send: Send,
-    keepalive: bytes,
-    delay: float,
-    headers: Callable[[], list[tuple[bytes, bytes]]],
-) -> AsyncIterator[Send]:
-    """The `send` of an `EarlyOpening` that opens after `delay` seconds, while the block
-    runs. What the block raises leaves grouped (a nursery's): catch what must leave as
-    itself inside it."""
-    opening = EarlyOpening(send, keepalive, headers)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(opening.run, delay)
-        yield opening.send
-        nursery.cancel_scope.cancel()

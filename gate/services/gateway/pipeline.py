@@ -66,7 +66,7 @@ from gate.services.gateway.exchange import (
     decode_request,
     nested_too_deep,
 )
-from gate.services.gateway.keepalive import keepalive_for, opened_if_slow
+from gate.services.gateway.keepalive import EarlyOpening, keepalive_for
 from gate.services.gateway.limits import (
     ClientRateLimiter,
     InFlightLimiter,
@@ -319,13 +319,14 @@ class Gateway:
         """Route and relay, cancelled at once if the client disconnects."""
         failure: Exception | None = None
         send = response.send
+        opening = EarlyOpening(send)  # armed by _route for a stream that may open early
         async with trio.open_nursery() as nursery:
             left = functools.partial(_client_left, exchange, response)
-            nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope, left)
+            nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope, left, opening)
             # Errors are caught inside the nursery so they leave it as themselves, not
             # wrapped in an ExceptionGroup.
             try:
-                await self._route(route, scope, body, exchange, send)
+                await self._route(route, scope, body, exchange, send, opening)
             except _ENDINGS as exc:
                 failure = exc
             nursery.cancel_scope.cancel()
@@ -394,7 +395,13 @@ class Gateway:
         return fields
 
     async def _route(
-        self, route: ApiRoute, scope: Scope, body: bytes, exchange: Exchange, send: Send
+        self,
+        route: ApiRoute,
+        scope: Scope,
+        body: bytes,
+        exchange: Exchange,
+        send: Send,
+        opening: EarlyOpening,
     ) -> None:
         from_peer = scope.get("extensions", {}).get("gate.peer")
         if from_peer is not None:
@@ -431,20 +438,10 @@ class Gateway:
         if exchange.stream and self._may_open_early(route, able, body):
             # An engine may send nothing, not even its head, until its first token: the
             # client's stream then opens without it (gateway.keepalive.EarlyOpening).
-            failure: Exception | None = None
-            async with opened_if_slow(
-                send,
-                keepalive_for(route.dialect),
-                exchange.keepalive,
-                lambda: stream_head(exchange),
-            ) as early_send:
-                try:  # caught inside the nursery, so it leaves as itself
-                    await self._relay(route, scope, body, able, exchange, early_send)
-                except _ENDINGS as exc:
-                    failure = exc
-            if failure is not None:
-                raise failure
-            return
+            opening.arm(
+                keepalive_for(route.dialect), exchange.keepalive, lambda: stream_head(exchange)
+            )
+            send = opening.send
         await self._relay(route, scope, body, able, exchange, send)
 
     def _may_open_early(self, route: ApiRoute, able: list[Provider], body: bytes) -> bool:

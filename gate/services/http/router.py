@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, Protocol
 
 import msgspec
 import trio
@@ -37,6 +37,7 @@ __all__ = [
     "PUBLIC_DOORS",
     "REMOTE_DOORS",
     "ASGIApp",
+    "Alarm",
     "BodyError",
     "Door",
     "Handler",
@@ -170,15 +171,40 @@ class Route(NamedTuple):
     prefix: bool = False  # every path under `path` (e.g. /v1/models/{id}); see add_prefix
 
 
+class Alarm(Protocol):
+    """Something to do at a time that may move while `cancel_on_disconnect` waits."""
+
+    def waiting(self) -> trio.CancelScope:
+        """A scope whose deadline is the alarm's, kept current while it is waited in."""
+
+    async def ring(self) -> None:
+        """The deadline passed: do what is due, and set the next deadline (or none)."""
+
+
 async def cancel_on_disconnect(
-    receive: Receive, scope: trio.CancelScope, left: Callable[[], bool] | None = None
+    receive: Receive,
+    scope: trio.CancelScope,
+    left: Callable[[], bool] | None = None,
+    alarm: Alarm | None = None,
 ) -> None:
     """Cancel `scope` when the client goes away: after the request body, the next ASGI
     message is http.disconnect. `left`, if given, is told first and says whether to
     cancel (False: the response was complete, and the server's disconnect that follows
-    is a matter of course)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    is a matter of course). `alarm`, if given, rings whenever its deadline passes while
+    this waits: the request's one task beside its handler does both, as a task of its
+    own for a timer would cost each request a task (ASGI's receive is a memory channel's,
+    which a cancelled wait leaves as it was)."""
+    while True:
+        if alarm is None:
+            message = await receive()
+        else:
+            with alarm.waiting() as waited:
+                message = await receive()
+            if waited.cancelled_caught:
+                await alarm.ring()
+                continue
+        if message["type"] == "http.disconnect":
+            break
     if left is None or left():
         scope.cancel()
 
