@@ -50,6 +50,7 @@ __all__ = [
     "import_identity",
     "load_identity",
     "load_or_create_identity",
+    "save_beside",
     "write_secret_file_atomic",
 ]
 
@@ -329,16 +330,23 @@ def _backup_key_file(path: Path) -> Path | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
+    return save_beside(path, "bak", data)
+
+
+def save_beside(path: Path, kind: str, data: bytes) -> Path:
+    """Write ``data`` next to ``path`` as ``<name>.<kind>-<UTC timestamp>`` (0600, with
+    ``-2``, ``-3``... after it when that name is taken), never over an older copy.
+    OSError (FileExistsError after 99 copies in one second) when it cannot."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for n in range(1, 100):
         suffix = "" if n == 1 else f"-{n}"
-        backup = path.with_name(f"{path.name}.bak-{stamp}{suffix}")
+        copy = path.with_name(f"{path.name}.{kind}-{stamp}{suffix}")
         try:
-            write_secret_file_atomic(backup, data, overwrite=False)
+            write_secret_file_atomic(copy, data, overwrite=False)
         except FileExistsError:
             continue
-        return backup
-    raise FileExistsError(errno.EEXIST, "too many backups with the same timestamp", str(path))
+        return copy
+    raise FileExistsError(errno.EEXIST, f"too many {kind} copies in one second", str(path))
 
 
 def _passphrase_bytes(passphrase: str) -> bytes:

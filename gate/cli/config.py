@@ -203,21 +203,12 @@ def _what_changed(path: Path, before: str | None, now: str | None) -> str:
 def _keep_edit(path: Path, text: str) -> Path:
     """Save an edit that was not written beside the file, as gate.toml.edit-<UTC time>
     (0600: it may hold secrets), never over an older one."""
-    import time
+    from gate.identity import save_beside
 
-    from gate.identity import write_secret_file_atomic
-
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    for n in range(1, 100):
-        kept = path.with_name(f"{path.name}.edit-{stamp}" + (f"-{n}" if n > 1 else ""))
-        try:
-            write_secret_file_atomic(kept, text.encode(), overwrite=False)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            fail(f"{path} was not written, and your edit could not be kept: {exc}")
-        return kept
-    fail(f"{path} was not written, and your edit could not be kept: too many copies")
+    try:
+        return save_beside(path, "edit", text.encode())
+    except OSError as exc:
+        fail(f"{path} was not written, and your edit could not be kept: {exc}")
 
 
 def _load(config_path: Path | None) -> Config | None:

@@ -227,7 +227,7 @@ class AcmeSession:
         authz, response = self.acme.poll(challenge.authorization)
         if authz.body.status == messages.STATUS_INVALID:
             raise errors.ValidationError([authz])
-        return authz.body.status == messages.STATUS_VALID, self._retry_after(response)
+        return authz.body.status == messages.STATUS_VALID, retry_after_s(response)
 
     def finalize(self, order: messages.OrderResource) -> messages.OrderResource:
         """Send the CSR (again after the CA said the order was not ready yet)."""
@@ -253,7 +253,7 @@ class AcmeSession:
         order = order.update(body=body)
         if body.status == messages.STATUS_READY:
             order = self.finalize(order)
-        return order, self._retry_after(response)
+        return order, retry_after_s(response)
 
     @staticmethod
     def issued(order: messages.OrderResource) -> bool:
@@ -268,10 +268,6 @@ class AcmeSession:
     def _post_as_get(self, url: str) -> requests.Response:
         # RFC 8555 §6.3: an authenticated GET is a POST with an empty payload.
         return self._net.post(url, None, new_nonce_url=self.acme.directory["newNonce"])
-
-    @staticmethod
-    def _retry_after(response: requests.Response) -> float | None:
-        return retry_after_s(response)
 
     def renewal_info(self, chain_pem: bytes) -> RenewalWindow | None:
         """The CA's renewal window for the chain's leaf (ARI, RFC 9773), or None when the
